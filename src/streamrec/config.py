@@ -1,0 +1,131 @@
+"""The job config: everything a run needs, in one YAML file, loaded into pydantic models.
+
+    schema:  feature declarations (streamrec.schema.Schema)
+    tables:  per-table settings (dim, row optimizer, admission, expiry, capacity);
+             `default_table` applies to every table the schema names and `tables` does not
+    data / model / train: what to read, which model, how to train
+
+Code-driven use builds the same objects directly. Unknown keys are errors (a typo must not be
+silently ignored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streamrec.schema import Schema
+
+
+class ConfigError(ValueError):
+    """The config file is missing, not YAML, or does not validate; the message says where."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TableConfig(_Strict):
+    dim: int = Field(16, gt=0)
+    optimizer: Literal["sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl"] = "rowwise_adagrad"
+    lr: float = Field(0.05, gt=0)
+    eps: float = 1e-8
+    initial_accumulator: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    ftrl_l1: float = 0.0
+    ftrl_l2: float = 0.0
+    ftrl_beta: float = 1.0
+    weight_decay: float = 0.0
+    init_scale: float = Field(0.01, ge=0, description="rows start uniform in ±init_scale")
+    admit_min_count: int | None = Field(None, ge=1)
+    admit_probability: float | None = Field(None, gt=0, le=1)
+    ttl_seconds: float | None = Field(None, gt=0)
+    capacity: int | None = Field(None, gt=0)
+    eviction: Literal["lfu", "lru"] = "lfu"
+    sketch_width: int = Field(1 << 20, gt=0, description="count-min sketch counters per row")
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    format: str = "csv"
+    train: str | None = None
+    valid: list[str] = Field(default_factory=list)
+    split: Literal["none", "per_user_time"] = "none"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    batch_size: int = Field(1024, gt=0)
+    dead_letter: str | None = None
+    strict: bool = False
+
+
+class ModelConfig(_Strict):
+    name: str = "deepfm"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(1, ge=1)
+    seed: int = 0
+    dense_optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    dense_lr: float = Field(1e-3, gt=0)
+    dense_weight_decay: float = 0.0
+    grad_clip_norm: float | None = None
+    warmup_steps: int = 0
+    early_stopping_patience: int | None = None
+    negative_sampling_rate: float = Field(1.0, gt=0, le=1)
+    evict_every_steps: int = Field(100, gt=0)
+    log_every_steps: int = Field(20, gt=0)
+
+
+class JobConfig(_Strict):
+    name: str = "job"
+    schema_: Schema = Field(alias="schema")
+    default_table: TableConfig = Field(default_factory=TableConfig)
+    tables: dict[str, TableConfig] = Field(default_factory=dict)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @property
+    def schema(self) -> Schema:  # type: ignore[override]
+        return self.schema_
+
+    def table_configs(self) -> dict[str, TableConfig]:
+        """Every table the schema uses → its settings (explicit entry or `default_table`)."""
+        used = self.schema_.tables()
+        unknown = set(self.tables) - set(used)
+        if unknown:
+            raise ConfigError(f"tables {sorted(unknown)} are configured but no feature uses them")
+        return {name: self.tables.get(name, self.default_table) for name in used}
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def load_config(path: str | Path) -> JobConfig:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such config file")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return parse_config(raw, base_dir=p.parent, source=str(p))
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path | None = None, source: str = "config"
+                 ) -> JobConfig:
+    try:
+        cfg = JobConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None
+    cfg.table_configs()
+    return cfg

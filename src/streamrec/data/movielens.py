@@ -1,0 +1,175 @@
+"""MovieLens-100k and MovieLens latest-small as CTR tables and time-ordered interaction logs.
+
+Both loaders return one Arrow table sorted by (timestamp, user_id, item_id) — the interaction
+log in time order — with columns named after the source:
+
+  user_id int64, item_id int64, rating float32, timestamp int64 (seconds),
+  genres list<string>, label int8 (rating >= 4)
+  + ml-100k only: age int64, gender, occupation, zip_code (strings)
+
+Where ML-100k comes from, in order: an explicit path (a folder holding the recbole-format files
+`ml-100k.inter/.user/.item`), the cache folder (`$STREAMREC_CACHE` or `~/.cache/streamrec`),
+then the PyPI wheel `recbole==1.2.1`, which ships those files and is fetched with `pip download`
+(no recbole install) and unpacked into the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from streamrec.data.errors import DataError
+from streamrec.data.records import check_readable
+
+ML100K_FILES = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
+RECBOLE_WHEEL = "recbole==1.2.1"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("STREAMREC_CACHE", Path.home() / ".cache" / "streamrec"))
+
+
+def ml100k_dir(path: str | Path | None = None) -> Path:
+    """Find (or fetch into the cache) a folder with the three ML-100k files."""
+    candidates = [Path(path)] if path is not None else []
+    candidates.append(cache_dir() / "ml-100k")
+    for folder in candidates:
+        if all((folder / f).exists() for f in ML100K_FILES):
+            return folder
+    if path is not None:
+        raise DataError(f"{path}: does not hold {', '.join(ML100K_FILES)}")
+    return _fetch_ml100k_from_wheel(cache_dir() / "ml-100k")
+
+
+def _fetch_ml100k_from_wheel(dest: Path) -> Path:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+               RECBOLE_WHEEL, "-d", tmp]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise DataError(
+                f"MovieLens-100k is not cached and `pip download {RECBOLE_WHEEL}` failed "
+                f"({result.stderr.strip()[-300:]}); pass a folder with {', '.join(ML100K_FILES)}"
+            )
+        dest.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheels[0]) as z:
+            for name in ML100K_FILES:
+                data = z.read(f"recbole/dataset_example/ml-100k/{name}")
+                tmp_file = dest / (name + ".tmp")
+                tmp_file.write_bytes(data)
+                tmp_file.replace(dest / name)
+    return dest
+
+
+def _read_recbole(path: Path) -> pa.Table:
+    """recbole atomic files: TSV whose header names are `name:type`; latin-1 text."""
+    data = path.read_bytes().decode("latin-1").encode("utf-8")
+    table = pacsv.read_csv(
+        pa.BufferReader(data),
+        parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=False),
+    )
+    return table.rename_columns([c.split(":")[0] for c in table.column_names])
+
+
+def load_ml100k(path: str | Path | None = None) -> pa.Table:
+    folder = ml100k_dir(path)
+    inter = _read_recbole(folder / "ml-100k.inter")
+    users = _read_recbole(folder / "ml-100k.user")
+    items = _read_recbole(folder / "ml-100k.item")
+    items = pa.table({
+        "item_id": items["item_id"].cast(pa.int64()),
+        "genres": pc.split_pattern(items["class"].cast(pa.string()), " "),
+    })
+    users = pa.table({
+        "user_id": users["user_id"].cast(pa.int64()),
+        "age": users["age"].cast(pa.int64()),
+        "gender": users["gender"].cast(pa.string()),
+        "occupation": users["occupation"].cast(pa.string()),
+        "zip_code": users["zip_code"].cast(pa.string()),
+    })
+    log = pa.table({
+        "user_id": inter["user_id"].cast(pa.int64()),
+        "item_id": inter["item_id"].cast(pa.int64()),
+        "rating": inter["rating"].cast(pa.float32()),
+        "timestamp": inter["timestamp"].cast(pa.int64()),
+    })
+    log = _left_join(log, items, "item_id")
+    log = _left_join(log, users, "user_id")
+    return _finish(log, ["age", "gender", "occupation", "zip_code"])
+
+
+def load_ml_latest_small(path: str | Path) -> pa.Table:
+    """`path`: the ml-latest-small folder, or its ratings.csv (movies.csv must sit beside it)."""
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    ratings_file = check_readable(folder / "ratings.csv" if p.is_dir() else p)
+    movies_file = check_readable(folder / "movies.csv")
+    ratings = pacsv.read_csv(ratings_file)
+    expected = {"userId", "movieId", "rating", "timestamp"}
+    if not expected <= set(ratings.column_names):
+        raise DataError(f"{ratings_file}: expected columns {sorted(expected)}")
+    movies = pacsv.read_csv(movies_file)
+    movies = pa.table({
+        "item_id": movies["movieId"].cast(pa.int64()),
+        "genres": pc.split_pattern(movies["genres"].cast(pa.string()), "|"),
+    })
+    log = pa.table({
+        "user_id": ratings["userId"].cast(pa.int64()),
+        "item_id": ratings["movieId"].cast(pa.int64()),
+        "rating": ratings["rating"].cast(pa.float32()),
+        "timestamp": ratings["timestamp"].cast(pa.int64()),
+    })
+    log = _left_join(log, movies, "item_id")
+    return _finish(log, [])
+
+
+def _left_join(left: pa.Table, right: pa.Table, key: str) -> pa.Table:
+    """Append `right`'s columns to `left` by `key` (nulls where absent); keeps list columns,
+    which Arrow's hash join does not support."""
+    index = pc.index_in(left[key], value_set=right[key].combine_chunks())
+    for name in right.column_names:
+        if name != key:
+            left = left.append_column(name, right[name].combine_chunks().take(index))
+    return left
+
+
+def _finish(log: pa.Table, extra: list[str]) -> pa.Table:
+    label = pc.cast(pc.greater_equal(log["rating"], 4.0), pa.int8())
+    log = log.append_column("label", label)
+    log = log.sort_by([("timestamp", "ascending"), ("user_id", "ascending"),
+                       ("item_id", "ascending")])
+    columns = ["user_id", "item_id", "rating", "timestamp", "genres", *extra, "label"]
+    return log.select(columns).combine_chunks()
+
+
+def per_user_time_split(
+    log: pa.Table, test_fraction: float = 0.2, user: str = "user_id", time: str = "timestamp"
+) -> tuple[pa.Table, pa.Table]:
+    """Each user's last `test_fraction` of interactions by time → test; the rest → train.
+
+    A user with n interactions gives round(test_fraction · n) of them to test (ties in time are
+    broken by the log's order). Returns (train, test), each in time order.
+    """
+    users = np.asarray(log[user].to_numpy(), np.int64)
+    times = np.asarray(log[time].to_numpy(), np.int64)
+    order = np.lexsort((np.arange(len(users)), times, users))
+    sorted_users = users[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_users)) + 1]
+    counts = np.diff(np.r_[starts, len(users)])
+    rank = np.arange(len(users)) - np.repeat(starts, counts)
+    n_test = np.rint(counts * test_fraction).astype(np.int64)
+    is_test_sorted = rank >= np.repeat(counts - n_test, counts)
+    is_test = np.empty(len(users), bool)
+    is_test[order] = is_test_sorted
+    return log.filter(pa.array(~is_test)), log.filter(pa.array(is_test))

@@ -1,0 +1,348 @@
+"""Feature declarations and the one function that turns raw records into a Batch.
+
+Three feature kinds, as in the classic recsys feature platform:
+
+* `DenseFeature`     a number → transformed float (none / log1p / standardize / quantile-CDF);
+* `EncodingFeature`  a small vocabulary → one-hot or multi-hot columns appended to `dense`,
+                     with one out-of-vocabulary bucket;
+* `EmbeddingFeature` a large id space → 64-bit fids (see `streamrec.fid`) looked up in the
+                     DynamicTable the feature names; tables can be shared between features.
+
+Missing values are explicit: a dense feature's `fill` (and optional indicator column), an
+encoding's all-zero row, an embedding's `missing: token` fid or `missing: empty` bag.
+Statistics that depend on data (means, quantiles, vocabularies) are learnt by `Schema.fit` and
+stored in the schema itself, so a saved schema encodes serving requests exactly as training did.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from streamrec.batch import Batch, JaggedIds
+from streamrec.fid import MISSING_FID, fids_from_arrow
+
+
+class SchemaError(ValueError):
+    """A record does not fit the schema (missing column, wrong type, bad label)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Label(_Strict):
+    """One task's label column; values are 0/1 (or probabilities) after `threshold`."""
+
+    name: str
+    threshold: float | None = Field(
+        default=None, description="label = 1 if value >= threshold (e.g. rating >= 4)"
+    )
+
+
+class DenseFeature(_Strict):
+    name: str
+    transform: Literal["none", "log1p", "standardize", "quantile"] = "none"
+    fill: float = Field(0.0, description="value used for a missing entry, after the transform")
+    missing_indicator: bool = Field(False, description="append a 0/1 'was missing' column")
+    num_quantiles: int = 100
+    # Fitted statistics (filled by Schema.fit, saved with the model).
+    mean: float | None = None
+    std: float | None = None
+    quantiles: list[float] | None = None
+
+    @property
+    def width(self) -> int:
+        return 1 + int(self.missing_indicator)
+
+
+class EncodingFeature(_Strict):
+    name: str
+    separator: str | None = Field(None, description="split strings into several values")
+    max_size: int = 64
+    min_count: int = 1
+    vocabulary: list[str] | None = None  # learnt by Schema.fit
+
+    @property
+    def width(self) -> int:
+        if self.vocabulary is None:
+            raise SchemaError(f"encoding feature {self.name!r} has no vocabulary: call fit()")
+        return len(self.vocabulary) + 1  # +1: the out-of-vocabulary bucket
+
+
+class EmbeddingFeature(_Strict):
+    name: str
+    table: str | None = Field(None, description="table name; default: the feature's own")
+    separator: str | None = Field(None, description="multi-valued strings split on this")
+    weights: str | None = Field(None, description="column of per-id weights (list<float>)")
+    pooling: Literal["sum", "mean", "sqrtn"] = "sum"
+    max_length: int | None = Field(None, description="keep the last L ids (sequence features)")
+    missing: Literal["token", "empty"] = "token"
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.name
+
+
+class Schema(_Strict):
+    labels: list[Label] = Field(default_factory=list)
+    dense: list[DenseFeature] = Field(default_factory=list)
+    encodings: list[EncodingFeature] = Field(default_factory=list)
+    embeddings: list[EmbeddingFeature] = Field(default_factory=list)
+    group_id: str | None = None
+    timestamp: str | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Schema:
+        names = [f.name for f in (*self.dense, *self.encodings, *self.embeddings)]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"feature names must be unique, repeated: {sorted(dup)}")
+        return self
+
+    # ----------------------------------------------------------------- shape information
+    @property
+    def task_names(self) -> list[str]:
+        return [lab.name for lab in self.labels]
+
+    @property
+    def dense_width(self) -> int:
+        return sum(f.width for f in self.dense) + sum(f.width for f in self.encodings)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in (*self.dense, *self.encodings, *self.embeddings)]
+
+    def tables(self) -> dict[str, list[str]]:
+        """table name → the embedding features that read it."""
+        out: dict[str, list[str]] = {}
+        for f in self.embeddings:
+            out.setdefault(f.table_name, []).append(f.name)
+        return out
+
+    def input_columns(self, with_labels: bool = True) -> list[str]:
+        cols = [f.name for f in (*self.dense, *self.encodings, *self.embeddings)]
+        cols += [f.weights for f in self.embeddings if f.weights]
+        if with_labels:
+            cols += [lab.name for lab in self.labels]
+        return cols
+
+    # ----------------------------------------------------------------------------- fit
+    def fit(self, data: pa.Table | pa.RecordBatch) -> Schema:
+        """Learn standardisation, quantiles and vocabularies from a sample; returns a copy."""
+        fitted = self.model_copy(deep=True)
+        for f in fitted.dense:
+            values = _dense_values(_column(data, f.name), f.name)
+            present = values[~np.isnan(values)]
+            if f.transform == "standardize":
+                f.mean = float(present.mean()) if present.size else 0.0
+                f.std = float(present.std()) if present.size else 1.0
+            elif f.transform == "quantile":
+                qs = np.linspace(0, 1, f.num_quantiles + 1)
+                f.quantiles = np.quantile(present, qs).tolist() if present.size else [0.0, 1.0]
+        for f in fitted.encodings:
+            values = _flat_strings(_column(data, f.name), f.separator)
+            counts = pc.value_counts(values.drop_null())
+            table = pa.table({"v": counts.field("values"), "n": counts.field("counts")})
+            table = table.filter(pc.greater_equal(table["n"], f.min_count))
+            table = table.sort_by([("n", "descending"), ("v", "ascending")]).slice(0, f.max_size)
+            f.vocabulary = [str(v) for v in table["v"].to_pylist()]
+        return fitted
+
+    # -------------------------------------------------------------------------- encode
+    def encode(self, data: pa.Table | pa.RecordBatch, with_labels: bool = True) -> Batch:
+        """Raw records → Batch, vectorised over columns (no per-row Python)."""
+        n = data.num_rows
+        if with_labels and self.labels:
+            labels = np.stack([self._label(data, lab) for lab in self.labels], axis=1)
+        else:
+            labels = np.zeros((n, 0), np.float32)
+        blocks = [self._dense_block(data, f) for f in self.dense]
+        blocks += [self._encoding_block(data, f) for f in self.encodings]
+        dense = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), np.float32)
+        sparse = {f.name: self._embedding_ids(data, f) for f in self.embeddings}
+        group_ids = timestamps = None
+        if self.group_id and self.group_id in data.schema.names:
+            group_ids = torch.from_numpy(fids_from_arrow(_flat(_column(data, self.group_id))))
+        if self.timestamp and self.timestamp in data.schema.names:
+            ts = _column(data, self.timestamp)
+            timestamps = torch.from_numpy(
+                np.asarray(pc.fill_null(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False))
+            )
+        return Batch(
+            torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),
+            sparse,
+            group_ids,
+            timestamps,
+        )
+
+    def _label(self, data: pa.Table | pa.RecordBatch, lab: Label) -> np.ndarray:
+        col = _column(data, lab.name)
+        if col.null_count:
+            raise SchemaError(f"label column {lab.name!r} has {col.null_count} missing values")
+        try:
+            values = np.asarray(col.cast(pa.float32()).to_numpy(zero_copy_only=False))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise SchemaError(f"label column {lab.name!r} is not numeric: {e}") from None
+        if lab.threshold is not None:
+            values = (values >= lab.threshold).astype(np.float32)
+        return values
+
+    def _dense_block(self, data: pa.Table | pa.RecordBatch, f: DenseFeature) -> np.ndarray:
+        x = _dense_values(_column(data, f.name), f.name)
+        missing = np.isnan(x)
+        if f.transform == "log1p":
+            x = np.sign(x) * np.log1p(np.abs(x))
+        elif f.transform == "standardize":
+            if f.mean is None or f.std is None:
+                raise SchemaError(f"dense feature {f.name!r} is not fitted: call fit()")
+            x = (x - f.mean) / (f.std if f.std > 0 else 1.0)
+        elif f.transform == "quantile":
+            if f.quantiles is None:
+                raise SchemaError(f"dense feature {f.name!r} is not fitted: call fit()")
+            q = np.asarray(f.quantiles)
+            x = np.interp(x, q, np.linspace(0.0, 1.0, q.size))
+        x = np.where(missing, f.fill, x).astype(np.float32)
+        if f.missing_indicator:
+            return np.stack([x, missing.astype(np.float32)], axis=1)
+        return x[:, None]
+
+    def _encoding_block(self, data: pa.Table | pa.RecordBatch, f: EncodingFeature) -> np.ndarray:
+        col = _column(data, f.name)
+        n = len(col)
+        vocab = pa.array(f.vocabulary if f.vocabulary is not None else [], pa.string())
+        width = f.width
+        out = np.zeros((n, width), np.float32)
+        lists = _as_lists(col, f.separator)
+        flat = pc.cast(lists.flatten(), pa.string())
+        if len(flat) == 0:
+            return out
+        index = pc.index_in(flat, value_set=vocab)
+        index = np.asarray(pc.fill_null(index, width - 1).to_numpy(zero_copy_only=False))
+        lengths = np.asarray(lists.value_lengths().fill_null(0).to_numpy(zero_copy_only=False))
+        rows = np.repeat(np.arange(n), lengths)
+        out[rows, index] = 1.0
+        return out
+
+    def _embedding_ids(self, data: pa.Table | pa.RecordBatch, f: EmbeddingFeature) -> JaggedIds:
+        col = _column(data, f.name)
+        if _is_list(col.type) or f.separator is not None:
+            lists = _as_lists(col, f.separator)
+            lengths = np.asarray(
+                lists.value_lengths().fill_null(0).to_numpy(zero_copy_only=False), np.int64
+            )
+            flat = lists.flatten()
+            keep = np.ones(len(flat), bool)
+            if flat.null_count:
+                keep = ~np.asarray(flat.is_null().to_numpy(zero_copy_only=False))
+            values = fids_from_arrow(flat)
+            if not keep.all():  # null elements inside a list are dropped, not hashed
+                rows = np.repeat(np.arange(len(lengths)), lengths)
+                values = values[keep]
+                lengths = np.bincount(rows[keep], minlength=len(lengths)).astype(np.int64)
+        else:
+            values = fids_from_arrow(col)
+            lengths = np.ones(len(col), np.int64)
+            if col.null_count:
+                lengths[np.asarray(col.is_null().to_numpy(zero_copy_only=False))] = 0
+                values = values[lengths == 1]
+        weights = None
+        if f.weights:
+            wcol = _column(data, f.weights)
+            weights = np.asarray(
+                pc.cast(_as_lists(wcol, None).flatten(), pa.float32()).to_numpy(
+                    zero_copy_only=False
+                )
+            )
+            if weights.shape != values.shape:
+                raise SchemaError(
+                    f"feature {f.name!r}: {weights.size} weights for {values.size} ids"
+                )
+        if f.missing == "token":
+            values, lengths, weights = _fill_missing_token(values, lengths, weights)
+        ids = JaggedIds.from_lengths(
+            torch.from_numpy(np.ascontiguousarray(values, np.int64)),
+            torch.from_numpy(lengths),
+            None if weights is None else torch.from_numpy(np.ascontiguousarray(weights)),
+        )
+        if f.max_length is not None:
+            ids = ids.truncate_last(f.max_length)
+        return ids
+
+
+# ------------------------------------------------------------------------- arrow helpers
+def _column(data: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
+    if name not in data.schema.names:
+        raise SchemaError(f"column {name!r} is missing (have: {', '.join(data.schema.names)})")
+    col = data.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _flat(col: pa.Array) -> pa.Array:
+    return col.flatten() if _is_list(col.type) else col
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _as_lists(col: pa.Array, separator: str | None) -> pa.Array:
+    """Any column → list array: lists stay, strings split on `separator`, scalars wrap."""
+    if _is_list(col.type):
+        return col
+    if separator is not None:
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            col = pc.cast(col, pa.string())
+        return pc.split_pattern(col, separator)
+    offsets = np.arange(len(col) + 1, dtype=np.int32)
+    if col.null_count:
+        lengths = (~np.asarray(col.is_null().to_numpy(zero_copy_only=False))).astype(np.int32)
+        offsets[1:] = np.cumsum(lengths)
+        col = col.drop_null()
+    return pa.ListArray.from_arrays(pa.array(offsets), col)
+
+
+def _flat_strings(col: pa.Array, separator: str | None) -> pa.Array:
+    return pc.cast(_as_lists(col, separator).flatten(), pa.string())
+
+
+def _dense_values(col: pa.Array, name: str) -> np.ndarray:
+    """float64 [n] with NaN for missing; a non-numeric column is a SchemaError."""
+    try:
+        arr = col.cast(pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise SchemaError(f"dense feature {name!r} is not numeric: {e}") from None
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _fill_missing_token(
+    values: np.ndarray, lengths: np.ndarray, weights: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Give every empty row one MISSING_FID (weight 1) so 'missing' has its own embedding."""
+    empty = lengths == 0
+    if not empty.any():
+        return values, lengths, weights
+    new_lengths = np.where(empty, 1, lengths)
+    ends = np.cumsum(new_lengths)
+    out = np.full(int(ends[-1]), MISSING_FID, np.int64)
+    keep_positions = np.repeat(ends - new_lengths, lengths) + _ranks_within(lengths)
+    out[keep_positions] = values
+    new_weights = None
+    if weights is not None:
+        new_weights = np.ones(out.size, np.float32)
+        new_weights[keep_positions] = weights
+    return out, new_lengths, new_weights
+
+
+def _ranks_within(lengths: np.ndarray) -> np.ndarray:
+    """[0..len0-1, 0..len1-1, ...] for row lengths."""
+    total = int(lengths.sum())
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.arange(total) - starts
+
