@@ -120,8 +120,9 @@ def load_config(path: str | Path) -> JobConfig:
     return parse_config(raw, base_dir=p.parent, source=str(p))
 
 
-def parse_config(raw: dict[str, Any], base_dir: Path | None = None, source: str = "config"
-                 ) -> JobConfig:
+def parse_config(
+    raw: dict[str, Any], base_dir: Path | None = None, source: str = "config"
+) -> JobConfig:
     try:
         cfg = JobConfig.model_validate(raw)
     except ValidationError as e:

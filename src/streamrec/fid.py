@@ -135,8 +135,12 @@ def hash_string_array(arr: pa.Array, seed: int = 0) -> np.ndarray:
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
-            or pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+    if not (
+        pa.types.is_string(arr.type)
+        or pa.types.is_large_string(arr.type)
+        or pa.types.is_binary(arr.type)
+        or pa.types.is_large_binary(arr.type)
+    ):
         arr = pc.cast(arr, pa.string())
     wide = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
     _, off_buf, data_buf = arr.buffers()

@@ -255,7 +255,7 @@ class Schema(_Strict):
         weights = None
         if f.weights:
             wcol = _column(data, f.weights)
-            weights = np.asarray(
+            weights = np.array(
                 pc.cast(_as_lists(wcol, None).flatten(), pa.float32()).to_numpy(
                     zero_copy_only=False
                 )
@@ -345,4 +345,3 @@ def _ranks_within(lengths: np.ndarray) -> np.ndarray:
     total = int(lengths.sum())
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return np.arange(total) - starts
-

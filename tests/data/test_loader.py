@@ -6,22 +6,26 @@ from streamrec.data.records import read_criteo
 from streamrec.data.synthetic import SyntheticCriteo
 from streamrec.schema import DenseFeature, EmbeddingFeature, Label, Schema
 
-SCHEMA = Schema(labels=[Label(name="label")],
-                dense=[DenseFeature(name=f"I{i}", transform="log1p") for i in range(1, 14)],
-                embeddings=[EmbeddingFeature(name=f"C{i}") for i in range(1, 27)])
+SCHEMA = Schema(
+    labels=[Label(name="label")],
+    dense=[DenseFeature(name=f"I{i}", transform="log1p") for i in range(1, 14)],
+    embeddings=[EmbeddingFeature(name=f"C{i}") for i in range(1, 27)],
+)
 
 
 def test_loader_yields_fixed_size_batches_covering_every_row(criteo_train):
     loader = BatchLoader(lambda: read_criteo(criteo_train, chunk_bytes=100_000), SCHEMA, 1000)
     sizes = [len(b) for b in loader]
     assert sizes == [1000] * 7 + [200]
-    assert len(list(BatchLoader(lambda: read_criteo(criteo_train), SCHEMA, 1000,
-                                drop_last=True))) == 7
+    assert (
+        len(list(BatchLoader(lambda: read_criteo(criteo_train), SCHEMA, 1000, drop_last=True))) == 7
+    )
 
 
 def test_loader_reraises_errors_from_the_prefetch_thread():
     def broken():
         yield pa.record_batch({"label": [1, 0]})
+
     with pytest.raises(Exception, match="'I1' is missing"):
         list(BatchLoader(broken, SCHEMA, 2))
 
@@ -29,7 +33,9 @@ def test_loader_reraises_errors_from_the_prefetch_thread():
 def test_synthetic_is_seeded_zipf_and_drifts():
     gen = SyntheticCriteo(seed=3, drift_per_row=0.05)
     a = pa.Table.from_batches(list(gen.record_batches(20_000, 5000)))
-    b = pa.Table.from_batches(list(SyntheticCriteo(seed=3, drift_per_row=0.05).record_batches(20_000, 5000)))
+    b = pa.Table.from_batches(
+        list(SyntheticCriteo(seed=3, drift_per_row=0.05).record_batches(20_000, 5000))
+    )
     assert a.equals(b)
     c10 = a["C10"].to_numpy()
     _, counts = __import__("numpy").unique(c10[:5000], return_counts=True)

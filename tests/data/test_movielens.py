@@ -24,14 +24,20 @@ def test_ml100k_has_demographics_and_multi_valued_genres(ml100k):
     assert set(ml100k.column_names) >= {"age", "gender", "occupation", "zip_code", "genres"}
     row = ml100k.filter(pc.equal(ml100k["item_id"], 1)).slice(0, 1).to_pylist()[0]
     assert row["genres"] == ["Animation", "Children's", "Comedy"]
-    schema = Schema(labels=[Label(name="label")],
-                    embeddings=[EmbeddingFeature(name="genres", table="genre"),
-                                EmbeddingFeature(name="user_id")])
+    schema = Schema(
+        labels=[Label(name="label")],
+        embeddings=[
+            EmbeddingFeature(name="genres", table="genre"),
+            EmbeddingFeature(name="user_id"),
+        ],
+    )
     batch = schema.encode(ml100k.slice(0, 64))
     genres = batch.sparse["genres"]
     assert genres.lengths().max() > 1
     first = ml100k.slice(0, 1).to_pylist()[0]
-    assert genres.values[: len(first["genres"])].tolist() == [hash_bytes(g) for g in first["genres"]]
+    assert genres.values[: len(first["genres"])].tolist() == [
+        hash_bytes(g) for g in first["genres"]
+    ]
 
 
 def test_per_user_time_split_takes_each_users_last_fifth(ml_small_dir):

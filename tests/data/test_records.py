@@ -24,7 +24,21 @@ def test_criteo_known_rows_parse_exactly(criteo_train):
     assert table.column_names == CRITEO_COLUMNS
     first = table.slice(0, 1).to_pylist()[0]
     assert first["label"] == 0
-    assert [first[f"I{i}"] for i in range(1, 14)] == [1, 1, 5, 0, 1382, 4, 15, 2, 181, 1, 2, None, 2]
+    assert [first[f"I{i}"] for i in range(1, 14)] == [
+        1,
+        1,
+        5,
+        0,
+        1382,
+        4,
+        15,
+        2,
+        181,
+        1,
+        2,
+        None,
+        2,
+    ]
     assert first["C1"] == "68fd1e64" and first["C22"] is None and first["C26"] == "9727dd16"
     third = table.slice(2, 1).to_pylist()[0]
     assert third["I4"] == 14 and third["C19"] is None and third["C25"] is None

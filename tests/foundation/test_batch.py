@@ -41,15 +41,17 @@ def test_arrow_round_trip(data, weighted):
 @given(rows, st.integers(0, 4))
 def test_truncate_last_keeps_most_recent(data, max_len):
     j = _jagged(data).truncate_last(max_len)
-    expected = [r[len(r) - min(len(r), max_len):] for r in data]
+    expected = [r[len(r) - min(len(r), max_len) :] for r in data]
     assert j == _jagged(expected)
 
 
 def test_batch_slice_concat_and_types():
     b = Batch(
-        labels=torch.rand(5, 2), dense=torch.rand(5, 3),
+        labels=torch.rand(5, 2),
+        dense=torch.rand(5, 3),
         sparse={"f": _jagged([[1], [2, 3], [], [4], [5, 6, 7]])},
-        group_ids=torch.arange(5), timestamps=torch.arange(5) * 10,
+        group_ids=torch.arange(5),
+        timestamps=torch.arange(5) * 10,
     )
     back = Batch.concat([b.slice(0, 2), b.slice(2, 5)])
     assert torch.equal(back.labels, b.labels) and torch.equal(back.dense, b.dense)

@@ -18,17 +18,19 @@ from streamrec.schema import (
 
 
 def _table() -> pa.Table:
-    return pa.table({
-        "rating": [5.0, 3.0, 4.0, 1.0],
-        "price": [0.0, 9.0, None, -3.0],
-        "gender": ["M", "F", None, "X"],
-        "genres": ["Action|Comedy", "Drama", None, "Comedy"],
-        "user": [10, 11, None, 10],
-        "city": ["paris", None, "rome", "paris"],
-        "hist": pa.array([[1, 2, 3], [], None, [4]], pa.list_(pa.int64())),
-        "hist_w": pa.array([[1.0, 0.5, 0.25], [], None, [2.0]], pa.list_(pa.float32())),
-        "ts": [100, 200, 300, 400],
-    })
+    return pa.table(
+        {
+            "rating": [5.0, 3.0, 4.0, 1.0],
+            "price": [0.0, 9.0, None, -3.0],
+            "gender": ["M", "F", None, "X"],
+            "genres": ["Action|Comedy", "Drama", None, "Comedy"],
+            "user": [10, 11, None, 10],
+            "city": ["paris", None, "rome", "paris"],
+            "hist": pa.array([[1, 2, 3], [], None, [4]], pa.list_(pa.int64())),
+            "hist_w": pa.array([[1.0, 0.5, 0.25], [], None, [2.0]], pa.list_(pa.float32())),
+            "ts": [100, 200, 300, 400],
+        }
+    )
 
 
 def test_labels_threshold_and_dense_transforms():
@@ -44,8 +46,12 @@ def test_labels_threshold_and_dense_transforms():
 
 
 def test_standardize_and_quantile_are_fitted():
-    s = Schema(dense=[DenseFeature(name="price", transform="standardize"),
-                      DenseFeature(name="rating", transform="quantile", num_quantiles=4)])
+    s = Schema(
+        dense=[
+            DenseFeature(name="price", transform="standardize"),
+            DenseFeature(name="rating", transform="quantile", num_quantiles=4),
+        ]
+    )
     with pytest.raises(SchemaError, match="not fitted"):
         s.encode(_table(), with_labels=False)
     fitted = s.fit(_table())
@@ -58,12 +64,18 @@ def test_standardize_and_quantile_are_fitted():
 
 
 def test_encoding_vocabulary_oov_and_missing():
-    s = Schema(encodings=[EncodingFeature(name="gender"),
-                          EncodingFeature(name="genres", separator="|", max_size=2)]).fit(_table())
+    s = Schema(
+        encodings=[
+            EncodingFeature(name="gender"),
+            EncodingFeature(name="genres", separator="|", max_size=2),
+        ]
+    ).fit(_table())
     assert s.encodings[0].vocabulary == ["F", "M", "X"]
     assert s.encodings[1].vocabulary == ["Comedy", "Action"]
-    b = s.encode(pa.table({"gender": ["M", "Z", None], "genres": ["Comedy|Drama", None, "Action"]}),
-                 with_labels=False)
+    b = s.encode(
+        pa.table({"gender": ["M", "Z", None], "genres": ["Comedy|Drama", None, "Action"]}),
+        with_labels=False,
+    )
     d = b.dense.numpy()
     assert d[0, :4].tolist() == [0, 1, 0, 0] and d[1, :4].tolist() == [0, 0, 0, 1]
     assert d[2, :4].tolist() == [0, 0, 0, 0]  # missing: no bucket at all
@@ -72,12 +84,14 @@ def test_encoding_vocabulary_oov_and_missing():
 
 
 def test_embedding_ids_strings_ints_lists_weights_and_missing():
-    s = Schema(embeddings=[
-        EmbeddingFeature(name="user"),
-        EmbeddingFeature(name="city", missing="empty"),
-        EmbeddingFeature(name="genres", separator="|", table="genre"),
-        EmbeddingFeature(name="hist", weights="hist_w", table="item", max_length=2),
-    ])
+    s = Schema(
+        embeddings=[
+            EmbeddingFeature(name="user"),
+            EmbeddingFeature(name="city", missing="empty"),
+            EmbeddingFeature(name="genres", separator="|", table="genre"),
+            EmbeddingFeature(name="hist", weights="hist_w", table="item", max_length=2),
+        ]
+    )
     b = s.encode(_table(), with_labels=False)
     user = b.sparse["user"]
     assert user.values.tolist() == [10, 11, MISSING_FID, 10]
@@ -104,8 +118,10 @@ def test_errors_name_the_column():
 
 
 def test_config_round_trip_and_typos_are_errors():
-    raw = {"schema": {"labels": [{"name": "label"}], "embeddings": [{"name": "user"}]},
-           "tables": {"user": {"dim": 8, "optimizer": "adagrad"}}}
+    raw = {
+        "schema": {"labels": [{"name": "label"}], "embeddings": [{"name": "user"}]},
+        "tables": {"user": {"dim": 8, "optimizer": "adagrad"}},
+    }
     cfg = parse_config(raw)
     assert cfg.table_configs()["user"].dim == 8
     again = parse_config(cfg.to_dict())
@@ -115,4 +131,6 @@ def test_config_round_trip_and_typos_are_errors():
     with pytest.raises(ConfigError, match="no feature uses"):
         parse_config({**raw, "tables": {"other": {}}})
     fitted = cfg.schema.fit(_table())
-    assert isinstance(fitted.encode(_table(), with_labels=False).sparse["user"].values, torch.Tensor)
+    assert isinstance(
+        fitted.encode(_table(), with_labels=False).sparse["user"].values, torch.Tensor
+    )

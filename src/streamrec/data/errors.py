@@ -33,7 +33,9 @@ class DeadLetter:
     def reject(self, file: str, line: int | None, reason: str, record: str = "") -> None:
         where = f"{file}:{line}" if line is not None else file
         if self.strict:
-            raise DataError(f"{where}: {reason} (drop --strict to skip bad rows into a dead-letter file)")
+            raise DataError(
+                f"{where}: {reason} (drop --strict to skip bad rows into a dead-letter file)"
+            )
         self.count += 1
         entry = {"file": file, "line": line, "reason": reason, "record": record}
         if len(self.examples) < 5:

@@ -22,11 +22,15 @@ def guess_format(path: str | Path) -> str:
         return "tsv"
     if name.endswith(".csv"):
         return "csv"
-    raise DataError(f"{path}: cannot tell the format from the name; pass --format ({', '.join(FORMATS)})")
+    raise DataError(
+        f"{path}: cannot tell the format from the name; pass --format ({', '.join(FORMATS)})"
+    )
 
 
 def read_records(
-    path: str | Path | None, fmt: str | None = None, dead: DeadLetter | None = None,
+    path: str | Path | None,
+    fmt: str | None = None,
+    dead: DeadLetter | None = None,
     batch_rows: int = 65536,
 ) -> Iterator[pa.RecordBatch]:
     """Stream `path` as Arrow record batches. MovieLens formats load whole (they are small) and

@@ -18,8 +18,9 @@ from streamrec.schema import Schema
 _DONE = object()
 
 
-def rebatch(batches: Iterable[pa.RecordBatch], rows: int, drop_last: bool = False
-            ) -> Iterator[pa.Table]:
+def rebatch(
+    batches: Iterable[pa.RecordBatch], rows: int, drop_last: bool = False
+) -> Iterator[pa.Table]:
     """Re-cut a stream of record batches into tables of exactly `rows` rows (last may be short)."""
     pending: list[pa.RecordBatch] = []
     have = 0
@@ -45,8 +46,13 @@ class BatchLoader:
     """
 
     def __init__(
-        self, source: Callable[[], Iterable[pa.RecordBatch]], schema: Schema, batch_size: int,
-        prefetch: int = 2, drop_last: bool = False, with_labels: bool = True,
+        self,
+        source: Callable[[], Iterable[pa.RecordBatch]],
+        schema: Schema,
+        batch_size: int,
+        prefetch: int = 2,
+        drop_last: bool = False,
+        with_labels: bool = True,
     ) -> None:
         self.source = source
         self.schema = schema

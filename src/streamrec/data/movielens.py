@@ -52,8 +52,17 @@ def ml100k_dir(path: str | Path | None = None) -> Path:
 
 def _fetch_ml100k_from_wheel(dest: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               RECBOLE_WHEEL, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            RECBOLE_WHEEL,
+            "-d",
+            tmp,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("recbole-*.whl"))
         if result.returncode != 0 or not wheels:
@@ -87,23 +96,29 @@ def load_ml100k(path: str | Path | None = None) -> pa.Table:
     inter = _read_recbole(folder / "ml-100k.inter")
     users = _read_recbole(folder / "ml-100k.user")
     items = _read_recbole(folder / "ml-100k.item")
-    items = pa.table({
-        "item_id": items["item_id"].cast(pa.int64()),
-        "genres": pc.split_pattern(items["class"].cast(pa.string()), " "),
-    })
-    users = pa.table({
-        "user_id": users["user_id"].cast(pa.int64()),
-        "age": users["age"].cast(pa.int64()),
-        "gender": users["gender"].cast(pa.string()),
-        "occupation": users["occupation"].cast(pa.string()),
-        "zip_code": users["zip_code"].cast(pa.string()),
-    })
-    log = pa.table({
-        "user_id": inter["user_id"].cast(pa.int64()),
-        "item_id": inter["item_id"].cast(pa.int64()),
-        "rating": inter["rating"].cast(pa.float32()),
-        "timestamp": inter["timestamp"].cast(pa.int64()),
-    })
+    items = pa.table(
+        {
+            "item_id": items["item_id"].cast(pa.int64()),
+            "genres": pc.split_pattern(items["class"].cast(pa.string()), " "),
+        }
+    )
+    users = pa.table(
+        {
+            "user_id": users["user_id"].cast(pa.int64()),
+            "age": users["age"].cast(pa.int64()),
+            "gender": users["gender"].cast(pa.string()),
+            "occupation": users["occupation"].cast(pa.string()),
+            "zip_code": users["zip_code"].cast(pa.string()),
+        }
+    )
+    log = pa.table(
+        {
+            "user_id": inter["user_id"].cast(pa.int64()),
+            "item_id": inter["item_id"].cast(pa.int64()),
+            "rating": inter["rating"].cast(pa.float32()),
+            "timestamp": inter["timestamp"].cast(pa.int64()),
+        }
+    )
     log = _left_join(log, items, "item_id")
     log = _left_join(log, users, "user_id")
     return _finish(log, ["age", "gender", "occupation", "zip_code"])
@@ -120,16 +135,20 @@ def load_ml_latest_small(path: str | Path) -> pa.Table:
     if not expected <= set(ratings.column_names):
         raise DataError(f"{ratings_file}: expected columns {sorted(expected)}")
     movies = pacsv.read_csv(movies_file)
-    movies = pa.table({
-        "item_id": movies["movieId"].cast(pa.int64()),
-        "genres": pc.split_pattern(movies["genres"].cast(pa.string()), "|"),
-    })
-    log = pa.table({
-        "user_id": ratings["userId"].cast(pa.int64()),
-        "item_id": ratings["movieId"].cast(pa.int64()),
-        "rating": ratings["rating"].cast(pa.float32()),
-        "timestamp": ratings["timestamp"].cast(pa.int64()),
-    })
+    movies = pa.table(
+        {
+            "item_id": movies["movieId"].cast(pa.int64()),
+            "genres": pc.split_pattern(movies["genres"].cast(pa.string()), "|"),
+        }
+    )
+    log = pa.table(
+        {
+            "user_id": ratings["userId"].cast(pa.int64()),
+            "item_id": ratings["movieId"].cast(pa.int64()),
+            "rating": ratings["rating"].cast(pa.float32()),
+            "timestamp": ratings["timestamp"].cast(pa.int64()),
+        }
+    )
     log = _left_join(log, movies, "item_id")
     return _finish(log, [])
 
@@ -147,8 +166,9 @@ def _left_join(left: pa.Table, right: pa.Table, key: str) -> pa.Table:
 def _finish(log: pa.Table, extra: list[str]) -> pa.Table:
     label = pc.cast(pc.greater_equal(log["rating"], 4.0), pa.int8())
     log = log.append_column("label", label)
-    log = log.sort_by([("timestamp", "ascending"), ("user_id", "ascending"),
-                       ("item_id", "ascending")])
+    log = log.sort_by(
+        [("timestamp", "ascending"), ("user_id", "ascending"), ("item_id", "ascending")]
+    )
     columns = ["user_id", "item_id", "rating", "timestamp", "genres", *extra, "label"]
     return log.select(columns).combine_chunks()
 

@@ -87,13 +87,20 @@ def _invalid_row_handler(path: Path, dead: DeadLetter, lines: _LineTracker):
 
 
 def _reject_rows(
-    batch: pa.RecordBatch, bad: np.ndarray, reasons: list[str], path: Path,
-    dead: DeadLetter, lines: _LineTracker, first_index: int,
+    batch: pa.RecordBatch,
+    bad: np.ndarray,
+    reasons: list[str],
+    path: Path,
+    dead: DeadLetter,
+    lines: _LineTracker,
+    first_index: int,
 ) -> pa.RecordBatch:
     idx = np.flatnonzero(bad)
     line_numbers = lines.lines_of(idx + first_index)
     for i, line, reason in zip(idx, line_numbers, reasons, strict=True):
-        raw = "\t".join("" if v is None else str(v) for v in batch.slice(i, 1).to_pylist()[0].values())
+        raw = "\t".join(
+            "" if v is None else str(v) for v in batch.slice(i, 1).to_pylist()[0].values()
+        )
         dead.reject(str(path), int(line), reason, raw)
     return batch.filter(pa.array(~bad))
 
@@ -108,17 +115,20 @@ def read_criteo(
     dead = dead if dead is not None else DeadLetter()
     lines = _LineTracker()
     reader = _open_csv(
-        path, lines,
+        path,
+        lines,
         read_options=pacsv.ReadOptions(
             column_names=CRITEO_COLUMNS, block_size=chunk_bytes, use_threads=False
         ),
         parse_options=pacsv.ParseOptions(
-            delimiter="\t", quote_char=False,
+            delimiter="\t",
+            quote_char=False,
             invalid_row_handler=_invalid_row_handler(path, dead, lines),
         ),
         convert_options=pacsv.ConvertOptions(
             column_types={c: pa.string() for c in CRITEO_COLUMNS},
-            strings_can_be_null=True, null_values=[""],
+            strings_can_be_null=True,
+            null_values=[""],
         ),
     )
     for raw in _batches(reader, path, lines):
@@ -189,8 +199,11 @@ def _batches(
 
 
 def read_csv(
-    path: str | Path, dead: DeadLetter | None = None, chunk_bytes: int = 4 << 20,
-    delimiter: str = ",", column_types: dict[str, pa.DataType] | None = None,
+    path: str | Path,
+    dead: DeadLetter | None = None,
+    chunk_bytes: int = 4 << 20,
+    delimiter: str = ",",
+    column_types: dict[str, pa.DataType] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """CSV with a header row; rows with the wrong field count are dead-lettered by line.
 
@@ -201,7 +214,8 @@ def read_csv(
     dead = dead if dead is not None else DeadLetter()
     lines = _LineTracker(first_line=2)
     reader = _open_csv(
-        path, lines,
+        path,
+        lines,
         read_options=pacsv.ReadOptions(block_size=chunk_bytes, use_threads=False),
         parse_options=pacsv.ParseOptions(
             delimiter=delimiter, invalid_row_handler=_invalid_row_handler(path, dead, lines)

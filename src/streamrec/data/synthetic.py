@@ -22,8 +22,34 @@ _SCRAMBLE = np.uint64(0x9E3779B97F4A7C15)
 
 def _default_vocab() -> list[int]:
     # Criteo Kaggle's cardinalities, capped at 1M rows (the DLRM benchmark setting).
-    sizes = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-             27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+    sizes = [
+        1460,
+        583,
+        10131227,
+        2202608,
+        305,
+        24,
+        12517,
+        633,
+        3,
+        93145,
+        5683,
+        8351593,
+        3194,
+        27,
+        14992,
+        5461306,
+        10,
+        5652,
+        2173,
+        4,
+        7046547,
+        18,
+        15,
+        286181,
+        105,
+        142572,
+    ]
     return [min(s, 1_000_000) for s in sizes]
 
 
@@ -52,9 +78,7 @@ class SyntheticCriteo:
         raw = ((rank + shift) % v).astype(np.uint64) + np.uint64(column << 40)
         return (raw * _SCRAMBLE).view(np.int64)
 
-    def record_batches(
-        self, num_rows: int, batch_rows: int = 65536
-    ) -> Iterator[pa.RecordBatch]:
+    def record_batches(self, num_rows: int, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
         rng = np.random.default_rng(self.seed)
         for start in range(0, num_rows, batch_rows):
             n = min(batch_rows, num_rows - start)
@@ -62,7 +86,7 @@ class SyntheticCriteo:
             sparse = [self.ids(rng, c, n, start) for c in range(len(CRITEO_SPARSE))]
             logit = -1.3 + 0.15 * np.log1p(dense[:, 0]) - 0.1 * np.log1p(dense[:, 3])
             for c in (0, 5, 13):
-                effect = ((sparse[c].view(np.uint64) >> np.uint64(40)) % np.uint64(1000))
+                effect = (sparse[c].view(np.uint64) >> np.uint64(40)) % np.uint64(1000)
                 logit += (effect.astype(np.float64) / 1000.0 - 0.5) * 2.0
             label = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
             columns = [pa.array(label)]

@@ -1,0 +1,280 @@
+"""EmbeddingCollection: the tables of a schema as one nn.Module.
+
+Tables with the same dim and row optimizer form a `TableGroup`; per group and batch, forward:
+  1. concatenates the fids of every feature of the group (table after table) and resolves them
+     in one kernel: de-duplicated per table (unique + inverse + counts), looked up, admitted
+     while training — shared tables are read once;
+  2. gathers the unique rows once → W [U, dim], moved to the batch's device;
+  3. pools every feature of the group with a single `embedding_bag` over W (sum, then a per-bag
+     scale for mean / sqrtn; per-id weights) → {feature: [B, dim]}; features with
+     `max_length` also come back padded [B, L, dim] with a mask.
+In backward, W's gradient [U, dim] goes straight to the row optimizer of every table in the
+group (fused into backward through a tensor hook), so only the unique rows of the batch are
+touched; dense parameters are left to torch.optim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streamrec.batch import Batch, JaggedIds
+from streamrec.embedding.grouped import Resolved, TableGroup
+from streamrec.embedding.table import DynamicTable
+from streamrec.schema import EmbeddingFeature, Schema
+
+
+@dataclass
+class Embedded:
+    """The embeddings of one batch.
+
+    pooled:    {feature: [B, dim]} (views into `groups`)
+    groups:    [(feature names, [B, F, dim])] — each group's features stacked, as one tensor
+    sequences: {feature: ([B, L, dim], mask bool [B, L])} for features with `max_length`
+    """
+
+    pooled: dict[str, torch.Tensor] = field(default_factory=dict)
+    groups: list[tuple[list[str], torch.Tensor]] = field(default_factory=list)
+    sequences: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def stacked(self, names: list[str]) -> torch.Tensor:
+        """[B, len(names), dim] for these features — no copy when they are exactly one group's
+        features in group order (what `EmbeddingCollection.feature_order` lists)."""
+        for group_names, tensor in self.groups:
+            if group_names == names:
+                return tensor
+        return torch.stack([self.pooled[n] for n in names], dim=1)
+
+
+@dataclass
+class _GroupPlan:
+    group: TableGroup
+    features: list[str]  # in fid order: table after table, then the table's features
+
+
+class EmbeddingCollection(nn.Module):
+    def __init__(self, schema: Schema, tables: dict[str, DynamicTable]) -> None:
+        super().__init__()
+        missing = set(schema.tables()) - set(tables)
+        if missing:
+            raise ValueError(f"no DynamicTable given for tables {sorted(missing)}")
+        self.tables = tables
+        self.features: dict[str, EmbeddingFeature] = {f.name: f for f in schema.embeddings}
+        by_key: dict[tuple, list[str]] = {}
+        for name in schema.tables():
+            t = tables[name]
+            key = (t.dim, t.optimizer.name, t._map.shard_bits, t._weights.chunk_rows)
+            by_key.setdefault(key, []).append(name)
+        feature_lists = schema.tables()
+        self._plans = [
+            _GroupPlan(
+                TableGroup([tables[n] for n in names]), [f for n in names for f in feature_lists[n]]
+            )
+            for names in by_key.values()
+        ]
+        self._table_of = {f.name: f.table_name for f in schema.embeddings}
+        self.now: float | None = None  # event time for admission / expiry; set by the trainer
+
+    def dim(self, feature: str) -> int:
+        return self.tables[self.features[feature].table_name].dim
+
+    @property
+    def feature_order(self) -> list[str]:
+        """Embedding features in the order the groups stack them (use with `stacked`)."""
+        return [f for plan in self._plans for f in plan.features]
+
+    def forward(self, batch: Batch) -> Embedded:
+        out = Embedded()
+        device = batch.dense.device
+        now = self.now
+        if now is None and batch.timestamps is not None and batch.timestamps.numel():
+            now = float(batch.timestamps.max())
+        for plan in self._plans:
+            self._forward_group(plan, batch, now, device, out)
+        return out
+
+    def _forward_group(
+        self, plan: _GroupPlan, batch: Batch, now: float | None, device: torch.device, out: Embedded
+    ) -> None:
+        parts = [
+            batch.sparse[f].to("cpu") if batch.sparse[f].values.is_cuda else batch.sparse[f]
+            for f in plan.features
+        ]
+        fids = torch.cat([p.values for p in parts]).numpy()
+        segments = self._segments(plan, parts)
+        resolved = plan.group.resolve(fids, segments, now, insert=self.training)
+        weights = plan.group.gather(resolved).to(device)
+        if self.training and torch.is_grad_enabled():
+            weights.requires_grad_(True)
+            weights.register_hook(_row_update_hook(plan.group, resolved))
+        inverse = torch.from_numpy(resolved.inverse).to(device)
+        pooled = _pool_all(
+            weights, inverse, parts, [self.features[f] for f in plan.features], device
+        )
+        out.groups.append((plan.features, pooled))
+        start = 0
+        for i, (name, ids) in enumerate(zip(plan.features, parts, strict=True)):
+            n = ids.values.numel()
+            feature = self.features[name]
+            out.pooled[name] = pooled[:, i]
+            if feature.max_length is not None:
+                out.sequences[name] = _pad(
+                    weights, inverse[start : start + n], ids.to(device), feature.max_length
+                )
+            start += n
+
+    def _segments(self, plan: _GroupPlan, parts: list[JaggedIds]) -> np.ndarray:
+        """Offsets of each table's fids in the concatenation (tables in group order)."""
+        sizes = np.zeros(len(plan.group.tables), np.int64)
+        index = {id(t): i for i, t in enumerate(plan.group.tables)}
+        for name, p in zip(plan.features, parts, strict=True):
+            sizes[index[id(self.tables[self._table_of[name]])]] += p.values.numel()
+        return np.concatenate([[0], np.cumsum(sizes)])
+
+
+def _row_update_hook(group: TableGroup, resolved: Resolved):  # noqa: ANN202
+    def apply(grad: torch.Tensor) -> None:
+        group.apply_gradients(resolved, grad)
+
+    return apply
+
+
+def _pool_all(
+    weights: torch.Tensor,
+    inverse: torch.Tensor,
+    parts: list[JaggedIds],
+    features: list[EmbeddingFeature],
+    device: torch.device,
+) -> torch.Tensor:
+    """Pool every feature of a group in one go → [B, F, dim].
+
+    The ids are first laid out row-major (row b's ids of feature 0, 1, …, then row b+1), so the
+    single embedding_bag writes [B·F, dim] already in [B, F, dim] order — models that stack or
+    concatenate features get them without a copy. Every bag is pooled as a (weighted) sum; mean
+    and sqrtn bags are then scaled by 1/len and 1/sqrt(len). Empty bags pool to zeros."""
+    batch_size, n_features = parts[0].batch_size, len(parts)
+    stacked = torch.stack([p.offsets for p in parts])  # [F, B+1]
+    weighted = any(p.weights is not None for p in parts)
+    psw = None
+    if weighted:
+        psw = torch.cat(
+            [p.weights if p.weights is not None else torch.ones(p.values.numel()) for p in parts]
+        )
+    order, lengths = _row_major(stacked.numpy())
+    order_t = torch.from_numpy(order).to(device)
+    inverse = inverse.index_select(0, order_t)
+    if psw is not None:
+        psw = psw.to(device).index_select(0, order_t)
+    lengths_t = torch.from_numpy(lengths).to(device)
+    offsets = torch.cumsum(lengths_t, 0) - lengths_t
+    pooled = _SumPool.apply(weights, inverse, offsets, lengths_t, psw)
+    pooled = pooled.view(batch_size, n_features, -1)
+    modes = [f.pooling for f in features]
+    if any(m != "sum" for m in modes):
+        n = lengths_t.view(batch_size, n_features).clamp(min=1).float()
+        scale = torch.ones_like(n)
+        for i, m in enumerate(modes):
+            if m == "mean":
+                scale[:, i] = 1.0 / n[:, i]
+            elif m == "sqrtn":
+                scale[:, i] = n[:, i].rsqrt()
+        pooled = pooled * scale[:, :, None]
+    return pooled
+
+
+@numba.njit(nogil=True, cache=True)
+def _row_major(offsets):  # noqa: ANN001, ANN202
+    """offsets [F, B+1] of F features' ids laid out feature after feature → (order [n]: the
+    positions of the ids in row-major (b, f) order, lengths [B·F] of the bags in that order)."""
+    n_features, batch = offsets.shape[0], offsets.shape[1] - 1
+    base = np.zeros(n_features, np.int64)
+    for f in range(1, n_features):
+        base[f] = base[f - 1] + offsets[f - 1, batch]
+    total = base[n_features - 1] + offsets[n_features - 1, batch]
+    order = np.empty(total, np.int64)
+    lengths = np.empty(batch * n_features, np.int64)
+    k = 0
+    for b in range(batch):
+        for f in range(n_features):
+            lo, hi = offsets[f, b], offsets[f, b + 1]
+            lengths[b * n_features + f] = hi - lo
+            for i in range(lo, hi):
+                order[k] = base[f] + i
+                k += 1
+    return order, lengths
+
+
+class _SumPool(torch.autograd.Function):
+    """Sum-pool rows of W into bags; backward is one index_add (no sort, unlike
+    embedding_bag's dense backward, which dominated the step in profiles).
+
+    weights [U, dim], inverse [n] (row of W for every id), offsets/lengths [bags],
+    per_sample_weights [n] or None → [bags, dim]."""
+
+    @staticmethod
+    def forward(ctx, weights, inverse, offsets, lengths, per_sample_weights):  # noqa: ANN001, ANN205
+        out = F.embedding_bag(
+            inverse, weights, offsets, mode="sum", per_sample_weights=per_sample_weights
+        )
+        ctx.save_for_backward(inverse, lengths, per_sample_weights)
+        ctx.num_rows = weights.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        inverse, lengths, psw = ctx.saved_tensors
+        if grad_out.is_cuda:
+            bag_of = torch.repeat_interleave(
+                torch.arange(lengths.numel(), device=lengths.device), lengths
+            )
+            g = grad_out.index_select(0, bag_of)
+            if psw is not None:
+                g = g * psw[:, None]
+            grad_w = grad_out.new_zeros(ctx.num_rows, grad_out.shape[1]).index_add_(0, inverse, g)
+        else:
+            grad_w = torch.zeros(ctx.num_rows, grad_out.shape[1])
+            no_weights = np.empty(0, np.float32)
+            _scatter_bags(
+                grad_out.contiguous().float().numpy(),
+                lengths.numpy(),
+                inverse.numpy(),
+                no_weights if psw is None else psw.numpy(),
+                grad_w.numpy(),
+            )
+        return grad_w, None, None, None, None
+
+
+@numba.njit(nogil=True, cache=True)
+def _scatter_bags(grad_out, lengths, inverse, weights, grad_w):  # noqa: ANN001, ANN202
+    """grad_w[inverse[i]] += weights[i] · grad_out[bag of i], bags laid out by `lengths`."""
+    i = 0
+    weighted = weights.shape[0] > 0
+    for b in range(lengths.shape[0]):
+        for _ in range(lengths[b]):
+            r = inverse[i]
+            w = weights[i] if weighted else 1.0
+            for j in range(grad_out.shape[1]):
+                grad_w[r, j] += w * grad_out[b, j]
+            i += 1
+
+
+def _pad(
+    weights: torch.Tensor, idx: torch.Tensor, ids: JaggedIds, max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-aligned padded sequence [B, L, dim] and mask [B, L] (True = a real id).
+    The schema already keeps only the last `max_length` ids of each row."""
+    lengths = ids.lengths()
+    if lengths.numel() and int(lengths.max()) > max_length:
+        raise ValueError(f"a row has {int(lengths.max())} ids, more than max_length={max_length}")
+    b, dim = ids.batch_size, weights.shape[1]
+    rows = torch.repeat_interleave(torch.arange(b, device=idx.device), lengths)
+    pos = torch.arange(ids.values.numel(), device=idx.device) - ids.offsets[:-1][rows]
+    flat = weights.new_zeros(b * max_length, dim)
+    flat = flat.index_copy(0, rows * max_length + pos, weights[idx])
+    mask = torch.arange(max_length, device=idx.device)[None, :] < lengths[:, None]
+    return flat.view(b, max_length, dim), mask

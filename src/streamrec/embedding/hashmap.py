@@ -1,0 +1,218 @@
+"""fid → row: a numba open-addressing hash map that grows without stopping the world.
+
+The map is split into 2^shard_bits shards chosen by the top bits of a 64-bit mix of the fid;
+each shard is a linear-probing table (keys int64, rows int32, row −1 = empty slot) that doubles
+on its own when an insert would pass its load limit. Load limits are staggered between 0.55 and
+0.8 across shards, so shards double in different batches: growing a 10M-entry map rehashes
+~40k entries at a time, never all of them. Deletion uses backward shifting (no tombstones), so
+probe lengths stay short under churn (eviction).
+
+Kernels receive the shards as arrays of addresses (see `views.py`); growth happens on the
+Python side in `ShardedMap.reserve`, before an insert kernel runs, because numba-allocated
+arrays would not outlive the kernel.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from streamrec.embedding.views import address, i32_1d, i64_1d
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+@numba.njit(inline="always")
+def mix64(x: np.uint64) -> np.uint64:
+    """splitmix64's finaliser: a bijective, well-spread 64-bit mix."""
+    x ^= x >> np.uint64(30)
+    x *= _M1
+    x ^= x >> np.uint64(27)
+    x *= _M2
+    x ^= x >> np.uint64(31)
+    return x
+
+
+@numba.njit(inline="always")
+def fid_hash(fid: np.int64) -> np.uint64:
+    return mix64(np.uint64(fid) + _GOLDEN)
+
+
+@numba.njit(inline="always")
+def shard_of(h: np.uint64, shard_bits: int) -> np.int64:
+    return np.int64(h >> np.uint64(64 - shard_bits))
+
+
+@numba.njit(nogil=True, inline="always")
+def map_find(key_ptrs, row_ptrs, caps, shard_bits: int, fid: np.int64) -> np.int64:  # noqa: ANN001
+    """Row of `fid`, or −1 when absent."""
+    h = fid_hash(fid)
+    s = shard_of(h, shard_bits)
+    cap = caps[s]
+    k = i64_1d(key_ptrs[s], cap)
+    v = i32_1d(row_ptrs[s], cap)
+    mask = np.uint64(cap - 1)
+    i = h & mask
+    while True:
+        r = np.int64(v[i])
+        if r < 0:
+            return np.int64(-1)
+        if k[i] == fid:
+            return r
+        i = (i + np.uint64(1)) & mask
+
+
+@numba.njit(nogil=True)
+def map_insert(key_ptrs, row_ptrs, caps, sizes, shard_bits: int, fid: np.int64, row: int) -> None:  # noqa: ANN001
+    """Insert a fid known to be absent, into a shard `reserve` made room in."""
+    h = fid_hash(fid)
+    s = shard_of(h, shard_bits)
+    cap = caps[s]
+    k = i64_1d(key_ptrs[s], cap)
+    v = i32_1d(row_ptrs[s], cap)
+    mask = np.uint64(cap - 1)
+    i = h & mask
+    while v[i] >= 0:
+        i = (i + np.uint64(1)) & mask
+    k[i] = fid
+    v[i] = row
+    sizes[s] += 1
+
+
+@numba.njit(nogil=True)
+def map_delete(key_ptrs, row_ptrs, caps, sizes, shard_bits: int, fid: np.int64) -> np.int64:  # noqa: ANN001
+    """Remove `fid`; returns its row (−1 if absent). Backward-shift deletion, no tombstones."""
+    h = fid_hash(fid)
+    s = shard_of(h, shard_bits)
+    cap = caps[s]
+    k = i64_1d(key_ptrs[s], cap)
+    v = i32_1d(row_ptrs[s], cap)
+    mask = np.uint64(cap - 1)
+    i = h & mask
+    while True:
+        if v[i] < 0:
+            return np.int64(-1)
+        if k[i] == fid:
+            break
+        i = (i + np.uint64(1)) & mask
+    found = np.int64(v[i])
+    j = i
+    while True:
+        j = (j + np.uint64(1)) & mask
+        if v[j] < 0:
+            break
+        home = fid_hash(k[j]) & mask
+        # The entry at j may move back to the hole at i unless its home lies in (i, j].
+        if i <= j:
+            movable = home <= i or home > j
+        else:
+            movable = home <= i and home > j
+        if movable:
+            k[i] = k[j]
+            v[i] = v[j]
+            i = j
+    v[i] = -1
+    sizes[s] -= 1
+    return found
+
+
+class ShardedMap:
+    """Owner of the shard arrays; the kernels above do the probing.
+
+    Memory: 12 bytes per slot (int64 key + int32 row) at 27–80% load.
+    """
+
+    def __init__(self, shard_bits: int = 8, initial_slots: int = 16) -> None:
+        if not 1 <= shard_bits <= 16:
+            raise ValueError("shard_bits must be in [1, 16]")
+        n = 1 << shard_bits
+        self.shard_bits = shard_bits
+        self.keys = [np.zeros(initial_slots, np.int64) for _ in range(n)]
+        self.rows = [np.full(initial_slots, -1, np.int32) for _ in range(n)]
+        self.key_ptrs = np.array([address(k) for k in self.keys], np.int64)
+        self.row_ptrs = np.array([address(v) for v in self.rows], np.int64)
+        self.caps = np.full(n, initial_slots, np.int64)
+        self.sizes = np.zeros(n, np.int64)
+        # Staggered load limits: shards cross them in different batches.
+        self.max_load = 0.55 + 0.25 * ((np.arange(n) * 37) % n) / max(n - 1, 1)
+        self.generation = 0  # bumped whenever a shard moves (cached address arrays go stale)
+
+    def __len__(self) -> int:
+        return int(self.sizes.sum())
+
+    def nbytes(self) -> int:
+        return int(self.caps.sum()) * 12
+
+    def reserve(self, fids: np.ndarray) -> None:
+        """Grow every shard that could pass its load limit if all of `fids` were inserted."""
+        need = _shard_counts(fids, self.shard_bits, self.caps.shape[0])
+        for s in np.flatnonzero(self.sizes + need > self.max_load * self.caps):
+            cap = int(self.caps[s])
+            while self.sizes[s] + need[s] > self.max_load[s] * cap:
+                cap *= 2
+            keys = np.zeros(cap, np.int64)
+            rows = np.full(cap, -1, np.int32)
+            _rehash(self.keys[s], self.rows[s], keys, rows)
+            self.keys[s], self.rows[s] = keys, rows
+            self.key_ptrs[s], self.row_ptrs[s] = address(keys), address(rows)
+            self.caps[s] = cap
+            self.generation += 1
+
+    def find(self, fids: np.ndarray) -> np.ndarray:
+        out = np.empty(fids.shape[0], np.int64)
+        _find_many(self.key_ptrs, self.row_ptrs, self.caps, self.shard_bits, fids, out)
+        return out
+
+    def insert(self, fids: np.ndarray, rows: np.ndarray) -> None:
+        """Insert absent fids (distinct) with their rows."""
+        self.reserve(fids)
+        _insert_many(
+            self.key_ptrs, self.row_ptrs, self.caps, self.sizes, self.shard_bits, fids, rows
+        )
+
+    def delete(self, fids: np.ndarray) -> np.ndarray:
+        out = np.empty(fids.shape[0], np.int64)
+        _delete_many(
+            self.key_ptrs, self.row_ptrs, self.caps, self.sizes, self.shard_bits, fids, out
+        )
+        return out
+
+
+@numba.njit(nogil=True)
+def _shard_counts(fids, shard_bits, n_shards):  # noqa: ANN001, ANN202
+    counts = np.zeros(n_shards, np.int64)
+    for i in range(fids.shape[0]):
+        counts[shard_of(fid_hash(fids[i]), shard_bits)] += 1
+    return counts
+
+
+@numba.njit(nogil=True)
+def _rehash(old_k, old_v, new_k, new_v):  # noqa: ANN001, ANN202
+    mask = np.uint64(new_k.shape[0] - 1)
+    for j in range(old_k.shape[0]):
+        if old_v[j] >= 0:
+            i = fid_hash(old_k[j]) & mask
+            while new_v[i] >= 0:
+                i = (i + np.uint64(1)) & mask
+            new_k[i] = old_k[j]
+            new_v[i] = old_v[j]
+
+
+@numba.njit(nogil=True, parallel=True)
+def _find_many(key_ptrs, row_ptrs, caps, shard_bits, fids, out):  # noqa: ANN001, ANN202
+    for i in numba.prange(fids.shape[0]):
+        out[i] = map_find(key_ptrs, row_ptrs, caps, shard_bits, fids[i])
+
+
+@numba.njit(nogil=True)
+def _insert_many(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids, new_rows):  # noqa: ANN001, ANN202
+    for i in range(fids.shape[0]):
+        map_insert(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids[i], new_rows[i])
+
+
+@numba.njit(nogil=True)
+def _delete_many(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids, out):  # noqa: ANN001, ANN202
+    for i in range(fids.shape[0]):
+        out[i] = map_delete(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids[i])

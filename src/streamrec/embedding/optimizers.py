@@ -1,0 +1,163 @@
+"""Row optimizers: per-row update rules applied in place to the unique rows a batch touched.
+
+Rows a batch did not touch are never read or written ("lazy" semantics, as in TorchRec and
+Monolith). The update is one numba kernel that reads each row's weights and state straight from
+the table's chunked storage, applies the rule, and writes them back — no gathered copies — for
+any number of tables at once (all tables of an EmbeddingCollection group in a single call).
+
+State layout per row (state_width columns):
+  sgd              —
+  adagrad          sum of g² per coordinate                         [dim]
+  rowwise_adagrad  sum of mean(g²) over the row                     [1]
+  adam             step count t, first moment m, second moment v   [1 + 2·dim]   (lazy Adam:
+                   each row has its own t, so bias correction follows the row's own updates)
+  ftrl             z, n per coordinate (FTRL-Proximal, McMahan et al. 2013)  [2·dim]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from streamrec.embedding.views import f32_2d, i64_2d
+
+OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl")
+_SGD, _ADAGRAD, _ROWWISE, _ADAM, _FTRL = range(5)
+
+
+@dataclass(frozen=True)
+class RowOptimizer:
+    name: str = "rowwise_adagrad"
+    lr: float = 0.05
+    eps: float = 1e-8
+    initial_accumulator: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    l1: float = 0.0
+    l2: float = 0.0
+    ftrl_beta: float = 1.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"unknown row optimizer {self.name!r}; choose one of {OPTIMIZERS}")
+
+    @property
+    def code(self) -> int:
+        return OPTIMIZERS.index(self.name)
+
+    def state_width(self, dim: int) -> int:
+        return {
+            "sgd": 0,
+            "adagrad": dim,
+            "rowwise_adagrad": 1,
+            "adam": 1 + 2 * dim,
+            "ftrl": 2 * dim,
+        }[self.name]
+
+    def initial_state(self, dim: int) -> np.ndarray:
+        """float32 [state_width]: the state of a fresh (or reused) row."""
+        init = np.zeros(self.state_width(dim), np.float32)
+        if self.name in ("adagrad", "rowwise_adagrad"):
+            init[:] = self.initial_accumulator
+        return init
+
+    def hyperparameters(self) -> np.ndarray:
+        """float64 [8]: the kernel's per-table parameter row."""
+        return np.array(
+            [
+                self.lr,
+                self.eps,
+                self.beta1,
+                self.beta2,
+                self.l1,
+                self.l2,
+                self.ftrl_beta,
+                self.weight_decay,
+            ],
+            np.float64,
+        )
+
+
+@numba.njit(nogil=True)
+def apply_rows(
+    code,
+    hp,
+    tables,
+    rows,
+    grads,
+    w_ptrs,
+    s_ptrs,
+    ver_ptrs,
+    versions,  # noqa: ANN001, ANN201, PLR0913
+    dim,
+    state_width,
+    shift,
+    mask,
+):
+    """One optimizer step on rows[i] of table tables[i] with gradient grads[i] [dim].
+
+    hp [T, 8] per-table hyper-parameters; w_ptrs/s_ptrs/ver_ptrs [T, chunks] chunk addresses;
+    versions [T]: the version to stamp on updated rows. Rows must be distinct per table.
+    Serial on purpose (see table._touch): parallel stores into carray views are unsafe.
+    """
+    n_chunk = mask + 1
+    sw = max(state_width, 1)
+    for i in range(rows.shape[0]):
+        t = tables[i]
+        r = rows[i]
+        k = r >> shift
+        o = r & mask
+        w = f32_2d(w_ptrs[t, k], n_chunk, dim)[o]
+        s = f32_2d(s_ptrs[t, k], n_chunk, sw)[o]
+        g = grads[i]
+        lr = hp[t, 0]
+        eps = hp[t, 1]
+        wd = hp[t, 7]
+        if code == _SGD:
+            for j in range(dim):
+                w[j] -= lr * (g[j] + wd * w[j])
+        elif code == _ADAGRAD:
+            for j in range(dim):
+                gj = g[j] + wd * w[j]
+                s[j] += gj * gj
+                w[j] -= lr * gj / (math.sqrt(s[j]) + eps)
+        elif code == _ROWWISE:
+            acc = 0.0
+            for j in range(dim):
+                gj = g[j] + wd * w[j]
+                acc += gj * gj
+            s[0] += np.float32(acc / dim)
+            step = lr / (math.sqrt(s[0]) + eps)
+            for j in range(dim):
+                w[j] -= step * (g[j] + wd * w[j])
+        elif code == _ADAM:
+            b1 = hp[t, 2]
+            b2 = hp[t, 3]
+            s[0] += 1.0
+            c1 = 1.0 - b1 ** s[0]
+            c2 = 1.0 - b2 ** s[0]
+            for j in range(dim):
+                gj = g[j] + wd * w[j]
+                s[1 + j] = b1 * s[1 + j] + (1.0 - b1) * gj
+                s[1 + dim + j] = b2 * s[1 + dim + j] + (1.0 - b2) * gj * gj
+                w[j] -= lr * (s[1 + j] / c1) / (math.sqrt(s[1 + dim + j] / c2) + eps)
+        else:  # FTRL-Proximal, per coordinate
+            l1 = hp[t, 4]
+            l2 = hp[t, 5]
+            beta = hp[t, 6]
+            for j in range(dim):
+                n_old = s[dim + j]
+                n_new = n_old + g[j] * g[j]
+                sigma = (math.sqrt(n_new) - math.sqrt(n_old)) / lr
+                s[j] += g[j] - sigma * w[j]
+                s[dim + j] = n_new
+                z = s[j]
+                if abs(z) <= l1:
+                    w[j] = 0.0
+                else:
+                    w[j] = -(z - math.copysign(l1, z)) / ((beta + math.sqrt(n_new)) / lr + l2)
+        i64_2d(ver_ptrs[t, k], n_chunk, 1)[o, 0] = versions[t]

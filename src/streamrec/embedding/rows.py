@@ -1,0 +1,170 @@
+"""Row storage that grows without copying: fixed-size chunks of rows, addressed by row index.
+
+Row r lives in chunk r >> shift at offset r & mask. The first chunk starts small and doubles
+(copying at most one chunk) until it reaches `chunk_rows`; after that growth appends a new chunk
+and never moves existing rows, so a table can pass 10M rows without a long pause. Kernels see
+the chunks through `ptrs`, an int64 array of their addresses (see `views.py`).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+from streamrec.embedding.views import address, f32_2d, i64_2d
+
+DEFAULT_CHUNK_ROWS = 1 << 16
+_TORCH_DTYPES = {
+    np.dtype(np.float32): torch.float32,
+    np.dtype(np.int64): torch.int64,
+    np.dtype(np.int32): torch.int32,
+    np.dtype(np.uint32): torch.uint32,
+}
+
+
+class ChunkedRows:
+    """A growable [capacity, width] array of `dtype` in chunks (see module docstring)."""
+
+    def __init__(
+        self,
+        width: int,
+        dtype: type = np.float32,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        initial_rows: int = 64,
+        fill: float | int = 0,
+    ) -> None:
+        if chunk_rows & (chunk_rows - 1):
+            raise ValueError("chunk_rows must be a power of two")
+        self.width = width
+        self.dtype = np.dtype(dtype)
+        self.chunk_rows = chunk_rows
+        self.shift = chunk_rows.bit_length() - 1
+        self.mask = chunk_rows - 1
+        self.fill = fill
+        first = min(chunk_rows, max(16, 1 << (max(initial_rows, 1) - 1).bit_length()))
+        # Width-0 rows (SGD has no state) still get one column so every chunk has an address.
+        self._stored_width = max(width, 1)
+        self.chunks = [np.full((first, self._stored_width), fill, self.dtype)]
+        self.ptrs = np.array([address(self.chunks[0])], np.int64)
+        self.generation = 0  # bumped whenever a chunk is added or moved
+
+    @property
+    def capacity(self) -> int:
+        if len(self.chunks) == 1:
+            return self.chunks[0].shape[0]
+        return len(self.chunks) * self.chunk_rows
+
+    def reserve(self, rows: int) -> None:
+        """Make room for row indices < rows (doubling the first chunk, then whole chunks)."""
+        if self.capacity >= rows:
+            return
+        self.generation += 1
+        while self.capacity < rows:
+            first = self.chunks[0]
+            if len(self.chunks) == 1 and first.shape[0] < self.chunk_rows:
+                grown = np.full(
+                    (min(first.shape[0] * 2, self.chunk_rows), self._stored_width),
+                    self.fill,
+                    self.dtype,
+                )
+                grown[: first.shape[0]] = first
+                self.chunks[0] = grown
+            else:
+                self.chunks.append(
+                    np.full((self.chunk_rows, self._stored_width), self.fill, self.dtype)
+                )
+        self.ptrs = np.array([address(c) for c in self.chunks], np.int64)
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.chunks) if self.width else 0
+
+    def gather(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """out[i] = row rows[i]; a negative row reads zeros. → [len(rows), width]."""
+        if out is None:  # torch's allocator reuses memory: no fresh page faults per call
+            out = torch.empty((rows.shape[0], self.width), dtype=_TORCH_DTYPES[self.dtype]).numpy()
+        if self.width == 0:
+            return out
+        if self.dtype == np.float32:
+            _gather_f32(self.ptrs, self.shift, self.mask, self._stored_width, rows, out)
+        elif self.dtype == np.int64:
+            _gather_i64(self.ptrs, self.shift, self.mask, self._stored_width, rows, out)
+        else:
+            out[:] = self.to_array(self.capacity)[np.maximum(rows, 0)]
+            out[rows < 0] = 0
+        return out
+
+    def scatter(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Row rows[i] = values[i] (rows distinct and non-negative)."""
+        if self.width == 0 or rows.shape[0] == 0:
+            return
+        values = np.ascontiguousarray(values, self.dtype).reshape(rows.shape[0], self.width)
+        if self.dtype == np.float32:
+            _scatter_f32(self.ptrs, self.shift, self.mask, self._stored_width, rows, values)
+        elif self.dtype == np.int64:
+            _scatter_i64(self.ptrs, self.shift, self.mask, self._stored_width, rows, values)
+        else:
+            for k in np.unique(rows >> self.shift):
+                sel = (rows >> self.shift) == k
+                self.chunks[k][rows[sel] & self.mask, : self.width] = values[sel]
+
+    def to_array(self, n: int) -> np.ndarray:
+        """The first n rows as one [n, width] array (a copy)."""
+        whole = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+        return whole[:n, : self.width].copy()
+
+    def load_array(self, arr: np.ndarray) -> None:
+        """Replace the first len(arr) rows with `arr` [n, width]."""
+        n = arr.shape[0]
+        self.reserve(n)
+        for k, chunk in enumerate(self.chunks):
+            lo = k * self.chunk_rows
+            if lo >= n:
+                break
+            hi = min(n, lo + chunk.shape[0])
+            chunk[: hi - lo, : self.width] = arr[lo:hi].reshape(hi - lo, self.width)
+
+
+@numba.njit(nogil=True, parallel=True)
+def _gather_f32(ptrs, shift, mask, width, rows, out):  # noqa: ANN001, ANN202
+    n_cols = out.shape[1]
+    for i in numba.prange(rows.shape[0]):
+        r = rows[i]
+        if r < 0:
+            for j in range(n_cols):
+                out[i, j] = 0
+        else:
+            src = f32_2d(ptrs[r >> shift], mask + 1, width)
+            o = r & mask
+            for j in range(n_cols):
+                out[i, j] = src[o, j]
+
+
+@numba.njit(nogil=True)
+def _scatter_f32(ptrs, shift, mask, width, rows, values):  # noqa: ANN001, ANN202
+    # Serial: numba's parfor pass would drop these stores into carray views as dead code.
+    n_cols = values.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        dst = f32_2d(ptrs[r >> shift], mask + 1, width)
+        o = r & mask
+        for j in range(n_cols):
+            dst[o, j] = values[i, j]
+
+
+@numba.njit(nogil=True)
+def _gather_i64(ptrs, shift, mask, width, rows, out):  # noqa: ANN001, ANN202
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        src = i64_2d(ptrs[max(r, 0) >> shift], mask + 1, width)
+        for j in range(out.shape[1]):
+            out[i, j] = src[r & mask, j] if r >= 0 else 0
+
+
+@numba.njit(nogil=True)
+def _scatter_i64(ptrs, shift, mask, width, rows, values):  # noqa: ANN001, ANN202
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        dst = i64_2d(ptrs[r >> shift], mask + 1, width)
+        for j in range(values.shape[1]):
+            dst[r & mask, j] = values[i, j]

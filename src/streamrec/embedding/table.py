@@ -1,0 +1,618 @@
+"""DynamicTable: a collisionless embedding table that grows with new ids.
+
+    t = DynamicTable(dim=16, optimizer="rowwise_adagrad", lr=0.05)
+    rows = t.lookup(ids, now=ts)     # LongTensor [n] → FloatTensor [n, dim]; admits new ids
+    t.apply_gradients(ids, grads)    # grads [n, dim]; duplicate ids are summed
+    len(t); t.evict(now=...)         # live rows; expire by TTL / enforce capacity → evicted fids
+
+Layout: a sharded numba hash map (fid → row, `hashmap.py`) and, indexed by row, chunked arrays
+(`rows.py`) of weights [dim], optimizer state, and per-row metadata: fid (int64), count (int32,
+0 = free row), last-seen event time (uint32 seconds), last-change version (int64). Metadata +
+hash map cost ~40 bytes a row beyond weights and optimizer state (benchmarks/RESULTS.md).
+
+A new row starts from a deterministic function of (fid, seed) — uniform in ±init_scale — so an
+id gets the same initial row in every run and on every shard, and a reused row (after eviction)
+starts with fresh weights and fresh optimizer state.
+
+Versions: every mutating call bumps `t.version` and stamps the rows it wrote, so
+`changed_since(v)` / `deleted_since(v)` give the delta a trainer exports for parameter sync.
+
+Capacity is enforced by `evict()`, which trainers call every few steps; between calls a table
+can exceed `capacity` by the ids admitted in those steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+
+from streamrec.embedding.admission import admit_draw, new_sketch, sketch_add
+from streamrec.embedding.dedup import dedup
+from streamrec.embedding.hashmap import ShardedMap, map_delete, map_find, map_insert, mix64
+from streamrec.embedding.optimizers import RowOptimizer, apply_rows
+from streamrec.embedding.rows import DEFAULT_CHUNK_ROWS, ChunkedRows
+from streamrec.embedding.views import f32_2d, i32_2d, i64_2d, u32_2d
+
+_ADMIT_ALL, _ADMIT_MIN_COUNT, _ADMIT_PROBABILITY = 0, 1, 2
+_INT32_MAX = 2**31 - 1
+
+
+class DynamicTable:
+    """See the module docstring. Keyword arguments mirror `streamrec.config.TableConfig`."""
+
+    def __init__(
+        self,
+        dim: int = 16,
+        optimizer: str = "rowwise_adagrad",
+        lr: float = 0.05,
+        *,
+        admit_min_count: int | None = None,
+        admit_probability: float | None = None,
+        ttl_seconds: float | None = None,
+        capacity: int | None = None,
+        eviction: str = "lfu",
+        init_scale: float = 0.01,
+        seed: int = 0,
+        sketch_width: int = 1 << 20,
+        eps: float = 1e-8,
+        initial_accumulator: float = 0.0,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        ftrl_l1: float = 0.0,
+        ftrl_l2: float = 0.0,
+        ftrl_beta: float = 1.0,
+        weight_decay: float = 0.0,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        shard_bits: int = 8,
+        name: str = "table",
+    ) -> None:
+        if admit_min_count is not None and admit_probability is not None:
+            raise ValueError("choose admit_min_count or admit_probability, not both")
+        if eviction not in ("lfu", "lru"):
+            raise ValueError("eviction must be 'lfu' or 'lru'")
+        self.name = name
+        self.dim = dim
+        self.optimizer = RowOptimizer(
+            optimizer,
+            lr=lr,
+            eps=eps,
+            initial_accumulator=initial_accumulator,
+            beta1=beta1,
+            beta2=beta2,
+            l1=ftrl_l1,
+            l2=ftrl_l2,
+            ftrl_beta=ftrl_beta,
+            weight_decay=weight_decay,
+        )
+        self.admit_min_count = admit_min_count
+        self.admit_probability = admit_probability
+        self.ttl_seconds = ttl_seconds
+        self.capacity = capacity
+        self.eviction = eviction
+        self.init_scale = init_scale
+        self.seed = seed
+        self._config: dict[str, Any] = {
+            "dim": dim,
+            "optimizer": optimizer,
+            "lr": lr,
+            "admit_min_count": admit_min_count,
+            "admit_probability": admit_probability,
+            "ttl_seconds": ttl_seconds,
+            "capacity": capacity,
+            "eviction": eviction,
+            "init_scale": init_scale,
+            "seed": seed,
+            "sketch_width": sketch_width,
+            "eps": eps,
+            "initial_accumulator": initial_accumulator,
+            "beta1": beta1,
+            "beta2": beta2,
+            "ftrl_l1": ftrl_l1,
+            "ftrl_l2": ftrl_l2,
+            "ftrl_beta": ftrl_beta,
+            "weight_decay": weight_decay,
+            "chunk_rows": chunk_rows,
+            "shard_bits": shard_bits,
+            "name": name,
+        }
+        self._state_init = self.optimizer.initial_state(dim)
+        self._map = ShardedMap(shard_bits)
+        self._weights = ChunkedRows(dim, np.float32, chunk_rows)
+        self._state = ChunkedRows(len(self._state_init), np.float32, chunk_rows)
+        self._fid = ChunkedRows(1, np.int64, chunk_rows)
+        self._count = ChunkedRows(1, np.int32, chunk_rows)
+        self._seen = ChunkedRows(1, np.uint32, chunk_rows)
+        self._row_version = ChunkedRows(1, np.int64, chunk_rows)
+        self._free = np.empty(64, np.int64)
+        self._alloc = np.zeros(2, np.int64)  # [next never-used row, free-list top]
+        self._draws = np.zeros(1, np.uint64)
+        self._sketch = new_sketch(sketch_width) if admit_min_count else np.zeros((1, 1), np.uint16)
+        self.version = 0
+        self._deleted: list[tuple[int, np.ndarray]] = []
+
+    @classmethod
+    def from_config(cls, cfg: Any, name: str = "table") -> DynamicTable:
+        """Build from a `streamrec.config.TableConfig` (or any object with its fields)."""
+        return cls(**cfg.model_dump(), name=name)
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    @property
+    def layout_generation(self) -> int:
+        """Changes whenever storage moves, so cached address arrays must be rebuilt."""
+        return self._map.generation + sum(
+            r.generation
+            for r in (
+                self._weights,
+                self._state,
+                self._fid,
+                self._count,
+                self._seen,
+                self._row_version,
+            )
+        )
+
+    # ------------------------------------------------------------------------ sizes
+    def __len__(self) -> int:
+        return len(self._map)
+
+    @property
+    def num_rows_allocated(self) -> int:
+        return int(self._alloc[0])
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held: weights, optimizer state, and everything else (map + metadata + sketch)."""
+        meta = (
+            self._map.nbytes()
+            + self._fid.nbytes()
+            + self._count.nbytes()
+            + self._seen.nbytes()
+            + self._row_version.nbytes()
+            + self._free.nbytes
+            + self._sketch.nbytes
+        )
+        return {
+            "weights": self._weights.nbytes(),
+            "optimizer_state": self._state.nbytes(),
+            "overhead": meta,
+        }
+
+    # ------------------------------------------------------------------------ lookup
+    def lookup(
+        self, ids: torch.Tensor, now: float | None = None, insert: bool = True
+    ) -> torch.Tensor:
+        """ids LongTensor [n] → FloatTensor [n, dim] (a copy).
+
+        With insert=True (training), new ids that pass admission get a row and every stored id
+        has its count and last-seen time updated; ids not admitted read zeros. With
+        insert=False (evaluation, serving) nothing changes and unknown ids read zeros.
+        """
+        fids = _as_fids(ids)
+        if not insert:
+            return torch.from_numpy(self._weights.gather(self._map.find(fids)))
+        now_s = _seconds(now)
+        rows = self._map.find(fids)  # parallel probe, then a parallel gather:
+        out = self._weights.gather(rows)  # two passes beat one fused loop here (measured)
+        c = self._count
+        misses = _touch_each(rows, now_s, c.ptrs, self._seen.ptrs, c.shift, c.mask)
+        if misses:
+            at = np.flatnonzero(rows < 0)
+            unique, inverse, counts = dedup(fids[at])
+            new_rows = self._admit(unique, counts, now_s)[inverse]
+            out[at] = self._weights.gather(new_rows)
+        return torch.from_numpy(out)
+
+    def resolve(
+        self,
+        fids: np.ndarray,
+        counts: np.ndarray | None = None,
+        now: float | None = None,
+        insert: bool = True,
+    ) -> np.ndarray:
+        """fids int64 [n] → rows int64 [n] (−1: not stored).
+
+        With insert=True the fids must be distinct (see `dedup`) and `counts` [n] (default 1
+        each) says how often each occurred, for admission and LFU counts."""
+        fids = _as_fids(fids)
+        rows = self._map.find(fids)
+        if not insert:
+            return rows
+        now_s = _seconds(now)
+        counts = np.ones(fids.shape[0], np.int64) if counts is None else counts
+        c, s = self._count, self._seen
+        _touch(rows, counts, now_s, c.ptrs, s.ptrs, c.shift, c.mask)
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:
+            rows[missing] = self._admit(fids[missing], counts[missing], now_s)
+        return rows
+
+    def _admit(self, fids: np.ndarray, counts: np.ndarray, now_s: int) -> np.ndarray:
+        self._map.reserve(fids)
+        self._reserve(int(self._alloc[0]) + fids.shape[0])
+        self.version += 1
+        out = np.empty(fids.shape[0], np.int64)
+        mode = (
+            _ADMIT_MIN_COUNT
+            if self.admit_min_count
+            else _ADMIT_PROBABILITY
+            if self.admit_probability
+            else _ADMIT_ALL
+        )
+        m = self._map
+        _admit_kernel(
+            fids,
+            counts,
+            now_s,
+            m.key_ptrs,
+            m.row_ptrs,
+            m.caps,
+            m.sizes,
+            m.shard_bits,
+            self._weights.ptrs,
+            self._state.ptrs,
+            self._fid.ptrs,
+            self._count.ptrs,
+            self._seen.ptrs,
+            self._row_version.ptrs,
+            self._weights.shift,
+            self._weights.mask,
+            self.dim,
+            self._state._stored_width,
+            self._state_init,
+            np.float32(self.init_scale),
+            np.uint64(self.seed & (2**64 - 1)),
+            self.version,
+            self._free,
+            self._alloc,
+            mode,
+            self.admit_min_count or 0,
+            float(self.admit_probability or 1.0),
+            self._sketch,
+            self._draws,
+            out,
+        )
+        return out
+
+    def _reserve(self, rows: int) -> None:
+        for store in (
+            self._weights,
+            self._state,
+            self._fid,
+            self._count,
+            self._seen,
+            self._row_version,
+        ):
+            store.reserve(rows)
+
+    # ------------------------------------------------------------------------ updates
+    def apply_gradients(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
+        """Apply the row optimizer; grads [n, dim]; duplicate ids have their grads summed.
+        Ids without a row (never admitted, or evicted) are ignored."""
+        fids = _as_fids(ids)
+        if grads.shape != (fids.shape[0], self.dim):
+            raise ValueError(
+                f"grads must be [{fids.shape[0]}, {self.dim}], got {tuple(grads.shape)}"
+            )
+        unique, inverse, _ = dedup(fids)
+        g = torch.zeros(unique.shape[0], self.dim, dtype=torch.float32)
+        g.index_add_(0, torch.from_numpy(inverse), grads.detach().float().cpu())
+        rows = self._map.find(unique)
+        keep = rows >= 0
+        self.apply_row_gradients(rows[keep], g[torch.from_numpy(keep)])
+
+    def apply_row_gradients(self, rows: np.ndarray, grads: torch.Tensor) -> None:
+        """rows int64 [U] (distinct, stored) and grads [U, dim]: one optimizer step on them."""
+        if rows.shape[0] == 0:
+            return
+        self.version += 1
+        g = np.ascontiguousarray(grads.detach().cpu().float().numpy())
+        apply_rows(
+            self.optimizer.code,
+            self.optimizer.hyperparameters()[None, :],
+            np.zeros(rows.shape[0], np.int64),
+            rows,
+            g,
+            self._weights.ptrs[None, :],
+            self._state.ptrs[None, :],
+            self._row_version.ptrs[None, :],
+            np.array([self.version], np.int64),
+            self.dim,
+            self._state.width,
+            self._weights.shift,
+            self._weights.mask,
+        )
+
+    def gather_rows(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), dim] weights of rows (−1 reads zeros)."""
+        return self._weights.gather(rows)
+
+    # ------------------------------------------------------------------------ eviction
+    def evict(self, now: float | None = None) -> torch.Tensor:
+        """Expire rows unseen for more than ttl_seconds (event time), then evict by LFU/LRU down
+        to `capacity`. Returns the evicted fids (LongTensor)."""
+        n = int(self._alloc[0])
+        count = self._count.to_array(n)[:, 0]
+        live = count > 0
+        victims = np.empty(0, np.int64)
+        if self.ttl_seconds is not None:
+            seen = self._seen.to_array(n)[:, 0].astype(np.int64)
+            expired = live & (_seconds(now) - seen > self.ttl_seconds)
+            victims = np.flatnonzero(expired)
+            live &= ~expired
+        if self.capacity is not None:
+            excess = int(live.sum()) - self.capacity
+            if excess > 0:
+                candidates = np.flatnonzero(live)
+                if self.eviction == "lfu":
+                    key = count[candidates]
+                else:
+                    key = self._seen.to_array(n)[candidates, 0]
+                # Ties broken by row index so eviction is deterministic.
+                order = np.lexsort((candidates, key))[:excess]
+                victims = np.concatenate([victims, candidates[order]])
+        return torch.from_numpy(self.remove_rows(victims))
+
+    def remove_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Free rows (distinct, live) → their fids; they are logged as deleted."""
+        if rows.size == 0:
+            return np.empty(0, np.int64)
+        self.version += 1
+        top = int(self._alloc[1])
+        if self._free.shape[0] < top + rows.size:
+            grown = np.empty(max(2 * self._free.shape[0], top + rows.size), np.int64)
+            grown[:top] = self._free[:top]
+            self._free = grown
+        fids = self._fid.gather(rows)[:, 0].copy()
+        m = self._map
+        _release_kernel(
+            rows,
+            fids,
+            m.key_ptrs,
+            m.row_ptrs,
+            m.caps,
+            m.sizes,
+            m.shard_bits,
+            self._count.ptrs,
+            self._count.shift,
+            self._count.mask,
+            self._free,
+            self._alloc,
+        )
+        self._deleted.append((self.version, fids))
+        return fids
+
+    # ------------------------------------------------------------------------ deltas
+    def live_rows(self) -> np.ndarray:
+        n = int(self._alloc[0])
+        return np.flatnonzero(self._count.to_array(n)[:, 0] > 0)
+
+    def changed_since(self, version: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fids [k], weights [k, dim]) of live rows inserted or updated after `version`."""
+        n = int(self._alloc[0])
+        row_version = self._row_version.to_array(n)[:, 0]
+        rows = np.flatnonzero((row_version > version) & (self._count.to_array(n)[:, 0] > 0))
+        fids = self._fid.gather(rows)[:, 0].copy()
+        return torch.from_numpy(fids), torch.from_numpy(self._weights.gather(rows))
+
+    def deleted_since(self, version: int) -> torch.Tensor:
+        """Fids removed after `version` (a fid may since have been re-admitted)."""
+        parts = [f for v, f in self._deleted if v > version]
+        return torch.from_numpy(np.concatenate(parts) if parts else np.empty(0, np.int64))
+
+    def forget_deletions(self, up_to_version: int) -> None:
+        """Drop the deletion log up to a version every consumer has seen (bounds memory)."""
+        self._deleted = [(v, f) for v, f in self._deleted if v > up_to_version]
+
+    # ------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue bit-exactly: weights, optimizer state, metadata, free
+        list, sketch and counters. Plain tensors (safetensors-ready, no pickle)."""
+        n = int(self._alloc[0])
+        top = int(self._alloc[1])
+        deleted_versions = np.concatenate(
+            [np.full(f.shape[0], v, np.int64) for v, f in self._deleted] or [np.empty(0, np.int64)]
+        )
+        deleted_fids = np.concatenate([f for _, f in self._deleted] or [np.empty(0, np.int64)])
+        return {
+            "weights": torch.from_numpy(self._weights.to_array(n)),
+            "optimizer_state": torch.from_numpy(self._state.to_array(n)),
+            "fid": torch.from_numpy(self._fid.to_array(n)[:, 0].copy()),
+            "count": torch.from_numpy(self._count.to_array(n)[:, 0].copy()),
+            "last_seen": torch.from_numpy(self._seen.to_array(n)[:, 0].astype(np.int64)),
+            "row_version": torch.from_numpy(self._row_version.to_array(n)[:, 0].copy()),
+            "free_rows": torch.from_numpy(self._free[:top].copy()),
+            "sketch": torch.from_numpy(self._sketch.view(np.int16).copy()),
+            "counters": torch.tensor([n, top, self.version, int(self._draws[0].view(np.int64))]),
+            "deleted_fids": torch.from_numpy(deleted_fids),
+            "deleted_versions": torch.from_numpy(deleted_versions),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        fresh = DynamicTable(**self._config)
+        n, top, version, draws = (int(x) for x in state["counters"].tolist())
+        fid = state["fid"].numpy()
+        count = state["count"].numpy()
+        if state["weights"].shape != (n, self.dim):
+            raise ValueError(
+                f"table {self.name!r}: weights shape {tuple(state['weights'].shape)}"
+                f" does not match {n} rows of dim {self.dim}"
+            )
+        fresh._reserve(max(n, 1))
+        fresh._weights.load_array(state["weights"].numpy())
+        fresh._state.load_array(state["optimizer_state"].numpy())
+        fresh._fid.load_array(fid[:, None])
+        fresh._count.load_array(count[:, None])
+        fresh._seen.load_array(state["last_seen"].numpy().astype(np.uint32)[:, None])
+        fresh._row_version.load_array(state["row_version"].numpy()[:, None])
+        live = np.flatnonzero(count > 0)
+        fresh._map.insert(fid[live].copy(), live.astype(np.int64))
+        fresh._free = np.empty(max(64, top), np.int64)
+        fresh._free[:top] = state["free_rows"].numpy()
+        fresh._alloc[:] = (n, top)
+        fresh._draws[0] = np.int64(draws).view(np.uint64)
+        sketch = state["sketch"].numpy().view(np.uint16)
+        fresh._sketch = sketch.copy()
+        fresh.version = version
+        dv = state["deleted_versions"].numpy()
+        df = state["deleted_fids"].numpy()
+        fresh._deleted = [(int(v), df[dv == v].copy()) for v in np.unique(dv)]
+        self.__dict__.update(fresh.__dict__)
+
+    def config_json(self) -> str:
+        return json.dumps(self._config, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------- kernels
+def _as_fids(ids: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(ids, torch.Tensor):
+        if ids.dtype != torch.int64:
+            raise TypeError(f"ids must be int64 (LongTensor), got {ids.dtype}")
+        return np.ascontiguousarray(ids.detach().cpu().numpy())
+    return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+def _seconds(now: float | None) -> int:
+    return int(time.time() if now is None else now)
+
+
+@numba.njit(nogil=True)
+def _touch_each(rows, now, count_ptrs, seen_ptrs, shift, mask):  # noqa: ANN001, ANN202
+    """Serial write pass of `lookup`: one count per occurrence (rows may repeat); → misses."""
+    n_chunk = mask + 1
+    misses = 0
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r < 0:
+            misses += 1
+            continue
+        c = i32_2d(count_ptrs[r >> shift], n_chunk, 1)
+        o = r & mask
+        c[o, 0] = min(np.int64(c[o, 0]) + 1, _INT32_MAX)
+        u32_2d(seen_ptrs[r >> shift], n_chunk, 1)[o, 0] = now
+    return misses
+
+
+@numba.njit(nogil=True)
+def _touch(rows, counts, now, count_ptrs, seen_ptrs, shift, mask):  # noqa: ANN001, ANN202
+    """count += occurrences, last_seen = now, for stored rows.
+
+    Serial on purpose: numba's parfor pass drops stores into `carray` views made inside a
+    prange loop (it takes them for dead local arrays), so every writing kernel is serial."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            c = i32_2d(count_ptrs[r >> shift], mask + 1, 1)
+            o = r & mask
+            c[o, 0] = min(np.int64(c[o, 0]) + counts[i], _INT32_MAX)
+            u32_2d(seen_ptrs[r >> shift], mask + 1, 1)[o, 0] = now
+
+
+@numba.njit(nogil=True)
+def _init_row(out_row, fid, seed, scale):  # noqa: ANN001, ANN202
+    """Deterministic uniform(±scale) row from (fid, seed): a splitmix64 stream."""
+    state = mix64(np.uint64(fid) ^ seed)
+    for j in range(out_row.shape[0]):
+        state += np.uint64(0x9E3779B97F4A7C15)
+        u = (mix64(state) >> np.uint64(40)) * (1.0 / 16777216.0)
+        out_row[j] = np.float32((2.0 * u - 1.0) * scale)
+
+
+@numba.njit(nogil=True)
+def _admit_kernel(
+    fids,
+    counts,
+    now,
+    key_ptrs,
+    map_row_ptrs,
+    caps,
+    sizes,
+    shard_bits,  # noqa: ANN001, ANN202, PLR0913
+    w_ptrs,
+    s_ptrs,
+    fid_ptrs,
+    count_ptrs,
+    seen_ptrs,
+    ver_ptrs,
+    shift,
+    mask,
+    dim,
+    state_width,
+    state_init,
+    scale,
+    seed,
+    version,
+    free,
+    alloc,
+    mode,
+    min_count,
+    probability,
+    sketch,
+    draws,
+    out,
+):
+    n_chunk = mask + 1
+    for i in range(fids.shape[0]):
+        fid = fids[i]
+        c = counts[i]
+        r = map_find(key_ptrs, map_row_ptrs, caps, shard_bits, fid)
+        if r >= 0:  # a duplicate fid that this call already inserted
+            cc = i32_2d(count_ptrs[r >> shift], n_chunk, 1)
+            cc[r & mask, 0] = min(np.int64(cc[r & mask, 0]) + c, _INT32_MAX)
+            out[i] = r
+            continue
+        if mode == 1:
+            if sketch_add(sketch, fid, c) < min_count:
+                out[i] = -1
+                continue
+        elif mode == 2:
+            draws[0] += np.uint64(1)
+            if not admit_draw(fid, draws[0], c, probability):
+                out[i] = -1
+                continue
+        if alloc[1] > 0:
+            alloc[1] -= 1
+            r = free[alloc[1]]
+        else:
+            r = alloc[0]
+            alloc[0] += 1
+        map_insert(key_ptrs, map_row_ptrs, caps, sizes, shard_bits, fid, r)
+        k = r >> shift
+        o = r & mask
+        _init_row(f32_2d(w_ptrs[k], n_chunk, dim)[o], fid, seed, scale)
+        s_row = f32_2d(s_ptrs[k], n_chunk, state_width)[o]
+        for j in range(state_init.shape[0]):
+            s_row[j] = state_init[j]
+        i64_2d(fid_ptrs[k], n_chunk, 1)[o, 0] = fid
+        i32_2d(count_ptrs[k], n_chunk, 1)[o, 0] = min(c, _INT32_MAX)
+        u32_2d(seen_ptrs[k], n_chunk, 1)[o, 0] = now
+        i64_2d(ver_ptrs[k], n_chunk, 1)[o, 0] = version
+        out[i] = r
+
+
+@numba.njit(nogil=True)
+def _release_kernel(
+    rows,
+    fids,
+    key_ptrs,
+    map_row_ptrs,
+    caps,
+    sizes,
+    shard_bits,
+    count_ptrs,  # noqa: ANN001, ANN202
+    shift,
+    mask,
+    free,
+    alloc,
+):
+    for i in range(rows.shape[0]):
+        map_delete(key_ptrs, map_row_ptrs, caps, sizes, shard_bits, fids[i])
+        r = rows[i]
+        i32_2d(count_ptrs[r >> shift], mask + 1, 1)[r & mask, 0] = 0
+        free[alloc[1]] = r
+        alloc[1] += 1

@@ -1,0 +1,63 @@
+"""Array views from raw addresses inside numba kernels.
+
+A table's storage is many separately allocated numpy arrays (hash-map shards, row chunks), so
+that growth allocates new arrays instead of copying old ones. Handing numba a typed List of
+arrays costs a reference-count round trip on every element access — tens of nanoseconds per id,
+more than the lookup itself. Instead the Python side keeps the arrays alive and passes an int64
+array of their data addresses; kernels rebuild plain array views with `numba.carray`, which is
+free. The owner must keep every array referenced while its address is in use (the classes in
+`hashmap.py` and `rows.py` do).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def _voidptr(typingctx, address):  # noqa: ANN001, ANN202
+    sig = types.voidptr(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return sig, codegen
+
+
+def address(arr: np.ndarray) -> int:
+    if not arr.flags.c_contiguous:
+        raise ValueError("only C-contiguous arrays can be viewed by address")
+    return int(arr.ctypes.data)
+
+
+@numba.njit(inline="always")
+def f32_2d(ptr: int, rows: int, width: int) -> np.ndarray:
+    return numba.carray(_voidptr(ptr), (rows, width), np.float32)
+
+
+@numba.njit(inline="always")
+def i64_2d(ptr: int, rows: int, width: int) -> np.ndarray:
+    return numba.carray(_voidptr(ptr), (rows, width), np.int64)
+
+
+@numba.njit(inline="always")
+def i32_2d(ptr: int, rows: int, width: int) -> np.ndarray:
+    return numba.carray(_voidptr(ptr), (rows, width), np.int32)
+
+
+@numba.njit(inline="always")
+def u32_2d(ptr: int, rows: int, width: int) -> np.ndarray:
+    return numba.carray(_voidptr(ptr), (rows, width), np.uint32)
+
+
+@numba.njit(inline="always")
+def i64_1d(ptr: int, n: int) -> np.ndarray:
+    return numba.carray(_voidptr(ptr), (n,), np.int64)
+
+
+@numba.njit(inline="always")
+def i32_1d(ptr: int, n: int) -> np.ndarray:
+    return numba.carray(_voidptr(ptr), (n,), np.int32)

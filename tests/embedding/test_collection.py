@@ -1,0 +1,97 @@
+import numpy as np
+import pyarrow as pa
+import torch
+
+from streamrec.embedding import DynamicTable
+from streamrec.embedding.collection import EmbeddingCollection
+from streamrec.embedding.dedup import dedup
+from streamrec.schema import EmbeddingFeature, Schema
+
+
+def _setup(pooling="sum", max_length=None):
+    schema = Schema(
+        embeddings=[
+            EmbeddingFeature(name="item", table="items", missing="empty"),
+            EmbeddingFeature(
+                name="hist",
+                table="items",
+                pooling=pooling,
+                weights="hist_w",
+                max_length=max_length,
+                missing="empty",
+            ),
+        ]
+    )
+    data = pa.table(
+        {
+            "item": [1, 2, 3],
+            "hist": pa.array([[1, 2], [], [2, 2, 4]], pa.list_(pa.int64())),
+            "hist_w": pa.array([[1.0, 0.5], [], [1.0, 2.0, 1.0]], pa.list_(pa.float32())),
+        }
+    )
+    table = DynamicTable(dim=4, optimizer="sgd", lr=1.0)
+    return (
+        EmbeddingCollection(schema, {"items": table}),
+        schema.encode(data, with_labels=False),
+        table,
+    )
+
+
+def test_pooling_matches_a_manual_computation():
+    for pooling in ("sum", "mean", "sqrtn"):
+        coll, batch, table = _setup(pooling)
+        out = coll(batch).pooled
+        e = {i: table.lookup(torch.tensor([i]), insert=False)[0] for i in (1, 2, 3, 4)}
+        assert torch.allclose(out["item"], torch.stack([e[1], e[2], e[3]]))
+        sums = [e[1] + 0.5 * e[2], torch.zeros(4), e[2] + 2 * e[2] + e[4]]
+        norm = {"sum": [1, 1, 1], "mean": [2, 1, 3], "sqrtn": [2**0.5, 1, 3**0.5]}[pooling]
+        expected = torch.stack([s / n for s, n in zip(sums, norm, strict=True)])
+        assert torch.allclose(out["hist"], expected, atol=1e-7)
+
+
+def test_backward_updates_only_the_rows_of_the_batch():
+    coll, batch, table = _setup()
+    table.lookup(torch.tensor([1, 2, 3, 4, 99]), now=0)  # 99: a row the batch does not touch
+    before = table.lookup(torch.tensor([1, 2, 3, 4, 99]), insert=False)
+    out = coll(batch).pooled
+    (out["item"].sum() + out["hist"].sum()).backward()
+    after = table.lookup(torch.tensor([1, 2, 3, 4, 99]), insert=False)
+    # d/dw of the sum: item 1 → 1 (item) + 1 (hist w=1); item 2 → 1 + 0.5 + 2 + 1; 3 → 1; 4 → 1
+    expected_grad = torch.tensor([2.0, 4.5, 1.0, 1.0, 0.0])[:, None].expand(5, 4)
+    assert torch.allclose(before - after, expected_grad, atol=1e-6)
+
+
+def test_eval_mode_admits_nothing_and_builds_no_graph():
+    coll, batch, table = _setup()
+    coll.eval()
+    out = coll(batch).pooled
+    assert len(table) == 0 and not out["item"].requires_grad
+    assert torch.count_nonzero(out["item"]) == 0
+
+
+def test_sequences_come_back_padded_with_a_mask():
+    coll, batch, table = _setup(max_length=3)
+    seq, mask = coll(batch).sequences["hist"]
+    assert seq.shape == (3, 3, 4)
+    assert mask.tolist() == [[True, True, False], [False, False, False], [True, True, True]]
+    e2 = table.lookup(torch.tensor([2]), insert=False)[0]
+    assert torch.equal(seq[2, 0], e2) and torch.equal(seq[2, 1], e2)
+    assert torch.count_nonzero(seq[1]) == 0
+
+
+def test_dedup_is_first_occurrence_ordered_and_inverse_reconstructs():
+    fids = np.array([5, -1, 5, 2**62, -1, 7], np.int64)
+    unique, inverse, counts = dedup(fids)
+    assert unique.tolist() == [5, -1, 2**62, 7] and counts.tolist() == [2, 2, 1, 1]
+    assert np.array_equal(unique[inverse], fids)
+
+
+def test_groups_stack_features_without_a_copy_and_match_pooled():
+    coll, batch, table = _setup()
+    out = coll(batch)
+    names = coll.feature_order
+    stacked = out.stacked(names)
+    assert stacked.shape == (3, 2, 4)
+    for i, n in enumerate(names):
+        assert torch.equal(stacked[:, i], out.pooled[n])
+    assert out.stacked(names[::-1]).data_ptr() != stacked.data_ptr()
