@@ -35,13 +35,13 @@ def _print_json(obj: dict) -> None:
 
 @data_app.command("inspect")
 def data_inspect(
-    path: str | None = typer.Argument(  # noqa: UP007 - typer needs Optional
+    path: str | None = typer.Argument(
         None, help="Input file (for ml-100k: a folder, or nothing to use the cache/wheel)."
     ),
-    fmt: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),  # noqa: UP007
+    fmt: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed row."),
-    dead_letter: Path | None = typer.Option(  # noqa: UP007
+    dead_letter: Path | None = typer.Option(
         None, help="Write malformed rows here (JSON lines) instead of only counting them."
     ),
 ) -> None:
@@ -74,9 +74,9 @@ def data_inspect(
 def data_convert(
     src: str = typer.Argument(..., help="Input file."),
     dst: Path = typer.Argument(..., help="Output .parquet file."),
-    fmt: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),  # noqa: UP007
+    fmt: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed row."),
-    dead_letter: Path | None = typer.Option(None, help="Write malformed rows here."),  # noqa: UP007
+    dead_letter: Path | None = typer.Option(None, help="Write malformed rows here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Convert a file to Parquet (streamed, bounded memory; written atomically)."""
@@ -111,6 +111,93 @@ def data_convert(
         _print_json(result)
     else:
         typer.echo(f"wrote {rows:,} rows to {dst} ({dead.count} malformed rows skipped)")
+
+
+def _load_config(path: Path):  # noqa: ANN202
+    from streamrec.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@app.command("train")
+def train(
+    config: Path = typer.Argument(..., help="Job config (YAML): schema, tables, data, model."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run directory (default: runs/<name>-<time>)."
+    ),
+    epochs: int | None = typer.Option(None, help="Override train.epochs."),
+    resume: bool = typer.Option(False, help="Continue from OUT/checkpoint if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a model from a config; writes OUT/model (serve it, eval it) and OUT/metrics.csv."""
+    import time
+
+    from streamrec.config import ConfigError
+    from streamrec.store import CorruptModelError
+    from streamrec.train.job import run_training
+
+    cfg = _load_config(config)
+    if epochs is not None:
+        cfg.train.epochs = epochs
+    out = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        result, model_dir = run_training(cfg, out, resume=resume, progress=not quiet)
+    except (DataError, ConfigError, CorruptModelError) as e:
+        _fail(str(e))
+    report = {**result.to_json(), "model_dir": str(model_dir)}
+    if as_json:
+        _print_json(report)
+        return
+    for task, m in result.metrics.items():
+        typer.echo(
+            f"{task}: AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}  NE {m['ne']:.4f}  "
+            f"calibration {m['calibration']:.3f}"
+        )
+    typer.echo(f"{result.samples_per_s:,.0f} samples/s; model saved to {model_dir}")
+
+
+@app.command("eval")
+def evaluate(
+    model_dir: Path = typer.Argument(..., help="A model directory or a training run directory."),
+    data: str | None = typer.Option(
+        None, help="Data to score (default: the validation split in the model's config)."
+    ),
+    fmt: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Evaluate a saved model: AUC, GAUC, logloss, NE and calibration per task."""
+    from streamrec.config import ConfigError
+    from streamrec.store import CorruptModelError
+    from streamrec.train.job import evaluate_model_dir
+
+    try:
+        report = evaluate_model_dir(model_dir, data, fmt)
+    except (DataError, ConfigError, CorruptModelError, ValueError) as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(report)
+        return
+    for task, m in report["metrics"].items():
+        typer.echo(f"{task}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+
+
+@app.command("report")
+def report(
+    run_dir: Path = typer.Argument(..., help="A training run directory (holds metrics.csv)."),
+    out: Path | None = typer.Option(None, help="PNG path (default: RUN_DIR/curves.png)."),
+) -> None:
+    """Plot the training loss / AUC and validation AUC curves of a run to a PNG."""
+    from streamrec.train.report import plot_run
+
+    try:
+        path = plot_run(run_dir, out)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path}")
 
 
 def main() -> None:

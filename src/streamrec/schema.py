@@ -172,7 +172,7 @@ class Schema(_Strict):
         if self.timestamp and self.timestamp in data.schema.names:
             ts = _column(data, self.timestamp)
             timestamps = torch.from_numpy(
-                np.asarray(pc.fill_null(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False))
+                np.array(pc.fill_null(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False))
             )
         return Batch(
             torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)),

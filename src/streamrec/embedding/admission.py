@@ -39,7 +39,7 @@ def new_sketch(width: int) -> np.ndarray:
     return np.zeros((SKETCH_DEPTH, width), np.uint16)
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def sketch_add(sketch: np.ndarray, fid: np.int64, count: int) -> int:
     """Add `count` occurrences of fid; returns the new estimate (min over rows, saturating)."""
     mask = np.uint64(sketch.shape[1] - 1)
@@ -52,7 +52,7 @@ def sketch_add(sketch: np.ndarray, fid: np.int64, count: int) -> int:
     return est
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def sketch_estimate(sketch: np.ndarray, fid: np.int64) -> int:
     mask = np.uint64(sketch.shape[1] - 1)
     est = 65535
@@ -61,7 +61,7 @@ def sketch_estimate(sketch: np.ndarray, fid: np.int64) -> int:
     return est
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def admit_draw(fid: np.int64, counter: np.uint64, count: int, p: float) -> bool:
     """True with probability 1 − (1 − p)^count, deterministically from (fid, counter)."""
     u = (mix64(np.uint64(fid) ^ mix64(counter)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)

@@ -181,7 +181,7 @@ class TableGroup:
             run(slice(None))
 
 
-@numba.njit(nogil=True, parallel=True)
+@numba.njit(nogil=True, parallel=True, cache=True)
 def _dedup_resolve(
     fids,
     segments,
@@ -265,7 +265,7 @@ def _dedup_resolve(
     return tabs, ufids, rows, counts, inverse
 
 
-@numba.njit(nogil=True, parallel=True)
+@numba.njit(nogil=True, parallel=True, cache=True)
 def _gather(tabs, rows, w_ptrs, shift, mask, dim, out):  # noqa: ANN001, ANN202
     n_chunk = mask + 1
     for i in numba.prange(rows.shape[0]):

@@ -45,7 +45,7 @@ def shard_of(h: np.uint64, shard_bits: int) -> np.int64:
     return np.int64(h >> np.uint64(64 - shard_bits))
 
 
-@numba.njit(nogil=True, inline="always")
+@numba.njit(nogil=True, inline="always", cache=True)
 def map_find(key_ptrs, row_ptrs, caps, shard_bits: int, fid: np.int64) -> np.int64:  # noqa: ANN001
     """Row of `fid`, or −1 when absent."""
     h = fid_hash(fid)
@@ -64,7 +64,7 @@ def map_find(key_ptrs, row_ptrs, caps, shard_bits: int, fid: np.int64) -> np.int
         i = (i + np.uint64(1)) & mask
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def map_insert(key_ptrs, row_ptrs, caps, sizes, shard_bits: int, fid: np.int64, row: int) -> None:  # noqa: ANN001
     """Insert a fid known to be absent, into a shard `reserve` made room in."""
     h = fid_hash(fid)
@@ -81,7 +81,7 @@ def map_insert(key_ptrs, row_ptrs, caps, sizes, shard_bits: int, fid: np.int64, 
     sizes[s] += 1
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def map_delete(key_ptrs, row_ptrs, caps, sizes, shard_bits: int, fid: np.int64) -> np.int64:  # noqa: ANN001
     """Remove `fid`; returns its row (−1 if absent). Backward-shift deletion, no tombstones."""
     h = fid_hash(fid)
@@ -180,7 +180,7 @@ class ShardedMap:
         return out
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _shard_counts(fids, shard_bits, n_shards):  # noqa: ANN001, ANN202
     counts = np.zeros(n_shards, np.int64)
     for i in range(fids.shape[0]):
@@ -188,7 +188,7 @@ def _shard_counts(fids, shard_bits, n_shards):  # noqa: ANN001, ANN202
     return counts
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _rehash(old_k, old_v, new_k, new_v):  # noqa: ANN001, ANN202
     mask = np.uint64(new_k.shape[0] - 1)
     for j in range(old_k.shape[0]):
@@ -200,19 +200,19 @@ def _rehash(old_k, old_v, new_k, new_v):  # noqa: ANN001, ANN202
             new_v[i] = old_v[j]
 
 
-@numba.njit(nogil=True, parallel=True)
+@numba.njit(nogil=True, parallel=True, cache=True)
 def _find_many(key_ptrs, row_ptrs, caps, shard_bits, fids, out):  # noqa: ANN001, ANN202
     for i in numba.prange(fids.shape[0]):
         out[i] = map_find(key_ptrs, row_ptrs, caps, shard_bits, fids[i])
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _insert_many(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids, new_rows):  # noqa: ANN001, ANN202
     for i in range(fids.shape[0]):
         map_insert(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids[i], new_rows[i])
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _delete_many(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids, out):  # noqa: ANN001, ANN202
     for i in range(fids.shape[0]):
         out[i] = map_delete(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids[i])

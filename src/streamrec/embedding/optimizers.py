@@ -82,7 +82,7 @@ class RowOptimizer:
         )
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def apply_rows(
     code,
     hp,

@@ -125,7 +125,7 @@ class ChunkedRows:
             chunk[: hi - lo, : self.width] = arr[lo:hi].reshape(hi - lo, self.width)
 
 
-@numba.njit(nogil=True, parallel=True)
+@numba.njit(nogil=True, parallel=True, cache=True)
 def _gather_f32(ptrs, shift, mask, width, rows, out):  # noqa: ANN001, ANN202
     n_cols = out.shape[1]
     for i in numba.prange(rows.shape[0]):
@@ -140,7 +140,7 @@ def _gather_f32(ptrs, shift, mask, width, rows, out):  # noqa: ANN001, ANN202
                 out[i, j] = src[o, j]
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _scatter_f32(ptrs, shift, mask, width, rows, values):  # noqa: ANN001, ANN202
     # Serial: numba's parfor pass would drop these stores into carray views as dead code.
     n_cols = values.shape[1]
@@ -152,7 +152,7 @@ def _scatter_f32(ptrs, shift, mask, width, rows, values):  # noqa: ANN001, ANN20
             dst[o, j] = values[i, j]
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _gather_i64(ptrs, shift, mask, width, rows, out):  # noqa: ANN001, ANN202
     for i in range(rows.shape[0]):
         r = rows[i]
@@ -161,7 +161,7 @@ def _gather_i64(ptrs, shift, mask, width, rows, out):  # noqa: ANN001, ANN202
             out[i, j] = src[r & mask, j] if r >= 0 else 0
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _scatter_i64(ptrs, shift, mask, width, rows, values):  # noqa: ANN001, ANN202
     for i in range(rows.shape[0]):
         r = rows[i]

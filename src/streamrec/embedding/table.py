@@ -481,7 +481,7 @@ def _seconds(now: float | None) -> int:
     return int(time.time() if now is None else now)
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _touch_each(rows, now, count_ptrs, seen_ptrs, shift, mask):  # noqa: ANN001, ANN202
     """Serial write pass of `lookup`: one count per occurrence (rows may repeat); → misses."""
     n_chunk = mask + 1
@@ -498,7 +498,7 @@ def _touch_each(rows, now, count_ptrs, seen_ptrs, shift, mask):  # noqa: ANN001,
     return misses
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _touch(rows, counts, now, count_ptrs, seen_ptrs, shift, mask):  # noqa: ANN001, ANN202
     """count += occurrences, last_seen = now, for stored rows.
 
@@ -513,7 +513,7 @@ def _touch(rows, counts, now, count_ptrs, seen_ptrs, shift, mask):  # noqa: ANN0
             u32_2d(seen_ptrs[r >> shift], mask + 1, 1)[o, 0] = now
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _init_row(out_row, fid, seed, scale):  # noqa: ANN001, ANN202
     """Deterministic uniform(±scale) row from (fid, seed): a splitmix64 stream."""
     state = mix64(np.uint64(fid) ^ seed)
@@ -523,7 +523,7 @@ def _init_row(out_row, fid, seed, scale):  # noqa: ANN001, ANN202
         out_row[j] = np.float32((2.0 * u - 1.0) * scale)
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _admit_kernel(
     fids,
     counts,
@@ -595,7 +595,7 @@ def _admit_kernel(
         out[i] = r
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _release_kernel(
     rows,
     fids,

@@ -1,0 +1,78 @@
+"""RankingModel: what every ranking model shares — its tables, its embedding collection, and
+`predict`, which turns logits into calibrated probabilities.
+
+A model is built from the schema and the table settings; `forward(batch)` returns logits
+[B, num_tasks]. To add a model, subclass RankingModel, build layers in `__init__` from
+`self.embedding_dims` / `self.dense_width`, write `forward`, and register it in
+`streamrec.models.registry`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from streamrec.batch import Batch
+from streamrec.config import TableConfig
+from streamrec.embedding.collection import Embedded, EmbeddingCollection
+from streamrec.embedding.table import DynamicTable
+from streamrec.schema import Schema
+
+
+class RankingModel(nn.Module):
+    def __init__(
+        self, schema: Schema, tables: dict[str, TableConfig], with_embeddings: bool = True
+    ) -> None:
+        super().__init__()
+        self.schema = schema
+        self.table_configs = tables
+        self.num_tasks = max(1, len(schema.labels))
+        self.dense_width = schema.dense_width
+        self.embeddings: EmbeddingCollection | None = None
+        self.features: list[str] = []
+        if with_embeddings and schema.embeddings:
+            own = {name: DynamicTable.from_config(cfg, name=name) for name, cfg in tables.items()}
+            self.embeddings = EmbeddingCollection(schema, own)
+            self.features = self.embeddings.feature_order
+        self.embedding_dims = [self.embeddings.dim(f) for f in self.features]
+        # Negative down-sampling rate w used in training; predictions are re-calibrated with
+        # q = p / (p + (1 − p) / w) (He et al. 2014) so that calibration stays ≈ 1.
+        self.register_buffer("negative_sampling_rate", torch.ones(()))
+
+    def dynamic_tables(self) -> dict[str, DynamicTable]:
+        """Every DynamicTable the model reads (its embedding tables and any helper tables)."""
+        out: dict[str, DynamicTable] = {}
+        for module in self.modules():
+            if isinstance(module, EmbeddingCollection):
+                out.update(module.tables)
+        return out
+
+    def set_event_time(self, now: float | None) -> None:
+        for module in self.modules():
+            if isinstance(module, EmbeddingCollection):
+                module.now = now
+
+    def embed(self, batch: Batch) -> Embedded:
+        if self.embeddings is None:
+            return Embedded()
+        return self.embeddings(batch)
+
+    def flat_embeddings(self, emb: Embedded) -> torch.Tensor:
+        """[B, Σ dims]: every feature's pooled embedding, concatenated in `self.features` order."""
+        if len(emb.groups) == 1:
+            names, t = emb.groups[0]
+            if names == self.features:
+                return t.reshape(t.shape[0], -1)
+        return torch.cat([emb.pooled[f] for f in self.features], dim=1)
+
+    def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        """Calibrated probabilities [B, num_tasks] (no table changes: call in eval mode)."""
+        p = torch.sigmoid(self.forward(batch).float())
+        w = float(self.negative_sampling_rate)
+        if w < 1.0:
+            p = p / (p + (1.0 - p) / w)
+        return p

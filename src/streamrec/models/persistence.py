@@ -1,0 +1,83 @@
+"""Save a RankingModel into a model directory and build it back from one.
+
+The manifest carries the whole job config (with the fitted schema), so `load_model` needs
+nothing but the directory: it rebuilds the model from the config, then loads the dense weights
+and every DynamicTable, verifying checksums on the way (see `streamrec.store`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamrec.config import JobConfig, parse_config
+from streamrec.models.base import RankingModel
+from streamrec.models.registry import build_model
+from streamrec.store import read_manifest, read_tensors, write_model_dir
+
+
+@dataclass
+class LoadedModel:
+    model: RankingModel
+    config: JobConfig
+    manifest: dict[str, Any]
+    path: Path
+
+
+def model_files(model: RankingModel) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """(manifest fragment, tensor files) describing the model's dense part and tables."""
+    files: dict[str, dict[str, torch.Tensor]] = {"dense.safetensors": model.state_dict()}
+    tables = {}
+    for i, (name, table) in enumerate(sorted(model.dynamic_tables().items())):
+        rel = f"tables/{i:03d}.safetensors"
+        files[rel] = table.state_dict()
+        tables[name] = {
+            "file": rel,
+            "rows": len(table),
+            "dim": table.dim,
+            "version": table.version,
+            "config": table.config(),
+        }
+    return {"tables": tables}, files
+
+
+def save_model(
+    path: str | Path,
+    model: RankingModel,
+    config: JobConfig,
+    extra_manifest: dict[str, Any] | None = None,
+    extra_tensor_files: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> Path:
+    fragment, files = model_files(model)
+    manifest = {
+        "created": time.time(),
+        "model_version": int(time.time() * 1000),
+        "config": config.to_dict(),
+        "schema": model.schema.model_dump(mode="json"),
+        **fragment,
+        **(extra_manifest or {}),
+    }
+    files.update(extra_tensor_files or {})
+    return write_model_dir(path, manifest, files)
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    from streamrec.store import find_model_dir
+
+    directory = find_model_dir(path)
+    manifest = read_manifest(directory)
+    config = parse_config(manifest["config"], source=str(directory / "manifest.json"))
+    config.schema_ = config.schema_.model_validate(manifest["schema"])
+    model = build_model(config.model, config.schema_, config.table_configs())
+    model.load_state_dict(read_tensors(directory, "dense.safetensors", manifest))
+    tables = model.dynamic_tables()
+    for name, entry in manifest["tables"].items():
+        if name not in tables:
+            raise ValueError(f"{directory}: the model has no table {name!r}")
+        tables[name].load_state_dict(read_tensors(directory, entry["file"], manifest))
+    model.eval()
+    return LoadedModel(model, config, manifest, directory)

@@ -1,0 +1,54 @@
+"""Model names (as written in configs) → classes, and the one function that builds a model."""
+
+from __future__ import annotations
+
+import inspect
+
+from streamrec.config import ConfigError, ModelConfig, TableConfig
+from streamrec.models.base import RankingModel
+from streamrec.models.dcnv2 import DCNv2
+from streamrec.models.deepfm import DeepFM
+from streamrec.models.din import DIN
+from streamrec.models.dlrm import DLRM
+from streamrec.models.fm import FM
+from streamrec.models.lr import LR
+from streamrec.models.mmoe import MMoE
+from streamrec.models.wide_deep import WideDeep
+from streamrec.schema import Schema
+
+MODELS: dict[str, type[RankingModel]] = {
+    "lr": LR,
+    "fm": FM,
+    "deepfm": DeepFM,
+    "wide_deep": WideDeep,
+    "dcnv2": DCNv2,
+    "dlrm": DLRM,
+    "din": DIN,
+    "mmoe": MMoE,
+}
+
+
+def register_model(name: str, cls: type[RankingModel]) -> None:
+    """Make a user-defined RankingModel subclass available to configs as `model.name`."""
+    MODELS[name] = cls
+
+
+def build_model(model: ModelConfig, schema: Schema, tables: dict[str, TableConfig]) -> RankingModel:
+    if model.name not in MODELS:
+        raise ConfigError(f"unknown model {model.name!r}; choose one of {sorted(MODELS)}")
+    cls = MODELS[model.name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "schema", "tables"}
+    unknown = set(model.params) - accepted
+    if unknown:
+        raise ConfigError(
+            f"model {model.name!r} has no parameter(s) {sorted(unknown)}; "
+            f"it takes {sorted(accepted)}"
+        )
+    params = {
+        k: tuple(v) if isinstance(v, list) and k != "crosses" else v
+        for k, v in model.params.items()
+    }
+    try:
+        return cls(schema, tables, **params)
+    except ValueError as e:
+        raise ConfigError(f"model {model.name!r}: {e}") from None

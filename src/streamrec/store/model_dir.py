@@ -1,0 +1,156 @@
+"""The model directory: the on-disk contract between training and serving.
+
+    MODEL_DIR/
+      manifest.json            format, version, config (with the fitted schema), table list,
+                               trainer state, and the sha256 of every other file
+      dense.safetensors        the model's dense parameters and buffers
+      tables/NNN.safetensors   one DynamicTable state each (weights, optimizer state, metadata)
+      …                        anything else a writer adds (optimizer state, retrieval index)
+
+No pickle anywhere: tensors are safetensors, everything else JSON. A directory is written into a
+temporary sibling, every file fsync'ed, then renamed into place, so a reader sees the old model
+or the new one, never half of one. Readers verify each file's sha256 before using it and refuse
+a corrupt, truncated or missing file with an error that names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+FORMAT = "streamrec-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class CorruptModelError(Exception):
+    """A model directory is missing, truncated, or fails its checksums."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def tensors_to_bytes(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> bytes:
+    clean = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    return st_save(clean, metadata=metadata)
+
+
+def write_model_dir(
+    path: str | Path,
+    manifest: dict[str, Any],
+    tensor_files: dict[str, dict[str, torch.Tensor]],
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """Atomically (re)place `path` with a model directory holding these files."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+    files: dict[str, str] = {}
+    try:
+        for rel, tensors in tensor_files.items():
+            data = tensors_to_bytes(tensors)
+            _write_synced(tmp / rel, data)
+            files[rel] = sha256(data)
+        for rel, data in (extra_files or {}).items():
+            _write_synced(tmp / rel, data)
+            files[rel] = sha256(data)
+        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": files}
+        _write_synced(tmp / MANIFEST, json.dumps(full, indent=1, sort_keys=True).encode())
+        _fsync_dir(tmp)
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """`path` itself, or `path/model` (a training run directory)."""
+    p = Path(path)
+    for candidate in (p, p / "model"):
+        if (candidate / MANIFEST).exists():
+            return candidate
+    raise CorruptModelError(f"{p}: no {MANIFEST} here or in {p / 'model'} — not a model directory")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    p = find_model_dir(path)
+    try:
+        manifest = json.loads((p / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CorruptModelError(f"{p / MANIFEST}: unreadable ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise CorruptModelError(f"{p / MANIFEST}: not a {FORMAT} manifest")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise CorruptModelError(
+            f"{p / MANIFEST}: format version {manifest['format_version']} is newer than this "
+            f"streamrec reads ({FORMAT_VERSION}); upgrade streamrec"
+        )
+    return manifest
+
+
+def read_file(path: str | Path, rel: str, manifest: dict[str, Any]) -> bytes:
+    """A file of the model directory, after checking its sha256 against the manifest."""
+    p = find_model_dir(path) / rel
+    expected = manifest.get("files", {}).get(rel)
+    if expected is None:
+        raise CorruptModelError(f"{p}: not listed in the manifest")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise CorruptModelError(f"{p}: missing or unreadable ({e.strerror})") from None
+    if sha256(data) != expected:
+        raise CorruptModelError(f"{p}: checksum mismatch — the file is corrupt or truncated")
+    return data
+
+
+def read_tensors(path: str | Path, rel: str, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+    data = read_file(path, rel, manifest)
+    try:
+        return st_load(data)
+    except Exception as e:  # safetensors raises its own error types
+        raise CorruptModelError(
+            f"{find_model_dir(path) / rel}: not a safetensors file ({e})"
+        ) from None
+
+
+def verify(path: str | Path) -> dict[str, Any]:
+    """Check every file of a model directory; returns the manifest."""
+    manifest = read_manifest(path)
+    for rel in manifest.get("files", {}):
+        read_file(path, rel, manifest)
+    return manifest

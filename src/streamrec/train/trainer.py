@@ -1,0 +1,297 @@
+"""Trainer: epochs over a data source, validation each epoch, early stopping, checkpoints.
+
+One step: (optionally down-sample negatives) → forward → BCE loss averaged over tasks →
+backward, during which every table's row optimizer updates the batch's unique rows →
+gradient clipping and the dense optimizer (with linear warm-up) on the dense parameters →
+every `evict_every_steps` steps, tables expire / evict rows by event time.
+
+Runs are deterministic under `train.seed`: data order, dropout, sampling and table updates are
+all seeded, so two runs — or a run and its resumption from a checkpoint — give the same losses.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from streamrec.batch import Batch
+from streamrec.config import JobConfig, TrainConfig
+from streamrec.models.base import RankingModel
+from streamrec.train.checkpoint import save_checkpoint
+from streamrec.train.metrics import MetricAccumulator, auc
+from streamrec.train.sampling import downsample_negatives
+
+METRIC_COLUMNS = [
+    "kind",
+    "epoch",
+    "step",
+    "samples",
+    "loss",
+    "auc",
+    "logloss",
+    "ne",
+    "calibration",
+    "samples_per_s",
+    "lr",
+]
+
+
+def build_dense_optimizer(model: RankingModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # a model with no dense parameters still gets a (no-op) optimizer
+        params = [torch.nn.Parameter(torch.zeros(1))]
+    kinds = {
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "sgd": torch.optim.SGD,
+        "adagrad": torch.optim.Adagrad,
+    }
+    return kinds[cfg.dense_optimizer](params, lr=cfg.dense_lr, weight_decay=cfg.dense_weight_decay)
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, dict[str, float]]
+    samples_per_s: float
+    epochs: int
+    best_epoch: int
+    steps: int
+    history: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "metrics": self.metrics,
+            "samples_per_s": self.samples_per_s,
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "steps": self.steps,
+        }
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: RankingModel,
+        config: JobConfig,
+        run_dir: str | Path | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.cfg = config.train
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.optimizer = optimizer or build_dense_optimizer(model, self.cfg)
+        self.progress = progress
+        self.tasks = config.schema.task_names or ["label"]
+        self.global_step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.samples_trained = 0
+        self.train_seconds = 0.0
+        self._event_time: float | None = None
+        self.model.negative_sampling_rate.fill_(self.cfg.negative_sampling_rate)
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ one step
+    def _lr_scale(self) -> float:
+        if self.cfg.warmup_steps <= 0:
+            return 1.0
+        return min(1.0, (self.global_step + 1) / self.cfg.warmup_steps)
+
+    def train_step(self, batch: Batch) -> float:
+        batch = downsample_negatives(
+            batch, self.cfg.negative_sampling_rate, self.cfg.seed, self.global_step
+        )
+        self.model.train()
+        if batch.timestamps is not None and batch.timestamps.numel():
+            self._event_time = float(batch.timestamps.max())
+        self.model.set_event_time(self._event_time)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.dense_lr * self._lr_scale()
+        logits = self.model(batch)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels[:, : logits.shape[1]])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # row optimizers run here, inside backward
+        if self.cfg.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
+        self.optimizer.step()
+        self.global_step += 1
+        self.samples_trained += batch.size
+        if self.global_step % self.cfg.evict_every_steps == 0:
+            self.evict()
+        self._last_logits = logits.detach()
+        self._last_labels = batch.labels
+        return float(loss.detach())
+
+    def evict(self) -> int:
+        evicted = 0
+        for table in self.model.dynamic_tables().values():
+            if table.ttl_seconds is not None or table.capacity is not None:
+                evicted += int(table.evict(now=self._event_time).numel())
+        return evicted
+
+    # ------------------------------------------------------------------ epochs
+    def train_epoch(self, batches: Iterable[Batch], skip: int = 0) -> float:
+        """One pass; `skip` batches are passed over (resuming mid-epoch). → mean loss."""
+        losses: list[float] = []
+        recent_labels: list[np.ndarray] = []
+        recent_scores: list[np.ndarray] = []
+        bar = tqdm(
+            desc=f"epoch {self.epoch + 1}",
+            unit=" samples",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        start = time.perf_counter()
+        for i, batch in enumerate(batches):
+            if i < skip:
+                continue
+            t0 = time.perf_counter()
+            loss = self.train_step(batch)
+            self.train_seconds += time.perf_counter() - t0
+            self.step_in_epoch = i + 1
+            losses.append(loss)
+            recent_labels.append(self._last_labels[:, 0].numpy())
+            recent_scores.append(self._last_logits[:, 0].numpy())
+            del recent_labels[:-20], recent_scores[:-20]
+            bar.update(batch.size)
+            if self.global_step % self.cfg.log_every_steps == 0:
+                running_auc = auc(np.concatenate(recent_labels), np.concatenate(recent_scores))
+                speed = self.samples_trained / max(self.train_seconds, 1e-9)
+                bar.set_postfix(
+                    loss=f"{np.mean(losses[-20:]):.4f}",
+                    auc=f"{running_auc:.4f}",
+                    rate=f"{speed:,.0f}/s",
+                )
+                self._log(
+                    {
+                        "kind": "train",
+                        "epoch": self.epoch + 1,
+                        "step": self.global_step,
+                        "samples": self.samples_trained,
+                        "loss": np.mean(losses[-20:]),
+                        "auc": running_auc,
+                        "samples_per_s": speed,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                    }
+                )
+        bar.close()
+        self._epoch_seconds = time.perf_counter() - start
+        return float(np.mean(losses)) if losses else float("nan")
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[Batch]) -> dict[str, dict[str, float]]:
+        self.model.eval()
+        acc = MetricAccumulator(self.tasks)
+        for batch in batches:
+            preds = self.model.predict(batch)
+            acc.update(
+                batch.labels[:, : preds.shape[1]].numpy(),
+                preds.numpy(),
+                None if batch.group_ids is None else batch.group_ids.numpy(),
+            )
+        return acc.lifetime()
+
+    def fit(
+        self,
+        train: Callable[[int], Iterable[Batch]],
+        valid: Callable[[], Iterable[Batch]] | None = None,
+        start_epoch: int = 0,
+        skip_steps: int = 0,
+    ) -> TrainResult:
+        """`train(epoch)` yields the epoch's batches; `valid()` the validation batches."""
+        best, best_epoch, bad_epochs = -math.inf, 0, 0
+        metrics: dict[str, dict[str, float]] = {}
+        history = []
+        self.epoch = start_epoch
+        for epoch in range(start_epoch, self.cfg.epochs):
+            self.epoch = epoch
+            loss = self.train_epoch(train(epoch), skip=skip_steps if epoch == start_epoch else 0)
+            self.step_in_epoch = 0
+            entry = {"epoch": epoch + 1, "train_loss": loss}
+            if valid is not None:
+                metrics = self.evaluate(valid())
+                first = metrics[self.tasks[0]]
+                entry.update({f"valid_{k}": v for k, v in first.items()})
+                self._log(
+                    {
+                        "kind": "valid",
+                        "epoch": epoch + 1,
+                        "step": self.global_step,
+                        "samples": self.samples_trained,
+                        **{k: first.get(k) for k in ("auc", "logloss", "ne", "calibration")},
+                    }
+                )
+                score = first["auc"]
+                if score > best:
+                    best, best_epoch, bad_epochs = score, epoch + 1, 0
+                    if self.cfg.early_stopping_patience and self.run_dir is not None:
+                        self.checkpoint(self.run_dir / "best", metrics)
+                else:
+                    bad_epochs += 1
+            history.append(entry)
+            if self.run_dir is not None:
+                self.checkpoint(self.run_dir / "checkpoint", metrics, epoch_done=True)
+            patience = self.cfg.early_stopping_patience
+            if patience and bad_epochs >= patience:
+                break
+        if (
+            self.cfg.early_stopping_patience
+            and self.run_dir is not None
+            and (self.run_dir / "best").exists()
+            and best_epoch != self.epoch + 1
+        ):
+            self._restore_best()
+            metrics = self.evaluate(valid()) if valid is not None else metrics
+        speed = self.samples_trained / max(self.train_seconds, 1e-9)
+        return TrainResult(
+            metrics, speed, self.epoch + 1, best_epoch or self.epoch + 1, self.global_step, history
+        )
+
+    def _restore_best(self) -> None:
+        from streamrec.models.persistence import load_model
+
+        best = load_model(self.run_dir / "best").model
+        self.model.load_state_dict(best.state_dict())
+        mine = self.model.dynamic_tables()
+        for name, table in best.dynamic_tables().items():
+            mine[name].load_state_dict(table.state_dict())
+
+    # ------------------------------------------------------------------ persistence
+    def position(self, epoch_done: bool = False) -> dict[str, int]:
+        return {
+            "epoch": self.epoch + 1 if epoch_done else self.epoch,
+            "step_in_epoch": 0 if epoch_done else self.step_in_epoch,
+            "global_step": self.global_step,
+            "samples": self.samples_trained,
+        }
+
+    def checkpoint(
+        self, path: str | Path, metrics: dict | None = None, epoch_done: bool = False
+    ) -> Path:
+        return save_checkpoint(
+            path, self.model, self.config, self.optimizer, self.position(epoch_done), metrics
+        )
+
+    def _log(self, row: dict) -> None:
+        if self.run_dir is None:
+            return
+        path = self.run_dir / "metrics.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
