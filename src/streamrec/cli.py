@@ -200,6 +200,28 @@ def report(
     typer.echo(f"wrote {path}")
 
 
+@app.command("demo")
+def demo(
+    workdir: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its models."),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run the whole system on MovieLens-100k end to end (a few minutes, no services needed)."""
+    from streamrec.demo import run_demo
+
+    def log(message: str) -> None:
+        typer.echo(message, err=as_json)
+
+    try:
+        result = run_demo(workdir, progress=not quiet, log=log)
+    except DataError as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(result)
+    else:
+        typer.echo(f"done in {result['seconds']:.0f} s; models under {workdir}")
+
+
 def main() -> None:
     try:
         app()

@@ -77,6 +77,9 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = None
     negative_sampling_rate: float = Field(1.0, gt=0, le=1)
     evict_every_steps: int = Field(100, gt=0)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast the dense layers (CPU AVX-512-BF16 / GPU)"
+    )
     log_every_steps: int = Field(20, gt=0)
 
 

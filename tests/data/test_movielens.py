@@ -52,3 +52,21 @@ def test_per_user_time_split_takes_each_users_last_fifth(ml_small_dir):
     assert (joined["timestamp_max"].to_numpy() <= joined["timestamp_min"].to_numpy()).all()
     n = joined["timestamp_count"].to_numpy() + joined["test_count"].to_numpy()
     assert (joined["test_count"].to_numpy() == np.rint(0.2 * n)).all()
+
+
+def test_history_holds_only_earlier_items_of_the_same_user():
+    import pyarrow as pa
+
+    from streamrec.data.movielens import add_history
+
+    log = pa.table(
+        {
+            "user_id": [1, 2, 1, 1, 2, 1],
+            "item_id": [10, 20, 11, 12, 21, 13],
+            "label": [1, 1, 0, 1, 1, 1],
+        }
+    )
+    hist = add_history(log, length=2)["history"].to_pylist()
+    assert hist == [[], [], [10], [10, 11], [20], [11, 12]]
+    pos = add_history(log, length=5, positives_only=True)["history"].to_pylist()
+    assert pos == [[], [], [10], [10], [20], [10, 12]]

@@ -22,6 +22,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -193,3 +194,63 @@ def per_user_time_split(
     is_test = np.empty(len(users), bool)
     is_test[order] = is_test_sorted
     return log.filter(pa.array(~is_test)), log.filter(pa.array(is_test))
+
+
+def add_history(
+    log: pa.Table,
+    length: int = 20,
+    positives_only: bool = False,
+    user: str = "user_id",
+    item: str = "item_id",
+) -> pa.Table:
+    """Append `history`: list<int64> of the user's previous items (oldest first, at most
+    `length`), strictly before each row in the log's order — a behaviour sequence for DIN and
+    two-tower user towers that never leaks the row's own item or later ones.
+    With positives_only, only rows with label 1 enter the history."""
+    users = np.asarray(log[user].to_numpy(), np.int64)
+    items = np.asarray(log[item].to_numpy(), np.int64)
+    if positives_only:
+        keep = np.asarray(log["label"].to_numpy(), np.int64) > 0
+    else:
+        keep = np.ones(len(users), bool)
+    offsets, values = _history(users, items, keep, length)
+    history = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return log.append_column("history", history)
+
+
+@numba.njit(cache=True)
+def _history(users, items, keep, length):  # noqa: ANN001, ANN202
+    n = users.shape[0]
+    order = np.argsort(users, kind="mergesort")  # stable: keeps the log order per user
+    counts = np.zeros(n, np.int64)
+    seen = 0
+    prev_user = -1
+    kept_before = np.zeros(n, np.int64)
+    for k in range(n):
+        i = order[k]
+        if users[i] != prev_user:
+            prev_user = users[i]
+            seen = 0
+        kept_before[i] = seen
+        counts[i] = min(seen, length)
+        if keep[i]:
+            seen += 1
+    offsets = np.zeros(n + 1, np.int32)
+    for i in range(n):
+        offsets[i + 1] = offsets[i] + counts[i]
+    values = np.empty(offsets[n], np.int64)
+    buf = np.empty(n, np.int64)  # the current user's kept items, in order
+    prev_user = -1
+    m = 0
+    for k in range(n):
+        i = order[k]
+        if users[i] != prev_user:
+            prev_user = users[i]
+            m = 0
+        c = counts[i]
+        for j in range(c):
+            values[offsets[i] + j] = buf[m - c + j]
+        if keep[i]:
+            buf[m] = items[i]
+            m += 1
+    return offsets, values

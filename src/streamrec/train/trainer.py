@@ -99,6 +99,7 @@ class Trainer:
         self.samples_trained = 0
         self.train_seconds = 0.0
         self._event_time: float | None = None
+        self.losses: list[float] = []  # every step's loss, for tests and reports
         self.model.negative_sampling_rate.fill_(self.cfg.negative_sampling_rate)
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,11 @@ class Trainer:
         self.model.set_event_time(self._event_time)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.dense_lr * self._lr_scale()
-        logits = self.model(batch)
+        with torch.autocast(
+            batch.dense.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
+        ):
+            logits = self.model(batch)
+        logits = logits.float()
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels[:, : logits.shape[1]])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # row optimizers run here, inside backward
@@ -132,7 +137,8 @@ class Trainer:
             self.evict()
         self._last_logits = logits.detach()
         self._last_labels = batch.labels
-        return float(loss.detach())
+        self.losses.append(float(loss.detach()))
+        return self.losses[-1]
 
     def evict(self) -> int:
         evicted = 0

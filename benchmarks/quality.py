@@ -1,0 +1,202 @@
+"""Test AUC / logloss on the three real datasets: streamrec's models next to DeepCTR-torch's
+DeepFM and a plain logistic regression — same features, embedding size, epochs and split.
+
+    .venv-peers/bin/python benchmarks/quality.py --json [--seeds 0 1 2]
+
+Datasets and splits (ours read them through the example configs in examples/):
+  criteo     ../shared/data/criteo: train.tsv → dev.tsv + test.tsv          (1 epoch)
+  ml-100k    rating ≥ 4, per-user time split (each user's last 20% → test)  (3 epochs)
+  ml-small   ml-latest-small, same protocol                                (3 epochs)
+Each model runs once per seed; the report gives mean ± std of test AUC and logloss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from streamrec.config import load_config
+from streamrec.data.errors import DeadLetter
+from streamrec.data.splits import open_splits
+from streamrec.train.job import run_training
+from streamrec.train.metrics import auc, logloss
+
+DATASETS = {
+    "criteo": "examples/criteo_dcnv2.yaml",
+    "ml-100k": "examples/ml100k_deepfm.yaml",
+    "ml-small": "examples/mlsmall_deepfm.yaml",
+}
+OUR_MODELS = {
+    "deepfm": {"hidden": [128, 64]},
+    "dcnv2": {"cross_layers": 2, "hidden": [256, 128]},
+    "dlrm": {"bottom": [64], "top": [128, 64]},
+}
+
+
+def ours(config_path: str, model: str, seed: int) -> tuple[float, float]:
+    cfg = load_config(config_path)
+    cfg.model.name, cfg.model.params = model, OUR_MODELS[model]
+    cfg.train.seed = seed
+    with tempfile.TemporaryDirectory() as tmp:
+        result, _ = run_training(cfg, Path(tmp) / "run", progress=False)
+    m = result.metrics["label"]
+    return m["auc"], m["logloss"]
+
+
+def _frames(config_path: str) -> tuple[pa.Table, pa.Table, list[str], list[str], list[str]]:
+    """Train/test tables and the feature lists the config uses."""
+    cfg = load_config(config_path)
+    splits = open_splits(cfg.data, DeadLetter())
+    train = pa.Table.from_batches(list(splits.train()))
+    test = pa.Table.from_batches(list(splits.valid()))
+    dense = [f.name for f in cfg.schema.dense]
+    single = [
+        f.name
+        for f in cfg.schema.embeddings
+        if f.separator is None and not pa.types.is_list(train.schema.field(f.name).type)
+    ]
+    multi = [f.name for f in cfg.schema.embeddings if f.name not in single]
+    return train, test, dense, single, multi
+
+
+def _encode(
+    train: pa.Table, test: pa.Table, dense: list[str], single: list[str], multi: list[str]
+) -> tuple[dict, dict, dict, dict]:
+    """Integer codes per feature (0 = unknown / missing), shared by DeepCTR and LR."""
+    xs_train, xs_test, vocab, maxlen = {}, {}, {}, {}
+    for c in single:
+        values = np.array(train[c].cast(pa.string()).fill_null("").to_pylist(), dtype=object)
+        test_values = np.array(test[c].cast(pa.string()).fill_null("").to_pylist(), dtype=object)
+        codes = {v: i + 1 for i, v in enumerate(np.unique(values))}
+        xs_train[c] = np.array([codes[v] for v in values])
+        xs_test[c] = np.array([codes.get(v, 0) for v in test_values])
+        vocab[c] = len(codes) + 1
+    for c in multi:
+        lists = train[c].to_pylist()
+        test_lists = test[c].to_pylist()
+        codes = {v: i + 1 for i, v in enumerate(sorted({g for lst in lists for g in lst or []}))}
+        maxlen[c] = max(len(lst or []) for lst in lists + test_lists)
+
+        def pad(rows: list, codes: dict = codes, n: int = maxlen[c]) -> np.ndarray:
+            out = np.zeros((len(rows), n), np.int64)
+            for i, lst in enumerate(rows):
+                ids = [codes.get(g, 0) for g in lst or []]
+                out[i, : len(ids)] = ids
+            return out
+
+        xs_train[c], xs_test[c] = pad(lists), pad(test_lists)
+        vocab[c] = len(codes) + 1
+    for c in dense:
+        for xs, t in ((xs_train, train), (xs_test, test)):
+            v = np.nan_to_num(t[c].to_numpy(zero_copy_only=False).astype(np.float64))
+            xs[c] = (np.sign(v) * np.log1p(np.abs(v))).astype(np.float32)
+    return xs_train, xs_test, vocab, maxlen
+
+
+def deepctr(data: tuple, epochs: int, seed: int) -> tuple[float, float]:
+    import torch
+    from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
+    from deepctr_torch.models import DeepFM
+
+    train, test, dense, single, multi = data
+    xs_train, xs_test, vocab, maxlen = _encode(train, test, dense, single, multi)
+    columns = [SparseFeat(c, vocab[c], embedding_dim=16) for c in single]
+    columns += [
+        VarLenSparseFeat(SparseFeat(c, vocab[c], embedding_dim=16), maxlen[c], "mean")
+        for c in multi
+    ]
+    columns += [DenseFeat(c, 1) for c in dense]
+    torch.manual_seed(seed)
+    model = DeepFM(columns, columns, dnn_hidden_units=(128, 64), device="cpu", seed=seed)
+    model.compile("adam", "binary_crossentropy")
+    y = train["label"].to_numpy().astype(np.float32)
+    model.fit(xs_train, y, batch_size=256, epochs=epochs, verbose=0, shuffle=False)
+    p = model.predict(xs_test, batch_size=4096)[:, 0]
+    y_test = test["label"].to_numpy().astype(np.float64)
+    return auc(y_test, p), logloss(y_test, p)
+
+
+def logistic_regression(data: tuple) -> tuple[float, float]:
+    from scipy import sparse
+    from sklearn.linear_model import LogisticRegression
+
+    train, test, dense, single, multi = data
+    xs_train, xs_test, vocab, _ = _encode(train, test, dense, single, multi)
+
+    def design(xs: dict) -> sparse.csr_matrix:
+        blocks = []
+        for c in single + multi:
+            codes = xs[c] if xs[c].ndim == 2 else xs[c][:, None]
+            rows = np.repeat(np.arange(codes.shape[0]), codes.shape[1])
+            flat = codes.ravel()
+            keep = flat > 0
+            data = np.ones(keep.sum())
+            blocks.append(
+                sparse.csr_matrix(
+                    (data, (rows[keep], flat[keep])), shape=(codes.shape[0], vocab[c])
+                )
+            )
+        if dense:
+            blocks.append(sparse.csr_matrix(np.stack([xs[c] for c in dense], 1)))
+        return sparse.hstack(blocks).tocsr()
+
+    y = train["label"].to_numpy()
+    lr = LogisticRegression(max_iter=1000, C=0.5).fit(design(xs_train), y)
+    p = lr.predict_proba(design(xs_test))[:, 1]
+    y_test = test["label"].to_numpy().astype(np.float64)
+    return auc(y_test, p), logloss(y_test, p)
+
+
+def _summary(values: list[tuple[float, float]]) -> dict:
+    aucs, losses = [v[0] for v in values], [v[1] for v in values]
+    std = statistics.pstdev
+    return {
+        "auc_mean": statistics.mean(aucs),
+        "auc_std": std(aucs),
+        "logloss_mean": statistics.mean(losses),
+        "logloss_std": std(losses),
+        "runs": len(aucs),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    report: dict = {}
+    for name in args.datasets:
+        path = DATASETS[name]
+        epochs = load_config(path).train.epochs
+        data = _frames(path)
+        rows: dict = {}
+        for model in OUR_MODELS:
+            rows[f"streamrec_{model}"] = _summary([ours(path, model, s) for s in args.seeds])
+        try:
+            rows["deepctr_deepfm"] = _summary([deepctr(data, epochs, s) for s in args.seeds])
+        except ImportError as e:
+            rows["deepctr_deepfm"] = {"skipped": f"DeepCTR-torch not importable ({e})"}
+        rows["logistic_regression"] = _summary([logistic_regression(data)])
+        best_ours = max(v["auc_mean"] for k, v in rows.items() if k.startswith("streamrec"))
+        peers = [
+            v["auc_mean"]
+            for k, v in rows.items()
+            if not k.startswith("streamrec") and "auc_mean" in v
+        ]
+        rows["best_ours_minus_best_peer_auc"] = best_ours - max(peers)
+        report[name] = rows
+        if not args.json:
+            print(name, json.dumps(rows, indent=1), flush=True)
+    if args.json:
+        print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
