@@ -13,8 +13,10 @@ Each model runs once per seed; the report gives mean ± std of test AUC and logl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -180,7 +182,8 @@ def main() -> None:
         for model in OUR_MODELS:
             rows[f"streamrec_{model}"] = _summary([ours(path, model, s) for s in args.seeds])
         try:
-            rows["deepctr_deepfm"] = _summary([deepctr(data, epochs, s) for s in args.seeds])
+            with contextlib.redirect_stdout(sys.stderr):  # DeepCTR prints progress to stdout
+                rows["deepctr_deepfm"] = _summary([deepctr(data, epochs, s) for s in args.seeds])
         except ImportError as e:
             rows["deepctr_deepfm"] = {"skipped": f"DeepCTR-torch not importable ({e})"}
         rows["logistic_regression"] = _summary([logistic_regression(data)])

@@ -222,6 +222,66 @@ def demo(
         typer.echo(f"done in {result['seconds']:.0f} s; models under {workdir}")
 
 
+@app.command("serve")
+def serve(
+    model_dir: Path = typer.Argument(..., help="A model directory or a training run directory."),
+    host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you say so)."),
+    port: int = typer.Option(8080, help="TCP port."),
+    token: str | None = typer.Option(
+        None, help="Require 'Authorization: Bearer TOKEN' on every request."),
+    deltas: Path | None = typer.Option(
+        None, help="Folder of deltas to apply while serving (default: beside the model)."),
+    max_batch_rows: int | None = typer.Option(None, help="Rows per inference batch."),
+    max_delay_ms: float | None = typer.Option(None, help="Batching wait from the oldest request."),
+) -> None:
+    """Serve a model over HTTP: /v1/rank, /v1/recommend, /v1/model, /healthz, /metrics."""
+    import uvicorn
+
+    from streamrec.serving.app import create_app
+    from streamrec.store import CorruptModelError
+
+    overrides = {k: v for k, v in {"max_batch_rows": max_batch_rows,
+                                   "max_delay_ms": max_delay_ms}.items() if v is not None}
+    try:
+        api = create_app(model_dir, token=token, deltas_dir=deltas, **overrides)
+    except CorruptModelError as e:
+        _fail(str(e))
+    typer.echo(f"serving {model_dir} on http://{host}:{port}", err=True)
+    uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)
+
+
+bench_app = typer.Typer(help="Load generators and measurements.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    url: str = typer.Option("http://127.0.0.1:8080", help="Server base URL."),
+    qps: float = typer.Option(50.0, help="Mean request rate (Poisson arrivals, open loop)."),
+    duration: float = typer.Option(10.0, help="Seconds to send requests."),
+    candidates: int = typer.Option(100, help="Candidates per /v1/rank request."),
+    token: str | None = typer.Option(None, help="Bearer token, if the server needs one."),
+    seed: int = typer.Option(0, help="Seed for arrivals and ids."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Open-loop load on /v1/rank: p50/p99/p99.9 latency, achieved QPS and errors."""
+    import asyncio
+
+    from streamrec.serving.loadgen import run_load
+
+    try:
+        report = asyncio.run(run_load(url, qps, duration, candidates, token, seed))
+    except OSError as e:
+        _fail(f"cannot reach {url}: {e}")
+    if as_json:
+        _print_json(report)
+        return
+    typer.echo(f"sent {report['sent']} requests at {report['achieved_qps']:.1f} QPS "
+               f"(target {qps}); errors {report['errors']}")
+    typer.echo(f"latency ms: p50 {report['p50_ms']:.1f}  p99 {report['p99_ms']:.1f}  "
+               f"p99.9 {report['p999_ms']:.1f}")
+
+
 def main() -> None:
     try:
         app()

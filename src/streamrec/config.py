@@ -83,6 +83,20 @@ class TrainConfig(_Strict):
     log_every_steps: int = Field(20, gt=0)
 
 
+class ServingConfig(_Strict):
+    context_features: list[str] = Field(
+        default_factory=list,
+        description="request-level features (the user's), sent once and broadcast to candidates",
+    )
+    max_batch_rows: int = Field(4096, ge=1, description="rows per inference batch")
+    max_delay_ms: float = Field(4.0, ge=0, description="wait from the oldest queued request")
+    max_queue_rows: int = Field(100_000, ge=1, description="beyond this, answer 503")
+    max_candidates: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(2 << 20, ge=1)
+    cache_bytes: int = Field(32 << 20, ge=0, description="prediction cache budget; 0 = off")
+    poll_seconds: float = Field(0.5, gt=0, description="how often to look for deltas / models")
+
+
 class JobConfig(_Strict):
     name: str = "job"
     schema_: Schema = Field(alias="schema")
@@ -91,6 +105,7 @@ class JobConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -132,4 +147,9 @@ def parse_config(
         lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
         raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None
     cfg.table_configs()
+    unknown = set(cfg.serving.context_features) - set(cfg.schema_.feature_names)
+    if unknown:
+        raise ConfigError(
+            f"{source}: serving.context_features names unknown features {sorted(unknown)}"
+        )
     return cfg

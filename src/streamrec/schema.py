@@ -345,3 +345,28 @@ def _ranks_within(lengths: np.ndarray) -> np.ndarray:
     total = int(lengths.sum())
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return np.arange(total) - starts
+
+
+def value_kind(t: pa.DataType) -> str:
+    """The JSON-facing kind of an input column: int, float, string, or list<…> of one."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{value_kind(t.value_type)}>"
+    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    return "string"
+
+
+def arrow_type(kind: str) -> pa.DataType:
+    """Inverse of `value_kind`."""
+    if kind.startswith("list<"):
+        return pa.list_(arrow_type(kind[5:-1]))
+    return {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}[kind]
+
+
+def input_kinds(table: pa.Table | pa.RecordBatch, columns: list[str]) -> dict[str, str]:
+    """Kinds of the columns a schema reads, as seen in the training data (saved with the model
+    so that serving decodes request values exactly as training did: ints stay ids, strings
+    are hashed)."""
+    return {c: value_kind(table.schema.field(c).type) for c in columns if c in table.schema.names}

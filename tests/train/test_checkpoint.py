@@ -88,7 +88,7 @@ def test_resume_at_an_epoch_boundary_or_mid_epoch_equals_an_uninterrupted_run(tm
         done = stop_after == len(batches)
         first.checkpoint(tmp_path / "ck", epoch_done=done)
         model2, cfg2, opt2, pos = load_checkpoint(
-            tmp_path / "ck", lambda m: build_dense_optimizer(m, cfg.train)
+            tmp_path / "ck", lambda m, c=cfg: build_dense_optimizer(m, c.train)
         )
         second = Trainer(model2, cfg2, optimizer=opt2, progress=False)
         second.global_step, second.samples_trained = pos["global_step"], pos["samples"]

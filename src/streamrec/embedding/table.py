@@ -387,6 +387,30 @@ class DynamicTable:
         self._deleted.append((self.version, fids))
         return fids
 
+    def upsert(self, fids: np.ndarray, weights: np.ndarray, now: float | None = None) -> None:
+        """Set the weights of these fids, inserting the absent ones without admission (applying
+        a delta at serving time). fids distinct int64 [n], weights float32 [n, dim]."""
+        fids = _as_fids(fids)
+        rows = self._map.find(fids)
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:
+            saved = (self.admit_min_count, self.admit_probability)
+            self.admit_min_count = self.admit_probability = None
+            try:
+                rows[missing] = self._admit(
+                    fids[missing], np.ones(missing.size, np.int64), _seconds(now)
+                )
+            finally:
+                self.admit_min_count, self.admit_probability = saved
+        self.version += 1
+        self._weights.scatter(rows, np.ascontiguousarray(weights, np.float32))
+        self._row_version.scatter(rows, np.full((rows.shape[0], 1), self.version, np.int64))
+
+    def delete(self, fids: np.ndarray) -> np.ndarray:
+        """Remove these fids if stored; returns the ones that were."""
+        rows = self._map.find(_as_fids(fids))
+        return self.remove_rows(np.unique(rows[rows >= 0]))
+
     # ------------------------------------------------------------------------ deltas
     def live_rows(self) -> np.ndarray:
         n = int(self._alloc[0])

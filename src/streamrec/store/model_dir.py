@@ -60,8 +60,10 @@ def write_model_dir(
     manifest: dict[str, Any],
     tensor_files: dict[str, dict[str, torch.Tensor]],
     extra_files: dict[str, bytes] | None = None,
+    kind: str = FORMAT,
 ) -> Path:
-    """Atomically (re)place `path` with a model directory holding these files."""
+    """Atomically (re)place `path` with a directory of these files and a checksummed manifest
+    (`kind` names the format: a model, or a delta)."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     files: dict[str, str] = {}
@@ -73,7 +75,7 @@ def write_model_dir(
         for rel, data in (extra_files or {}).items():
             _write_synced(tmp / rel, data)
             files[rel] = sha256(data)
-        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": files}
+        full = {"format": kind, "format_version": FORMAT_VERSION, **manifest, "files": files}
         _write_synced(tmp / MANIFEST, json.dumps(full, indent=1, sort_keys=True).encode())
         _fsync_dir(tmp)
         if path.exists():
@@ -107,14 +109,14 @@ def find_model_dir(path: str | Path) -> Path:
     raise CorruptModelError(f"{p}: no {MANIFEST} here or in {p / 'model'} — not a model directory")
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    p = find_model_dir(path)
+def read_manifest(path: str | Path, kind: str = FORMAT) -> dict[str, Any]:
+    p = find_model_dir(path) if kind == FORMAT else Path(path)
     try:
         manifest = json.loads((p / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CorruptModelError(f"{p / MANIFEST}: unreadable ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise CorruptModelError(f"{p / MANIFEST}: not a {FORMAT} manifest")
+    if manifest.get("format") != kind:
+        raise CorruptModelError(f"{p / MANIFEST}: not a {kind} manifest")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise CorruptModelError(
             f"{p / MANIFEST}: format version {manifest['format_version']} is newer than this "
@@ -124,8 +126,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 def read_file(path: str | Path, rel: str, manifest: dict[str, Any]) -> bytes:
-    """A file of the model directory, after checking its sha256 against the manifest."""
-    p = find_model_dir(path) / rel
+    """A file of a model (or delta) directory, after checking its sha256 against the manifest."""
+    base = Path(path)
+    p = (base if (base / MANIFEST).exists() else find_model_dir(base)) / rel
     expected = manifest.get("files", {}).get(rel)
     if expected is None:
         raise CorruptModelError(f"{p}: not listed in the manifest")
@@ -143,9 +146,7 @@ def read_tensors(path: str | Path, rel: str, manifest: dict[str, Any]) -> dict[s
     try:
         return st_load(data)
     except Exception as e:  # safetensors raises its own error types
-        raise CorruptModelError(
-            f"{find_model_dir(path) / rel}: not a safetensors file ({e})"
-        ) from None
+        raise CorruptModelError(f"{Path(path) / rel}: not a safetensors file ({e})") from None
 
 
 def verify(path: str | Path) -> dict[str, Any]:

@@ -52,13 +52,18 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     position: dict[str, int],
     metrics: dict | None = None,
+    extra_manifest: dict | None = None,
 ) -> Path:
     tensors, settings = optimizer_tensors(optimizer)
     tensors_files = {
         "optimizer.safetensors": tensors,
         "rng.safetensors": {"torch": torch.get_rng_state()},
     }
-    manifest = {"trainer": {"position": position, "optimizer": settings}, "metrics": metrics or {}}
+    manifest = {
+        **(extra_manifest or {}),
+        "trainer": {"position": position, "optimizer": settings},
+        "metrics": metrics or {},
+    }
     return save_model(path, model, config, manifest, tensors_files)
 
 

@@ -19,6 +19,8 @@ from streamrec.data.loader import BatchLoader
 from streamrec.data.splits import open_splits
 from streamrec.models.persistence import load_model, save_model
 from streamrec.models.registry import build_model
+from streamrec.schema import input_kinds
+from streamrec.store import read_manifest
 from streamrec.train.checkpoint import load_checkpoint
 from streamrec.train.trainer import Trainer, TrainResult, build_dense_optimizer
 
@@ -29,11 +31,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fit_schema(config: JobConfig, splits) -> JobConfig:  # noqa: ANN001
-    """A copy of the config whose schema holds statistics learnt on the training sample."""
+def fit_schema(config: JobConfig, splits) -> tuple[JobConfig, dict[str, str]]:  # noqa: ANN001
+    """A copy of the config whose schema holds statistics learnt on the training sample, and
+    the kinds (int / float / string / list) of the input columns."""
     fitted = config.model_copy(deep=True)
-    fitted.schema_ = config.schema.fit(splits.sample())
-    return fitted
+    sample = splits.sample()
+    fitted.schema_ = config.schema.fit(sample)
+    return fitted, input_kinds(sample, fitted.schema_.input_columns(with_labels=False))
 
 
 def run_training(
@@ -46,17 +50,20 @@ def run_training(
     )
     splits = open_splits(config.data, dead)
     start_epoch = skip = 0
+    kinds: dict[str, str] = {}
     if resume and (out / "checkpoint" / "manifest.json").exists():
         model, config, optimizer, position = load_checkpoint(
             out / "checkpoint", lambda m: build_dense_optimizer(m, config.train)
         )
         start_epoch, skip = position["epoch"], position["step_in_epoch"]
+        kinds = read_manifest(out / "checkpoint").get("input_kinds", {})
         trainer = Trainer(model, config, out, optimizer, progress=progress)
         trainer.global_step, trainer.samples_trained = position["global_step"], position["samples"]
     else:
-        config = fit_schema(config, splits)
+        config, kinds = fit_schema(config, splits)
         model = build_model(config.model, config.schema, config.table_configs())
         trainer = Trainer(model, config, out, progress=progress)
+    trainer.extra_manifest = {"input_kinds": kinds}
     schema, batch_size = config.schema, config.data.batch_size
 
     def train_batches(epoch: int) -> BatchLoader:
@@ -74,7 +81,12 @@ def run_training(
         out / "model",
         trainer.model,
         config,
-        {"metrics": result.metrics, "train": result.to_json(), "dead_lettered": dead.count},
+        {
+            "metrics": result.metrics,
+            "train": result.to_json(),
+            "dead_lettered": dead.count,
+            "input_kinds": kinds,
+        },
     )
     return result, model_dir
 

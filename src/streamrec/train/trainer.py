@@ -100,6 +100,7 @@ class Trainer:
         self.train_seconds = 0.0
         self._event_time: float | None = None
         self.losses: list[float] = []  # every step's loss, for tests and reports
+        self.extra_manifest: dict = {}  # saved with every checkpoint (e.g. input kinds)
         self.model.negative_sampling_rate.fill_(self.cfg.negative_sampling_rate)
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -288,7 +289,13 @@ class Trainer:
         self, path: str | Path, metrics: dict | None = None, epoch_done: bool = False
     ) -> Path:
         return save_checkpoint(
-            path, self.model, self.config, self.optimizer, self.position(epoch_done), metrics
+            path,
+            self.model,
+            self.config,
+            self.optimizer,
+            self.position(epoch_done),
+            metrics,
+            self.extra_manifest,
         )
 
     def _log(self, row: dict) -> None:

@@ -1,0 +1,271 @@
+"""The model server: a Starlette app over one DynamicBatcher.
+
+    POST /v1/rank       {"context": {...}, "candidates": [{...}, ...]} → calibrated scores per task
+    POST /v1/recommend  retrieval → ranking (when the model directory holds a retriever)
+    GET  /v1/model      versions, features (context / candidate), tables and rows, delta lag
+    GET  /healthz       the process is up          GET /readyz   a model is loaded and serving
+    GET  /metrics       Prometheus: requests, latency, batch sizes, queue depth, cache, deltas
+
+Never imports training code: the model directory (`streamrec.store`) is the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from streamrec.config import ServingConfig
+from streamrec.serving.batcher import DynamicBatcher, Overloaded
+from streamrec.serving.cache import PredictionCache, row_key
+from streamrec.serving.request import RequestError, parse_json, rows_table, validate_rank
+from streamrec.serving.snapshot import Snapshot
+from streamrec.serving.watcher import Watcher
+from streamrec.store import find_model_dir
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("streamrec_requests", "HTTP requests", ["endpoint", "status"],
+                                registry=r)
+        self.latency = Histogram(
+            "streamrec_request_seconds", "request latency", ["endpoint"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5))
+        self.batch_rows = Histogram("streamrec_batch_rows", "rows per inference batch",
+                                    registry=r, buckets=(1, 10, 50, 100, 250, 500, 1000, 2500,
+                                                         5000, 10000))
+        self.batch_seconds = Histogram("streamrec_batch_seconds", "inference time per batch",
+                                       registry=r)
+        self.queue_rows = Gauge("streamrec_queue_rows", "rows waiting for inference", registry=r)
+        self.cache_hits = Counter("streamrec_cache_hits", "rows served from the cache",
+                                  registry=r)
+        self.cache_misses = Counter("streamrec_cache_misses", "rows computed", registry=r)
+        self.deltas = Counter("streamrec_deltas_applied", "deltas applied in place", registry=r)
+        self.reloads = Counter("streamrec_model_reloads", "full model swaps", registry=r)
+        self.delta_lag = Gauge("streamrec_delta_lag_seconds",
+                               "seconds from a delta's creation to its application", registry=r)
+
+
+@dataclass
+class ServerState:
+    batcher: DynamicBatcher
+    cache: PredictionCache
+    metrics: ServerMetrics
+    settings: ServingConfig
+    watcher: Watcher | None
+    token: str | None
+    retriever: object | None = None
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(model_dir: str | Path, token: str | None = None,
+               deltas_dir: str | Path | None = None, watch: bool = True,
+               **overrides) -> Starlette:  # noqa: ANN003
+    """Build the ASGI app. `overrides` replace fields of the model's `serving:` settings
+    (e.g. max_batch_rows=1, max_delay_ms=0 to switch batching off)."""
+    directory = find_model_dir(model_dir)
+    snapshot = Snapshot.load(directory)
+    settings = snapshot.config.serving.model_copy(update=overrides)
+    metrics = ServerMetrics()
+
+    def on_batch(rows: int, seconds: float) -> None:
+        metrics.batch_rows.observe(rows)
+        metrics.batch_seconds.observe(seconds)
+
+    batcher = DynamicBatcher(snapshot, settings.max_batch_rows, settings.max_delay_ms,
+                             settings.max_queue_rows, on_batch)
+    if deltas_dir is None:
+        deltas_dir = directory.parent / "deltas"
+    watcher = Watcher(batcher, directory, Path(deltas_dir), settings.poll_seconds, metrics) \
+        if watch else None
+    state = ServerState(batcher, PredictionCache(settings.cache_bytes), metrics, settings,
+                        watcher, token)
+    state.retriever = _load_retriever(directory)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):  # noqa: ANN202
+        batcher.start()
+        if watcher is not None:
+            watcher.check_deltas()  # apply what is already on disk before serving
+            watcher.start()
+        yield
+        if watcher is not None:
+            watcher.stop()
+        batcher.stop()
+
+    routes = [
+        Route("/v1/rank", _endpoint(state, "rank", _rank), methods=["POST"]),
+        Route("/v1/recommend", _endpoint(state, "recommend", _recommend), methods=["POST"]),
+        Route("/v1/model", _endpoint(state, "model", _model), methods=["GET"]),
+        Route("/healthz", _endpoint(state, "healthz", _healthz), methods=["GET"]),
+        Route("/readyz", _endpoint(state, "readyz", _readyz), methods=["GET"]),
+        Route("/metrics", _endpoint(state, "metrics", _metrics), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.server = state
+    return app
+
+
+def _load_retriever(directory: Path):  # noqa: ANN202
+    try:
+        from streamrec.retrieval.serving import load_retrieval_stage
+    except ImportError:
+        return None
+    return load_retrieval_stage(directory)
+
+
+def _endpoint(state: ServerState, name: str, handler):  # noqa: ANN001, ANN202
+    async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        if state.token is not None and request.headers.get("authorization") != \
+                f"Bearer {state.token}":
+            response: Response = _error(401, "missing or wrong bearer token")
+        else:
+            try:
+                response = await handler(state, request)
+            except RequestError as e:
+                response = _error(e.status, e.message)
+            except Overloaded:
+                response = _error(503, "overloaded: too many rows queued",
+                                  {"Retry-After": "1"})
+        state.metrics.requests.labels(name, str(response.status_code)).inc()
+        state.metrics.latency.labels(name).observe(time.perf_counter() - started)
+        return response
+
+    return endpoint
+
+
+async def _read_body(state: ServerState, request: Request) -> object:
+    declared = request.headers.get("content-length")
+    limit = state.settings.max_body_bytes
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body is {declared} bytes; the limit is {limit}")
+    return parse_json(await request.body(), limit)
+
+
+async def score_rows(state: ServerState, context: dict, candidates: list[dict]
+                     ) -> tuple[np.ndarray, str]:
+    """Scores [len(candidates), tasks] through cache → batcher; returns (scores, version)."""
+    snapshot = state.batcher.snapshot
+    version = snapshot.serving_version
+    cache = state.cache
+    n = len(candidates)
+    results: list[np.ndarray | None] = [None] * n
+    waiting: list[tuple[int, asyncio.Future]] = []  # rows another request is computing
+    copies: list[tuple[int, int]] = []  # (row, earlier row of this request with the same key)
+    to_compute: list[int] = []
+    keys: list[bytes] = []
+    if cache.enabled:
+        keys = [row_key(version, context, c) for c in candidates]
+        claimed: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            hit = cache.get(key)
+            if hit is not None:
+                results[i] = hit
+            elif (f := cache.inflight(key)) is not None:
+                waiting.append((i, f))
+            elif key in claimed:  # the same row twice in one request
+                copies.append((i, claimed[key]))
+            else:
+                claimed[key] = i
+                cache.start(key)
+                to_compute.append(i)
+        state.metrics.cache_hits.inc(n - len(to_compute))
+    else:
+        to_compute = list(range(n))
+    state.metrics.cache_misses.inc(len(to_compute))
+    if to_compute:
+        try:
+            table = rows_table(context, [candidates[i] for i in to_compute], snapshot.kinds)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
+            _fail_keys(cache, keys, to_compute, e)
+            raise RequestError(422, f"a feature value does not fit its type: {e}") from None
+        state.metrics.queue_rows.set(state.batcher.queued_rows)
+        try:
+            scores = await state.batcher.submit(table)
+        except BaseException as e:
+            _fail_keys(cache, keys, to_compute, e)
+            raise
+        for j, i in enumerate(to_compute):
+            results[i] = scores[j]
+            if keys:
+                cache.finish(keys[i], scores[j], None)
+    for i, future in waiting:
+        results[i] = await future
+    for i, j in copies:
+        results[i] = results[j]
+    return np.stack(results), version
+
+
+def _fail_keys(cache: PredictionCache, keys: list[bytes], idx: list[int], e: BaseException
+               ) -> None:
+    for i in idx:
+        if keys:
+            cache.finish(keys[i], None, e)
+
+
+async def _rank(state: ServerState, request: Request) -> Response:
+    body = await _read_body(state, request)
+    snapshot = state.batcher.snapshot
+    context, candidates = validate_rank(body, snapshot.kinds, state.settings.max_candidates)
+    scores, version = await score_rows(state, context, candidates)
+    tasks = snapshot.schema.task_names or ["label"]
+    return JSONResponse({
+        "model_version": version,
+        "scores": {t: scores[:, i].astype(float).tolist() for i, t in enumerate(tasks)},
+        "request_id": body.get("request_id") or uuid.uuid4().hex,
+    })
+
+
+async def _recommend(state: ServerState, request: Request) -> Response:
+    if state.retriever is None:
+        raise RequestError(404, "this model directory has no retrieval stage")
+    body = await _read_body(state, request)
+    return JSONResponse(await state.retriever.recommend(state, body))
+
+
+async def _model(state: ServerState, request: Request) -> Response:
+    info = state.batcher.snapshot.describe()
+    w = state.watcher
+    if w is not None:
+        info["deltas_applied"] = w.deltas_applied
+        info["deltas_skipped"] = w.deltas_skipped
+        info["reloads"] = w.reloads
+        if w.newest_delta_seen_at and info["last_delta_applied_at"]:
+            info["seconds_behind_newest_delta"] = max(
+                0.0, w.newest_delta_seen_at - info["last_delta_applied_at"])
+    info["cache"] = {"hit_rate": state.cache.hit_rate(), "bytes": state.cache.bytes}
+    if state.retriever is not None:
+        info["retrieval"] = state.retriever.describe()
+    return JSONResponse(info)
+
+
+async def _healthz(state: ServerState, request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _readyz(state: ServerState, request: Request) -> Response:
+    alive = state.batcher._thread.is_alive()
+    return JSONResponse({"ready": alive}, status_code=200 if alive else 503)
+
+
+async def _metrics(state: ServerState, request: Request) -> Response:
+    state.metrics.queue_rows.set(state.batcher.queued_rows)
+    return Response(generate_latest(state.metrics.registry),
+                    media_type="text/plain; version=0.0.4")

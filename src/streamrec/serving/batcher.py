@@ -1,0 +1,150 @@
+"""Dynamic batching across requests, on one inference worker thread.
+
+Requests queue up as Arrow tables of candidate rows. The worker takes the oldest, keeps taking
+more until the batch holds `max_batch_rows` rows or `max_delay_ms` has passed since the oldest
+was queued, runs one inference for all of them under `torch.inference_mode`, and hands each
+request its slice. The queue is bounded in rows: beyond `max_queue_rows`, `submit` raises
+`Overloaded` (the app answers 503 with Retry-After) instead of letting latency grow without end.
+
+Between batches the worker runs control operations — applying a delta, swapping in a reloaded
+model — so they never race with inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from streamrec.serving.snapshot import Snapshot
+
+
+class Overloaded(Exception):
+    """The queue is full; retry later."""
+
+
+@dataclass
+class _Pending:
+    table: pa.Table
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    queued_at: float
+
+
+class DynamicBatcher:
+    def __init__(self, snapshot: Snapshot, max_batch_rows: int = 4096,
+                 max_delay_ms: float = 4.0, max_queue_rows: int = 100_000,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.snapshot = snapshot
+        self.max_batch_rows = max_batch_rows
+        self.max_delay = max_delay_ms / 1000.0
+        self.max_queue_rows = max_queue_rows
+        self.on_batch = on_batch
+        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._control: queue.Queue = queue.Queue()
+        self._queued_rows = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="streamrec-infer", daemon=True)
+        self.recent_tables: list[pa.Table] = []  # recorded requests, to warm up a new model
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def submit(self, table: pa.Table) -> asyncio.Future:
+        """Queue rows for inference; the future resolves to float32 [rows, tasks]."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._queued_rows + table.num_rows > self.max_queue_rows:
+                raise Overloaded(f"{self._queued_rows} rows queued")
+            self._queued_rows += table.num_rows
+        future = loop.create_future()
+        self._queue.put(_Pending(table, future, loop, time.perf_counter()))
+        return future
+
+    def run_control(self, op: Callable[[], object]) -> threading.Event:
+        """Run `op()` on the worker between batches; the returned event is set when done."""
+        done = threading.Event()
+        self._control.put((op, done))
+        return done
+
+    def _run_controls(self) -> None:
+        while True:
+            try:
+                op, done = self._control.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                op()
+            finally:
+                done.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._run_controls()
+            try:
+                first = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            batch = [first]
+            rows = first.table.num_rows
+            deadline = first.queued_at + self.max_delay
+            while rows < self.max_batch_rows:
+                remaining = deadline - time.perf_counter()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else \
+                        self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(item)
+                rows += item.table.num_rows
+            self._infer(batch, rows)
+
+    def _infer(self, batch: list[_Pending], rows: int) -> None:
+        started = time.perf_counter()
+        try:
+            table = pa.concat_tables([p.table for p in batch]) if len(batch) > 1 \
+                else batch[0].table
+            scores = self.snapshot.predict(table)
+            error = None
+        except Exception as e:  # a bad batch fails its requests, never the worker
+            scores, error = None, e
+        with self._lock:
+            self._queued_rows -= rows
+        start = 0
+        for p in batch:
+            n = p.table.num_rows
+            if error is None:
+                part = np.ascontiguousarray(scores[start : start + n])
+                p.loop.call_soon_threadsafe(_resolve, p.future, part, None)
+            else:
+                p.loop.call_soon_threadsafe(_resolve, p.future, None, error)
+            start += n
+        if error is None:
+            self.recent_tables.append(batch[0].table)
+            del self.recent_tables[:-8]
+        if self.on_batch is not None:
+            self.on_batch(rows, time.perf_counter() - started)
+
+
+def _resolve(future: asyncio.Future, value: object, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

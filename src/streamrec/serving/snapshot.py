@@ -1,0 +1,85 @@
+"""Snapshot: the model being served — loaded read-only, updated in place by deltas.
+
+All mutation (delta application, swapping in a reloaded model) happens on the batcher's worker
+thread between batches, so inference never sees a half-applied delta and needs no lock.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from streamrec.models.persistence import LoadedModel, load_model
+from streamrec.store.delta import TableDelta
+
+
+class Snapshot:
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model = loaded.model.eval()
+        self.config = loaded.config
+        self.schema = loaded.config.schema
+        self.model_version: int = int(loaded.manifest.get("model_version", 0))
+        self.delta_version = 0
+        self.delta_applied_at: float | None = None
+        self.delta_event_time: float | None = None
+        kinds = loaded.manifest.get("input_kinds") or {}
+        wanted = self.schema.input_columns(with_labels=False)
+        self.kinds = {c: kinds.get(c, "string") for c in wanted}
+        context = set(self.config.serving.context_features)
+        self.context_features = [c for c in wanted if c in context]
+        self.candidate_features = [c for c in wanted if c not in context]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Snapshot:
+        return cls(load_model(path))
+
+    @property
+    def serving_version(self) -> str:
+        return f"{self.model_version}.{self.delta_version}"
+
+    @torch.inference_mode()
+    def predict(self, table: pa.Table) -> np.ndarray:
+        """Calibrated probabilities [rows, tasks]."""
+        batch = self.schema.encode(table, with_labels=False)
+        return self.model.predict(batch).numpy()
+
+    def apply_delta(self, manifest: dict[str, Any], tables: dict[str, TableDelta],
+                    dense: dict[str, torch.Tensor] | None) -> None:
+        own = self.model.dynamic_tables()
+        for name, delta in tables.items():
+            table = own.get(name)
+            if table is None:
+                continue
+            if delta.deleted.numel():
+                table.delete(delta.deleted.numpy())
+            if delta.fids.numel():
+                table.upsert(delta.fids.numpy(), delta.weights().numpy())
+        if dense is not None:
+            self.model.load_state_dict(dense)
+        self.delta_version = int(manifest["version"])
+        self.delta_applied_at = time.time()
+        self.delta_event_time = manifest.get("event_time_max")
+
+    def describe(self) -> dict[str, Any]:
+        tables = {name: {"rows": len(t), "dim": t.dim}
+                  for name, t in self.model.dynamic_tables().items()}
+        return {
+            "model_version": self.model_version,
+            "delta_version": self.delta_version,
+            "serving_version": self.serving_version,
+            "model": self.config.model.name,
+            "tasks": self.schema.task_names or ["label"],
+            "features": {"context": self.context_features,
+                         "candidate": self.candidate_features},
+            "input_kinds": self.kinds,
+            "tables": tables,
+            "last_delta_applied_at": self.delta_applied_at,
+            "seconds_behind_newest_delta": None,
+            "path": str(self.loaded.path),
+        }

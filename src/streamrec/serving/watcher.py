@@ -1,0 +1,97 @@
+"""Freshness: a thread that picks up new deltas and new model versions while the server runs.
+
+Every `poll_seconds` it
+* applies, in version order, the deltas newer than the one applied — read and checksummed here,
+  applied in place by the inference worker between batches (no model copy);
+* notices a new full model in the model directory (its manifest's model_version changed),
+  loads it beside the old one, warms it up on recently served requests, then has the worker
+  swap it in atomically; the old model is freed once the swap is done.
+Deltas written for another base model are skipped (and counted), never applied to the wrong one.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from pathlib import Path
+
+from streamrec.serving.batcher import DynamicBatcher
+from streamrec.serving.snapshot import Snapshot
+from streamrec.store import CorruptModelError, read_manifest
+from streamrec.store.delta import list_deltas, read_delta
+
+log = logging.getLogger("streamrec.serving")
+
+
+class Watcher(threading.Thread):
+    def __init__(self, batcher: DynamicBatcher, model_dir: Path, deltas_dir: Path | None,
+                 poll_seconds: float = 0.5, metrics=None) -> None:  # noqa: ANN001
+        super().__init__(name="streamrec-watcher", daemon=True)
+        self.batcher = batcher
+        self.model_dir = model_dir
+        self.deltas_dir = deltas_dir
+        self.poll = poll_seconds
+        self.metrics = metrics
+        self.newest_delta_seen_at: float | None = None
+        self.deltas_applied = 0
+        self.deltas_skipped = 0
+        self.reloads = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.poll):
+            try:
+                self.check_model()
+                self.check_deltas()
+            except Exception as e:  # keep serving the current model; report the problem
+                self.errors.append(str(e))
+                del self.errors[:-10]
+                log.warning("freshness check failed: %s", e)
+
+    def check_model(self) -> None:
+        try:
+            manifest = read_manifest(self.model_dir)
+        except CorruptModelError:
+            return  # mid-replacement or removed: keep the current model
+        version = int(manifest.get("model_version", 0))
+        if version == self.batcher.snapshot.model_version:
+            return
+        fresh = Snapshot.load(self.model_dir)
+        for table in list(self.batcher.recent_tables):  # warm-up on recorded requests
+            fresh.predict(table)
+
+        def swap() -> None:
+            self.batcher.snapshot = fresh
+
+        self.batcher.run_control(swap).wait()
+        self.reloads += 1
+        gc.collect()
+        if self.metrics is not None:
+            self.metrics.reloads.inc()
+
+    def check_deltas(self) -> None:
+        if self.deltas_dir is None:
+            return
+        for version in list_deltas(self.deltas_dir, after=self.batcher.snapshot.delta_version):
+            manifest, tables, dense = read_delta(self.deltas_dir, version)
+            snapshot = self.batcher.snapshot
+            base = manifest.get("base_model_version")
+            if base is not None and int(base) != snapshot.model_version:
+                self.deltas_skipped += 1
+                snapshot.delta_version = max(snapshot.delta_version, version)
+                continue
+            self.newest_delta_seen_at = time.time()
+            self.batcher.run_control(
+                lambda m=manifest, t=tables, d=dense, s=snapshot: s.apply_delta(m, t, d)).wait()
+            self.deltas_applied += 1
+            if self.metrics is not None:
+                self.metrics.deltas.inc()
+                created = manifest.get("created")
+                if created:
+                    self.metrics.delta_lag.set(max(0.0, time.time() - float(created)))

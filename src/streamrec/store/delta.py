@@ -1,0 +1,104 @@
+"""Deltas: the rows training changed since the last export, for parameter sync to serving.
+
+    DELTAS_DIR/000000000042/      one delta, written atomically like a model directory
+      manifest.json               format "streamrec-delta", delta version, the model version it
+                                  applies to, event-time range, stream offsets covered, tables
+      tables/NNN.safetensors      fids, values (fp32 / fp16 / int8 + scale, offset), deleted fids
+      dense.safetensors           (every Nth delta) the dense weights
+
+Deltas apply in version order; each holds the rows touched since the previous one, so a server
+that applied delta k−1 applies delta k and is current. A delta applies deletions first, then
+upserts (a fid may be deleted and re-admitted within one interval).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamrec.store.model_dir import read_manifest, read_tensors, write_model_dir
+
+DELTA_FORMAT = "streamrec-delta"
+
+
+@dataclass
+class TableDelta:
+    fids: torch.Tensor  # int64 [n]
+    values: torch.Tensor  # [n, dim]: float32 / float16, or uint8 with scale & offset
+    deleted: torch.Tensor  # int64 [m]
+    scale: torch.Tensor | None = None
+    offset: torch.Tensor | None = None
+
+    def weights(self) -> torch.Tensor:
+        """float32 [n, dim]."""
+        if self.scale is not None:
+            return self.values.float() * self.scale[:, None] + self.offset[:, None]
+        return self.values.float()
+
+
+def delta_path(deltas_dir: str | Path, version: int) -> Path:
+    return Path(deltas_dir) / f"{version:012d}"
+
+
+def write_delta(
+    deltas_dir: str | Path,
+    version: int,
+    tables: dict[str, TableDelta],
+    dense: dict[str, torch.Tensor] | None,
+    manifest: dict[str, Any],
+) -> Path:
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    entries = {}
+    for i, (name, d) in enumerate(sorted(tables.items())):
+        rel = f"tables/{i:03d}.safetensors"
+        tensors = {"fids": d.fids, "values": d.values, "deleted": d.deleted}
+        if d.scale is not None:
+            tensors.update(scale=d.scale, offset=d.offset)
+        files[rel] = tensors
+        entries[name] = {
+            "file": rel,
+            "rows": int(d.fids.numel()),
+            "deleted": int(d.deleted.numel()),
+            "dtype": str(d.values.dtype),
+        }
+    if dense is not None:
+        files["dense.safetensors"] = dense
+    full = {
+        **manifest,
+        "version": version,
+        "tables": entries,
+        "dense": "dense.safetensors" if dense is not None else None,
+    }
+    return write_model_dir(delta_path(deltas_dir, version), full, files, kind=DELTA_FORMAT)
+
+
+def list_deltas(deltas_dir: str | Path, after: int = 0) -> list[int]:
+    """Versions of the complete deltas in a folder, newer than `after`, oldest first."""
+    d = Path(deltas_dir)
+    if not d.is_dir():
+        return []
+    versions = []
+    for p in d.iterdir():
+        if p.name.isdigit() and (p / "manifest.json").exists():
+            v = int(p.name)
+            if v > after:
+                versions.append(v)
+    return sorted(versions)
+
+
+def read_delta(
+    deltas_dir: str | Path, version: int
+) -> tuple[dict[str, Any], dict[str, TableDelta], dict[str, torch.Tensor] | None]:
+    path = delta_path(deltas_dir, version)
+    manifest = read_manifest(path, kind=DELTA_FORMAT)
+    tables = {}
+    for name, entry in manifest["tables"].items():
+        t = read_tensors(path, entry["file"], manifest)
+        tables[name] = TableDelta(
+            t["fids"], t["values"], t["deleted"], t.get("scale"), t.get("offset")
+        )
+    dense = read_tensors(path, manifest["dense"], manifest) if manifest.get("dense") else None
+    return manifest, tables, dense

@@ -1,0 +1,49 @@
+"""DeltaExporter: writes what training changed since the last export, for the server to apply.
+
+Each `export()` collects, per table, the live rows changed after the version recorded at the
+previous export (`DynamicTable.changed_since`) and the fids deleted since (`deleted_since`),
+optionally in fp16 / int8, plus the dense weights every `dense_every` deltas, and writes them
+as one delta directory (`streamrec.store.delta`). Deltas are numbered 1, 2, 3 … per base model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from streamrec.embedding.export import quantize
+from streamrec.models.base import RankingModel
+from streamrec.store.delta import TableDelta, list_deltas, write_delta
+
+
+class DeltaExporter:
+    def __init__(self, model: RankingModel, deltas_dir: str | Path, base_model_version: int,
+                 precision: str = "fp32", dense_every: int = 10) -> None:
+        self.model = model
+        self.deltas_dir = Path(deltas_dir)
+        self.base_model_version = base_model_version
+        self.precision = precision
+        self.dense_every = dense_every
+        existing = list_deltas(self.deltas_dir)
+        self.version = existing[-1] if existing else 0
+        self.table_versions = {name: t.version for name, t in model.dynamic_tables().items()}
+
+    def export(self, extra: dict[str, Any] | None = None, force_dense: bool = False) -> Path:
+        tables = {}
+        for name, table in self.model.dynamic_tables().items():
+            since = self.table_versions.get(name, 0)
+            fids, weights = table.changed_since(since)
+            rows = quantize(fids, weights, self.precision)
+            tables[name] = TableDelta(rows.fids, rows.values, table.deleted_since(since),
+                                      rows.scale, rows.offset)
+            self.table_versions[name] = table.version
+            table.forget_deletions(since)
+        self.version += 1
+        dense = None
+        if force_dense or self.version % self.dense_every == 0:
+            dense = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        manifest = {"base_model_version": self.base_model_version, "created": time.time(),
+                    "precision": self.precision, **(extra or {})}
+        return write_delta(self.deltas_dir, self.version, tables, dense, manifest)
+
