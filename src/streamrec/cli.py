@@ -144,6 +144,19 @@ def train(
     if epochs is not None:
         cfg.train.epochs = epochs
     out = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if cfg.model.name == "two_tower":
+        from streamrec.train.two_tower import train_two_tower
+
+        try:
+            tt, model_dir = train_two_tower(cfg, out, progress=not quiet)
+        except (DataError, ConfigError, ValueError) as e:
+            _fail(str(e))
+        if as_json:
+            _print_json({**tt, "model_dir": str(model_dir)})
+        else:
+            typer.echo("  ".join(f"{k} {v:.4f}" for k, v in tt["metrics"].items()))
+            typer.echo(f"model saved to {model_dir}")
+        return
     try:
         result, model_dir = run_training(cfg, out, resume=resume, progress=not quiet)
     except (DataError, ConfigError, CorruptModelError) as e:
@@ -175,6 +188,17 @@ def evaluate(
     from streamrec.train.job import evaluate_model_dir
 
     try:
+        from streamrec.store import read_manifest
+
+        if read_manifest(model_dir).get("kind") == "retrieval":
+            from streamrec.train.two_tower import evaluate_retrieval_dir
+
+            report = evaluate_retrieval_dir(model_dir)
+            if as_json:
+                _print_json(report)
+            else:
+                typer.echo("  ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items()))
+            return
         report = evaluate_model_dir(model_dir, data, fmt)
     except (DataError, ConfigError, CorruptModelError, ValueError) as e:
         _fail(str(e))
@@ -228,11 +252,17 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you say so)."),
     port: int = typer.Option(8080, help="TCP port."),
     token: str | None = typer.Option(
-        None, help="Require 'Authorization: Bearer TOKEN' on every request."),
+        None, help="Require 'Authorization: Bearer TOKEN' on every request."
+    ),
     deltas: Path | None = typer.Option(
-        None, help="Folder of deltas to apply while serving (default: beside the model)."),
+        None, help="Folder of deltas to apply while serving (default: beside the model)."
+    ),
     max_batch_rows: int | None = typer.Option(None, help="Rows per inference batch."),
     max_delay_ms: float | None = typer.Option(None, help="Batching wait from the oldest request."),
+    cache_bytes: int | None = typer.Option(None, help="Prediction cache budget (0 = off)."),
+    retriever: Path | None = typer.Option(
+        None, help="A two-tower run/model directory: enables POST /v1/recommend."
+    ),
 ) -> None:
     """Serve a model over HTTP: /v1/rank, /v1/recommend, /v1/model, /healthz, /metrics."""
     import uvicorn
@@ -240,11 +270,20 @@ def serve(
     from streamrec.serving.app import create_app
     from streamrec.store import CorruptModelError
 
-    overrides = {k: v for k, v in {"max_batch_rows": max_batch_rows,
-                                   "max_delay_ms": max_delay_ms}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "max_batch_rows": max_batch_rows,
+            "max_delay_ms": max_delay_ms,
+            "cache_bytes": cache_bytes,
+        }.items()
+        if v is not None
+    }
     try:
-        api = create_app(model_dir, token=token, deltas_dir=deltas, **overrides)
-    except CorruptModelError as e:
+        api = create_app(
+            model_dir, token=token, deltas_dir=deltas, retriever_dir=retriever, **overrides
+        )
+    except (CorruptModelError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(f"serving {model_dir} on http://{host}:{port}", err=True)
     uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)
@@ -276,10 +315,103 @@ def bench_serve(
     if as_json:
         _print_json(report)
         return
-    typer.echo(f"sent {report['sent']} requests at {report['achieved_qps']:.1f} QPS "
-               f"(target {qps}); errors {report['errors']}")
-    typer.echo(f"latency ms: p50 {report['p50_ms']:.1f}  p99 {report['p99_ms']:.1f}  "
-               f"p99.9 {report['p999_ms']:.1f}")
+    typer.echo(
+        f"sent {report['sent']} requests at {report['achieved_qps']:.1f} QPS "
+        f"(target {qps}); errors {report['errors']}"
+    )
+    typer.echo(
+        f"latency ms: p50 {report['p50_ms']:.1f}  p99 {report['p99_ms']:.1f}  "
+        f"p99.9 {report['p999_ms']:.1f}"
+    )
+
+
+@app.command("online")
+def online(
+    config: Path = typer.Argument(..., help="Job config (YAML), with an `online:` section."),
+    source: Path = typer.Option(..., help="A local stream directory (see `stream produce`)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Run directory: checkpoint, deltas, "
+        "status.json. Restarting with the same OUT resumes exactly.",
+    ),
+    stop_when_idle: float | None = typer.Option(
+        None, help="Stop after this many seconds without new events (default: run forever)."
+    ),
+    init_model: Path | None = typer.Option(None, help="Start from this trained model."),
+    group: str = typer.Option("default", help="Consumer group (committed offsets)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
+) -> None:
+    """Train online from a stream: predict first, then learn; deltas for the server."""
+    from streamrec.config import ConfigError
+    from streamrec.data.stream import LocalLogSource
+    from streamrec.store import CorruptModelError
+    from streamrec.train.online import OnlineTrainer
+
+    cfg = _load_config(config)
+    if init_model is not None:
+        cfg.online.init_model = str(init_model)
+    try:
+        stream = LocalLogSource(source, group)
+        trainer = OnlineTrainer(cfg, stream, out, log=lambda m: typer.echo(m, err=True))
+        status = trainer.run(stop_when_idle=stop_when_idle)
+    except (FileNotFoundError, DataError, ConfigError, CorruptModelError) as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(status)
+    else:
+        typer.echo(
+            f"trained {status['events_trained']:,} events "
+            f"({status['dead_lettered']} dead-lettered); last delta "
+            f"{status['last_delta_version']}"
+        )
+
+
+stream_app = typer.Typer(help="Write datasets into streams.", no_args_is_help=True)
+app.add_typer(stream_app, name="stream")
+
+
+@stream_app.command("produce")
+def stream_produce(
+    dataset: str = typer.Argument(..., help="A data file or folder (as for `data inspect`)."),
+    to: Path = typer.Option(..., help="The local stream directory to append to."),
+    fmt: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
+    speed: float = typer.Option(
+        0.0,
+        help="Replay at this multiple of real time (by the "
+        "records' timestamps); 0 = as fast as possible.",
+    ),
+    timestamp: str = typer.Option("timestamp", help="The time column, for --speed."),
+) -> None:
+    """Replay a time-ordered dataset into a local stream, one JSON record per message."""
+    import json as _json
+    import time as _time
+
+    from streamrec.data.formats import read_records
+    from streamrec.data.stream import LocalLog
+
+    log = LocalLog(to)
+    sent = 0
+    first_ts = started = None
+    try:
+        for batch in read_records(dataset, fmt):
+            for record in batch.to_pylist():
+                if speed > 0 and record.get(timestamp) is not None:
+                    ts = float(record[timestamp])
+                    if first_ts is None:
+                        first_ts, started = ts, _time.monotonic()
+                    wait = (ts - first_ts) / speed - (_time.monotonic() - started)
+                    if wait > 0:
+                        log.flush()
+                        _time.sleep(wait)
+                log.append_raw(_json.dumps(record, separators=(",", ":")).encode())
+                sent += 1
+    except DataError as e:
+        _fail(str(e))
+    finally:
+        log.close()
+    typer.echo(f"appended {sent:,} messages to {to} (next offset {log.next_offset:,})")
 
 
 def main() -> None:

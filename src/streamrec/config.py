@@ -59,6 +59,9 @@ class DataConfig(_Strict):
     batch_size: int = Field(1024, gt=0)
     dead_letter: str | None = None
     strict: bool = False
+    history_length: int | None = Field(
+        None, ge=1, description="add a `history` column: each user's previous items (MovieLens)"
+    )
 
 
 class ModelConfig(_Strict):
@@ -97,6 +100,32 @@ class ServingConfig(_Strict):
     poll_seconds: float = Field(0.5, gt=0, description="how often to look for deltas / models")
 
 
+class OnlineConfig(_Strict):
+    sync_interval_seconds: float = Field(5.0, gt=0, description="write a delta this often")
+    checkpoint_interval_seconds: float = Field(30.0, gt=0, description="full checkpoint")
+    delta_precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    dense_every: int = Field(10, ge=1, description="dense weights in every Nth delta")
+    metrics_window: int = Field(10_000, ge=100, description="examples in windowed metrics")
+    deterministic: bool = Field(
+        False,
+        description="deltas / checkpoints every N batches instead of every N seconds, "
+        "so a restarted run reproduces an uninterrupted one exactly",
+    )
+    sync_every_batches: int = Field(20, ge=1)
+    checkpoint_every_batches: int = Field(100, ge=1)
+    init_model: str | None = Field(None, description="start from this model directory")
+
+
+class RetrievalConfig(_Strict):
+    index: Literal["flat", "ivf_flat", "ivf_pq", "hnsw", "sq8"] = "hnsw"
+    nlist: int = 256
+    nprobe: int = 16
+    pq_m: int = 16
+    hnsw_m: int = 32
+    ef_search: int = 128
+    candidates: int = Field(200, ge=1, description="items retrieved before ranking")
+
+
 class JobConfig(_Strict):
     name: str = "job"
     schema_: Schema = Field(alias="schema")
@@ -106,6 +135,8 @@ class JobConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

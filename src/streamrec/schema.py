@@ -370,3 +370,18 @@ def input_kinds(table: pa.Table | pa.RecordBatch, columns: list[str]) -> dict[st
     so that serving decodes request values exactly as training did: ints stay ids, strings
     are hashed)."""
     return {c: value_kind(table.schema.field(c).type) for c in columns if c in table.schema.names}
+
+
+def value_fits(kind: str, value: object) -> bool:
+    """Whether a JSON value can be read as a column of this kind (None = missing fits all)."""
+    if value is None:
+        return True
+    if kind == "int":
+        return isinstance(value, int)
+    if kind == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "string":
+        return isinstance(value, str)
+    if kind.startswith("list<"):
+        return isinstance(value, list) and all(value_fits(kind[5:-1], v) for v in value)
+    return False

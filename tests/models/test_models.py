@@ -33,7 +33,7 @@ def batches(ml100k):
     return [SCHEMA.encode(table.slice(i, 500)) for i in range(0, 6000, 500)]
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"two_tower"}))
 def test_model_learns_on_real_rows(name, batches):
     torch.manual_seed(0)
     tables = {t: TableConfig(dim=8, optimizer="adagrad", lr=0.05) for t in SCHEMA.tables()}

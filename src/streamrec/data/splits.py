@@ -17,7 +17,7 @@ import pyarrow as pa
 from streamrec.config import DataConfig
 from streamrec.data.errors import DataError, DeadLetter
 from streamrec.data.formats import read_records
-from streamrec.data.movielens import per_user_time_split
+from streamrec.data.movielens import add_history, per_user_time_split
 
 RecordSource = Callable[[], Iterable[pa.RecordBatch]]
 
@@ -45,6 +45,8 @@ def open_splits(cfg: DataConfig, dead: DeadLetter | None = None) -> DatasetSplit
     dead = dead if dead is not None else DeadLetter(cfg.dead_letter, strict=cfg.strict)
     if cfg.split == "per_user_time":
         table = pa.Table.from_batches(list(read_records(cfg.train, cfg.format, dead)))
+        if cfg.history_length:
+            table = add_history(table, cfg.history_length)
         train, valid = per_user_time_split(table, cfg.test_fraction)
         return DatasetSplits(lambda: train.to_batches(65536), lambda: valid.to_batches(65536))
     if cfg.train is None and cfg.format not in ("ml-100k",):

@@ -51,6 +51,7 @@ def save_model(
     config: JobConfig,
     extra_manifest: dict[str, Any] | None = None,
     extra_tensor_files: dict[str, dict[str, torch.Tensor]] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     fragment, files = model_files(model)
     manifest = {
@@ -62,7 +63,7 @@ def save_model(
         **(extra_manifest or {}),
     }
     files.update(extra_tensor_files or {})
-    return write_model_dir(path, manifest, files)
+    return write_model_dir(path, manifest, files, extra_files)
 
 
 def load_model(path: str | Path) -> LoadedModel:

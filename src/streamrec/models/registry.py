@@ -13,10 +13,11 @@ from streamrec.models.dlrm import DLRM
 from streamrec.models.fm import FM
 from streamrec.models.lr import LR
 from streamrec.models.mmoe import MMoE
+from streamrec.models.two_tower import TwoTower
 from streamrec.models.wide_deep import WideDeep
 from streamrec.schema import Schema
 
-MODELS: dict[str, type[RankingModel]] = {
+MODELS: dict[str, type] = {
     "lr": LR,
     "fm": FM,
     "deepfm": DeepFM,
@@ -25,6 +26,7 @@ MODELS: dict[str, type[RankingModel]] = {
     "dlrm": DLRM,
     "din": DIN,
     "mmoe": MMoE,
+    "two_tower": TwoTower,  # retrieval; trained by streamrec.train.two_tower
 }
 
 
@@ -44,8 +46,9 @@ def build_model(model: ModelConfig, schema: Schema, tables: dict[str, TableConfi
             f"model {model.name!r} has no parameter(s) {sorted(unknown)}; "
             f"it takes {sorted(accepted)}"
         )
+    keep_lists = {"crosses", "user_features", "item_features"}
     params = {
-        k: tuple(v) if isinstance(v, list) and k != "crosses" else v
+        k: tuple(v) if isinstance(v, list) and k not in keep_lists else v
         for k, v in model.params.items()
     }
     try:

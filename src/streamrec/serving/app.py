@@ -39,24 +39,35 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("streamrec_requests", "HTTP requests", ["endpoint", "status"],
-                                registry=r)
+        self.requests = Counter(
+            "streamrec_requests", "HTTP requests", ["endpoint", "status"], registry=r
+        )
         self.latency = Histogram(
-            "streamrec_request_seconds", "request latency", ["endpoint"], registry=r,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5))
-        self.batch_rows = Histogram("streamrec_batch_rows", "rows per inference batch",
-                                    registry=r, buckets=(1, 10, 50, 100, 250, 500, 1000, 2500,
-                                                         5000, 10000))
-        self.batch_seconds = Histogram("streamrec_batch_seconds", "inference time per batch",
-                                       registry=r)
+            "streamrec_request_seconds",
+            "request latency",
+            ["endpoint"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.batch_rows = Histogram(
+            "streamrec_batch_rows",
+            "rows per inference batch",
+            registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+        )
+        self.batch_seconds = Histogram(
+            "streamrec_batch_seconds", "inference time per batch", registry=r
+        )
         self.queue_rows = Gauge("streamrec_queue_rows", "rows waiting for inference", registry=r)
-        self.cache_hits = Counter("streamrec_cache_hits", "rows served from the cache",
-                                  registry=r)
+        self.cache_hits = Counter("streamrec_cache_hits", "rows served from the cache", registry=r)
         self.cache_misses = Counter("streamrec_cache_misses", "rows computed", registry=r)
         self.deltas = Counter("streamrec_deltas_applied", "deltas applied in place", registry=r)
         self.reloads = Counter("streamrec_model_reloads", "full model swaps", registry=r)
-        self.delta_lag = Gauge("streamrec_delta_lag_seconds",
-                               "seconds from a delta's creation to its application", registry=r)
+        self.delta_lag = Gauge(
+            "streamrec_delta_lag_seconds",
+            "seconds from a delta's creation to its application",
+            registry=r,
+        )
 
 
 @dataclass
@@ -74,9 +85,14 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def create_app(model_dir: str | Path, token: str | None = None,
-               deltas_dir: str | Path | None = None, watch: bool = True,
-               **overrides) -> Starlette:  # noqa: ANN003
+def create_app(
+    model_dir: str | Path,
+    token: str | None = None,
+    deltas_dir: str | Path | None = None,
+    watch: bool = True,
+    retriever_dir: str | Path | None = None,
+    **overrides,
+) -> Starlette:  # noqa: ANN003
     """Build the ASGI app. `overrides` replace fields of the model's `serving:` settings
     (e.g. max_batch_rows=1, max_delay_ms=0 to switch batching off)."""
     directory = find_model_dir(model_dir)
@@ -88,15 +104,20 @@ def create_app(model_dir: str | Path, token: str | None = None,
         metrics.batch_rows.observe(rows)
         metrics.batch_seconds.observe(seconds)
 
-    batcher = DynamicBatcher(snapshot, settings.max_batch_rows, settings.max_delay_ms,
-                             settings.max_queue_rows, on_batch)
+    batcher = DynamicBatcher(
+        snapshot, settings.max_batch_rows, settings.max_delay_ms, settings.max_queue_rows, on_batch
+    )
     if deltas_dir is None:
         deltas_dir = directory.parent / "deltas"
-    watcher = Watcher(batcher, directory, Path(deltas_dir), settings.poll_seconds, metrics) \
-        if watch else None
-    state = ServerState(batcher, PredictionCache(settings.cache_bytes), metrics, settings,
-                        watcher, token)
-    state.retriever = _load_retriever(directory)
+    watcher = (
+        Watcher(batcher, directory, Path(deltas_dir), settings.poll_seconds, metrics)
+        if watch
+        else None
+    )
+    state = ServerState(
+        batcher, PredictionCache(settings.cache_bytes), metrics, settings, watcher, token
+    )
+    state.retriever = _load_retriever(retriever_dir)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):  # noqa: ANN202
@@ -112,6 +133,7 @@ def create_app(model_dir: str | Path, token: str | None = None,
     routes = [
         Route("/v1/rank", _endpoint(state, "rank", _rank), methods=["POST"]),
         Route("/v1/recommend", _endpoint(state, "recommend", _recommend), methods=["POST"]),
+        Route("/v1/items", _endpoint(state, "items", _add_items), methods=["POST"]),
         Route("/v1/model", _endpoint(state, "model", _model), methods=["GET"]),
         Route("/healthz", _endpoint(state, "healthz", _healthz), methods=["GET"]),
         Route("/readyz", _endpoint(state, "readyz", _readyz), methods=["GET"]),
@@ -122,19 +144,24 @@ def create_app(model_dir: str | Path, token: str | None = None,
     return app
 
 
-def _load_retriever(directory: Path):  # noqa: ANN202
-    try:
-        from streamrec.retrieval.serving import load_retrieval_stage
-    except ImportError:
+def _load_retriever(directory: str | Path | None):  # noqa: ANN202
+    if directory is None:
         return None
-    return load_retrieval_stage(directory)
+    from streamrec.retrieval.serving import load_retrieval_stage
+
+    stage = load_retrieval_stage(directory)
+    if stage is None:
+        raise FileNotFoundError(f"{directory}: no retrieval model (retrieval/index.faiss)")
+    return stage
 
 
 def _endpoint(state: ServerState, name: str, handler):  # noqa: ANN001, ANN202
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
-        if state.token is not None and request.headers.get("authorization") != \
-                f"Bearer {state.token}":
+        if (
+            state.token is not None
+            and request.headers.get("authorization") != f"Bearer {state.token}"
+        ):
             response: Response = _error(401, "missing or wrong bearer token")
         else:
             try:
@@ -142,8 +169,7 @@ def _endpoint(state: ServerState, name: str, handler):  # noqa: ANN001, ANN202
             except RequestError as e:
                 response = _error(e.status, e.message)
             except Overloaded:
-                response = _error(503, "overloaded: too many rows queued",
-                                  {"Retry-After": "1"})
+                response = _error(503, "overloaded: too many rows queued", {"Retry-After": "1"})
         state.metrics.requests.labels(name, str(response.status_code)).inc()
         state.metrics.latency.labels(name).observe(time.perf_counter() - started)
         return response
@@ -159,8 +185,9 @@ async def _read_body(state: ServerState, request: Request) -> object:
     return parse_json(await request.body(), limit)
 
 
-async def score_rows(state: ServerState, context: dict, candidates: list[dict]
-                     ) -> tuple[np.ndarray, str]:
+async def score_rows(
+    state: ServerState, context: dict, candidates: list[dict]
+) -> tuple[np.ndarray, str]:
     """Scores [len(candidates), tasks] through cache → batcher; returns (scores, version)."""
     snapshot = state.batcher.snapshot
     version = snapshot.serving_version
@@ -213,8 +240,7 @@ async def score_rows(state: ServerState, context: dict, candidates: list[dict]
     return np.stack(results), version
 
 
-def _fail_keys(cache: PredictionCache, keys: list[bytes], idx: list[int], e: BaseException
-               ) -> None:
+def _fail_keys(cache: PredictionCache, keys: list[bytes], idx: list[int], e: BaseException) -> None:
     for i in idx:
         if keys:
             cache.finish(keys[i], None, e)
@@ -226,11 +252,13 @@ async def _rank(state: ServerState, request: Request) -> Response:
     context, candidates = validate_rank(body, snapshot.kinds, state.settings.max_candidates)
     scores, version = await score_rows(state, context, candidates)
     tasks = snapshot.schema.task_names or ["label"]
-    return JSONResponse({
-        "model_version": version,
-        "scores": {t: scores[:, i].astype(float).tolist() for i, t in enumerate(tasks)},
-        "request_id": body.get("request_id") or uuid.uuid4().hex,
-    })
+    return JSONResponse(
+        {
+            "model_version": version,
+            "scores": {t: scores[:, i].astype(float).tolist() for i, t in enumerate(tasks)},
+            "request_id": body.get("request_id") or uuid.uuid4().hex,
+        }
+    )
 
 
 async def _recommend(state: ServerState, request: Request) -> Response:
@@ -238,6 +266,22 @@ async def _recommend(state: ServerState, request: Request) -> Response:
         raise RequestError(404, "this model directory has no retrieval stage")
     body = await _read_body(state, request)
     return JSONResponse(await state.retriever.recommend(state, body))
+
+
+async def _add_items(state: ServerState, request: Request) -> Response:
+    """Index new or changed items ({"items": [{item features}, …]}) without a rebuild."""
+    if state.retriever is None:
+        raise RequestError(404, "this server has no retrieval stage")
+    body = await _read_body(state, request)
+    items = body.get("items") if isinstance(body, dict) else None
+    if (
+        not isinstance(items, list)
+        or not items
+        or not all(isinstance(i, dict) and isinstance(i.get("item_id"), int) for i in items)
+    ):
+        raise RequestError(422, "'items' must be a non-empty list of objects with an int item_id")
+    await asyncio.to_thread(state.retriever.add_items, items)
+    return JSONResponse({"indexed": len(items), "items_in_index": state.retriever.retriever.size})
 
 
 async def _model(state: ServerState, request: Request) -> Response:
@@ -249,7 +293,8 @@ async def _model(state: ServerState, request: Request) -> Response:
         info["reloads"] = w.reloads
         if w.newest_delta_seen_at and info["last_delta_applied_at"]:
             info["seconds_behind_newest_delta"] = max(
-                0.0, w.newest_delta_seen_at - info["last_delta_applied_at"])
+                0.0, w.newest_delta_seen_at - info["last_delta_applied_at"]
+            )
     info["cache"] = {"hit_rate": state.cache.hit_rate(), "bytes": state.cache.bytes}
     if state.retriever is not None:
         info["retrieval"] = state.retriever.describe()
@@ -267,5 +312,4 @@ async def _readyz(state: ServerState, request: Request) -> Response:
 
 async def _metrics(state: ServerState, request: Request) -> Response:
     state.metrics.queue_rows.set(state.batcher.queued_rows)
-    return Response(generate_latest(state.metrics.registry),
-                    media_type="text/plain; version=0.0.4")
+    return Response(generate_latest(state.metrics.registry), media_type="text/plain; version=0.0.4")

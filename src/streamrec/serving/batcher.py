@@ -38,9 +38,14 @@ class _Pending:
 
 
 class DynamicBatcher:
-    def __init__(self, snapshot: Snapshot, max_batch_rows: int = 4096,
-                 max_delay_ms: float = 4.0, max_queue_rows: int = 100_000,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        max_batch_rows: int = 4096,
+        max_delay_ms: float = 4.0,
+        max_queue_rows: int = 100_000,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.max_batch_rows = max_batch_rows
         self.max_delay = max_delay_ms / 1000.0
@@ -106,8 +111,11 @@ class DynamicBatcher:
             while rows < self.max_batch_rows:
                 remaining = deadline - time.perf_counter()
                 try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else \
-                        self._queue.get_nowait()
+                    item = (
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 batch.append(item)
@@ -117,8 +125,7 @@ class DynamicBatcher:
     def _infer(self, batch: list[_Pending], rows: int) -> None:
         started = time.perf_counter()
         try:
-            table = pa.concat_tables([p.table for p in batch]) if len(batch) > 1 \
-                else batch[0].table
+            table = pa.concat_tables([p.table for p in batch]) if len(batch) > 1 else batch[0].table
             scores = self.snapshot.predict(table)
             error = None
         except Exception as e:  # a bad batch fails its requests, never the worker

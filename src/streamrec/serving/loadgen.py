@@ -28,18 +28,27 @@ def make_body(info: dict, candidates: int, rng: np.random.Generator) -> dict:
         return f"v{int(rng.integers(0, 50))}"
 
     context = {f: value(kinds[f]) for f in info["features"]["context"]}
-    cands = [{f: value(kinds[f]) for f in info["features"]["candidate"]}
-             for _ in range(candidates)]
+    cands = [{f: value(kinds[f]) for f in info["features"]["candidate"]} for _ in range(candidates)]
     return {"context": context, "candidates": cands}
 
 
-async def run_load(url: str, qps: float, duration: float, candidates: int,
-                   token: str | None = None, seed: int = 0, bodies: int = 64) -> dict:
+async def run_load(
+    url: str,
+    qps: float,
+    duration: float,
+    candidates: int,
+    token: str | None = None,
+    seed: int = 0,
+    bodies: int = 64,
+) -> dict:
+    if qps <= 0 or duration <= 0:
+        raise ValueError("qps and duration must be positive")
     rng = np.random.default_rng(seed)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits,
-                                 timeout=30.0) as client:
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=30.0
+    ) as client:
         info = (await client.get("/v1/model")).raise_for_status().json()
         pool = [make_body(info, candidates, rng) for _ in range(bodies)]
         latencies: list[float] = []
@@ -69,8 +78,12 @@ async def run_load(url: str, qps: float, duration: float, candidates: int,
     lat = np.array(latencies) * 1000
     ok = statuses.get("200", 0)
     return {
-        "target_qps": qps, "sent": len(tasks), "achieved_qps": len(tasks) / sent_for,
-        "ok": ok, "errors": len(tasks) - ok, "statuses": statuses,
+        "target_qps": qps,
+        "sent": len(tasks),
+        "achieved_qps": len(tasks) / sent_for,
+        "ok": ok,
+        "errors": len(tasks) - ok,
+        "statuses": statuses,
         "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
         "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
         "p999_ms": float(np.percentile(lat, 99.9)) if lat.size else None,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from streamrec.schema import arrow_type
+from streamrec.schema import arrow_type, value_fits
 
 
 class RequestError(Exception):
@@ -34,26 +34,13 @@ def parse_json(body: bytes, max_bytes: int) -> Any:
 
 
 def _check_value(feature: str, kind: str, value: Any) -> None:
-    def fits(k: str, v: Any) -> bool:
-        if v is None:
-            return True
-        if k == "int":
-            return isinstance(v, int) and not isinstance(v, bool) or isinstance(v, bool)
-        if k == "float":
-            return isinstance(v, int | float) and not isinstance(v, bool)
-        if k == "string":
-            return isinstance(v, str)
-        if k.startswith("list<"):
-            inner = k[5:-1]
-            return isinstance(v, list) and all(fits(inner, x) for x in v)
-        return False
-
-    if not fits(kind, value):
+    if not value_fits(kind, value):
         raise RequestError(422, f"feature {feature!r} expects {kind}, got {json.dumps(value)[:80]}")
 
 
-def rows_table(context: dict[str, Any], candidates: list[dict[str, Any]],
-               kinds: dict[str, str]) -> pa.Table:
+def rows_table(
+    context: dict[str, Any], candidates: list[dict[str, Any]], kinds: dict[str, str]
+) -> pa.Table:
     """One row per candidate, context broadcast; columns typed by `kinds`."""
     columns = {}
     n = len(candidates)
@@ -66,8 +53,9 @@ def rows_table(context: dict[str, Any], candidates: list[dict[str, Any]],
     return pa.table(columns) if columns else pa.table({"_": [0] * n})
 
 
-def validate_rank(body: Any, kinds: dict[str, str], max_candidates: int
-                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def validate_rank(
+    body: Any, kinds: dict[str, str], max_candidates: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if not isinstance(body, dict):
         raise RequestError(422, "the body must be a JSON object with 'candidates'")
     unknown_keys = set(body) - {"context", "candidates", "request_id"}
@@ -89,7 +77,7 @@ def validate_rank(body: Any, kinds: dict[str, str], max_candidates: int
         for name, value in features.items():
             if name not in kinds:
                 raise RequestError(
-                    422, f"unknown feature {name!r} in {where}; the model reads "
-                    f"{sorted(kinds)}")
+                    422, f"unknown feature {name!r} in {where}; the model reads {sorted(kinds)}"
+                )
             _check_value(name, kinds[name], value)
     return context, candidates

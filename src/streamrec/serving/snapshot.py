@@ -49,8 +49,12 @@ class Snapshot:
         batch = self.schema.encode(table, with_labels=False)
         return self.model.predict(batch).numpy()
 
-    def apply_delta(self, manifest: dict[str, Any], tables: dict[str, TableDelta],
-                    dense: dict[str, torch.Tensor] | None) -> None:
+    def apply_delta(
+        self,
+        manifest: dict[str, Any],
+        tables: dict[str, TableDelta],
+        dense: dict[str, torch.Tensor] | None,
+    ) -> None:
         own = self.model.dynamic_tables()
         for name, delta in tables.items():
             table = own.get(name)
@@ -67,16 +71,16 @@ class Snapshot:
         self.delta_event_time = manifest.get("event_time_max")
 
     def describe(self) -> dict[str, Any]:
-        tables = {name: {"rows": len(t), "dim": t.dim}
-                  for name, t in self.model.dynamic_tables().items()}
+        tables = {
+            name: {"rows": len(t), "dim": t.dim} for name, t in self.model.dynamic_tables().items()
+        }
         return {
             "model_version": self.model_version,
             "delta_version": self.delta_version,
             "serving_version": self.serving_version,
             "model": self.config.model.name,
             "tasks": self.schema.task_names or ["label"],
-            "features": {"context": self.context_features,
-                         "candidate": self.candidate_features},
+            "features": {"context": self.context_features, "candidate": self.candidate_features},
             "input_kinds": self.kinds,
             "tables": tables,
             "last_delta_applied_at": self.delta_applied_at,

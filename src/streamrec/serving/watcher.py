@@ -26,8 +26,14 @@ log = logging.getLogger("streamrec.serving")
 
 
 class Watcher(threading.Thread):
-    def __init__(self, batcher: DynamicBatcher, model_dir: Path, deltas_dir: Path | None,
-                 poll_seconds: float = 0.5, metrics=None) -> None:  # noqa: ANN001
+    def __init__(
+        self,
+        batcher: DynamicBatcher,
+        model_dir: Path,
+        deltas_dir: Path | None,
+        poll_seconds: float = 0.5,
+        metrics=None,
+    ) -> None:  # noqa: ANN001
         super().__init__(name="streamrec-watcher", daemon=True)
         self.batcher = batcher
         self.model_dir = model_dir
@@ -88,7 +94,8 @@ class Watcher(threading.Thread):
                 continue
             self.newest_delta_seen_at = time.time()
             self.batcher.run_control(
-                lambda m=manifest, t=tables, d=dense, s=snapshot: s.apply_delta(m, t, d)).wait()
+                lambda m=manifest, t=tables, d=dense, s=snapshot: s.apply_delta(m, t, d)
+            ).wait()
             self.deltas_applied += 1
             if self.metrics is not None:
                 self.metrics.deltas.inc()

@@ -18,8 +18,14 @@ from streamrec.store.delta import TableDelta, list_deltas, write_delta
 
 
 class DeltaExporter:
-    def __init__(self, model: RankingModel, deltas_dir: str | Path, base_model_version: int,
-                 precision: str = "fp32", dense_every: int = 10) -> None:
+    def __init__(
+        self,
+        model: RankingModel,
+        deltas_dir: str | Path,
+        base_model_version: int,
+        precision: str = "fp32",
+        dense_every: int = 10,
+    ) -> None:
         self.model = model
         self.deltas_dir = Path(deltas_dir)
         self.base_model_version = base_model_version
@@ -35,15 +41,19 @@ class DeltaExporter:
             since = self.table_versions.get(name, 0)
             fids, weights = table.changed_since(since)
             rows = quantize(fids, weights, self.precision)
-            tables[name] = TableDelta(rows.fids, rows.values, table.deleted_since(since),
-                                      rows.scale, rows.offset)
+            tables[name] = TableDelta(
+                rows.fids, rows.values, table.deleted_since(since), rows.scale, rows.offset
+            )
             self.table_versions[name] = table.version
             table.forget_deletions(since)
         self.version += 1
         dense = None
         if force_dense or self.version % self.dense_every == 0:
             dense = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        manifest = {"base_model_version": self.base_model_version, "created": time.time(),
-                    "precision": self.precision, **(extra or {})}
+        manifest = {
+            "base_model_version": self.base_model_version,
+            "created": time.time(),
+            "precision": self.precision,
+            **(extra or {}),
+        }
         return write_delta(self.deltas_dir, self.version, tables, dense, manifest)
-

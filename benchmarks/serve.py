@@ -1,0 +1,181 @@
+"""Serving under open-loop load: batching on vs off, then freshness under load.
+
+    python benchmarks/serve.py --json [--model runs/ml100k]
+
+1. Trains the MovieLens-100k DeepFM ranker (unless --model names one), starts `streamrec serve`
+   with the prediction cache off (every row is computed), and finds the highest Poisson request
+   rate whose p99 stays ≤ 50 ms with no errors, with dynamic batching on and with it off
+   (max_batch_rows=1, max_delay_ms=0): 100 candidates per request, load generator on the same
+   2-core machine.
+2. At 70% of the batching-on maximum: a steady window, then 10 deltas and one full model reload
+   while the load runs. Reports failed requests, p99 during the swaps vs steady, and the server's
+   peak RSS during the reload next to the model's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from streamrec.config import load_config
+from streamrec.models.persistence import load_model, save_model
+from streamrec.serving.loadgen import run_load
+from streamrec.train.delta_export import DeltaExporter
+from streamrec.train.job import run_training
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_server(run: Path, port: int, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamrec",
+            "serve",
+            str(run),
+            "--port",
+            str(port),
+            "--cache-bytes",
+            "0",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError("server did not start")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def max_qps(url: str, levels: list[float], seconds: float, candidates: int) -> tuple[float, list]:
+    asyncio.run(run_load(url, 5, 3, candidates))  # warm-up: compile kernels, fill allocators
+    best, trace = 0.0, []
+    for qps in levels:
+        r = asyncio.run(run_load(url, qps, seconds, candidates))
+        trace.append(
+            {k: r[k] for k in ("target_qps", "achieved_qps", "p50_ms", "p99_ms", "errors")}
+        )
+        if r["errors"] == 0 and r["p99_ms"] <= 50.0:
+            best = r["achieved_qps"]
+        else:
+            break
+    return best, trace
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", type=Path, help="a run directory (default: train one)")
+    ap.add_argument("--seconds", type=float, default=6.0, help="seconds per load level")
+    ap.add_argument("--candidates", type=int, default=100)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    run = args.model
+    if run is None:
+        cfg = load_config(REPO / "examples" / "ml100k_deepfm.yaml")
+        run = tmp / "run"
+        run_training(cfg, run, progress=False)
+    report: dict = {"candidates": args.candidates, "cpu_cores": os.cpu_count()}
+    levels = [10, 20, 40, 60, 80, 120, 160, 200, 260, 320, 400, 500, 640, 800]
+    for name, extra in (
+        ("batching_off", ("--max-batch-rows", "1", "--max-delay-ms", "0")),
+        ("batching_on", ()),
+    ):
+        proc = start_server(run, 8931, *extra)
+        try:
+            best, trace = max_qps("http://127.0.0.1:8931", levels, args.seconds, args.candidates)
+        finally:
+            proc.terminate()
+            proc.wait()
+        report[name] = {"max_qps_at_p99_50ms": best, "levels": trace}
+    report["batching_speedup"] = report["batching_on"]["max_qps_at_p99_50ms"] / max(
+        report["batching_off"]["max_qps_at_p99_50ms"], 1e-9
+    )
+
+    # Freshness under 70% load: steady window, then 10 deltas and a full reload.
+    qps = max(1.0, 0.7 * report["batching_on"]["max_qps_at_p99_50ms"])
+    proc = start_server(run, 8932)
+    url = "http://127.0.0.1:8932"
+    try:
+        asyncio.run(run_load(url, 5, 3, args.candidates))  # warm-up
+        steady = asyncio.run(run_load(url, qps, args.seconds, args.candidates))
+        model_bytes = sum(p.stat().st_size for p in (run / "model").rglob("*") if p.is_file())
+        baseline_rss = rss_bytes(proc.pid)
+        peak = {"rss": baseline_rss}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak["rss"] = max(peak["rss"], rss_bytes(proc.pid))
+                time.sleep(0.02)
+
+        def churn() -> None:
+            loaded = load_model(run)
+            exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+            table = loaded.model.dynamic_tables()["item_id"]
+            for i in range(10):
+                ids = torch.arange(1 + 50 * i, 51 + 50 * i)
+                table.apply_gradients(ids, 0.01 * torch.randn(50, table.dim))
+                exporter.export()
+                time.sleep(args.seconds / 20)
+            save_model(
+                run / "model",
+                loaded.model,
+                loaded.config,
+                {"input_kinds": loaded.manifest["input_kinds"]},
+            )
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        worker = threading.Thread(target=churn)
+        worker.start()
+        swaps = asyncio.run(run_load(url, qps, args.seconds * 1.5, args.candidates, seed=1))
+        worker.join()
+        time.sleep(2)
+        stop.set()
+        sampler.join()
+        info = httpx.get(url + "/v1/model").json()
+    finally:
+        proc.terminate()
+        proc.wait()
+    report["freshness_under_load"] = {
+        "qps": qps,
+        "steady_p99_ms": steady["p99_ms"],
+        "swap_p99_ms": swaps["p99_ms"],
+        "p99_ratio": swaps["p99_ms"] / steady["p99_ms"],
+        "failed_requests": steady["errors"] + swaps["errors"],
+        "deltas_applied": info.get("deltas_applied"),
+        "reloads": info.get("reloads"),
+        "model_bytes": model_bytes,
+        "rss_before_bytes": baseline_rss,
+        "rss_peak_bytes": peak["rss"],
+        "rss_growth_over_model_size": (peak["rss"] - baseline_rss) / model_bytes,
+    }
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

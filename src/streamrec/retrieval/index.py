@@ -1,0 +1,156 @@
+"""Retriever: one interface over faiss indexes of item vectors (inner product).
+
+kinds: "flat" (exact), "ivf_flat", "ivf_pq", "hnsw", "sq8" (8-bit scalar quantisation).
+Items are addressed by their int64 ids. `add` inserts or replaces items and `remove` deletes
+them without a rebuild — new items from online training become retrievable at once. HNSW cannot
+delete in place, so removed ids are kept as tombstones and filtered out of results (the search
+asks for more to make up for them).
+The index is saved in faiss's own binary format (no pickle) by `to_bytes` / `from_bytes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw", "sq8")
+
+
+@dataclass
+class IndexParams:
+    kind: str = "hnsw"
+    nlist: int = 256  # IVF: number of clusters
+    nprobe: int = 16  # IVF: clusters searched
+    pq_m: int = 16  # IVF-PQ: sub-quantisers (must divide the dim)
+    hnsw_m: int = 32  # HNSW: links per node
+    ef_construction: int = 80
+    ef_search: int = 128
+
+
+class Retriever:
+    def __init__(self, dim: int, params: IndexParams | None = None) -> None:
+        self.params = params or IndexParams()
+        if self.params.kind not in KINDS:
+            raise ValueError(f"index kind must be one of {KINDS}, got {self.params.kind!r}")
+        self.dim = dim
+        self.index = self._new_index()
+        self._tombstones: set[int] = set()
+
+    def _new_index(self) -> faiss.Index:
+        p, d, ip = self.params, self.dim, faiss.METRIC_INNER_PRODUCT
+        if p.kind == "flat":
+            inner = faiss.IndexFlatIP(d)
+        elif p.kind == "ivf_flat":
+            inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, p.nlist, ip)
+            inner.nprobe = p.nprobe
+        elif p.kind == "ivf_pq":
+            inner = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, p.nlist, p.pq_m, 8, ip)
+            inner.nprobe = p.nprobe
+        elif p.kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(d, p.hnsw_m, ip)
+            inner.hnsw.efConstruction = p.ef_construction
+            inner.hnsw.efSearch = p.ef_search
+        else:
+            inner = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, ip)
+        self._inner = inner
+        return faiss.IndexIDMap2(inner)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal) - len(self._tombstones)
+
+    def build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """(Re)build from scratch: train (IVF / PQ / SQ) on the vectors, then add them."""
+        self.index = self._new_index()
+        self._tombstones.clear()
+        x = np.ascontiguousarray(vectors, np.float32)
+        if not self._inner.is_trained:
+            if self.params.kind.startswith("ivf"):
+                self._inner.nlist = min(self.params.nlist, max(1, len(x) // 39))
+                self._inner.nprobe = min(self.params.nprobe, self._inner.nlist)
+            self._inner.train(x)
+        self.index.add_with_ids(x, np.ascontiguousarray(ids, np.int64))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Insert items, replacing any that are already indexed."""
+        ids = np.ascontiguousarray(ids, np.int64)
+        if self.params.kind != "hnsw":
+            self.index.remove_ids(ids)
+        # HNSW keeps a replaced item's old node too; `search` keeps each id's best hit once.
+        self._tombstones.difference_update(ids.tolist())
+        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
+
+    def remove(self, ids: np.ndarray) -> None:
+        ids = np.ascontiguousarray(ids, np.int64)
+        if self.params.kind == "hnsw":
+            present = [i for i in ids.tolist() if self._has(i)]
+            self._tombstones.update(present)
+        else:
+            self.index.remove_ids(ids)
+
+    def _has(self, item: int) -> bool:
+        try:
+            self.index.reconstruct(int(item))
+            return True
+        except RuntimeError:
+            return False
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: list[set[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ids [Q, k] (−1 where fewer exist) and scores [Q, k] per query; `exclude`
+        removes ids per query (e.g. items the user has seen)."""
+        q = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
+        extra = len(self._tombstones) + (
+            max((len(e) for e in exclude), default=0) if exclude else 0
+        )
+        fetch = min(k + extra, max(int(self.index.ntotal), 1))
+        scores, ids = self.index.search(q, fetch)
+        out_ids = np.full((len(q), k), -1, np.int64)
+        out_scores = np.full((len(q), k), -np.inf, np.float32)
+        for row in range(len(q)):
+            skip = self._tombstones | (exclude[row] if exclude else set())
+            keep, seen = [], set()
+            for i, s in zip(ids[row], scores[row], strict=True):
+                if i >= 0 and int(i) not in skip and int(i) not in seen:
+                    seen.add(int(i))
+                    keep.append((i, s))
+                    if len(keep) == k:
+                        break
+            for j, (i, s) in enumerate(keep):
+                out_ids[row, j], out_scores[row, j] = i, s
+        return out_ids, out_scores
+
+    def to_bytes(self) -> bytes:
+        return faiss.serialize_index(self.index).tobytes()
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, dim: int, params: IndexParams, tombstones: list[int] | None = None
+    ) -> Retriever:
+        r = cls(dim, params)
+        r.index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
+        r._inner = faiss.downcast_index(r.index.index)
+        if params.kind == "hnsw":
+            r._inner.hnsw.efSearch = params.ef_search
+        elif params.kind.startswith("ivf"):
+            r._inner.nprobe = params.nprobe
+        r._tombstones = set(tombstones or [])
+        return r
+
+
+def recall_against_exact(
+    retriever: Retriever, ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, k: int
+) -> float:
+    """Fraction of the exact top-k that the retriever returns (averaged over queries)."""
+    exact = Retriever(retriever.dim, IndexParams(kind="flat"))
+    exact.build(ids, vectors)
+    truth, _ = exact.search(queries, k)
+    got, _ = retriever.search(queries, k)
+    hits = [
+        len(set(t[t >= 0]) & set(g[g >= 0])) / max(1, (t >= 0).sum())
+        for t, g in zip(truth, got, strict=True)
+    ]
+    return float(np.mean(hits))

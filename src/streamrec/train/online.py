@@ -1,0 +1,283 @@
+"""Online training: learn from a stream, predict first, export deltas every few seconds.
+
+    trainer = OnlineTrainer(config, source, out="runs/online")
+    trainer.run(stop_when_idle=5)
+
+Per batch of messages (in offset order):
+  1. decode JSON records; a message that is not JSON, not an object, lacks a label, or has a
+     value of the wrong kind goes to `out/dead_letter.jsonl` with its offset and the reason;
+  2. progressive validation: predict the batch with the current model *before* learning from
+     it, into lifetime and windowed AUC / NE / calibration;
+  3. one training step (tables admit new ids, row optimizers run in backward);
+  4. every `sync_interval_seconds` (or `sync_every_batches` in deterministic mode) a delta of
+     the rows touched since the last one goes to `out/deltas/` for the server;
+  5. every `checkpoint_interval_seconds` a full checkpoint — model, optimizer, and the offset of
+     the next message together — then the offset is committed to the source.
+`out/status.json` is rewritten after every delta: events consumed / trained / dead-lettered,
+last delta version, lag behind the stream head, seconds from consuming an event to the delta
+that carries it.
+
+Exactly once: after a crash, `OnlineTrainer` resumes from `out/checkpoint` and seeks the source
+to the offset stored in it, so every event after the checkpoint is trained exactly once more
+and none before it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from streamrec.config import JobConfig
+from streamrec.data.errors import DeadLetter
+from streamrec.data.stream.base import Message, StreamSource
+from streamrec.models.persistence import load_model
+from streamrec.models.registry import build_model
+from streamrec.schema import arrow_type, value_fits
+from streamrec.store import read_manifest
+from streamrec.train.checkpoint import load_checkpoint
+from streamrec.train.delta_export import DeltaExporter
+from streamrec.train.metrics import MetricAccumulator
+from streamrec.train.trainer import Trainer, build_dense_optimizer
+
+
+class OnlineTrainer:
+    def __init__(
+        self,
+        config: JobConfig,
+        source: StreamSource,
+        out: str | Path,
+        progress: bool = True,
+        log=None,
+    ) -> None:  # noqa: ANN001
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.source = source
+        self.log = log or (lambda message: None)
+        self.cfg = config.online
+        state: dict[str, Any] = {}
+        if (self.out / "checkpoint" / "manifest.json").exists():
+            model, config, optimizer, position = load_checkpoint(
+                self.out / "checkpoint", lambda m: build_dense_optimizer(m, config.train)
+            )
+            manifest = read_manifest(self.out / "checkpoint")
+            state = manifest.get("online", {})
+            self.kinds = manifest.get("input_kinds", {})
+            self.base_version = int(state.get("base_model_version", 0))
+            self.trainer = Trainer(model, config, None, optimizer, progress=False)
+            self.trainer.global_step = position["global_step"]
+            self.trainer.samples_trained = position["samples"]
+            source.seek(int(state["next_offset"]))
+            self.log(f"resumed from checkpoint at offset {state['next_offset']}")
+        else:
+            if self.cfg.init_model:
+                loaded = load_model(self.cfg.init_model)
+                model, config = (
+                    loaded.model,
+                    loaded.config.model_copy(
+                        update={"online": config.online, "train": config.train}
+                    ),
+                )
+                self.kinds = loaded.manifest.get("input_kinds", {})
+                self.base_version = int(loaded.manifest.get("model_version", 0))
+            else:
+                model = build_model(config.model, config.schema, config.table_configs())
+                self.kinds = {}
+                self.base_version = 0
+            self.trainer = Trainer(model, config, None, progress=False)
+        self.config = config
+        self.model = self.trainer.model
+        self.schema = config.schema
+        self.labels = [lab.name for lab in self.schema.labels]
+        self.columns = self.schema.input_columns(with_labels=True)
+        self.events_consumed = int(state.get("events_consumed", 0))
+        self.events_trained = int(state.get("events_trained", 0))
+        self.dead = DeadLetter(self.out / "dead_letter.jsonl")
+        self.dead.count = int(state.get("dead_lettered", 0))
+        self.next_offset = int(state.get("next_offset", 0))
+        self.metrics = MetricAccumulator(
+            self.schema.task_names or ["label"], window=self.cfg.metrics_window, keep_lifetime=False
+        )
+        self.exporter = DeltaExporter(
+            self.model,
+            self.out / "deltas",
+            self.base_version,
+            self.cfg.delta_precision,
+            self.cfg.dense_every,
+        )
+        self.delta_latencies: list[float] = []
+        self._pending_consumed_at: list[float] = []
+        self._batches_since_delta = 0
+        self._batches_since_checkpoint = 0
+        self._last_delta = self._last_checkpoint = time.monotonic()
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, messages: list[Message]) -> pa.Table | None:
+        records = []
+        for m in messages:
+            reason = None
+            try:
+                record = json.loads(m.value)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                record, reason = None, f"not JSON: {e}"
+            if reason is None and not isinstance(record, dict):
+                reason = "not a JSON object"
+            if reason is None:
+                missing = [lab for lab in self.labels if record.get(lab) is None]
+                if missing:
+                    reason = f"missing label field(s) {missing}"
+            if reason is None:
+                for name in self.columns:
+                    kind = self.kinds.get(name) or self._infer_kind(name, record.get(name))
+                    if kind is not None and not value_fits(kind, record.get(name)):
+                        reason = f"field {name!r} expects {kind}, got {record.get(name)!r}"[:200]
+                        break
+            if reason is not None:
+                self.dead.reject(
+                    f"offset {m.offset}", None, reason, m.value[:500].decode("utf-8", "replace")
+                )
+                continue
+            records.append(record)
+        if not records:
+            return None
+        columns = {}
+        for name in self.columns:
+            kind = self.kinds.get(name)
+            values = [r.get(name) for r in records]
+            columns[name] = pa.array(values, type=arrow_type(kind)) if kind else pa.array(values)
+        if self.schema.timestamp and self.schema.timestamp not in columns:
+            columns[self.schema.timestamp] = pa.array(
+                [r.get(self.schema.timestamp) for r in records], pa.int64()
+            )
+        return pa.table(columns)
+
+    def _infer_kind(self, name: str, value: object) -> str | None:
+        """Without a saved kind, the first value seen fixes the column's kind."""
+        if value is None:
+            return None
+        kind = (
+            "int"
+            if isinstance(value, int)
+            else "float"
+            if isinstance(value, float)
+            else "list<string>"
+            if isinstance(value, list) and value and isinstance(value[0], str)
+            else "list<int>"
+            if isinstance(value, list)
+            else "string"
+        )
+        self.kinds[name] = kind
+        return kind
+
+    # ------------------------------------------------------------------ the loop
+    def step(self, messages: list[Message]) -> None:
+        consumed_at = time.time()
+        self.events_consumed += len(messages)
+        self.next_offset = messages[-1].offset + 1
+        table = self.decode(messages)
+        if table is not None:
+            batch = self.schema.encode(table)
+            self.model.eval()
+            preds = self.model.predict(batch).numpy()  # predict first …
+            self.metrics.update(batch.labels[:, : preds.shape[1]].numpy(), preds)
+            self.trainer.train_step(batch)  # … then learn
+            self.events_trained += batch.size
+            self._pending_consumed_at.append(consumed_at)
+        self._batches_since_delta += 1
+        self._batches_since_checkpoint += 1
+        if self._due(
+            self._batches_since_delta,
+            self._last_delta,
+            self.cfg.sync_every_batches,
+            self.cfg.sync_interval_seconds,
+        ):
+            self.sync()
+        if self._due(
+            self._batches_since_checkpoint,
+            self._last_checkpoint,
+            self.cfg.checkpoint_every_batches,
+            self.cfg.checkpoint_interval_seconds,
+        ):
+            self.checkpoint()
+
+    def _due(self, batches: int, since: float, every_batches: int, every_seconds: float) -> bool:
+        if self.cfg.deterministic:
+            return batches >= every_batches
+        return time.monotonic() - since >= every_seconds
+
+    def sync(self) -> Path:
+        path = self.exporter.export(
+            {"offsets": {"next": self.next_offset}, "events_trained": self.events_trained}
+        )
+        now = time.time()
+        self.delta_latencies.extend(now - t for t in self._pending_consumed_at)
+        del self.delta_latencies[:-10_000]
+        self._pending_consumed_at.clear()
+        self._batches_since_delta = 0
+        self._last_delta = time.monotonic()
+        self.write_status()
+        return path
+
+    def checkpoint(self) -> None:
+        self.trainer.extra_manifest = {
+            "input_kinds": self.kinds,
+            "online": {
+                "next_offset": self.next_offset,
+                "events_consumed": self.events_consumed,
+                "events_trained": self.events_trained,
+                "dead_lettered": self.dead.count,
+                "base_model_version": self.base_version,
+            },
+        }
+        self.trainer.checkpoint(self.out / "checkpoint")
+        self.source.commit(self.next_offset)  # only once the checkpoint covering it is durable
+        self._batches_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+
+    def status(self) -> dict[str, Any]:
+        lat = np.array(self.delta_latencies) if self.delta_latencies else None
+        return {
+            "events_consumed": self.events_consumed,
+            "events_trained": self.events_trained,
+            "dead_lettered": self.dead.count,
+            "next_offset": self.next_offset,
+            "lag": max(0, self.source.head() - self.next_offset),
+            "last_delta_version": self.exporter.version,
+            "event_to_delta_seconds": None
+            if lat is None
+            else {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+            "windowed": self.metrics.windowed(),
+            "updated": time.time(),
+        }
+
+    def write_status(self) -> None:
+        tmp = self.out / ".status.json.tmp"
+        tmp.write_text(json.dumps(self.status(), indent=1))
+        tmp.replace(self.out / "status.json")
+
+    def run(self, stop_when_idle: float | None = None, max_events: int | None = None) -> dict:
+        batch_size = self.config.data.batch_size
+        idle_since = time.monotonic()
+        while True:
+            messages = self.source.poll(batch_size, timeout=0.2)
+            if messages:
+                idle_since = time.monotonic()
+                self.step(messages)
+                if max_events is not None and self.events_consumed >= max_events:
+                    break
+            elif stop_when_idle is not None and time.monotonic() - idle_since >= stop_when_idle:
+                break
+            elif not self.cfg.deterministic and (
+                self._pending_consumed_at
+                and time.monotonic() - self._last_delta >= self.cfg.sync_interval_seconds
+            ):
+                self.sync()
+        self.sync()
+        self.checkpoint()
+        self.write_status()
+        self.dead.close()
+        return self.status()

@@ -1,0 +1,97 @@
+"""The server as a user meets it: a subprocess on loopback, spoken to over HTTP."""
+
+import time
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from streamrec.models.persistence import load_model
+from streamrec.train.delta_export import DeltaExporter
+
+CONTEXT = {"user_id": 1, "age": 24, "gender": "M", "occupation": "technician", "zip_code": "85711"}
+
+
+def _candidates(items):
+    return [{"item_id": i, "genres": ["Comedy", "Drama"]} for i in items]
+
+
+def test_scores_equal_the_offline_model(server, trained_run):
+    items = list(range(1, 101))
+    r = server.post("/v1/rank", json={"context": CONTEXT, "candidates": _candidates(items)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    served = np.array(body["scores"]["label"])
+    assert served.shape == (100,) and ((served >= 0) & (served <= 1)).all()
+    loaded = load_model(trained_run)
+    rows = pa.table(
+        {
+            **{k: [v] * 100 for k, v in CONTEXT.items()},
+            "item_id": items,
+            "genres": [["Comedy", "Drama"]] * 100,
+        }
+    )
+    offline = loaded.model.predict(loaded.config.schema.encode(rows, with_labels=False))
+    np.testing.assert_allclose(served, offline[:, 0].numpy(), rtol=1e-5, atol=1e-6)
+    assert body["model_version"].startswith(str(loaded.manifest["model_version"]))
+
+
+def test_model_endpoint_lists_context_and_candidate_features(server):
+    info = server.get("/v1/model").json()
+    assert info["features"]["context"] == ["user_id", "age", "gender", "occupation", "zip_code"]
+    assert info["features"]["candidate"] == ["item_id", "genres"]
+    assert info["tables"]["item_id"]["rows"] > 1000
+
+
+def test_bad_input_gets_the_right_status(server):
+    ok = {"context": CONTEXT, "candidates": _candidates([1])}
+    assert server.post("/v1/rank", content=b"{not json").status_code == 422
+    r = server.post("/v1/rank", json={"candidates": [{"item_idd": 3}]})
+    assert r.status_code == 422 and "item_idd" in r.json()["error"]
+    r = server.post("/v1/rank", json={"candidates": [{"item_id": "three"}]})
+    assert r.status_code == 422 and "item_id" in r.json()["error"]
+    assert server.post("/v1/rank", json={"context": CONTEXT}).status_code == 422
+    assert server.post("/v1/rank", json={"candidates": _candidates(range(1001))}).status_code == 413
+    huge = {"candidates": [{"item_id": 1, "genres": ["x" * 1000] * 3000}]}
+    assert server.post("/v1/rank", json=huge).status_code == 413
+    never_seen = {"context": {**CONTEXT, "user_id": 10**12}, "candidates": _candidates([10**9])}
+    assert server.post("/v1/rank", json=never_seen).status_code == 200
+    assert server.post("/v1/rank", json=ok).status_code == 200
+
+
+def test_token_is_enforced(server):
+    assert httpx.get(server.url + "/v1/model").status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.get(server.url + "/v1/model", headers=wrong).status_code == 401
+
+
+def test_a_delta_changes_touched_ids_only(server, trained_run):
+    body = {"context": CONTEXT, "candidates": _candidates([50, 1])}
+    before = server.post("/v1/rank", json=body).json()["scores"]["label"]
+    loaded = load_model(trained_run)
+    exporter = DeltaExporter(loaded.model, trained_run / "deltas", loaded.manifest["model_version"])
+    item_table = loaded.model.dynamic_tables()["item_id"]
+    item_table.apply_gradients(torch.tensor([50]), torch.full((1, item_table.dim), -5.0))
+    exporter.export()
+    deadline = time.time() + 15
+    while server.get("/v1/model").json()["delta_version"] < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert server.get("/v1/model").json()["deltas_applied"] == 1
+    after = server.post("/v1/rank", json=body).json()["scores"]["label"]
+    assert abs(after[0] - before[0]) > 1e-3  # item 50's row changed
+    assert after[1] == pytest.approx(before[1], abs=1e-7)  # item 1's did not
+
+
+def test_metrics_expose_requests_latency_batches_and_cache(server):
+    text = server.get("/metrics").text
+    for name in (
+        "streamrec_requests_total",
+        "streamrec_request_seconds_bucket",
+        "streamrec_batch_rows_bucket",
+        "streamrec_queue_rows",
+        "streamrec_cache_hits_total",
+        "streamrec_deltas_applied_total",
+    ):
+        assert name in text
