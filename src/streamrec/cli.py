@@ -230,7 +230,8 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Run the whole system on MovieLens-100k end to end (a few minutes, no services needed)."""
+    """Run the whole system on MovieLens-100k: train a ranker and a retriever, serve them,
+    stream the held-out 20% through online training with live delta sync, recommend."""
     from streamrec.demo import run_demo
 
     def log(message: str) -> None:
@@ -243,7 +244,12 @@ def demo(
     if as_json:
         _print_json(result)
     else:
-        typer.echo(f"done in {result['seconds']:.0f} s; models under {workdir}")
+        typer.echo(
+            f"recall@50 {result['recall@50']:.3f} (popularity "
+            f"{result['baseline_recall@50']:.3f}); freshness p99 "
+            f"{result['freshness_p99_s']:.2f} s; done in {result['seconds']:.0f} s; "
+            f"models under {workdir}"
+        )
 
 
 @app.command("serve")

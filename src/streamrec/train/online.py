@@ -41,6 +41,7 @@ from streamrec.schema import arrow_type, value_fits
 from streamrec.store import read_manifest
 from streamrec.train.checkpoint import load_checkpoint
 from streamrec.train.delta_export import DeltaExporter
+from streamrec.train.job import seed_everything
 from streamrec.train.metrics import MetricAccumulator
 from streamrec.train.trainer import Trainer, build_dense_optimizer
 
@@ -85,6 +86,7 @@ class OnlineTrainer:
                 self.kinds = loaded.manifest.get("input_kinds", {})
                 self.base_version = int(loaded.manifest.get("model_version", 0))
             else:
+                seed_everything(config.train.seed)  # dense init: same model in every run
                 model = build_model(config.model, config.schema, config.table_configs())
                 self.kinds = {}
                 self.base_version = 0
@@ -110,6 +112,8 @@ class OnlineTrainer:
             self.cfg.dense_every,
         )
         self.delta_latencies: list[float] = []
+        # Called after each delta with (version, wall times its events were consumed at).
+        self.on_delta = None
         self._pending_consumed_at: list[float] = []
         self._batches_since_delta = 0
         self._batches_since_checkpoint = 0
@@ -214,6 +218,8 @@ class OnlineTrainer:
             {"offsets": {"next": self.next_offset}, "events_trained": self.events_trained}
         )
         now = time.time()
+        if self.on_delta is not None:
+            self.on_delta(self.exporter.version, list(self._pending_consumed_at))
         self.delta_latencies.extend(now - t for t in self._pending_consumed_at)
         del self.delta_latencies[:-10_000]
         self._pending_consumed_at.clear()

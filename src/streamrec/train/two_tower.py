@@ -145,7 +145,7 @@ def train_two_tower(config: JobConfig, out: str | Path, progress: bool = True) -
             opt.step()
             steps += 1
             if steps % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     seconds = time.perf_counter() - started
     full_log = pa.concat_tables([train, test])
     catalog = item_catalog(full_log, model.item_features)
