@@ -63,7 +63,6 @@ def als(
         factors=factors, regularization=reg, iterations=iters, random_state=seed
     )
     model.fit(matrix, show_progress=False)
-    seen = user_items(train)
     relevant = {u: set(v) for u, v in user_items(test).items() if u in u_index}
     ids, _ = model.recommend(
         np.array([u_index[u] for u in relevant]),

@@ -107,6 +107,8 @@ class Retriever:
             max((len(e) for e in exclude), default=0) if exclude else 0
         )
         fetch = min(k + extra, max(int(self.index.ntotal), 1))
+        if self.params.kind == "hnsw":  # HNSW returns at most efSearch results
+            self._inner.hnsw.efSearch = max(self.params.ef_search, fetch)
         scores, ids = self.index.search(q, fetch)
         out_ids = np.full((len(q), k), -1, np.int64)
         out_scores = np.full((len(q), k), -np.inf, np.float32)

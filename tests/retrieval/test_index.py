@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from streamrec.retrieval.evaluate import ranking_metrics
+from streamrec.retrieval.index import KINDS, IndexParams, Retriever, recall_against_exact
+
+
+def _data(n=3000, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    return np.arange(100, 100 + n, dtype=np.int64), x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_searches_adds_removes_and_round_trips(kind):
+    ids, x = _data()
+    r = Retriever(16, IndexParams(kind=kind, nlist=32, nprobe=8, pq_m=4))
+    r.build(ids, x)
+    found, scores = r.search(x[:5], 10)
+    assert found.shape == (5, 10) and len(set(found[0])) == 10
+    assert (np.diff(scores[0]) <= 1e-5).all()  # best first
+    if kind in ("flat", "hnsw", "sq8"):
+        assert found[0, 0] == ids[0]  # a vector finds itself
+    assert recall_against_exact(r, ids, x, x[:50], 10) > (0.99 if kind == "flat" else 0.5)
+    r.remove(ids[:1])
+    assert ids[0] not in r.search(x[:1], 10)[0][0]
+    new = x[1:2] * 1.0
+    r.add(np.array([7]), new)
+    assert 7 in r.search(new, 5)[0][0]
+    excluded = r.search(x[2:3], 10, exclude=[{int(ids[2])}])[0][0]
+    assert ids[2] not in excluded
+    clone = Retriever.from_bytes(r.to_bytes(), 16, r.params, sorted(r._tombstones))
+    assert np.array_equal(clone.search(x[:3], 10)[0], r.search(x[:3], 10)[0])
+
+
+def test_bad_kind_and_metrics():
+    with pytest.raises(ValueError, match="index kind"):
+        Retriever(8, IndexParams(kind="lsh"))
+    m = ranking_metrics({1: [5, 6, 7], 2: [9]}, {1: {6, 100}, 2: {9}}, ks=(1, 3))
+    assert m["recall@1"] == pytest.approx((0 + 1) / 2)
+    assert m["recall@3"] == pytest.approx((0.5 + 1) / 2)
+    ndcg_user1 = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
+    assert m["ndcg@10"] == pytest.approx((ndcg_user1 + 1) / 2)
