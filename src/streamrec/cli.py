@@ -269,11 +269,21 @@ def serve(
     retriever: Path | None = typer.Option(
         None, help="A two-tower run/model directory: enables POST /v1/recommend."
     ),
+    threads: int = typer.Option(
+        1,
+        help="Torch / numba threads for inference. 1 suits small batches: idle worker "
+        "threads spin and steal CPU from request handling.",
+    ),
 ) -> None:
     """Serve a model over HTTP: /v1/rank, /v1/recommend, /v1/model, /healthz, /metrics."""
+    import numba
+    import torch
     import uvicorn
 
     from streamrec.serving.app import create_app
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     from streamrec.store import CorruptModelError
 
     overrides = {
