@@ -23,7 +23,8 @@ import numba
 import numpy as np
 import torch
 
-from streamrec.embedding.hashmap import fid_hash, map_find
+from streamrec.embedding.dedup import dedup_range
+from streamrec.embedding.hashmap import map_find
 from streamrec.embedding.optimizers import apply_rows
 from streamrec.embedding.table import DynamicTable, _seconds
 from streamrec.embedding.views import f32_2d, i32_2d, u32_2d
@@ -205,33 +206,10 @@ def _dedup_resolve(
     n_unique = np.zeros(n_tables, np.int64)
     for t in numba.prange(n_tables):  # tables are independent: one per thread
         lo, hi = segments[t], segments[t + 1]
-        cap = 16
-        while cap < 2 * (hi - lo):
-            cap *= 2
-        slot_mask = np.uint64(cap - 1)
-        slot_key = np.empty(cap, np.int64)
-        slot_idx = np.full(cap, -1, np.int64)
-        u = 0
-        for i in range(lo, hi):
-            f = fids[i]
-            j = fid_hash(f) & slot_mask
-            while True:
-                k = slot_idx[j]
-                if k < 0:
-                    k = u
-                    slot_idx[j] = k
-                    slot_key[j] = f
-                    local_fid[lo + k] = f
-                    local_row[lo + k] = map_find(
-                        key_ptrs[t], map_row_ptrs[t], caps[t], shard_bits, f
-                    )
-                    u += 1
-                    break
-                if slot_key[j] == f:
-                    break
-                j = (j + np.uint64(1)) & slot_mask
-            local_inverse[i] = k
-            local_count[lo + k] += 1
+        u = dedup_range(fids, lo, hi, local_fid, local_inverse, local_count)
+        for k in range(u):
+            local_row[lo + k] = map_find(key_ptrs[t], map_row_ptrs[t], caps[t], shard_bits,
+                                         local_fid[lo + k])
         n_unique[t] = u
     base = np.zeros(n_tables + 1, np.int64)
     for t in range(n_tables):
