@@ -356,6 +356,11 @@ def online(
         None, help="Stop after this many seconds without new events (default: run forever)."
     ),
     init_model: Path | None = typer.Option(None, help="Start from this trained model."),
+    actions: Path | None = typer.Option(
+        None,
+        help="A stream of user actions: --source is then the impressions stream, and "
+        "the two are joined into labelled examples (online.join in the config).",
+    ),
     group: str = typer.Option("default", help="Consumer group (committed offsets)."),
     as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
 ) -> None:
@@ -370,6 +375,16 @@ def online(
         cfg.online.init_model = str(init_model)
     try:
         stream = LocalLogSource(source, group)
+        if actions is not None:
+            from streamrec.data.stream.joined import JoinedSource
+            from streamrec.data.stream.joiner import OnlineJoiner
+
+            j = cfg.online.join
+            stream = JoinedSource(
+                stream,
+                LocalLogSource(actions, group),
+                OnlineJoiner(j.tasks, j.window_seconds, j.allowed_lateness, j.max_pending),
+            )
         trainer = OnlineTrainer(cfg, stream, out, log=lambda m: typer.echo(m, err=True))
         status = trainer.run(stop_when_idle=stop_when_idle)
     except (FileNotFoundError, DataError, ConfigError, CorruptModelError) as e:

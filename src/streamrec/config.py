@@ -100,6 +100,15 @@ class ServingConfig(_Strict):
     poll_seconds: float = Field(0.5, gt=0, description="how often to look for deltas / models")
 
 
+class JoinConfig(_Strict):
+    window_seconds: float = Field(300.0, gt=0, description="how long an impression waits")
+    allowed_lateness: float = Field(0.0, ge=0)
+    tasks: dict[str, str] = Field(
+        default_factory=lambda: {"click": "label"}, description="action type → label column"
+    )
+    max_pending: int = Field(1_000_000, ge=1)
+
+
 class OnlineConfig(_Strict):
     sync_interval_seconds: float = Field(5.0, gt=0, description="write a delta this often")
     checkpoint_interval_seconds: float = Field(30.0, gt=0, description="full checkpoint")
@@ -114,6 +123,7 @@ class OnlineConfig(_Strict):
     sync_every_batches: int = Field(20, ge=1)
     checkpoint_every_batches: int = Field(100, ge=1)
     init_model: str | None = Field(None, description="start from this model directory")
+    join: JoinConfig = Field(default_factory=JoinConfig)
 
 
 class RetrievalConfig(_Strict):

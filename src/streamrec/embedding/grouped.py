@@ -208,8 +208,9 @@ def _dedup_resolve(
         lo, hi = segments[t], segments[t + 1]
         u = dedup_range(fids, lo, hi, local_fid, local_inverse, local_count)
         for k in range(u):
-            local_row[lo + k] = map_find(key_ptrs[t], map_row_ptrs[t], caps[t], shard_bits,
-                                         local_fid[lo + k])
+            local_row[lo + k] = map_find(
+                key_ptrs[t], map_row_ptrs[t], caps[t], shard_bits, local_fid[lo + k]
+            )
         n_unique[t] = u
     base = np.zeros(n_tables + 1, np.int64)
     for t in range(n_tables):

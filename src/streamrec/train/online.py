@@ -72,7 +72,10 @@ class OnlineTrainer:
             self.trainer = Trainer(model, config, None, optimizer, progress=False)
             self.trainer.global_step = position["global_step"]
             self.trainer.samples_trained = position["samples"]
-            source.seek(int(state["next_offset"]))
+            if hasattr(source, "restore") and "source_state" in state:
+                source.restore(state["source_state"])  # e.g. two streams + joiner state
+            else:
+                source.seek(int(state["next_offset"]))
             self.log(f"resumed from checkpoint at offset {state['next_offset']}")
         else:
             if self.cfg.init_model:
@@ -178,7 +181,15 @@ class OnlineTrainer:
         return kind
 
     # ------------------------------------------------------------------ the loop
+    def _drain_source_rejects(self) -> None:
+        """Messages a composite source could not use (e.g. unjoinable) are dead-lettered too."""
+        bad = getattr(self.source, "bad_messages", None)
+        while bad:
+            stream, offset, reason = bad.pop(0)
+            self.dead.reject(f"{stream} offset {offset}", None, reason)
+
     def step(self, messages: list[Message]) -> None:
+        self._drain_source_rejects()
         consumed_at = time.time()
         self.events_consumed += len(messages)
         self.next_offset = messages[-1].offset + 1
@@ -229,16 +240,16 @@ class OnlineTrainer:
         return path
 
     def checkpoint(self) -> None:
-        self.trainer.extra_manifest = {
-            "input_kinds": self.kinds,
-            "online": {
-                "next_offset": self.next_offset,
-                "events_consumed": self.events_consumed,
-                "events_trained": self.events_trained,
-                "dead_lettered": self.dead.count,
-                "base_model_version": self.base_version,
-            },
+        online = {
+            "next_offset": self.next_offset,
+            "events_consumed": self.events_consumed,
+            "events_trained": self.events_trained,
+            "dead_lettered": self.dead.count,
+            "base_model_version": self.base_version,
         }
+        if hasattr(self.source, "state"):
+            online["source_state"] = self.source.state()
+        self.trainer.extra_manifest = {"input_kinds": self.kinds, "online": online}
         self.trainer.checkpoint(self.out / "checkpoint")
         self.source.commit(self.next_offset)  # only once the checkpoint covering it is durable
         self._batches_since_checkpoint = 0

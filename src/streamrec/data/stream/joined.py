@@ -1,0 +1,120 @@
+"""JoinedSource: an impressions stream and an actions stream, joined into labelled examples.
+
+Both streams are read ahead into buffers and merged by event time (always taking the earlier of
+the two buffer heads, so an action never overtakes the impression it belongs to because its
+stream happened to be read further); when one stream has nothing more for now, the other one's
+buffer is fed as it is. The `OnlineJoiner` turns the merged events into examples; the examples it emits (impressions whose waiting window closed, with their labels) are handed out as
+messages of a single stream whose offsets count emitted examples.
+
+Exactly once across two streams: the checkpoint must hold both input positions, the joiner's
+state (impressions still waiting) and the examples emitted but not yet trained — `state()`
+returns all of that as JSON and `restore()` puts it back, so `OnlineTrainer` saves it with the
+model and a restart continues as if nothing happened. `commit` acknowledges both inputs up to
+the positions recorded by the last `state()`, i.e. the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any
+
+from streamrec.data.stream.base import Message, StreamSource
+from streamrec.data.stream.joiner import OnlineJoiner
+
+
+class JoinedSource:
+    def __init__(
+        self, impressions: StreamSource, actions: StreamSource, joiner: OnlineJoiner
+    ) -> None:
+        self.impressions = impressions
+        self.actions = actions
+        self.joiner = joiner
+        self.position = 0
+        self.bad_messages: list[tuple[str, int, str]] = []  # (stream, offset, reason)
+        self._ready: deque[bytes] = deque()
+        self._buffers: dict[str, deque] = {"impressions": deque(), "actions": deque()}
+        self._committable: tuple[int, int] | None = None
+        self._idle_polls = 0
+
+    def _read(
+        self, source: StreamSource, name: str, limit: int, timeout: float
+    ) -> list[tuple[float, dict[str, Any]]]:
+        out = []
+        for m in source.poll(limit, timeout):
+            try:
+                record = json.loads(m.value)
+                t = float(record["event_time"])
+                record["request_id"], record["item_id"]  # noqa: B018 - must exist
+            except (ValueError, KeyError, TypeError) as e:
+                self.bad_messages.append((name, m.offset, f"cannot join: {e!r}"[:200]))
+                continue
+            out.append((t, record))
+        return out
+
+    def _feed(self, name: str) -> None:
+        _, record = self._buffers[name].popleft()
+        emitted = (
+            self.joiner.add_impression(record)
+            if name == "impressions"
+            else self.joiner.add_action(record)
+        )
+        self._ready.extend(json.dumps(r, separators=(",", ":")).encode() for r in emitted)
+
+    def poll(self, max_messages: int, timeout: float = 0.0) -> list[Message]:
+        if len(self._ready) < max_messages:
+            imps, acts = self._buffers["impressions"], self._buffers["actions"]
+            got_imps = self._read(self.impressions, "impressions", max_messages, timeout)
+            got_acts = self._read(self.actions, "actions", max_messages, 0.0)
+            imps.extend(got_imps)
+            acts.extend(got_acts)
+            while imps and acts:  # two-way merge by event time; impressions first at a tie
+                self._feed("impressions" if imps[0][0] <= acts[0][0] else "actions")
+            if imps and not got_acts:  # actions have nothing more for now
+                while imps:
+                    self._feed("impressions")
+            if acts and not got_imps:
+                while acts:
+                    self._feed("actions")
+            self._idle_polls = 0 if (got_imps or got_acts) else self._idle_polls + 1
+            if self._idle_polls >= 3:  # both inputs drained: close every waiting window
+                self._ready.extend(json.dumps(r).encode() for r in self.joiner.flush())
+        out = []
+        while self._ready and len(out) < max_messages:
+            out.append(Message(self.position, self._ready.popleft()))
+            self.position += 1
+        return out
+
+    def seek(self, offset: int) -> None:
+        self.position = offset
+
+    def state(self) -> dict[str, Any]:
+        self._committable = (self.impressions.position, self.actions.position)
+        return {
+            "impressions": self.impressions.position,
+            "actions": self.actions.position,
+            "joiner": self.joiner.state_dict(),
+            "position": self.position,
+            "ready": [r.decode() for r in self._ready],
+            "buffers": {k: list(v) for k, v in self._buffers.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.impressions.seek(int(state["impressions"]))
+        self.actions.seek(int(state["actions"]))
+        self.joiner.load_state_dict(state["joiner"])
+        self.position = int(state["position"])
+        self._ready = deque(r.encode() for r in state["ready"])
+        self._buffers = {k: deque((t, r) for t, r in v) for k, v in state["buffers"].items()}
+
+    def commit(self, offset: int) -> None:
+        if self._committable is not None:
+            self.impressions.commit(self._committable[0])
+            self.actions.commit(self._committable[1])
+
+    def head(self) -> int:
+        return self.position + len(self._ready)
+
+    def close(self) -> None:
+        self.impressions.close()
+        self.actions.close()
