@@ -2,15 +2,16 @@
 
 Both streams are read ahead into buffers and merged by event time (always taking the earlier of
 the two buffer heads, so an action never overtakes the impression it belongs to because its
-stream happened to be read further); when one stream has nothing more for now, the other one's
-buffer is fed as it is. The `OnlineJoiner` turns the merged events into examples; the examples it emits (impressions whose waiting window closed, with their labels) are handed out as
-messages of a single stream whose offsets count emitted examples.
+stream happened to be read further); when one stream has nothing more for now, the other
+one's buffer is fed as it is. The `OnlineJoiner` turns the merged events into examples
+(impressions whose waiting window closed, with their labels), handed out as messages of a
+single stream whose offsets count emitted examples.
 
-Exactly once across two streams: the checkpoint must hold both input positions, the joiner's
-state (impressions still waiting) and the examples emitted but not yet trained — `state()`
-returns all of that as JSON and `restore()` puts it back, so `OnlineTrainer` saves it with the
-model and a restart continues as if nothing happened. `commit` acknowledges both inputs up to
-the positions recorded by the last `state()`, i.e. the last checkpoint.
+Exactly once across two streams: the checkpoint must hold both input positions, the read-ahead
+buffers, the joiner's state (impressions still waiting) and the examples emitted but not yet
+trained — `state()` returns all of that as JSON and `restore()` puts it back, so `OnlineTrainer`
+saves it with the model and a restart continues as if nothing happened. `commit` acknowledges
+both inputs up to the positions recorded by the last `state()`, i.e. the last checkpoint.
 """
 
 from __future__ import annotations
