@@ -18,11 +18,12 @@ class DeepFM(RankingModel):
         tables: dict[str, TableConfig],
         hidden: tuple[int, ...] = (256, 128),
         dropout: float = 0.0,
+        linear_lr: float | None = None,
     ) -> None:
         super().__init__(schema, tables)
         if len(set(self.embedding_dims)) > 1:
             raise ValueError("DeepFM needs every embedding feature at one dim")
-        self.linear = LinearTerm(schema, tables, self.num_tasks)
+        self.linear = LinearTerm(schema, tables, self.num_tasks, linear_lr)
         in_dim = sum(self.embedding_dims) + self.dense_width
         self.deep = MLP(in_dim, hidden, out=self.num_tasks, dropout=dropout)
 

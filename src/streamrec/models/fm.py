@@ -12,11 +12,13 @@ from streamrec.schema import Schema
 
 
 class FM(RankingModel):
-    def __init__(self, schema: Schema, tables: dict[str, TableConfig]) -> None:
+    def __init__(
+        self, schema: Schema, tables: dict[str, TableConfig], linear_lr: float | None = None
+    ) -> None:
         super().__init__(schema, tables)
         if len(set(self.embedding_dims)) > 1:
             raise ValueError("FM needs every embedding feature at one dim")
-        self.linear = LinearTerm(schema, tables, self.num_tasks)
+        self.linear = LinearTerm(schema, tables, self.num_tasks, linear_lr)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         stacked = self.embed(batch).stacked(self.features)

@@ -55,12 +55,22 @@ class LinearTerm(nn.Module):
     """Σ over features and ids of a per-id scalar weight, + a linear map of the dense input.
     → [B, num_tasks]."""
 
-    def __init__(self, schema: Schema, tables: dict[str, TableConfig], num_tasks: int) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        tables: dict[str, TableConfig],
+        num_tasks: int,
+        lr: float | None = None,
+    ) -> None:
+        """`lr`: the per-id weights' learning rate (default: the table's). One-hot weights see
+        one id per row, so they often want a larger rate than the embeddings."""
         super().__init__()
         lin = linear_schema(schema)
         own = {}
         for name, cfg in tables.items():
             params = cfg.model_dump() | {"dim": 1, "init_scale": 0.0}
+            if lr is not None:
+                params["lr"] = lr
             own[f"{name}@linear"] = DynamicTable(**params, name=f"{name}@linear")
         self.ids = EmbeddingCollection(lin, own) if schema.embeddings else None
         self.dense = nn.Linear(schema.dense_width, num_tasks) if schema.dense_width else None

@@ -12,9 +12,11 @@ from streamrec.schema import Schema
 
 
 class LR(RankingModel):
-    def __init__(self, schema: Schema, tables: dict[str, TableConfig]) -> None:
+    def __init__(
+        self, schema: Schema, tables: dict[str, TableConfig], linear_lr: float | None = None
+    ) -> None:
         super().__init__(schema, tables, with_embeddings=False)
-        self.linear = LinearTerm(schema, tables, self.num_tasks)
+        self.linear = LinearTerm(schema, tables, self.num_tasks, linear_lr)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.linear(batch)
