@@ -209,6 +209,33 @@ def evaluate(
         typer.echo(f"{task}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
 
 
+@app.command("export")
+def export(
+    model_dir: Path = typer.Argument(..., help="A model directory or a training run directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the serving copy."),
+    drop_zero_rows: bool = typer.Option(
+        False, help="Leave out rows that are exactly zero (FTRL with L1)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Write a serving copy of a model: no optimizer state, optionally no all-zero rows."""
+    from streamrec.models.persistence import export_for_serving
+    from streamrec.store import CorruptModelError
+
+    try:
+        report = export_for_serving(model_dir, out, drop_zero_rows)
+    except CorruptModelError as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(report)
+    else:
+        typer.echo(
+            f"wrote {report['model_dir']}: tables {report['table_bytes_before']:,} → "
+            f"{report['table_bytes_after']:,} bytes, {report['zero_rows_dropped']:,} "
+            "zero rows dropped"
+        )
+
+
 @app.command("report")
 def report(
     run_dir: Path = typer.Argument(..., help="A training run directory (holds metrics.csv)."),

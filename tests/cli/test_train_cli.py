@@ -46,3 +46,26 @@ def test_config_and_model_errors_are_one_line_messages(tmp_path):
     assert "Traceback" not in result.stderr
     missing = _run("eval", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "not a model directory" in missing.stderr
+
+
+def test_export_drops_optimizer_state_and_keeps_predictions(tmp_path, ml100k):
+    import torch
+
+    from streamrec.config import load_config
+    from streamrec.models.persistence import load_model
+    from streamrec.train.job import run_training
+
+    cfg = load_config(REPO / "examples" / "ml100k_deepfm.yaml")
+    cfg.train.epochs = 1
+    cfg.default_table.optimizer = "adam"
+    run_training(cfg, tmp_path / "run", progress=False)
+    result = _run("export", str(tmp_path / "run"), "--out", str(tmp_path / "serving"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["table_bytes_after"] < 0.8 * report["table_bytes_before"]
+    a, b = load_model(tmp_path / "run"), load_model(tmp_path / "serving")
+    rows = ml100k.slice(0, 300)
+    batch = a.config.schema.encode(rows)
+    assert torch.equal(a.model.predict(batch), b.model.predict(batch))
+    assert b.config.default_table.optimizer == "sgd"
+    assert all(t.memory_bytes()["optimizer_state"] == 0 for t in b.model.dynamic_tables().values())

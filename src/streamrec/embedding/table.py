@@ -434,6 +434,15 @@ class DynamicTable:
         self._deleted = [(v, f) for v, f in self._deleted if v > up_to_version]
 
     # ------------------------------------------------------------------------ state
+    def drop_optimizer_state(self) -> None:
+        """Serving never updates rows: switch to plain SGD, which keeps no per-row state, and
+        free the optimizer state (row-wise Adagrad 4 B/row, Adam 8·dim + 4 B/row)."""
+        self.optimizer = RowOptimizer("sgd", lr=self.optimizer.lr)
+        self._config["optimizer"] = "sgd"
+        self._state_init = self.optimizer.initial_state(self.dim)
+        self._state = ChunkedRows(0, np.float32, self._weights.chunk_rows)
+        self._state.reserve(self._weights.capacity)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue bit-exactly: weights, optimizer state, metadata, free
         list, sketch and counters. Plain tensors (safetensors-ready, no pickle)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from streamrec.config import JobConfig, parse_config
@@ -82,3 +83,43 @@ def load_model(path: str | Path) -> LoadedModel:
         tables[name].load_state_dict(read_tensors(directory, entry["file"], manifest))
     model.eval()
     return LoadedModel(model, config, manifest, directory)
+
+
+def export_for_serving(
+    src: str | Path, dst: str | Path, drop_zero_rows: bool = False
+) -> dict[str, Any]:
+    """A serving copy of a model directory: no optimizer state (tables switch to SGD, which
+    keeps none) and, optionally, without rows that are exactly zero (FTRL with L1 leaves many;
+    a missing id reads the zero default row, so scores do not change). → a size report."""
+    loaded = load_model(src)
+    before = after = 0
+    dropped = 0
+    for table in loaded.model.dynamic_tables().values():
+        before += sum(table.memory_bytes().values())
+        if drop_zero_rows:
+            rows = table.live_rows()
+            zero = rows[np.abs(table.gather_rows(rows)).sum(axis=1) == 0]
+            dropped += int(zero.size)
+            table.remove_rows(zero)
+        table.drop_optimizer_state()
+        after += sum(table.memory_bytes().values())
+    config = loaded.config.model_copy(deep=True)
+    config.default_table.optimizer = "sgd"
+    for cfg in config.tables.values():
+        cfg.optimizer = "sgd"
+    extra = {
+        k: v
+        for k, v in loaded.manifest.items()
+        if k in ("input_kinds", "metrics", "kind", "retrieval")
+    }
+    extra["exported_from"] = {
+        "path": str(loaded.path),
+        "model_version": loaded.manifest.get("model_version"),
+    }
+    out = save_model(dst, loaded.model, config, extra)
+    return {
+        "model_dir": str(out),
+        "table_bytes_before": before,
+        "table_bytes_after": after,
+        "zero_rows_dropped": dropped,
+    }
