@@ -94,3 +94,23 @@ def test_resume_at_an_epoch_boundary_or_mid_epoch_equals_an_uninterrupted_run(tm
         second.global_step, second.samples_trained = pos["global_step"], pos["samples"]
         second.fit(lambda epoch: batches, start_epoch=pos["epoch"], skip_steps=pos["step_in_epoch"])
         assert first.losses + second.losses == reference
+
+
+def test_lazy_table_files_load_exactly_what_was_saved(tmp_path):
+    import numpy as np
+
+    from streamrec.embedding import DynamicTable
+    from streamrec.store.model_dir import TensorFile, tensors_to_bytes
+
+    t = DynamicTable(dim=5, optimizer="adam", chunk_rows=64)
+    ids = torch.arange(1000, dtype=torch.int64) * 7
+    t.lookup(ids, now=3)
+    t.apply_gradients(ids[::3], torch.randn(334, 5))
+    (tmp_path / "t.safetensors").write_bytes(tensors_to_bytes(t.state_dict()))
+    lazy = TensorFile(tmp_path / "t.safetensors")
+    assert lazy.shape("weights") == [1000, 5]
+    assert torch.equal(lazy.slice("weights", 10, 20), t.state_dict()["weights"][10:20])
+    clone = DynamicTable(**t.config())
+    clone.load_state_dict(lazy)
+    for key, value in t.state_dict().items():
+        assert np.array_equal(value.numpy(), clone.state_dict()[key].numpy()), key

@@ -115,14 +115,20 @@ class ChunkedRows:
 
     def load_array(self, arr: np.ndarray) -> None:
         """Replace the first len(arr) rows with `arr` [n, width]."""
-        n = arr.shape[0]
+        self.load_rows(lambda lo, hi: arr[lo:hi], arr.shape[0])
+
+    def load_rows(self, read, n: int) -> None:  # noqa: ANN001
+        """Replace the first n rows, chunk by chunk, with `read(lo, hi)` → [hi − lo, width]:
+        a large table loads from a file without a second whole copy in memory."""
         self.reserve(n)
+        if self.width == 0:
+            return
         for k, chunk in enumerate(self.chunks):
             lo = k * self.chunk_rows
             if lo >= n:
                 break
             hi = min(n, lo + chunk.shape[0])
-            chunk[: hi - lo, : self.width] = arr[lo:hi].reshape(hi - lo, self.width)
+            chunk[: hi - lo, : self.width] = np.asarray(read(lo, hi)).reshape(hi - lo, self.width)
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)

@@ -466,19 +466,31 @@ class DynamicTable:
             "deleted_versions": torch.from_numpy(deleted_versions),
         }
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: Any) -> None:
+        """Restore from `state_dict()` output — a dict of tensors, or a lazily read file (any
+        mapping with `shape(name)` and `slice(name, lo, hi)`, e.g. `store.open_tensors`), in
+        which case weights and optimizer state are copied chunk by chunk, never whole."""
         fresh = DynamicTable(**self._config)
         n, top, version, draws = (int(x) for x in state["counters"].tolist())
         fid = state["fid"].numpy()
         count = state["count"].numpy()
-        if state["weights"].shape != (n, self.dim):
+        lazy = hasattr(state, "slice")
+        shape = tuple(state.shape("weights")) if lazy else tuple(state["weights"].shape)
+        if shape != (n, self.dim):
             raise ValueError(
-                f"table {self.name!r}: weights shape {tuple(state['weights'].shape)}"
-                f" does not match {n} rows of dim {self.dim}"
+                f"table {self.name!r}: weights shape {shape} does not match {n} rows of "
+                f"dim {self.dim}"
             )
+
+        def rows(name: str):  # noqa: ANN202
+            if lazy:
+                return lambda lo, hi: state.slice(name, lo, hi).numpy()
+            full = state[name].numpy()
+            return lambda lo, hi: full[lo:hi]
+
         fresh._reserve(max(n, 1))
-        fresh._weights.load_array(state["weights"].numpy())
-        fresh._state.load_array(state["optimizer_state"].numpy())
+        fresh._weights.load_rows(rows("weights"), n)
+        fresh._state.load_rows(rows("optimizer_state"), n)
         fresh._fid.load_array(fid[:, None])
         fresh._count.load_array(count[:, None])
         fresh._seen.load_array(state["last_seen"].numpy().astype(np.uint32)[:, None])

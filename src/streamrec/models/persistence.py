@@ -19,6 +19,7 @@ from streamrec.config import JobConfig, parse_config
 from streamrec.models.base import RankingModel
 from streamrec.models.registry import build_model
 from streamrec.store import read_manifest, read_tensors, write_model_dir
+from streamrec.store.model_dir import open_tensors
 
 
 @dataclass
@@ -80,7 +81,7 @@ def load_model(path: str | Path) -> LoadedModel:
     for name, entry in manifest["tables"].items():
         if name not in tables:
             raise ValueError(f"{directory}: the model has no table {name!r}")
-        tables[name].load_state_dict(read_tensors(directory, entry["file"], manifest))
+        tables[name].load_state_dict(open_tensors(directory, entry["file"], manifest))
     model.eval()
     return LoadedModel(model, config, manifest, directory)
 

@@ -19,10 +19,12 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -147,6 +149,88 @@ def read_tensors(path: str | Path, rel: str, manifest: dict[str, Any]) -> dict[s
         return st_load(data)
     except Exception as e:  # safetensors raises its own error types
         raise CorruptModelError(f"{Path(path) / rel}: not a safetensors file ({e})") from None
+
+
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "U16": np.uint16,
+    "U32": np.uint32,
+    "BOOL": np.bool_,
+}
+
+
+class TensorFile:
+    """A safetensors file read lazily with plain reads: `f[name]` loads one tensor, `shape(name)`
+    and `slice(name, lo, hi)` read a row range. Not memory-mapped on purpose: mapped file pages
+    count in the process's RSS, so a mapped load would hold the file next to the tables it fills
+    — reading chunk by chunk keeps a model reload near one extra copy of the model."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = open(path, "rb")  # noqa: SIM115 - lives as long as this object
+        (size,) = struct.unpack("<Q", self._fh.read(8))
+        header = json.loads(self._fh.read(size))
+        header.pop("__metadata__", None)
+        self._header = header
+        self._base = 8 + size
+
+    def __del__(self) -> None:
+        self._fh.close()
+
+    def keys(self) -> list[str]:
+        return list(self._header)
+
+    def shape(self, name: str) -> list[int]:
+        return list(self._header[name]["shape"])
+
+    def slice(self, name: str, lo: int, hi: int) -> torch.Tensor:
+        info = self._header[name]
+        dtype = np.dtype(_DTYPES[info["dtype"]])
+        shape = info["shape"]
+        row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        self._fh.seek(self._base + info["data_offsets"][0] + lo * row * dtype.itemsize)
+        data = np.fromfile(self._fh, dtype=dtype, count=(hi - lo) * row)
+        return torch.from_numpy(data.reshape([hi - lo, *shape[1:]]))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        shape = self.shape(name)
+        if not shape:  # a scalar
+            info = self._header[name]
+            self._fh.seek(self._base + info["data_offsets"][0])
+            return torch.from_numpy(
+                np.fromfile(self._fh, _DTYPES[info["dtype"]], 1)[0:1].reshape(())
+            )
+        return self.slice(name, 0, shape[0])
+
+
+def open_tensors(path: str | Path, rel: str, manifest: dict[str, Any]) -> TensorFile:
+    """Like `read_tensors`, but the checksum is computed streaming and the tensors stay on disk
+    until read."""
+    base = Path(path)
+    p = (base if (base / MANIFEST).exists() else find_model_dir(base)) / rel
+    expected = manifest.get("files", {}).get(rel)
+    if expected is None:
+        raise CorruptModelError(f"{p}: not listed in the manifest")
+    digest = hashlib.sha256()
+    try:
+        with open(p, "rb") as fh:
+            while block := fh.read(8 << 20):
+                digest.update(block)
+    except OSError as e:
+        raise CorruptModelError(f"{p}: missing or unreadable ({e.strerror})") from None
+    if digest.hexdigest() != expected:
+        raise CorruptModelError(f"{p}: checksum mismatch — the file is corrupt or truncated")
+    try:
+        return TensorFile(p)
+    except Exception as e:  # safetensors raises its own error types
+        raise CorruptModelError(f"{p}: not a safetensors file ({e})") from None
 
 
 def verify(path: str | Path) -> dict[str, Any]:
