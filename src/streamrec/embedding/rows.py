@@ -45,9 +45,16 @@ class ChunkedRows:
         first = min(chunk_rows, max(16, 1 << (max(initial_rows, 1) - 1).bit_length()))
         # Width-0 rows (SGD has no state) still get one column so every chunk has an address.
         self._stored_width = max(width, 1)
-        self.chunks = [np.full((first, self._stored_width), fill, self.dtype)]
+        self.chunks = [self._new_chunk(first)]
         self.ptrs = np.array([address(self.chunks[0])], np.int64)
         self.generation = 0  # bumped whenever a chunk is added or moved
+
+    def _new_chunk(self, rows: int) -> np.ndarray:
+        # np.zeros takes pages the OS zeroes lazily (calloc): no long memset under the GIL
+        # when a large table is allocated while the server is answering requests.
+        if self.fill == 0:
+            return np.zeros((rows, self._stored_width), self.dtype)
+        return np.full((rows, self._stored_width), self.fill, self.dtype)
 
     @property
     def capacity(self) -> int:
@@ -63,17 +70,11 @@ class ChunkedRows:
         while self.capacity < rows:
             first = self.chunks[0]
             if len(self.chunks) == 1 and first.shape[0] < self.chunk_rows:
-                grown = np.full(
-                    (min(first.shape[0] * 2, self.chunk_rows), self._stored_width),
-                    self.fill,
-                    self.dtype,
-                )
+                grown = self._new_chunk(min(first.shape[0] * 2, self.chunk_rows))
                 grown[: first.shape[0]] = first
                 self.chunks[0] = grown
             else:
-                self.chunks.append(
-                    np.full((self.chunk_rows, self._stored_width), self.fill, self.dtype)
-                )
+                self.chunks.append(self._new_chunk(self.chunk_rows))
         self.ptrs = np.array([address(c) for c in self.chunks], np.int64)
 
     def nbytes(self) -> int:
