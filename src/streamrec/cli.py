@@ -4,6 +4,7 @@ call one function, print a table for people or one JSON object with `--json`."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -157,8 +158,15 @@ def train(
             typer.echo("  ".join(f"{k} {v:.4f}" for k, v in tt["metrics"].items()))
             typer.echo(f"model saved to {model_dir}")
         return
+    from streamrec.distributed.training import run_distributed_training, world_from_env
+
     try:
-        result, model_dir = run_training(cfg, out, resume=resume, progress=not quiet)
+        if world_from_env() > 1:  # launched by torchrun: sharded tables, data-parallel dense
+            result, model_dir = run_distributed_training(cfg, out, progress=not quiet)
+            if int(os.environ.get("RANK", "0")) != 0:
+                return
+        else:
+            result, model_dir = run_training(cfg, out, resume=resume, progress=not quiet)
     except (DataError, ConfigError, CorruptModelError) as e:
         _fail(str(e))
     report = {**result.to_json(), "model_dir": str(model_dir)}

@@ -80,6 +80,9 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = None
     negative_sampling_rate: float = Field(1.0, gt=0, le=1)
     evict_every_steps: int = Field(100, gt=0)
+    exchange_precision: Literal["fp32", "fp16"] = Field(
+        "fp32", description="rows and gradients between ranks (fp16 halves the bytes)"
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: autocast the dense layers (CPU AVX-512-BF16 / GPU)"
     )

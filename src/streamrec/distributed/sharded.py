@@ -1,23 +1,26 @@
 """Row-wise sharded embedding tables over torch.distributed (gloo on CPU, NCCL on GPU).
 
 Every rank holds a DynamicTable per table name, but stores only the ids it owns:
-owner(fid) = mix64(fid) mod world_size. Per batch and table, each rank
+owner(fid) = mix64(fid) mod world_size. Per batch and group of tables (one dim), each rank
 
-  1. de-duplicates its ids, and sends each unique id (with its occurrence count) to its owner
-     with one all-to-all;
+  1. de-duplicates each table's ids and sends every unique (table, id, count) to its owner —
+     all tables of the group in one all-to-all (plus one for the sizes);
   2. owners resolve what they received — admitting new ids with the counts summed over all
      senders, exactly as one process seeing the whole global batch would — and send the rows
-     back with a second all-to-all;
-  3. in backward, gradients for those rows travel to the owners the same way, are summed per id
-     over the senders and applied by the table's row optimizer.
+     back in a third all-to-all;
+  3. in backward, gradients for those rows travel to the owners the same way (one all-to-all),
+     are summed per id over the senders and applied by each table's row optimizer.
 
 Gradients are divided by the world size, so with data-parallel dense training (DDP averages
 dense gradients) N ranks each holding 1/N of a global batch take the same step as one process
 holding all of it. The exchanges run on their own process group, so they never interleave with
-DDP's all-reduces.
+DDP's all-reduces. Rows and gradients can travel as fp16 (half the bytes).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,8 +51,90 @@ def _exchange(
     return out
 
 
+@dataclass
+class _Routed:
+    """What backward needs to send a lookup's gradients to the right owners and rows."""
+
+    order: np.ndarray  # position in the sent payload → position in our unique list
+    send: list[int]
+    recv: list[int]
+    owned: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per table: received idx, back, rows
+
+
+class ShardedGroup:
+    """Tables of one dim spread over the ranks of `group` (see the module docstring)."""
+
+    def __init__(
+        self,
+        tables: Sequence[DynamicTable],
+        group=None,  # noqa: ANN001
+        exchange_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.tables = list(tables)
+        self.dim = self.tables[0].dim
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.exchange_dtype = exchange_dtype
+        self.bytes_sent = 0
+
+    def lookup(
+        self, fids: Sequence[np.ndarray], now: float | None, insert: bool
+    ) -> tuple[torch.Tensor, list[np.ndarray], _Routed]:
+        """Per table fids → (rows of every table's unique ids, stacked table after table
+        [U, dim]; per table the inverse into that stack; a handle for backward)."""
+        tabs, uniq, counts, inverses = [], [], [], []
+        base = 0
+        for t, f in enumerate(fids):
+            u, inv, c = dedup(f)
+            tabs.append(np.full(len(u), t, np.int64))
+            uniq.append(u)
+            counts.append(c)
+            inverses.append(inv + base)
+            base += len(u)
+        tabs_all, uniq_all, counts_all = (
+            np.concatenate(x) if x else np.empty(0, np.int64) for x in (tabs, uniq, counts)
+        )
+        owners = owner_of(uniq_all, self.world)
+        order = np.argsort(owners, kind="stable")
+        send = np.bincount(owners, minlength=self.world).astype(np.int64)
+        recv_t = torch.empty(self.world, dtype=torch.int64)
+        dist.all_to_all_single(recv_t, torch.from_numpy(send), group=self.group)
+        send_l, recv_l = send.tolist(), recv_t.tolist()
+        payload = torch.from_numpy(
+            np.stack([tabs_all[order], uniq_all[order], counts_all[order]], axis=1)
+        )
+        got = _exchange(payload, send_l, recv_l, self.group).numpy()
+        self.bytes_sent += payload.numel() * 8
+        values = np.empty((len(got), self.dim), np.float32)
+        owned = []
+        for t, table in enumerate(self.tables):
+            idx = np.flatnonzero(got[:, 0] == t)
+            mine, back, _ = dedup(got[idx, 1])  # one id from several senders: resolve once
+            summed = np.bincount(back, weights=got[idx, 2], minlength=len(mine)).astype(np.int64)
+            rows = table.resolve(mine, summed, now, insert=insert)
+            values[idx] = table.gather_rows(rows)[back]
+            owned.append((idx, back, rows))
+        out = torch.from_numpy(values).to(self.exchange_dtype)
+        returned = _exchange(out, recv_l, send_l, self.group).float()
+        self.bytes_sent += out.numel() * out.element_size()
+        weights = torch.empty_like(returned)
+        weights[torch.from_numpy(order)] = returned
+        return weights, inverses, _Routed(order, send_l, recv_l, owned)
+
+    def apply_gradients(self, grads: torch.Tensor, routed: _Routed) -> None:
+        """grads [U, dim] for the unique ids of `lookup` (same order)."""
+        outgoing = (grads[torch.from_numpy(routed.order)] / self.world).to(self.exchange_dtype)
+        incoming = _exchange(outgoing, routed.send, routed.recv, self.group).float()
+        self.bytes_sent += outgoing.numel() * outgoing.element_size()
+        for table, (idx, back, rows) in zip(self.tables, routed.owned, strict=True):
+            summed = torch.zeros(int(back.max()) + 1 if back.size else 0, self.dim)
+            summed.index_add_(0, torch.from_numpy(back), incoming[torch.from_numpy(idx)])
+            stored = rows >= 0
+            table.apply_row_gradients(rows[stored], summed[torch.from_numpy(stored)])
+
+
 class ShardedTable:
-    """One logical table spread over the ranks of `group` (see the module docstring)."""
+    """One logical table spread over the ranks (a group of one)."""
 
     def __init__(
         self,
@@ -58,48 +143,16 @@ class ShardedTable:
         exchange_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.local = local
-        self.group = group
-        self.world = dist.get_world_size(group)
-        self.rank = dist.get_rank(group)
-        self.exchange_dtype = exchange_dtype  # float16 halves the bytes of rows and grads
-        self.bytes_sent = 0
+        self._group = ShardedGroup([local], group, exchange_dtype)
 
-    def _route(self, unique: np.ndarray, counts: np.ndarray):  # noqa: ANN202
-        owners = owner_of(unique, self.world)
-        order = np.argsort(owners, kind="stable")
-        send = np.bincount(owners, minlength=self.world).astype(np.int64)
-        recv = torch.empty(self.world, dtype=torch.int64)
-        dist.all_to_all_single(recv, torch.from_numpy(send), group=self.group)
-        send_l, recv_l = send.tolist(), recv.tolist()
-        payload = torch.from_numpy(np.stack([unique[order], counts[order]], axis=1))
-        received = _exchange(payload, send_l, recv_l, self.group)
-        self.bytes_sent += payload.numel() * 8
-        return order, send_l, recv_l, received[:, 0].numpy(), received[:, 1].numpy()
+    @property
+    def bytes_sent(self) -> int:
+        return self._group.bytes_sent
 
     def lookup(self, fids: np.ndarray, now: float | None, insert: bool):  # noqa: ANN201
         """fids [n] → (rows of the unique ids [U, dim], inverse [n], a handle for backward)."""
-        unique, inverse, counts = dedup(fids)
-        order, send, recv, their_fids, their_counts = self._route(unique, counts)
-        # Ids from several senders meet here: resolve them once with their summed counts.
-        mine, back, _ = dedup(their_fids)
-        summed = np.bincount(back, weights=their_counts, minlength=len(mine)).astype(np.int64)
-        rows = self.local.resolve(mine, summed, now, insert=insert)
-        values = torch.from_numpy(self.local.gather_rows(rows)[back])
-        returned = _exchange(values.to(self.exchange_dtype), recv, send, self.group).float()
-        self.bytes_sent += (
-            values.numel() * values.new_empty((), dtype=self.exchange_dtype).element_size()
-        )
-        weights = torch.empty_like(returned)
-        weights[torch.from_numpy(order)] = returned
-        return weights, inverse, (order, send, recv, mine, back, rows)
+        weights, inverses, routed = self._group.lookup([fids], now, insert)
+        return weights, inverses[0], routed
 
-    def apply_gradients(self, grads: torch.Tensor, handle) -> None:  # noqa: ANN001
-        """grads [U, dim] for the unique ids of `lookup` (same order)."""
-        order, send, recv, mine, back, rows = handle
-        outgoing = (grads[torch.from_numpy(order)] / self.world).to(self.exchange_dtype)
-        incoming = _exchange(outgoing, send, recv, self.group).float()
-        self.bytes_sent += outgoing.numel() * outgoing.element_size()
-        summed = torch.zeros(len(mine), incoming.shape[1])
-        summed.index_add_(0, torch.from_numpy(back), incoming)
-        stored = rows >= 0
-        self.local.apply_row_gradients(rows[stored], summed[torch.from_numpy(stored)])
+    def apply_gradients(self, grads: torch.Tensor, handle: _Routed) -> None:
+        self._group.apply_gradients(grads, handle)

@@ -100,6 +100,7 @@ class Trainer:
         self.train_seconds = 0.0
         self._event_time: float | None = None
         self.losses: list[float] = []  # every step's loss, for tests and reports
+        self.forward_module: torch.nn.Module = model  # e.g. a DistributedDataParallel wrapper
         self.extra_manifest: dict = {}  # saved with every checkpoint (e.g. input kinds)
         self.model.negative_sampling_rate.fill_(self.cfg.negative_sampling_rate)
         if self.run_dir is not None:
@@ -124,7 +125,7 @@ class Trainer:
         with torch.autocast(
             batch.dense.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
         ):
-            logits = self.model(batch)
+            logits = self.forward_module(batch)
         logits = logits.float()
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels[:, : logits.shape[1]])
         self.optimizer.zero_grad(set_to_none=True)

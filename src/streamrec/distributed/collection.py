@@ -1,0 +1,103 @@
+"""ShardedEmbeddingCollection: an EmbeddingCollection whose tables are sharded over the ranks.
+
+Same inputs and outputs as `EmbeddingCollection` (pooled features, stacked groups, sequences),
+so every model runs unchanged; per table the rows come from their owners through
+`ShardedTable`, and in backward their gradients go back the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from streamrec.batch import Batch
+from streamrec.distributed.sharded import ShardedGroup
+from streamrec.embedding.collection import Embedded, EmbeddingCollection, _pad, _pool_all
+
+
+class ShardedEmbeddingCollection(nn.Module):
+    def __init__(
+        self,
+        local: EmbeddingCollection,
+        group=None,  # noqa: ANN001
+        exchange_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.local = local
+        self.tables = local.tables  # this rank's shards (what checkpoints save)
+        self.features = local.features
+        self._groups = [
+            ShardedGroup(plan.group.tables, group, exchange_dtype) for plan in local._plans
+        ]
+
+    @property
+    def feature_order(self) -> list[str]:
+        return self.local.feature_order
+
+    def dim(self, feature: str) -> int:
+        return self.local.dim(feature)
+
+    def bytes_sent(self) -> int:
+        return sum(g.bytes_sent for g in self._groups)
+
+    def forward(self, batch: Batch) -> Embedded:
+        out = Embedded()
+        now = self.local.now  # set by RankingModel.set_event_time
+        if now is None and batch.timestamps is not None and batch.timestamps.numel():
+            now = float(batch.timestamps.max())
+        device = batch.dense.device
+        for plan, group in zip(self.local._plans, self._groups, strict=True):
+            self._forward_group(plan, group, batch, now, device, out)
+        return out
+
+    def _forward_group(
+        self,
+        plan,
+        group: ShardedGroup,
+        batch: Batch,
+        now,
+        device,  # noqa: ANN001
+        out: Embedded,
+    ) -> None:
+        parts = [batch.sparse[f] for f in plan.features]
+        by_table: dict[int, list[int]] = {id(t): [] for t in group.tables}
+        for i, f in enumerate(plan.features):
+            by_table[id(self.local.tables[self.local._table_of[f]])].append(i)
+        fids = [
+            np.concatenate([parts[i].values.numpy() for i in idx]) if idx else np.empty(0, np.int64)
+            for idx in by_table.values()
+        ]
+        w, inverses, routed = group.lookup(fids, now, self.training)
+        inverse = torch.from_numpy(np.concatenate(inverses)).to(device)
+        w = w.to(device)
+        if self.training and torch.is_grad_enabled():
+            w.requires_grad_(True)
+            w.register_hook(lambda grad: group.apply_gradients(grad.detach().cpu(), routed))
+        pooled = _pool_all(w, inverse, parts, [self.features[f] for f in plan.features], device)
+        out.groups.append((plan.features, pooled))
+        start = 0
+        for i, (name, ids) in enumerate(zip(plan.features, parts, strict=True)):
+            n = ids.values.numel()
+            out.pooled[name] = pooled[:, i]
+            if self.features[name].max_length is not None:
+                out.sequences[name] = _pad(
+                    w, inverse[start : start + n], ids.to(device), self.features[name].max_length
+                )
+            start += n
+
+
+def shard_collections(
+    model: nn.Module,
+    group=None,
+    exchange_dtype: torch.dtype = torch.float32,  # noqa: ANN001
+) -> list[ShardedEmbeddingCollection]:
+    """Replace every EmbeddingCollection inside `model` by a sharded one (in place)."""
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, EmbeddingCollection):
+                sharded = ShardedEmbeddingCollection(child, group, exchange_dtype)
+                setattr(parent, name, sharded)
+                swapped.append(sharded)
+    return swapped

@@ -1,0 +1,58 @@
+"""Resharding: the shards a job of N ranks saved → the tables of M ranks (M = 1 for serving and
+evaluation). Each live row keeps its weights, optimizer state, count, last-seen time and version;
+a row goes to owner(fid) mod M. Count-min sketches of disjoint id sets add up counter by
+counter, so admission statistics survive too."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from streamrec.distributed.sharded import owner_of
+from streamrec.embedding.table import DynamicTable
+
+
+def _live(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    live = state["count"].numpy() > 0
+    return {
+        k: state[k].numpy()[live]
+        for k in ("weights", "optimizer_state", "fid", "count", "last_seen", "row_version")
+    }
+
+
+def reshard(
+    config: dict, states: list[dict[str, torch.Tensor]], world: int
+) -> list[dict[str, torch.Tensor]]:
+    """Table state dicts of N shards → state dicts for `world` ranks (rank r owns the fids with
+    owner_of(fid, world) == r)."""
+    rows = [_live(s) for s in states]
+    merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    order = np.argsort(merged["fid"], kind="stable")  # deterministic layout
+    merged = {k: v[order] for k, v in merged.items()}
+    owners = owner_of(merged["fid"], world)
+    version = max(int(s["counters"][2]) for s in states)
+    sketch = np.zeros_like(states[0]["sketch"].numpy().view(np.uint16), dtype=np.int64)
+    for s in states:
+        sketch += s["sketch"].numpy().view(np.uint16)
+    sketch = np.minimum(sketch, 65535).astype(np.uint16)
+    out = []
+    for rank in range(world):
+        mine = owners == rank
+        n = int(mine.sum())
+        out.append(
+            {
+                "weights": torch.from_numpy(merged["weights"][mine].copy()),
+                "optimizer_state": torch.from_numpy(merged["optimizer_state"][mine].copy()),
+                "fid": torch.from_numpy(merged["fid"][mine].copy()),
+                "count": torch.from_numpy(merged["count"][mine].copy()),
+                "last_seen": torch.from_numpy(merged["last_seen"][mine].copy()),
+                "row_version": torch.from_numpy(merged["row_version"][mine].copy()),
+                "free_rows": torch.zeros(0, dtype=torch.int64),
+                "sketch": torch.from_numpy(sketch.view(np.int16).copy()),
+                "counters": torch.tensor([n, 0, version, 0]),
+                "deleted_fids": torch.zeros(0, dtype=torch.int64),
+                "deleted_versions": torch.zeros(0, dtype=torch.int64),
+            }
+        )
+    DynamicTable(**config).load_state_dict(out[0])  # validates the layout
+    return out
