@@ -70,6 +70,10 @@ def test_bad_messages_are_dead_lettered_and_training_goes_on(tmp_path, ml_small_
     saved = json.loads((tmp_path / "run" / "status.json").read_text())
     assert saved["events_trained"] == 1000 and saved["last_delta_version"] >= 1
     assert saved["windowed"]["label"]["count"] == 1000
+    from streamrec.serving.snapshot import Snapshot
+
+    served = Snapshot.load(tmp_path / "run")  # an online run directory serves as it is
+    assert served.delta_version == saved["last_delta_version"]  # its deltas are already in
 
 
 def _tables(run: Path) -> dict:

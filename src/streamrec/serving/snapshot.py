@@ -25,7 +25,8 @@ class Snapshot:
         self.config = loaded.config
         self.schema = loaded.config.schema
         self.model_version: int = int(loaded.manifest.get("model_version", 0))
-        self.delta_version = 0
+        # An online checkpoint already contains the deltas written before it.
+        self.delta_version = int(loaded.manifest.get("last_delta_version", 0))
         self.delta_applied_at: float | None = None
         self.delta_event_time: float | None = None
         kinds = loaded.manifest.get("input_kinds") or {}

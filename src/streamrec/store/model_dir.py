@@ -103,9 +103,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def find_model_dir(path: str | Path) -> Path:
-    """`path` itself, or `path/model` (a training run directory)."""
+    """`path` itself, `path/model` (a training run) or `path/checkpoint` (an online run)."""
     p = Path(path)
-    for candidate in (p, p / "model"):
+    for candidate in (p, p / "model", p / "checkpoint"):
         if (candidate / MANIFEST).exists():
             return candidate
     raise CorruptModelError(f"{p}: no {MANIFEST} here or in {p / 'model'} — not a model directory")

@@ -68,7 +68,8 @@ class OnlineTrainer:
             manifest = read_manifest(self.out / "checkpoint")
             state = manifest.get("online", {})
             self.kinds = manifest.get("input_kinds", {})
-            self.base_version = int(state.get("base_model_version", 0))
+            base = state.get("base_model_version")
+            self.base_version = int(base) if base is not None else None
             self.trainer = Trainer(model, config, None, optimizer, progress=False)
             self.trainer.global_step = position["global_step"]
             self.trainer.samples_trained = position["samples"]
@@ -92,7 +93,7 @@ class OnlineTrainer:
                 seed_everything(config.train.seed)  # dense init: same model in every run
                 model = build_model(config.model, config.schema, config.table_configs())
                 self.kinds = {}
-                self.base_version = 0
+                self.base_version = None  # deltas from a fresh model apply to its checkpoints
             self.trainer = Trainer(model, config, None, progress=False)
         self.config = config
         self.model = self.trainer.model
@@ -249,7 +250,12 @@ class OnlineTrainer:
         }
         if hasattr(self.source, "state"):
             online["source_state"] = self.source.state()
-        self.trainer.extra_manifest = {"input_kinds": self.kinds, "online": online}
+        # A server that reloads this checkpoint needs only the deltas written after it.
+        self.trainer.extra_manifest = {
+            "input_kinds": self.kinds,
+            "online": online,
+            "last_delta_version": self.exporter.version,
+        }
         self.trainer.checkpoint(self.out / "checkpoint")
         self.source.commit(self.next_offset)  # only once the checkpoint covering it is durable
         self._batches_since_checkpoint = 0
