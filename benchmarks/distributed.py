@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from streamrec.config import parse_config
-from streamrec.data.records import CRITEO_DENSE, CRITEO_SPARSE
+from streamrec.data.records import CRITEO_SPARSE
 from streamrec.data.synthetic import SyntheticCriteo
 from streamrec.distributed.collection import shard_collections
 from streamrec.distributed.training import local_slice
@@ -32,26 +32,12 @@ from streamrec.embedding.dedup import dedup
 from streamrec.models import build_model
 from streamrec.train.trainer import Trainer
 
-BATCH, DIM = 2048, 16
+sys.path.insert(0, str(Path(__file__).parent))
+from train import BATCH, DIM, dlrm_config  # noqa: E402 - the same DLRM as benchmarks/train.py
 
 
 def _config(exchange: str):  # noqa: ANN202
-    return parse_config(
-        {
-            "schema": {
-                "labels": [{"name": "label"}],
-                "dense": [{"name": c, "transform": "log1p"} for c in CRITEO_DENSE],
-                "embeddings": [{"name": c, "missing": "empty"} for c in CRITEO_SPARSE],
-            },
-            "default_table": {"dim": DIM, "optimizer": "rowwise_adagrad", "lr": 0.05},
-            "model": {"name": "dlrm", "params": {"bottom": [512, 256], "top": [512, 256]}},
-            "train": {
-                "dense_optimizer": "adagrad",
-                "dense_lr": 0.05,
-                "exchange_precision": exchange,
-            },
-        }
-    )
+    return dlrm_config(exchange=exchange)
 
 
 def _batches(cfg, n: int):  # noqa: ANN001, ANN202

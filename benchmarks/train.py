@@ -39,8 +39,9 @@ def make_tables(num_batches: int, seed: int = 0) -> list[pa.Table]:
     return [pa.Table.from_batches([b]) for b in gen.record_batches(num_batches * BATCH, BATCH)]
 
 
-def ours(tables: list[pa.Table], precision: str = "fp32"):  # noqa: ANN201
-    cfg = parse_config(
+def dlrm_config(precision: str = "fp32", exchange: str = "fp32"):  # noqa: ANN201
+    """The benchmark DLRM: 26 tables (dim 16, row-wise Adagrad), MLPs 512-256-16 / 512-256-1."""
+    return parse_config(
         {
             "schema": {
                 "labels": [{"name": "label"}],
@@ -49,9 +50,18 @@ def ours(tables: list[pa.Table], precision: str = "fp32"):  # noqa: ANN201
             },
             "default_table": {"dim": DIM, "optimizer": "rowwise_adagrad", "lr": 0.05},
             "model": {"name": "dlrm", "params": {"bottom": [512, 256], "top": [512, 256]}},
-            "train": {"dense_optimizer": "adagrad", "dense_lr": 0.05, "precision": precision},
+            "train": {
+                "dense_optimizer": "adagrad",
+                "dense_lr": 0.05,
+                "precision": precision,
+                "exchange_precision": exchange,
+            },
         }
     )
+
+
+def ours(tables: list[pa.Table], precision: str = "fp32"):  # noqa: ANN201
+    cfg = dlrm_config(precision=precision)
     model = build_model(cfg.model, cfg.schema, cfg.table_configs())
     trainer = Trainer(model, cfg, progress=False)
     batches = [cfg.schema.encode(t) for t in tables]
