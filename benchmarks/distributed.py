@@ -6,7 +6,8 @@ DLRM on Criteo-shaped synthetic data (26 tables, Zipf ids, dim 16, global batch 
 sharded tables + DDP dense, `--steps` steps after warm-up. Reports global samples/s for 1 and 2
 ranks, and per step the bytes one rank sends: with the de-duplication streamrec does and fp32
 rows, with fp16 rows and gradients, and what sending every id un-deduplicated would cost (same
-batches). docs/scaling.md extrapolates these to N machines.
+batches), and the hybrid mode (embedding gradients up to 2 steps in flight). docs/scaling.md
+extrapolates these to N machines.
 """
 
 from __future__ import annotations
@@ -49,17 +50,24 @@ def _batches(cfg, n: int):  # noqa: ANN001, ANN202
     ]
 
 
-def _worker(rank: int, world: int, init: str, exchange: str, steps: int, out: str) -> None:
+def _worker(
+    rank: int, world: int, init: str, exchange: str, steps: int, out: str, staleness: int
+) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     group = dist.new_group(backend="gloo")
+    gradient_group = dist.new_group(backend="gloo") if staleness else None
     cfg = _config(exchange)
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.schema, cfg.table_configs())
     collections = shard_collections(
-        model, group, torch.float16 if exchange == "fp16" else torch.float32
+        model,
+        group,
+        torch.float16 if exchange == "fp16" else torch.float32,
+        staleness,
+        gradient_group,
     )
     trainer = Trainer(model, cfg, progress=False)
     trainer.forward_module = DistributedDataParallel(model)
@@ -71,6 +79,8 @@ def _worker(rank: int, world: int, init: str, exchange: str, steps: int, out: st
     t0 = time.perf_counter()
     for b in batches[3:]:
         trainer.train_step(b)
+    for c in collections:
+        c.flush()
     dist.barrier()
     seconds = time.perf_counter() - t0
     sent = (sum(c.bytes_sent() for c in collections) - sent0) / steps
@@ -84,11 +94,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(world: int, exchange: str, steps: int) -> dict:
+def run(world: int, exchange: str, steps: int, staleness: int = 0) -> dict:
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(
             _worker,
-            args=(world, f"tcp://127.0.0.1:{_free_port()}", exchange, steps, out),
+            args=(world, f"tcp://127.0.0.1:{_free_port()}", exchange, steps, out, staleness),
             nprocs=world,
             join=True,
         )
@@ -97,6 +107,7 @@ def run(world: int, exchange: str, steps: int) -> dict:
     return {
         "ranks": world,
         "exchange": exchange,
+        "sparse_staleness": staleness,
         "samples_per_s": steps * BATCH / seconds,
         "bytes_per_step_per_rank": float(np.mean([r["bytes_per_step"] for r in ranks])),
     }
@@ -138,6 +149,7 @@ def main() -> None:
         "one_rank": run(1, "fp32", args.steps),
         "two_ranks": run(2, "fp32", args.steps),
         "two_ranks_fp16": run(2, "fp16", args.steps),
+        "two_ranks_hybrid_staleness_2": run(2, "fp32", args.steps, staleness=2),
     }
     report["speedup_two_vs_one"] = (
         report["two_ranks"]["samples_per_s"] / report["one_rank"]["samples_per_s"]

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -176,21 +177,27 @@ def main() -> None:
                 peak["rss"] = max(peak["rss"], rss_bytes(proc.pid))
                 time.sleep(0.02)
 
+        # The next full model is written before the load window, as a trainer on another
+        # machine would: the window measures what the server pays to swap it in (checksums,
+        # load, warm-up), not this process writing 300 MB next to the load generator.
+        loaded = load_model(run)
+        staged = tmp / "staged_model"
+        save_model(
+            staged, loaded.model, loaded.config, {"input_kinds": loaded.manifest["input_kinds"]}
+        )
+        exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+        table = loaded.model.dynamic_tables()["item_id"]
+
         def churn() -> None:
-            loaded = load_model(run)
-            exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
-            table = loaded.model.dynamic_tables()["item_id"]
             for i in range(10):
                 ids = torch.arange(1 + 50 * i, 51 + 50 * i)
                 table.apply_gradients(ids, 0.01 * torch.randn(50, table.dim))
                 exporter.export()
                 time.sleep(args.seconds / 20)
-            save_model(
-                run / "model",
-                loaded.model,
-                loaded.config,
-                {"input_kinds": loaded.manifest["input_kinds"]},
-            )
+            retired = run / ".model.retired"
+            (run / "model").rename(retired)
+            staged.rename(run / "model")
+            shutil.rmtree(retired)
 
         sampler = threading.Thread(target=sample)
         sampler.start()

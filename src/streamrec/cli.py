@@ -130,7 +130,11 @@ def train(
         None, "--out", "-o", help="Run directory (default: runs/<name>-<time>)."
     ),
     epochs: int | None = typer.Option(None, help="Override train.epochs."),
-    resume: bool = typer.Option(False, help="Continue from OUT/checkpoint if it exists."),
+    resume: bool = typer.Option(
+        False,
+        help="Continue from OUT/checkpoint if it exists (workers that torchrun restarts after "
+        "a failure, with --max-restarts, do this by themselves).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -158,11 +162,13 @@ def train(
             typer.echo("  ".join(f"{k} {v:.4f}" for k, v in tt["metrics"].items()))
             typer.echo(f"model saved to {model_dir}")
         return
-    from streamrec.distributed.training import run_distributed_training, world_from_env
+    from streamrec.distributed.training import run_distributed_training, wants_sharded_run
 
     try:
-        if world_from_env() > 1:  # launched by torchrun: sharded tables, data-parallel dense
-            result, model_dir = run_distributed_training(cfg, out, progress=not quiet)
+        if wants_sharded_run(out, resume):  # torchrun: sharded tables, data-parallel dense
+            result, model_dir = run_distributed_training(
+                cfg, out, resume=resume, progress=not quiet
+            )
             if int(os.environ.get("RANK", "0")) != 0:
                 return
         else:
@@ -408,7 +414,8 @@ def online(
     cfg = _load_config(config)
     if init_model is not None:
         cfg.online.init_model = str(init_model)
-    try:
+
+    def open_stream():  # noqa: ANN202
         stream = LocalLogSource(source, group)
         if actions is not None:
             from streamrec.data.stream.joined import JoinedSource
@@ -420,8 +427,21 @@ def online(
                 LocalLogSource(actions, group),
                 OnlineJoiner(j.tasks, j.window_seconds, j.allowed_lateness, j.max_pending),
             )
-        trainer = OnlineTrainer(cfg, stream, out, log=lambda m: typer.echo(m, err=True))
-        status = trainer.run(stop_when_idle=stop_when_idle)
+        return stream
+
+    from streamrec.distributed.training import world_from_env
+
+    log = lambda m: typer.echo(m, err=True)  # noqa: E731
+    try:
+        if world_from_env() > 1:  # torchrun: rank 0 reads the stream, every rank trains a slice
+            from streamrec.distributed.online import run_distributed_online
+
+            status = run_distributed_online(cfg, open_stream, out, stop_when_idle, log)
+            if int(os.environ.get("RANK", "0")) != 0:
+                return
+        else:
+            trainer = OnlineTrainer(cfg, open_stream(), out, log=log)
+            status = trainer.run(stop_when_idle=stop_when_idle)
     except (FileNotFoundError, DataError, ConfigError, CorruptModelError) as e:
         _fail(str(e))
     if as_json:

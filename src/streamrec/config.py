@@ -87,6 +87,18 @@ class TrainConfig(_Strict):
         "fp32", description="bf16: autocast the dense layers (CPU AVX-512-BF16 / GPU)"
     )
     log_every_steps: int = Field(20, gt=0)
+    checkpoint_every_steps: int = Field(
+        0,
+        ge=0,
+        description="also checkpoint every N steps (0: only at epoch ends); `--resume`, or a "
+        "worker restarted by `torchrun --max-restarts`, continues from the newest checkpoint",
+    )
+    sparse_staleness: int = Field(
+        0,
+        ge=0,
+        description="torchrun only: let embedding-gradient exchanges lag up to N steps behind "
+        "(hybrid mode: sparse asynchronous, dense synchronous); 0 = fully synchronous",
+    )
 
 
 class ServingConfig(_Strict):

@@ -85,3 +85,51 @@ def test_sharded_ranks_match_one_process(world):
     assert set(got) == set(reference)  # the same ids were admitted (counts summed over ranks)
     for fid, row in reference.items():
         np.testing.assert_allclose(got[fid], row, rtol=1e-5, atol=1e-6)
+
+
+def _hybrid_worker(rank: int, world: int, init: str, out: str, staleness: int) -> None:
+    """Gradients that do not depend on the weights (a linear loss) and plain SGD: updates
+    commute, so delaying them by up to `staleness` steps must give exactly the same rows."""
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    gradient_group = dist.new_group(backend="gloo") if staleness else None
+    table = ShardedTable(
+        DynamicTable(dim=DIM, optimizer="sgd", lr=0.1), None, torch.float32, staleness,
+        gradient_group,
+    )
+    per_rank = GLOBAL_BATCH // world
+    in_flight = []
+    for fids in _batches():
+        mine = fids[rank * per_rank : (rank + 1) * per_rank]
+        rows, inverse, handle = table.lookup(mine, now=0, insert=True)
+        rows.requires_grad_(True)
+        target = torch.from_numpy(((mine % 13) / 13.0).astype(np.float32))[:, None]
+        (rows[torch.from_numpy(inverse)] * target).sum().backward()
+        table.apply_gradients(rows.grad, handle)
+        in_flight.append(table._group.in_flight)
+    table.flush()
+    assert table._group.in_flight == 0
+    live = table.local.live_rows()
+    fids = table.local.state_dict()["fid"].numpy()[live]
+    np.savez(f"{out}/{rank}.npz", fids=fids, rows=table.local.gather_rows(live),
+             in_flight=np.array(in_flight))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_hybrid_mode_delays_but_never_loses_a_gradient():
+    results = {}
+    for staleness in (0, 2):
+        with tempfile.TemporaryDirectory() as out:
+            mp.spawn(_hybrid_worker, args=(2, f"tcp://127.0.0.1:{_free_port()}", out, staleness),
+                     nprocs=2, join=True)
+            got, in_flight = {}, []
+            for r in range(2):
+                data = np.load(os.path.join(out, f"{r}.npz"))
+                got.update(zip(data["fids"].tolist(), data["rows"], strict=True))
+                in_flight.append(data["in_flight"])
+        results[staleness] = got
+        # bounded: never more than `staleness` exchanges outstanding, and really asynchronous
+        assert all(int(x.max()) == staleness for x in in_flight)
+    assert set(results[0]) == set(results[2])
+    for fid, row in results[0].items():
+        np.testing.assert_allclose(results[2][fid], row, rtol=1e-6, atol=1e-7)

@@ -101,3 +101,58 @@ def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path, data_dir):
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
     assert code != 0 and time.time() - started < 120
+
+
+@pytest.mark.slow
+def test_max_restarts_resumes_from_the_last_sharded_checkpoint_exactly(tmp_path, data_dir):
+    """Kill a rank after a checkpoint: torchrun restarts the workers, they continue from the
+    newest complete step and finish with the very metrics of an uninterrupted run. A checkpoint
+    of 2 ranks then resumes in one process (resharded) to train further."""
+    cfg = (REPO / "examples" / "criteo_dcnv2.yaml").read_text().replace(
+        "train: {epochs: 1,", "train: {epochs: 2, checkpoint_every_steps: 8,")
+    (tmp_path / "ckpt.yaml").write_text(cfg)
+    args = ["-m", "streamrec", "train", str(tmp_path / "ckpt.yaml"), "--json", "-q"]
+    env = {**os.environ, "STREAMREC_DIST_TIMEOUT": "20"}
+    whole = subprocess.run(TORCHRUN + ["--nproc_per_node", "2", *args, "--out",
+                                       str(tmp_path / "whole")],
+                           capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    expected = json.loads(whole.stdout.strip().splitlines()[-1])
+
+    run = tmp_path / "killed"
+    job = subprocess.Popen(TORCHRUN + ["--nproc_per_node", "2", "--max-restarts", "1", *args,
+                                       "--out", str(run)],
+                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while True:  # wait for a published checkpoint past the first one, then kill rank 1
+            assert job.poll() is None and time.time() < deadline, "no checkpoint was published"
+            try:
+                step = int((run / "checkpoint" / "latest").read_text().split("-")[1])
+            except (OSError, ValueError, IndexError):
+                step = 0
+            if step >= 16:
+                break
+            time.sleep(0.05)
+        workers = subprocess.run(["pgrep", "-f", "-P", str(job.pid), "streamrec"],
+                                 capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        os.kill(int(workers[-1]), signal.SIGKILL)
+        stdout, stderr = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, stderr[-3000:]
+    resumed = json.loads(stdout.strip().splitlines()[-1])
+    assert resumed["resumed_from_step"] >= 16
+    assert resumed["steps"] == expected["steps"]
+    assert resumed["metrics"]["label"]["auc"] == expected["metrics"]["label"]["auc"]
+    assert resumed["metrics"]["label"]["logloss"] == expected["metrics"]["label"]["logloss"]
+
+    one = _streamrec("train", str(tmp_path / "ckpt.yaml"), "--out", str(run), "--resume",
+                     "--epochs", "3", "--json", "-q")
+    assert one.returncode == 0, one.stderr[-3000:]
+    more = json.loads(one.stdout)
+    assert more["resumed_from_step"] == expected["steps"]
+    assert more["steps"] > expected["steps"] and more["metrics"]["label"]["auc"] > 0.6

@@ -50,7 +50,11 @@ def test_full_reload_under_load_fails_no_request(trained_run, tmp_path, start_se
     for t in threads:
         t.join()
     assert len(statuses) > 20 and set(statuses) == {200}
-    assert server.get("/v1/model").json()["reloads"] == 1
+    info = server.get("/v1/model").json()
+    assert info["reloads"] == 1
+    reload = info["last_reload"]  # the phases a user needs to see why a reload was slow
+    assert reload["model_version"] == info["model_version"] != old_version
+    assert all(reload[k] >= 0 for k in ("load_s", "warmup_s", "swap_s", "free_s"))
 
 
 def _rows(snapshot: Snapshot, n: int) -> pa.Table:

@@ -22,14 +22,22 @@ class ShardedEmbeddingCollection(nn.Module):
         local: EmbeddingCollection,
         group=None,  # noqa: ANN001
         exchange_dtype: torch.dtype = torch.float32,
+        staleness: int = 0,
+        gradient_group=None,  # noqa: ANN001
     ) -> None:
         super().__init__()
         self.local = local
         self.tables = local.tables  # this rank's shards (what checkpoints save)
         self.features = local.features
         self._groups = [
-            ShardedGroup(plan.group.tables, group, exchange_dtype) for plan in local._plans
+            ShardedGroup(plan.group.tables, group, exchange_dtype, staleness, gradient_group)
+            for plan in local._plans
         ]
+
+    def flush(self) -> None:
+        """Apply the embedding gradients still in flight (hybrid mode)."""
+        for g in self._groups:
+            g.flush()
 
     @property
     def feature_order(self) -> list[str]:
@@ -89,15 +97,19 @@ class ShardedEmbeddingCollection(nn.Module):
 
 def shard_collections(
     model: nn.Module,
-    group=None,
-    exchange_dtype: torch.dtype = torch.float32,  # noqa: ANN001
+    group=None,  # noqa: ANN001
+    exchange_dtype: torch.dtype = torch.float32,
+    staleness: int = 0,
+    gradient_group=None,  # noqa: ANN001
 ) -> list[ShardedEmbeddingCollection]:
     """Replace every EmbeddingCollection inside `model` by a sharded one (in place)."""
     swapped = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, EmbeddingCollection):
-                sharded = ShardedEmbeddingCollection(child, group, exchange_dtype)
+                sharded = ShardedEmbeddingCollection(
+                    child, group, exchange_dtype, staleness, gradient_group
+                )
                 setattr(parent, name, sharded)
                 swapped.append(sharded)
     return swapped

@@ -15,10 +15,16 @@ Gradients are divided by the world size, so with data-parallel dense training (D
 dense gradients) N ranks each holding 1/N of a global batch take the same step as one process
 holding all of it. The exchanges run on their own process group, so they never interleave with
 DDP's all-reduces. Rows and gradients can travel as fp16 (half the bytes).
+
+Hybrid mode (`staleness` s > 0, after Persia): step 3 is started asynchronously on a group of
+its own and completed up to s steps later, so the next lookups and the dense step run while
+gradients travel. A row read at step t then carries every gradient up to step t − s − 1 at
+least; `flush()` completes whatever is in flight (before evaluation, eviction, checkpoints).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,6 +75,8 @@ class ShardedGroup:
         tables: Sequence[DynamicTable],
         group=None,  # noqa: ANN001
         exchange_dtype: torch.dtype = torch.float32,
+        staleness: int = 0,
+        gradient_group=None,  # noqa: ANN001
     ) -> None:
         self.tables = list(tables)
         self.dim = self.tables[0].dim
@@ -76,6 +84,10 @@ class ShardedGroup:
         self.world = dist.get_world_size(group)
         self.exchange_dtype = exchange_dtype
         self.bytes_sent = 0
+        self.staleness = staleness
+        # Gradient exchanges in flight never share a group with the lookups' synchronous ones.
+        self.gradient_group = gradient_group if gradient_group is not None else group
+        self._in_flight: deque[tuple[object, torch.Tensor, _Routed]] = deque()
 
     def lookup(
         self, fids: Sequence[np.ndarray], now: float | None, insert: bool
@@ -122,10 +134,41 @@ class ShardedGroup:
         return weights, inverses, _Routed(order, send_l, recv_l, owned)
 
     def apply_gradients(self, grads: torch.Tensor, routed: _Routed) -> None:
-        """grads [U, dim] for the unique ids of `lookup` (same order)."""
+        """grads [U, dim] for the unique ids of `lookup` (same order). In hybrid mode the
+        exchange is only started here, and applied once more than `staleness` are in flight."""
         outgoing = (grads[torch.from_numpy(routed.order)] / self.world).to(self.exchange_dtype)
-        incoming = _exchange(outgoing, routed.send, routed.recv, self.group).float()
         self.bytes_sent += outgoing.numel() * outgoing.element_size()
+        if not self.staleness:
+            incoming = _exchange(outgoing, routed.send, routed.recv, self.group)
+            self._apply(incoming.float(), routed)
+            return
+        incoming = outgoing.new_empty((sum(routed.recv), self.dim))
+        work = dist.all_to_all_single(
+            incoming,
+            outgoing.contiguous(),
+            routed.recv,
+            routed.send,
+            group=self.gradient_group,
+            async_op=True,
+        )
+        self._in_flight.append((work, incoming, routed))
+        while len(self._in_flight) > self.staleness:
+            self._complete_oldest()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def flush(self) -> None:
+        while self._in_flight:
+            self._complete_oldest()
+
+    def _complete_oldest(self) -> None:
+        work, incoming, routed = self._in_flight.popleft()
+        work.wait()
+        self._apply(incoming.float(), routed)
+
+    def _apply(self, incoming: torch.Tensor, routed: _Routed) -> None:
         for table, (idx, back, rows) in zip(self.tables, routed.owned, strict=True):
             summed = torch.zeros(int(back.max()) + 1 if back.size else 0, self.dim)
             summed.index_add_(0, torch.from_numpy(back), incoming[torch.from_numpy(idx)])
@@ -141,9 +184,14 @@ class ShardedTable:
         local: DynamicTable,
         group=None,  # noqa: ANN001
         exchange_dtype: torch.dtype = torch.float32,
+        staleness: int = 0,
+        gradient_group=None,  # noqa: ANN001
     ) -> None:
         self.local = local
-        self._group = ShardedGroup([local], group, exchange_dtype)
+        self._group = ShardedGroup([local], group, exchange_dtype, staleness, gradient_group)
+
+    def flush(self) -> None:
+        self._group.flush()
 
     @property
     def bytes_sent(self) -> int:

@@ -13,6 +13,8 @@ A rank that dies makes the others fail at their next exchange, after the process
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,6 +28,11 @@ from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.data.loader import BatchLoader
 from streamrec.data.splits import open_splits
+from streamrec.distributed.checkpoint import (
+    latest_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 from streamrec.distributed.collection import shard_collections
 from streamrec.distributed.reshard import reshard
 from streamrec.models.persistence import save_model
@@ -33,11 +40,19 @@ from streamrec.models.registry import build_model
 from streamrec.store import read_manifest, read_tensors
 from streamrec.train.job import fit_schema, seed_everything
 from streamrec.train.metrics import MetricAccumulator
-from streamrec.train.trainer import Trainer, TrainResult
+from streamrec.train.trainer import Trainer, TrainResult, build_dense_optimizer
 
 
 def world_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def wants_sharded_run(out: str | Path, resume: bool) -> bool:
+    """Launched by torchrun with several ranks, or resuming (in any number of processes, one
+    included) from the sharded checkpoint such a job wrote."""
+    return world_from_env() > 1 or (
+        resume and latest_checkpoint(Path(out) / "checkpoint") is not None
+    )
 
 
 def local_slice(batch: Batch, rank: int, world: int) -> Batch:
@@ -46,10 +61,30 @@ def local_slice(batch: Batch, rank: int, world: int) -> Batch:
 
 
 class DistributedTrainer(Trainer):
-    """A Trainer whose validation gathers every rank's predictions before computing metrics."""
+    """A Trainer whose validation gathers every rank's predictions before computing metrics,
+    and whose checkpoints are sharded (`distributed/checkpoint.py`)."""
+
+    checkpoint_root: Path | None = None
+    sharded: list = []  # the model's ShardedEmbeddingCollections
+
+    def flush_sparse(self) -> None:
+        """Apply every embedding gradient still in flight (hybrid mode) before the tables are
+        read as a whole: evaluation, eviction, checkpoints."""
+        for collection in self.sharded:
+            collection.flush()
+
+    def evict(self) -> int:
+        self.flush_sparse()
+        return super().evict()
+
+    def save_progress(self, metrics: dict | None = None, epoch_done: bool = False) -> None:
+        if self.checkpoint_root is not None:
+            self.flush_sparse()
+            save_sharded_checkpoint(self, self.checkpoint_root, metrics, epoch_done)
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict[str, dict[str, float]]:  # noqa: ANN001
+        self.flush_sparse()
         self.model.eval()
         rank, world = dist.get_rank(), dist.get_world_size()
         labels, preds, groups = [], [], []
@@ -73,12 +108,46 @@ class DistributedTrainer(Trainer):
         return acc.lifetime()
 
 
+def init_process_group(timeout: timedelta) -> None:
+    """gloo over torchrun's rendezvous store, under a key prefix of this attempt: workers that
+    torchrun restarts (`--max-restarts`) would otherwise read the dead workers' addresses,
+    still in the store, and fail to connect."""
+    if "MASTER_ADDR" not in os.environ:  # one process, not launched by torchrun
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        return
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=rank == 0 and not agent_store,
+        timeout=timeout,
+    )
+    dist.init_process_group(
+        "gloo",
+        store=dist.PrefixStore(f"streamrec/attempt-{attempt}", store),
+        rank=rank,
+        world_size=world,
+        timeout=timeout,
+    )
+
+
+def restarted_by_torchrun() -> bool:
+    """torchrun counts restarts of the worker group (`--max-restarts`) in this variable."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def run_distributed_training(
-    config: JobConfig, out: str | Path, progress: bool = True
+    config: JobConfig, out: str | Path, resume: bool = False, progress: bool = True
 ) -> tuple[TrainResult, Path]:
+    """Train on this rank's slice of every global batch. With `resume`, or when torchrun has
+    restarted the workers after a failure, continue from OUT/checkpoint's newest complete step
+    (resharding its tables if the world size changed)."""
     out = Path(out)
     timeout = timedelta(seconds=float(os.environ.get("STREAMREC_DIST_TIMEOUT", "120")))
-    dist.init_process_group("gloo", timeout=timeout)
+    init_process_group(timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
         exchange = dist.new_group(backend="gloo", timeout=timeout)
@@ -87,11 +156,42 @@ def run_distributed_training(
             out / f"dead_letter.rank{rank}.jsonl" if rank == 0 else None, strict=config.data.strict
         )
         splits = open_splits(config.data, dead)
-        config, kinds = fit_schema(config, splits)  # same sample on every rank → same schema
-        model = build_model(config.model, config.schema, config.table_configs())
+        step_dir = latest_checkpoint(out / "checkpoint")
+        optimizer, position = None, None
+        if step_dir is not None and (resume or restarted_by_torchrun()):
+            epochs = config.train.epochs  # the schedule asked for now (`--epochs` extends)
+            model, config, optimizer, position, kinds = load_sharded_checkpoint(
+                step_dir, rank, world, lambda m: build_dense_optimizer(m, config.train)
+            )
+            config.train.epochs = epochs
+        else:
+            config, kinds = fit_schema(config, splits)  # same sample on every rank → same schema
+            model = build_model(config.model, config.schema, config.table_configs())
         dtype = torch.float16 if config.train.exchange_precision == "fp16" else torch.float32
-        shard_collections(model, exchange, dtype)
-        trainer = DistributedTrainer(model, config, None, progress=progress and rank == 0)
+        staleness = config.train.sparse_staleness
+        gradient_group = dist.new_group(backend="gloo", timeout=timeout) if staleness else None
+        trainer = DistributedTrainer(
+            model, config, None, optimizer, progress=progress and rank == 0
+        )
+        trainer.sharded = shard_collections(model, exchange, dtype, staleness, gradient_group)
+        trainer.checkpoint_root = out / "checkpoint"
+        trainer.extra_manifest = {"input_kinds": kinds}
+        start_epoch = skip = 0
+        if position is not None:
+            start_epoch, skip = position["epoch"], position["step_in_epoch"]
+            trainer.global_step, trainer.samples_trained = (
+                position["global_step"],
+                position["samples"],
+            )
+            trainer.resumed_from_step = position["global_step"]
+            if rank == 0:
+                print(
+                    f"resuming from {step_dir} (step {position['global_step']})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        elif rank == 0:  # a fresh run: checkpoints of an earlier run in OUT are not ours
+            shutil.rmtree(out / "checkpoint", ignore_errors=True)
         trainer.forward_module = DistributedDataParallel(model)
         schema, batch_size = config.schema, config.data.batch_size
 
@@ -105,7 +205,8 @@ def run_distributed_training(
             def valid() -> BatchLoader:
                 return BatchLoader(splits.valid, schema, 4096)
 
-        result = trainer.fit(train_batches, valid)
+        result = trainer.fit(train_batches, valid, start_epoch, skip)
+        trainer.flush_sparse()
         result.samples_per_s *= world  # every rank trained its slice in the same time
         shard_dir = out / "shards" / f"rank-{rank:03d}"
         save_model(
@@ -114,17 +215,26 @@ def run_distributed_training(
         dist.barrier()
         model_dir = out / "model"
         if rank == 0:
-            model_dir = merge_shards(out / "shards", world, model_dir, result, kinds)
+            model_dir = merge_shards(
+                out / "shards",
+                world,
+                model_dir,
+                {
+                    "metrics": result.metrics,
+                    "train": result.to_json(),
+                    "input_kinds": kinds,
+                    "trained_on_ranks": world,
+                },
+            )
         dist.barrier()
         return result, model_dir
     finally:
         dist.destroy_process_group()
 
 
-def merge_shards(
-    shards: Path, world: int, model_dir: Path, result: TrainResult, kinds: dict[str, str]
-) -> Path:
-    """N shard directories → one single-process model directory (M = 1 resharding)."""
+def merge_shards(shards: Path, world: int, model_dir: Path, extra_manifest: dict) -> Path:
+    """N shard directories (shards/rank-NNN) → one single-process model directory (M = 1
+    resharding), with `extra_manifest` (metrics, input kinds …) in its manifest."""
     from streamrec.models.persistence import load_model
 
     first = load_model(shards / "rank-000")  # dense weights are identical on every rank (DDP)
@@ -136,14 +246,4 @@ def merge_shards(
             for r, m in enumerate(manifests)
         ]
         table.load_state_dict(reshard(table.config(), states, 1)[0])
-    return save_model(
-        model_dir,
-        first.model,
-        first.config,
-        {
-            "metrics": result.metrics,
-            "train": result.to_json(),
-            "input_kinds": kinds,
-            "trained_on_ranks": world,
-        },
-    )
+    return save_model(model_dir, first.model, first.config, extra_manifest)

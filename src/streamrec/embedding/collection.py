@@ -173,7 +173,7 @@ def _pool_all(
     lengths_t = torch.from_numpy(lengths).to(device)
     offsets = torch.cumsum(lengths_t, 0) - lengths_t
     pooled = _SumPool.apply(weights, inverse, offsets, lengths_t, psw)
-    pooled = pooled.view(batch_size, n_features, -1)
+    pooled = pooled.view(batch_size, n_features, weights.shape[1])
     modes = [f.pooling for f in features]
     if any(m != "sum" for m in modes):
         n = lengths_t.view(batch_size, n_features).clamp(min=1).float()

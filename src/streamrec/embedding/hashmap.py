@@ -145,9 +145,16 @@ class ShardedMap:
     def nbytes(self) -> int:
         return int(self.caps.sum()) * 12
 
+    def shard_counts(self, fids: np.ndarray) -> np.ndarray:
+        """How many of `fids` fall in each shard → int64 [n_shards]."""
+        return _shard_counts(fids, self.shard_bits, self.caps.shape[0])
+
     def reserve(self, fids: np.ndarray) -> None:
         """Grow every shard that could pass its load limit if all of `fids` were inserted."""
-        need = _shard_counts(fids, self.shard_bits, self.caps.shape[0])
+        self.reserve_counts(self.shard_counts(fids))
+
+    def reserve_counts(self, need: np.ndarray) -> None:
+        """Grow every shard s that could pass its load limit after need[s] more inserts."""
         for s in np.flatnonzero(self.sizes + need > self.max_load * self.caps):
             cap = int(self.caps[s])
             while self.sizes[s] + need[s] > self.max_load[s] * cap:

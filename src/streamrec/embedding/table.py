@@ -469,11 +469,10 @@ class DynamicTable:
     def load_state_dict(self, state: Any) -> None:
         """Restore from `state_dict()` output — a dict of tensors, or a lazily read file (any
         mapping with `shape(name)` and `slice(name, lo, hi)`, e.g. `store.open_tensors`), in
-        which case weights and optimizer state are copied chunk by chunk, never whole."""
+        which case every per-row array is copied chunk by chunk, never whole: loading a large
+        table next to a served one (hot reload) costs one table's memory plus one chunk."""
         fresh = DynamicTable(**self._config)
         n, top, version, draws = (int(x) for x in state["counters"].tolist())
-        fid = state["fid"].numpy()
-        count = state["count"].numpy()
         lazy = hasattr(state, "slice")
         shape = tuple(state.shape("weights")) if lazy else tuple(state["weights"].shape)
         if shape != (n, self.dim):
@@ -482,21 +481,23 @@ class DynamicTable:
                 f"dim {self.dim}"
             )
 
-        def rows(name: str):  # noqa: ANN202
+        def rows(name: str, dtype: np.dtype):  # noqa: ANN202
             if lazy:
-                return lambda lo, hi: state.slice(name, lo, hi).numpy()
+                return lambda lo, hi: state.slice(name, lo, hi).numpy().astype(dtype, copy=False)
             full = state[name].numpy()
-            return lambda lo, hi: full[lo:hi]
+            return lambda lo, hi: full[lo:hi].astype(dtype, copy=False)
 
         fresh._reserve(max(n, 1))
-        fresh._weights.load_rows(rows("weights"), n)
-        fresh._state.load_rows(rows("optimizer_state"), n)
-        fresh._fid.load_array(fid[:, None])
-        fresh._count.load_array(count[:, None])
-        fresh._seen.load_array(state["last_seen"].numpy().astype(np.uint32)[:, None])
-        fresh._row_version.load_array(state["row_version"].numpy()[:, None])
-        live = np.flatnonzero(count > 0)
-        fresh._map.insert(fid[live].copy(), live.astype(np.int64))
+        for name, store in (
+            ("weights", fresh._weights),
+            ("optimizer_state", fresh._state),
+            ("fid", fresh._fid),
+            ("count", fresh._count),
+            ("last_seen", fresh._seen),
+            ("row_version", fresh._row_version),
+        ):
+            store.load_rows(rows(name, store.dtype), n)
+        fresh._index_live_rows(n)
         fresh._free = np.empty(max(64, top), np.int64)
         fresh._free[:top] = state["free_rows"].numpy()
         fresh._alloc[:] = (n, top)
@@ -508,6 +509,25 @@ class DynamicTable:
         df = state["deleted_fids"].numpy()
         fresh._deleted = [(int(v), df[dv == v].copy()) for v in np.unique(dv)]
         self.__dict__.update(fresh.__dict__)
+
+    def _index_live_rows(self, n: int) -> None:
+        """Rebuild the hash map from the loaded fid and count columns (count > 0 = live),
+        chunk by chunk: the map is sized once for all live rows, then filled."""
+        size = self._fid.chunk_rows
+
+        def live_chunks():  # noqa: ANN202
+            for k in range((n + size - 1) // size):
+                lo = k * size
+                hi = min(n, lo + size)
+                live = np.flatnonzero(self._count.chunks[k][: hi - lo, 0] > 0)
+                yield self._fid.chunks[k][live, 0], live + lo
+
+        need = np.zeros(self._map.caps.shape[0], np.int64)
+        for fids, _ in live_chunks():
+            need += self._map.shard_counts(fids)
+        self._map.reserve_counts(need)
+        for fids, live in live_chunks():
+            self._map.insert(np.ascontiguousarray(fids), live.astype(np.int64))
 
     def config_json(self) -> str:
         return json.dumps(self._config, sort_keys=True)

@@ -62,7 +62,7 @@ class RankingModel(nn.Module):
         if len(emb.groups) == 1:
             names, t = emb.groups[0]
             if names == self.features:
-                return t.reshape(t.shape[0], -1)
+                return t.reshape(t.shape[0], t.shape[1] * t.shape[2])
         return torch.cat([emb.pooled[f] for f in self.features], dim=1)
 
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract

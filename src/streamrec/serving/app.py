@@ -291,6 +291,7 @@ async def _model(state: ServerState, request: Request) -> Response:
         info["deltas_applied"] = w.deltas_applied
         info["deltas_skipped"] = w.deltas_skipped
         info["reloads"] = w.reloads
+        info["last_reload"] = w.last_reload
         if w.newest_delta_seen_at and info["last_delta_applied_at"]:
             info["seconds_behind_newest_delta"] = max(
                 0.0, w.newest_delta_seen_at - info["last_delta_applied_at"]

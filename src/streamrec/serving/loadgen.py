@@ -40,7 +40,10 @@ async def run_load(
     token: str | None = None,
     seed: int = 0,
     bodies: int = 64,
+    trace: list[tuple[float, float]] | None = None,
 ) -> dict:
+    """Poisson load for `duration` seconds; returns latency percentiles and status counts.
+    `trace`, when given, receives (send time from time.time(), latency s) per request."""
     if qps <= 0 or duration <= 0:
         raise ValueError("qps and duration must be positive")
     rng = np.random.default_rng(seed)
@@ -62,6 +65,8 @@ async def run_load(
             except httpx.HTTPError as e:
                 key = type(e).__name__
             latencies.append(time.perf_counter() - t0)
+            if trace is not None:
+                trace.append((time.time() - latencies[-1], latencies[-1]))
             statuses[key] = statuses.get(key, 0) + 1
 
         tasks = []

@@ -36,6 +36,10 @@ class DeltaExporter:
         self.table_versions = {name: t.version for name, t in model.dynamic_tables().items()}
 
     def export(self, extra: dict[str, Any] | None = None, force_dense: bool = False) -> Path:
+        return self.write(self.collect(), extra, force_dense)
+
+    def collect(self) -> dict[str, TableDelta]:
+        """Per table, the live rows changed and the fids deleted since the previous collect."""
         tables = {}
         for name, table in self.model.dynamic_tables().items():
             since = self.table_versions.get(name, 0)
@@ -46,6 +50,15 @@ class DeltaExporter:
             )
             self.table_versions[name] = table.version
             table.forget_deletions(since)
+        return tables
+
+    def write(
+        self,
+        tables: dict[str, TableDelta],
+        extra: dict[str, Any] | None = None,
+        force_dense: bool = False,
+    ) -> Path:
+        """The next delta: these table rows, and the dense weights when due."""
         self.version += 1
         dense = None
         if force_dense or self.version % self.dense_every == 0:

@@ -52,13 +52,16 @@ def run_training(
     start_epoch = skip = 0
     kinds: dict[str, str] = {}
     if resume and (out / "checkpoint" / "manifest.json").exists():
+        epochs = config.train.epochs  # the schedule asked for now, e.g. `--epochs` to extend
         model, config, optimizer, position = load_checkpoint(
             out / "checkpoint", lambda m: build_dense_optimizer(m, config.train)
         )
+        config.train.epochs = epochs
         start_epoch, skip = position["epoch"], position["step_in_epoch"]
         kinds = read_manifest(out / "checkpoint").get("input_kinds", {})
         trainer = Trainer(model, config, out, optimizer, progress=progress)
         trainer.global_step, trainer.samples_trained = position["global_step"], position["samples"]
+        trainer.resumed_from_step = position["global_step"]
     else:
         config, kinds = fit_schema(config, splits)
         model = build_model(config.model, config.schema, config.table_configs())

@@ -60,41 +60,13 @@ class OnlineTrainer:
         self.source = source
         self.log = log or (lambda message: None)
         self.cfg = config.online
-        state: dict[str, Any] = {}
-        if (self.out / "checkpoint" / "manifest.json").exists():
-            model, config, optimizer, position = load_checkpoint(
-                self.out / "checkpoint", lambda m: build_dense_optimizer(m, config.train)
-            )
-            manifest = read_manifest(self.out / "checkpoint")
-            state = manifest.get("online", {})
-            self.kinds = manifest.get("input_kinds", {})
-            base = state.get("base_model_version")
-            self.base_version = int(base) if base is not None else None
-            self.trainer = Trainer(model, config, None, optimizer, progress=False)
-            self.trainer.global_step = position["global_step"]
-            self.trainer.samples_trained = position["samples"]
+        self.trainer, config, state = self._load_or_build(config)
+        if state and source is not None:
             if hasattr(source, "restore") and "source_state" in state:
                 source.restore(state["source_state"])  # e.g. two streams + joiner state
             else:
                 source.seek(int(state["next_offset"]))
             self.log(f"resumed from checkpoint at offset {state['next_offset']}")
-        else:
-            if self.cfg.init_model:
-                loaded = load_model(self.cfg.init_model)
-                model, config = (
-                    loaded.model,
-                    loaded.config.model_copy(
-                        update={"online": config.online, "train": config.train}
-                    ),
-                )
-                self.kinds = loaded.manifest.get("input_kinds", {})
-                self.base_version = int(loaded.manifest.get("model_version", 0))
-            else:
-                seed_everything(config.train.seed)  # dense init: same model in every run
-                model = build_model(config.model, config.schema, config.table_configs())
-                self.kinds = {}
-                self.base_version = None  # deltas from a fresh model apply to its checkpoints
-            self.trainer = Trainer(model, config, None, progress=False)
         self.config = config
         self.model = self.trainer.model
         self.schema = config.schema
@@ -122,6 +94,45 @@ class OnlineTrainer:
         self._batches_since_delta = 0
         self._batches_since_checkpoint = 0
         self._last_delta = self._last_checkpoint = time.monotonic()
+
+    def _load_or_build(self, config: JobConfig) -> tuple[Trainer, JobConfig, dict[str, Any]]:
+        """→ (trainer, config, online state of the checkpoint resumed from, or {}). Also sets
+        `self.kinds` and `self.base_version`."""
+        if (self.out / "checkpoint" / "manifest.json").exists():
+            model, config, optimizer, position = load_checkpoint(
+                self.out / "checkpoint", lambda m: build_dense_optimizer(m, config.train)
+            )
+            manifest = read_manifest(self.out / "checkpoint")
+            self.kinds = manifest.get("input_kinds", {})
+            return self._resumed(model, config, optimizer, position, manifest)
+        model, config = self._initial_model(config)
+        return self._trainer_class()(model, config, None, progress=False), config, {}
+
+    def _trainer_class(self) -> type:
+        return Trainer
+
+    def _resumed(self, model, config, optimizer, position, manifest) -> tuple:  # noqa: ANN001
+        state = manifest.get("online", {})
+        base = state.get("base_model_version")
+        self.base_version = int(base) if base is not None else None
+        trainer = self._trainer_class()(model, config, None, optimizer, progress=False)
+        trainer.global_step = position["global_step"]
+        trainer.samples_trained = position["samples"]
+        return trainer, config, state
+
+    def _initial_model(self, config: JobConfig) -> tuple:
+        """`online.init_model` (a trained model directory), or a fresh model from the config."""
+        if self.cfg.init_model:
+            loaded = load_model(self.cfg.init_model)
+            self.kinds = loaded.manifest.get("input_kinds", {})
+            self.base_version = int(loaded.manifest.get("model_version", 0))
+            return loaded.model, loaded.config.model_copy(
+                update={"online": config.online, "train": config.train}
+            )
+        seed_everything(config.train.seed)  # dense init: same model in every run
+        self.kinds = {}
+        self.base_version = None  # deltas from a fresh model apply to its checkpoints
+        return build_model(config.model, config.schema, config.table_configs()), config
 
     # ------------------------------------------------------------------ decoding
     def decode(self, messages: list[Message]) -> pa.Table | None:
@@ -240,7 +251,8 @@ class OnlineTrainer:
         self.write_status()
         return path
 
-    def checkpoint(self) -> None:
+    def _online_state(self) -> dict[str, Any]:
+        """What a checkpoint must hold to resume the stream exactly where it stands."""
         online = {
             "next_offset": self.next_offset,
             "events_consumed": self.events_consumed,
@@ -250,10 +262,13 @@ class OnlineTrainer:
         }
         if hasattr(self.source, "state"):
             online["source_state"] = self.source.state()
+        return online
+
+    def checkpoint(self) -> None:
         # A server that reloads this checkpoint needs only the deltas written after it.
         self.trainer.extra_manifest = {
             "input_kinds": self.kinds,
-            "online": online,
+            "online": self._online_state(),
             "last_delta_version": self.exporter.version,
         }
         self.trainer.checkpoint(self.out / "checkpoint")

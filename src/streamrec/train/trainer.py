@@ -66,6 +66,7 @@ class TrainResult:
     best_epoch: int
     steps: int
     history: list[dict] = field(default_factory=list)
+    resumed_from_step: int | None = None  # the checkpoint's global step, when resumed
 
     def to_json(self) -> dict:
         return {
@@ -74,6 +75,7 @@ class TrainResult:
             "epochs": self.epochs,
             "best_epoch": self.best_epoch,
             "steps": self.steps,
+            "resumed_from_step": self.resumed_from_step,
         }
 
 
@@ -102,6 +104,8 @@ class Trainer:
         self.losses: list[float] = []  # every step's loss, for tests and reports
         self.forward_module: torch.nn.Module = model  # e.g. a DistributedDataParallel wrapper
         self.extra_manifest: dict = {}  # saved with every checkpoint (e.g. input kinds)
+        self.resumed_from_step: int | None = None
+        self._samples_at_start = 0  # samples_trained when this process's fit() began
         self.model.negative_sampling_rate.fill_(self.cfg.negative_sampling_rate)
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +131,10 @@ class Trainer:
         ):
             logits = self.forward_module(batch)
         logits = logits.float()
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels[:, : logits.shape[1]])
+        if batch.size:
+            loss = F.binary_cross_entropy_with_logits(logits, batch.labels[:, : logits.shape[1]])
+        else:  # a rank's empty share of a tiny global batch: still joins the exchanges
+            loss = logits.sum() * 0.0
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # row optimizers run here, inside backward
         if self.cfg.grad_clip_norm:
@@ -170,6 +177,9 @@ class Trainer:
             loss = self.train_step(batch)
             self.train_seconds += time.perf_counter() - t0
             self.step_in_epoch = i + 1
+            every = self.cfg.checkpoint_every_steps
+            if every and self.global_step % every == 0:
+                self.save_progress()
             losses.append(loss)
             recent_labels.append(self._last_labels[:, 0].numpy())
             recent_scores.append(self._last_logits[:, 0].numpy())
@@ -177,7 +187,9 @@ class Trainer:
             bar.update(batch.size)
             if self.global_step % self.cfg.log_every_steps == 0:
                 running_auc = auc(np.concatenate(recent_labels), np.concatenate(recent_scores))
-                speed = self.samples_trained / max(self.train_seconds, 1e-9)
+                speed = (self.samples_trained - self._samples_at_start) / max(
+                    self.train_seconds, 1e-9
+                )
                 bar.set_postfix(
                     loss=f"{np.mean(losses[-20:]):.4f}",
                     auc=f"{running_auc:.4f}",
@@ -224,6 +236,7 @@ class Trainer:
         metrics: dict[str, dict[str, float]] = {}
         history = []
         self.epoch = start_epoch
+        self._samples_at_start = self.samples_trained
         for epoch in range(start_epoch, self.cfg.epochs):
             self.epoch = epoch
             loss = self.train_epoch(train(epoch), skip=skip_steps if epoch == start_epoch else 0)
@@ -250,8 +263,7 @@ class Trainer:
                 else:
                     bad_epochs += 1
             history.append(entry)
-            if self.run_dir is not None:
-                self.checkpoint(self.run_dir / "checkpoint", metrics, epoch_done=True)
+            self.save_progress(metrics, epoch_done=True)
             patience = self.cfg.early_stopping_patience
             if patience and bad_epochs >= patience:
                 break
@@ -263,9 +275,18 @@ class Trainer:
         ):
             self._restore_best()
             metrics = self.evaluate(valid()) if valid is not None else metrics
-        speed = self.samples_trained / max(self.train_seconds, 1e-9)
+        if not metrics and valid is not None:  # resumed after the last epoch: nothing trained
+            metrics = self.evaluate(valid())
+        trained_now = self.samples_trained - self._samples_at_start  # a resumed run's own work
+        speed = trained_now / self.train_seconds if self.train_seconds else 0.0
         return TrainResult(
-            metrics, speed, self.epoch + 1, best_epoch or self.epoch + 1, self.global_step, history
+            metrics,
+            speed,
+            self.epoch + 1,
+            best_epoch or self.epoch + 1,
+            self.global_step,
+            history,
+            self.resumed_from_step,
         )
 
     def _restore_best(self) -> None:
@@ -285,6 +306,12 @@ class Trainer:
             "global_step": self.global_step,
             "samples": self.samples_trained,
         }
+
+    def save_progress(self, metrics: dict | None = None, epoch_done: bool = False) -> None:
+        """The checkpoint that `--resume` continues from (RUN_DIR/checkpoint): written at every
+        epoch end and every `train.checkpoint_every_steps` steps."""
+        if self.run_dir is not None:
+            self.checkpoint(self.run_dir / "checkpoint", metrics, epoch_done)
 
     def checkpoint(
         self, path: str | Path, metrics: dict | None = None, epoch_done: bool = False
