@@ -57,6 +57,12 @@ class DataConfig(_Strict):
     split: Literal["none", "per_user_time"] = "none"
     test_fraction: float = Field(0.2, gt=0, lt=1)
     batch_size: int = Field(1024, gt=0)
+    shuffle_rows: int = Field(
+        0,
+        ge=0,
+        description="each epoch, shuffle training rows within consecutive blocks of this many "
+        "rows (0: file order); a block at least the size of the data is a full shuffle",
+    )
     dead_letter: str | None = None
     strict: bool = False
     history_length: int | None = Field(

@@ -1,7 +1,10 @@
+import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from streamrec.data.loader import BatchLoader
+from streamrec.data.loader import BatchLoader, shuffle_blocks
 from streamrec.data.records import read_criteo
 from streamrec.data.synthetic import SyntheticCriteo
 from streamrec.schema import DenseFeature, EmbeddingFeature, Label, Schema
@@ -45,3 +48,25 @@ def test_synthetic_is_seeded_zipf_and_drifts():
     assert len(head_early & head_late) < 0.9 * len(head_early)  # popularity moved
     batch = SCHEMA.encode(a.slice(0, 100))
     assert batch.dense.shape == (100, 13) and batch.sparse["C1"].values.numel() == 100
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=8),
+    block=st.integers(1, 100),
+    seed=st.integers(0, 2**16),
+)
+def test_shuffle_blocks_permutes_rows_within_blocks_reproducibly(sizes, block, seed):
+    total = sum(sizes)
+    starts = np.cumsum([0, *sizes[:-1]])
+    batches = [
+        pa.record_batch({"x": np.arange(s, s + n)}) for s, n in zip(starts, sizes, strict=True)
+    ]
+    out = np.concatenate([b["x"].to_numpy() for b in shuffle_blocks(iter(batches), block, seed)])
+    assert sorted(out.tolist()) == list(range(total))  # every row once, none lost
+    for lo in range(0, total, block):  # no row leaves its block
+        assert sorted(out[lo : lo + block].tolist()) == list(range(lo, min(lo + block, total)))
+    again = [b["x"].to_numpy() for b in shuffle_blocks(iter(batches), block, seed)]
+    np.testing.assert_array_equal(np.concatenate(again), out)
+    if total >= 20 and block >= total:  # a whole-data block really moves rows
+        assert not np.array_equal(out, np.arange(total))

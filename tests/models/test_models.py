@@ -33,11 +33,15 @@ def batches(ml100k):
     return [SCHEMA.encode(table.slice(i, 500)) for i in range(0, 6000, 500)]
 
 
-@pytest.mark.parametrize("name", sorted(set(MODELS) - {"two_tower"}))
-def test_model_learns_on_real_rows(name, batches):
+VARIANTS = [(name, PARAMS.get(name, {})) for name in sorted(set(MODELS) - {"two_tower"})]
+VARIANTS.append(("dlrm", {"concat_embeddings": True}))
+
+
+@pytest.mark.parametrize(("name", "params"), VARIANTS)
+def test_model_learns_on_real_rows(name, params, batches):
     torch.manual_seed(0)
     tables = {t: TableConfig(dim=8, optimizer="adagrad", lr=0.05) for t in SCHEMA.tables()}
-    model = build_model(ModelConfig(name=name, params=PARAMS.get(name, {})), SCHEMA, tables)
+    model = build_model(ModelConfig(name=name, params=params), SCHEMA, tables)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.eval()
     with torch.no_grad():

@@ -37,6 +37,20 @@ def rebatch(
         yield pa.Table.from_batches(pending)
 
 
+def shuffle_blocks(
+    batches: Iterable[pa.RecordBatch], block_rows: int, seed: int
+) -> Iterator[pa.RecordBatch]:
+    """Rows in random order within consecutive blocks of `block_rows` rows (seeded, so a resumed
+    epoch sees the same order). Bounded memory: one block. A block at least as large as the
+    data is a full shuffle. Why: logs in time order come in bursts (one user rating many items
+    at once), and SGD that sees a user's rows back to back over-fits them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for block in rebatch(batches, block_rows):
+        yield from block.take(rng.permutation(block.num_rows)).to_batches()
+
+
 class BatchLoader:
     """Iterate `Batch`es of `batch_size` rows from a factory of record-batch iterators.
 

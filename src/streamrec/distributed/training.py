@@ -38,7 +38,7 @@ from streamrec.distributed.reshard import reshard
 from streamrec.models.persistence import save_model
 from streamrec.models.registry import build_model
 from streamrec.store import read_manifest, read_tensors
-from streamrec.train.job import fit_schema, seed_everything
+from streamrec.train.job import fit_schema, seed_everything, training_rows
 from streamrec.train.metrics import MetricAccumulator
 from streamrec.train.trainer import Trainer, TrainResult, build_dense_optimizer
 
@@ -196,7 +196,9 @@ def run_distributed_training(
         schema, batch_size = config.schema, config.data.batch_size
 
         def train_batches(epoch: int):  # noqa: ANN202
-            for batch in BatchLoader(splits.train, schema, batch_size):
+            for batch in BatchLoader(
+                training_rows(config, splits.train, epoch), schema, batch_size
+            ):
                 yield local_slice(batch, rank, world)
 
         valid = None

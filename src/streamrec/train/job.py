@@ -8,6 +8,7 @@ The run directory holds `metrics.csv`, `checkpoint/` (the latest end-of-epoch ch
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
-from streamrec.data.loader import BatchLoader
+from streamrec.data.loader import BatchLoader, shuffle_blocks
 from streamrec.data.splits import open_splits
 from streamrec.models.persistence import load_model, save_model
 from streamrec.models.registry import build_model
@@ -38,6 +39,15 @@ def fit_schema(config: JobConfig, splits) -> tuple[JobConfig, dict[str, str]]:  
     sample = splits.sample()
     fitted.schema_ = config.schema.fit(sample)
     return fitted, input_kinds(sample, fitted.schema_.input_columns(with_labels=False))
+
+
+def training_rows(config: JobConfig, source: Callable, epoch: int) -> Callable:
+    """The training split's record batches for `epoch`: shuffled when `data.shuffle_rows`."""
+    block = config.data.shuffle_rows
+    if not block:
+        return source
+    seed = config.train.seed * 1_000_003 + epoch
+    return lambda: shuffle_blocks(source(), block, seed)
 
 
 def run_training(
@@ -70,7 +80,7 @@ def run_training(
     schema, batch_size = config.schema, config.data.batch_size
 
     def train_batches(epoch: int) -> BatchLoader:
-        return BatchLoader(splits.train, schema, batch_size)
+        return BatchLoader(training_rows(config, splits.train, epoch), schema, batch_size)
 
     valid_batches = None
     if splits.valid is not None:
