@@ -310,21 +310,19 @@ def serve(
     retriever: Path | None = typer.Option(
         None, help="A two-tower run/model directory: enables POST /v1/recommend."
     ),
-    threads: int = typer.Option(
-        1,
-        help="Torch / numba threads for inference. 1 suits small batches: idle worker "
-        "threads spin and steal CPU from request handling.",
+    threads: int | None = typer.Option(
+        None,
+        help="Torch / numba threads of the inference worker (default: serving.threads, 1). "
+        "1 suits small batches: idle OpenMP workers spin and take CPU from request handling.",
     ),
 ) -> None:
     """Serve a model over HTTP: /v1/rank, /v1/recommend, /v1/model, /healthz, /metrics."""
-    import numba
-    import torch
     import uvicorn
 
     from streamrec.serving.app import create_app
+    from streamrec.serving.batcher import use_compute_threads
 
-    torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    use_compute_threads(threads or 1)  # the main thread: loading, and request handling
     from streamrec.store import CorruptModelError
 
     overrides = {
@@ -333,6 +331,7 @@ def serve(
             "max_batch_rows": max_batch_rows,
             "max_delay_ms": max_delay_ms,
             "cache_bytes": cache_bytes,
+            "threads": threads,
         }.items()
         if v is not None
     }

@@ -119,6 +119,7 @@ class ServingConfig(_Strict):
     max_body_bytes: int = Field(2 << 20, ge=1)
     cache_bytes: int = Field(32 << 20, ge=0, description="prediction cache budget; 0 = off")
     poll_seconds: float = Field(0.5, gt=0, description="how often to look for deltas / models")
+    threads: int = Field(1, ge=1, description="torch / numba threads of the inference worker")
 
 
 class JoinConfig(_Strict):

@@ -105,7 +105,12 @@ def create_app(
         metrics.batch_seconds.observe(seconds)
 
     batcher = DynamicBatcher(
-        snapshot, settings.max_batch_rows, settings.max_delay_ms, settings.max_queue_rows, on_batch
+        snapshot,
+        settings.max_batch_rows,
+        settings.max_delay_ms,
+        settings.max_queue_rows,
+        on_batch,
+        settings.threads,
     )
     if deltas_dir is None:
         deltas_dir = directory.parent / "deltas"

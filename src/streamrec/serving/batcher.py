@@ -25,6 +25,18 @@ import pyarrow as pa
 from streamrec.serving.snapshot import Snapshot
 
 
+def use_compute_threads(n: int) -> None:
+    """Set torch's and numba's thread counts for the calling thread. Both are OpenMP settings
+    that hold per thread: a worker thread that does not set them runs one OpenMP thread per
+    core, and between batches those spin — on a small machine, a core taken from request
+    handling."""
+    import numba
+    import torch
+
+    torch.set_num_threads(n)
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
 class Overloaded(Exception):
     """The queue is full; retry later."""
 
@@ -45,8 +57,10 @@ class DynamicBatcher:
         max_delay_ms: float = 4.0,
         max_queue_rows: int = 100_000,
         on_batch: Callable[[int, float], None] | None = None,
+        threads: int = 1,
     ) -> None:
         self.snapshot = snapshot
+        self.threads = threads
         self.max_batch_rows = max_batch_rows
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
@@ -99,6 +113,7 @@ class DynamicBatcher:
                 done.set()
 
     def _run(self) -> None:
+        use_compute_threads(self.threads)
         while not self._stop.is_set():
             self._run_controls()
             try:
@@ -132,15 +147,17 @@ class DynamicBatcher:
             scores, error = None, e
         with self._lock:
             self._queued_rows -= rows
+        # One wake-up of each event loop per batch, not one per request: every
+        # call_soon_threadsafe writes to the loop's socket and then waits for the GIL again.
+        results: dict[asyncio.AbstractEventLoop, list] = {}
         start = 0
         for p in batch:
             n = p.table.num_rows
-            if error is None:
-                part = np.ascontiguousarray(scores[start : start + n])
-                p.loop.call_soon_threadsafe(_resolve, p.future, part, None)
-            else:
-                p.loop.call_soon_threadsafe(_resolve, p.future, None, error)
+            part = np.ascontiguousarray(scores[start : start + n]) if error is None else None
+            results.setdefault(p.loop, []).append((p.future, part, error))
             start += n
+        for loop, items in results.items():
+            loop.call_soon_threadsafe(_resolve_all, items)
         if error is None:
             self.recent_tables.append(batch[0].table)
             del self.recent_tables[:-8]
@@ -148,10 +165,11 @@ class DynamicBatcher:
             self.on_batch(rows, time.perf_counter() - started)
 
 
-def _resolve(future: asyncio.Future, value: object, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
+def _resolve_all(items: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
+    for future, value, error in items:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from streamrec.serving.batcher import DynamicBatcher
+from streamrec.serving.batcher import DynamicBatcher, use_compute_threads
 from streamrec.serving.snapshot import Snapshot
 from streamrec.store import CorruptModelError, read_manifest
 from streamrec.store.delta import list_deltas, read_delta
@@ -67,6 +67,7 @@ class Watcher(threading.Thread):
 
     def run(self) -> None:
         _lower_thread_priority(WATCHER_NICENESS)
+        use_compute_threads(self.batcher.threads)  # warm-up inference runs on this thread
         while not self._stop.wait(self.poll):
             try:
                 self.check_model()
