@@ -95,3 +95,26 @@ def test_groups_stack_features_without_a_copy_and_match_pooled():
     for i, n in enumerate(names):
         assert torch.equal(stacked[:, i], out.pooled[n])
     assert out.stacked(names[::-1]).data_ptr() != stacked.data_ptr()
+
+
+def test_one_id_per_row_features_pool_and_train_like_bags():
+    """Criteo-shaped groups (every bag one id, shared table): the manual lookup's values in
+    [B, F, dim] order, whatever the pooling mode, and repeated ids get their gradients summed."""
+    schema = Schema(
+        embeddings=[
+            EmbeddingFeature(name="a", table="t", pooling="mean"),
+            EmbeddingFeature(name="b", table="t", pooling="sqrtn"),
+        ]
+    )
+    data = pa.table({"a": [5, 6, 5], "b": [6, 7, 5]})
+    table = DynamicTable(dim=3, optimizer="sgd", lr=1.0)
+    coll = EmbeddingCollection(schema, {"t": table})
+    emb = coll(schema.encode(data, with_labels=False))
+    e = {i: table.lookup(torch.tensor([i]), insert=False)[0] for i in (5, 6, 7)}
+    stacked = emb.stacked(["a", "b"])
+    expected = torch.stack([torch.stack([e[x], e[y]]) for x, y in [(5, 6), (6, 7), (5, 5)]])
+    assert torch.equal(stacked, expected) and torch.equal(emb.pooled["b"], expected[:, 1])
+    stacked.sum().backward()
+    after = {i: table.lookup(torch.tensor([i]), insert=False)[0] for i in (5, 6, 7)}
+    for fid, times in {5: 3, 6: 2, 7: 1}.items():
+        assert torch.allclose(e[fid] - after[fid], torch.full((3,), float(times)))
