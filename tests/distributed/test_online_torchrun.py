@@ -84,3 +84,55 @@ def test_two_rank_online_training_matches_one_process_and_serves(tmp_path, ml_sm
     s3 = json.loads(again.stdout.strip().splitlines()[-1])
     assert s3["events_consumed"] == 2601 and s3["events_trained"] == 2600
     assert "resumed from checkpoint" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_restarted_and_online_training_resumes_exactly(tmp_path, ml_small_dir):
+    """SIGKILL one rank mid-stream under `torchrun --max-restarts 1`: the workers restart from
+    the newest sharded checkpoint, rank 0 seeks the stream back to its offset, and the final
+    model equals an uninterrupted 2-rank run's (deterministic mode: every event trained once)."""
+    import os
+    import signal
+    import time
+
+    _append(tmp_path / "log", load_ml_latest_small(ml_small_dir).slice(0, 8000))
+    (tmp_path / "online.yaml").write_text(yaml.safe_dump(CONFIG))
+    args = ["-m", "streamrec", "online", str(tmp_path / "online.yaml"), "--source",
+            str(tmp_path / "log"), "--stop-when-idle", "1", "--json"]
+    whole = subprocess.run([*TORCHRUN, *args, "--out", str(tmp_path / "whole"), "--group", "w"],
+                           capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    job = subprocess.Popen([*TORCHRUN, "--max-restarts", "1", *args, "--out", str(run),
+                            "--group", "k"], cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while True:
+            assert job.poll() is None and time.time() < deadline, "no checkpoint published"
+            try:
+                step = int((run / "checkpoint" / "latest").read_text().split("-")[1])
+            except (OSError, ValueError, IndexError):
+                step = 0
+            if step >= 14:
+                break
+            time.sleep(0.05)
+        workers = subprocess.run(["pgrep", "-f", "-P", str(job.pid), "streamrec"],
+                                 capture_output=True, text=True).stdout.split()
+        os.kill(int(workers[-1]), signal.SIGKILL)
+        stdout, stderr = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, stderr[-3000:]
+    assert "resumed from checkpoint" in stderr
+    status = json.loads(stdout.strip().splitlines()[-1])
+    assert status["events_trained"] == 8000 and status["lag"] == 0
+    expected = load_model(tmp_path / "whole" / "model").model.dynamic_tables()
+    got = load_model(run / "model").model.dynamic_tables()
+    for name, table in expected.items():
+        a, b = table.state_dict(), got[name].state_dict()
+        order_a, order_b = np.argsort(a["fid"].numpy()), np.argsort(b["fid"].numpy())
+        np.testing.assert_array_equal(a["fid"].numpy()[order_a], b["fid"].numpy()[order_b])
+        np.testing.assert_array_equal(a["weights"].numpy()[order_a], b["weights"].numpy()[order_b])
