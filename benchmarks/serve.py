@@ -141,7 +141,7 @@ def main() -> None:
         "cpu_cores": os.cpu_count(),
         "inflate_rows": args.inflate_rows,
     }
-    levels = [10, 20, 40, 60, 80, 120, 160, 200, 260, 320, 400, 500, 640, 800]
+    levels = [10, 20, 40, 80, 160, 260, 400, 500, 640, 800, 1000, 1250, 1600, 2000, 2500]
     modes = (
         ()
         if args.freshness_qps

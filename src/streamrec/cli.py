@@ -320,7 +320,7 @@ def serve(
     import uvicorn
 
     from streamrec.serving.app import create_app
-    from streamrec.serving.batcher import use_compute_threads
+    from streamrec.serving.batcher import quiet_garbage_collector, use_compute_threads
 
     use_compute_threads(threads or 1)  # the main thread: loading, and request handling
     from streamrec.store import CorruptModelError
@@ -342,6 +342,7 @@ def serve(
     except (CorruptModelError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(f"serving {model_dir} on http://{host}:{port}", err=True)
+    quiet_garbage_collector()
     uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -3,13 +3,16 @@
 Requests are sent at Poisson arrival times regardless of how fast answers come back (open loop),
 so a slow server shows up as latency and errors rather than as a politely lower request rate —
 the mistake closed-loop generators make (coordinated omission). Request bodies are made from the
-server's own /v1/model description: ints, floats or strings of the right kind per feature.
+server's own /v1/model description: ints, floats or strings of the right kind per feature, and
+encoded once; a lean keep-alive HTTP/1.1 client sends them (see `_Connections`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -32,6 +35,70 @@ def make_body(info: dict, candidates: int, rng: np.random.Generator) -> dict:
     return {"context": context, "candidates": cands}
 
 
+class _Connections:
+    """Keep-alive HTTP/1.1 connections to one server, opened on demand and reused.
+
+    A raw asyncio client, not httpx: on a small machine the load generator shares the CPU with
+    the server, and a general-purpose client spends ~1 ms of CPU per request — it saturates its
+    core long before the server does. Requests are pre-encoded bytes; responses are read just
+    far enough to know the status and to keep the connection usable."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def send(self, raw: bytes) -> int:
+        reused = bool(self.idle)
+        conn = self.idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
+        reader, writer = conn
+        writer.write(raw)
+        status_line = await reader.readline()
+        if not status_line and reused:  # the server closed an idle keep-alive connection
+            writer.close()
+            return await self.send_on_new_connection(raw)
+        status = int(status_line.split()[1])
+        length, chunked, close = 0, False, False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = value == b"chunked"
+            elif name == b"connection":
+                close = value == b"close"
+        if chunked:
+            while size := int((await reader.readline()).strip(), 16):
+                await reader.readexactly(size + 2)
+            await reader.readline()
+        elif length:
+            await reader.readexactly(length)
+        if close:
+            writer.close()
+        else:
+            self.idle.append(conn)
+        return status
+
+    async def send_on_new_connection(self, raw: bytes) -> int:
+        self.idle.append(await asyncio.open_connection(self.host, self.port))
+        return await self.send(raw)
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+
+
+def _encode_request(path: str, host: str, body: dict, token: str | None) -> bytes:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n"
+    )
+    if token:
+        head += f"Authorization: Bearer {token}\r\n"
+    return (head + "\r\n").encode() + payload
+
+
 async def run_load(
     url: str,
     qps: float,
@@ -46,40 +113,51 @@ async def run_load(
     `trace`, when given, receives (send time from time.time(), latency s) per request."""
     if qps <= 0 or duration <= 0:
         raise ValueError("qps and duration must be positive")
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"{url}: the load generator speaks plain http://host:port")
     rng = np.random.default_rng(seed)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, limits=limits, timeout=30.0
-    ) as client:
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0) as client:
         info = (await client.get("/v1/model")).raise_for_status().json()
-        pool = [make_body(info, candidates, rng) for _ in range(bodies)]
-        latencies: list[float] = []
-        statuses: dict[str, int] = {}
+    path = parts.path.rstrip("/") + "/v1/rank"
+    pool = [
+        _encode_request(path, parts.netloc, make_body(info, candidates, rng), token)
+        for _ in range(bodies)
+    ]
+    connections = _Connections(parts.hostname, parts.port or 80)
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
 
-        async def one(body: dict) -> None:
-            t0 = time.perf_counter()
-            try:
-                r = await client.post("/v1/rank", json=body)
-                key = str(r.status_code)
-            except httpx.HTTPError as e:
-                key = type(e).__name__
-            latencies.append(time.perf_counter() - t0)
-            if trace is not None:
-                trace.append((time.time() - latencies[-1], latencies[-1]))
-            statuses[key] = statuses.get(key, 0) + 1
+    async def one(raw: bytes) -> None:
+        t0 = time.perf_counter()
+        try:
+            key = str(await asyncio.wait_for(connections.send(raw), timeout=30.0))
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.TimeoutError,
+            ValueError,
+            IndexError,  # not an HTTP status line
+        ) as e:
+            key = type(e).__name__
+        latencies.append(time.perf_counter() - t0)
+        if trace is not None:
+            trace.append((time.time() - latencies[-1], latencies[-1]))
+        statuses[key] = statuses.get(key, 0) + 1
 
-        tasks = []
-        start = time.perf_counter()
-        next_at = 0.0
-        while next_at < duration:
-            delay = start + next_at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(pool[len(tasks) % len(pool)])))
-            next_at += rng.exponential(1.0 / qps)
-        sent_for = time.perf_counter() - start
-        await asyncio.gather(*tasks)
+    tasks = []
+    start = time.perf_counter()
+    next_at = 0.0
+    while next_at < duration:
+        delay = start + next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(pool[len(tasks) % len(pool)])))
+        next_at += rng.exponential(1.0 / qps)
+    sent_for = time.perf_counter() - start
+    await asyncio.gather(*tasks)
+    connections.close()
     lat = np.array(latencies) * 1000
     ok = statuses.get("200", 0)
     return {
