@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -88,6 +89,29 @@ def max_qps(url: str, levels: list[float], seconds: float, candidates: int) -> t
         if not passed:
             break
     return best, trace
+
+
+def _churn(run_dir: str, tmp: str, seconds: float, ready, go) -> None:  # noqa: ANN001
+    """In its own process: stage the next full model (written before the load window, as a
+    trainer on another machine would), then on `go` write 10 deltas 0.1·seconds apart and
+    swap the staged model in."""
+    run = Path(run_dir)
+    loaded = load_model(run)
+    staged = Path(tmp) / "staged_model"
+    save_model(staged, loaded.model, loaded.config, {"input_kinds": loaded.manifest["input_kinds"]})
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+    table = loaded.model.dynamic_tables()["item_id"]
+    ready.set()
+    go.wait()
+    for i in range(10):
+        ids = torch.arange(1 + 50 * i, 51 + 50 * i)
+        table.apply_gradients(ids, 0.01 * torch.randn(50, table.dim))
+        exporter.export()
+        time.sleep(seconds / 20)
+    retired = run / ".model.retired"
+    (run / "model").rename(retired)
+    staged.rename(run / "model")
+    shutil.rmtree(retired)
 
 
 def main() -> None:
@@ -169,6 +193,14 @@ def main() -> None:
     url = "http://127.0.0.1:8932"
     try:
         asyncio.run(run_load(url, 5, 3, args.candidates))  # warm-up
+        # The deltas and the next full model come from another process, as from a trainer:
+        # the load generator's own process stays free for sending and timing requests.
+        spawn = multiprocessing.get_context("spawn")
+        ready, go = spawn.Event(), spawn.Event()
+        writer = spawn.Process(target=_churn, args=(str(run), str(tmp), args.seconds, ready, go))
+        writer.start()
+        if not ready.wait(300):
+            raise RuntimeError("the delta writer did not start")
         steady = asyncio.run(run_load(url, qps, args.seconds, args.candidates))
         model_bytes = sum(p.stat().st_size for p in (run / "model").rglob("*") if p.is_file())
         baseline_rss = rss_bytes(proc.pid)
@@ -180,34 +212,11 @@ def main() -> None:
                 peak["rss"] = max(peak["rss"], rss_bytes(proc.pid))
                 time.sleep(0.02)
 
-        # The next full model is written before the load window, as a trainer on another
-        # machine would: the window measures what the server pays to swap it in (checksums,
-        # load, warm-up), not this process writing 300 MB next to the load generator.
-        loaded = load_model(run)
-        staged = tmp / "staged_model"
-        save_model(
-            staged, loaded.model, loaded.config, {"input_kinds": loaded.manifest["input_kinds"]}
-        )
-        exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
-        table = loaded.model.dynamic_tables()["item_id"]
-
-        def churn() -> None:
-            for i in range(10):
-                ids = torch.arange(1 + 50 * i, 51 + 50 * i)
-                table.apply_gradients(ids, 0.01 * torch.randn(50, table.dim))
-                exporter.export()
-                time.sleep(args.seconds / 20)
-            retired = run / ".model.retired"
-            (run / "model").rename(retired)
-            staged.rename(run / "model")
-            shutil.rmtree(retired)
-
         sampler = threading.Thread(target=sample)
         sampler.start()
-        worker = threading.Thread(target=churn)
-        worker.start()
+        go.set()
         swaps = asyncio.run(run_load(url, qps, args.seconds * 1.5, args.candidates, seed=1))
-        worker.join()
+        writer.join()
         time.sleep(2)
         stop.set()
         sampler.join()
