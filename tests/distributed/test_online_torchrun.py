@@ -22,6 +22,8 @@ from streamrec.serving.snapshot import Snapshot
 from streamrec.store.delta import list_deltas, read_delta
 from tests.stream.test_online import CONFIG
 
+from .faults import kill_a_rank_after_checkpoint
+
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -91,10 +93,6 @@ def test_a_killed_rank_is_restarted_and_online_training_resumes_exactly(tmp_path
     """SIGKILL one rank mid-stream under `torchrun --max-restarts 1`: the workers restart from
     the newest sharded checkpoint, rank 0 seeks the stream back to its offset, and the final
     model equals an uninterrupted 2-rank run's (deterministic mode: every event trained once)."""
-    import os
-    import signal
-    import time
-
     _append(tmp_path / "log", load_ml_latest_small(ml_small_dir).slice(0, 8000))
     (tmp_path / "online.yaml").write_text(yaml.safe_dump(CONFIG))
     args = ["-m", "streamrec", "online", str(tmp_path / "online.yaml"), "--source",
@@ -107,24 +105,7 @@ def test_a_killed_rank_is_restarted_and_online_training_resumes_exactly(tmp_path
     job = subprocess.Popen([*TORCHRUN, "--max-restarts", "1", *args, "--out", str(run),
                             "--group", "k"], cwd=REPO, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while True:
-            assert job.poll() is None and time.time() < deadline, "no checkpoint published"
-            try:
-                step = int((run / "checkpoint" / "latest").read_text().split("-")[1])
-            except (OSError, ValueError, IndexError):
-                step = 0
-            if step >= 14:
-                break
-            time.sleep(0.05)
-        workers = subprocess.run(["pgrep", "-f", "-P", str(job.pid), "streamrec"],
-                                 capture_output=True, text=True).stdout.split()
-        os.kill(int(workers[-1]), signal.SIGKILL)
-        stdout, stderr = job.communicate(timeout=600)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+    stdout, stderr = kill_a_rank_after_checkpoint(job, run, min_step=14)
     assert job.returncode == 0, stderr[-3000:]
     assert "resumed from checkpoint" in stderr
     status = json.loads(stdout.strip().splitlines()[-1])

@@ -20,6 +20,8 @@ from streamrec.distributed.reshard import reshard
 from streamrec.distributed.sharded import owner_of
 from streamrec.embedding import DynamicTable
 
+from .faults import kill_a_rank_after_checkpoint
+
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
@@ -124,25 +126,7 @@ def test_max_restarts_resumes_from_the_last_sharded_checkpoint_exactly(tmp_path,
                                        "--out", str(run)],
                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while True:  # wait for a published checkpoint past the first one, then kill rank 1
-            assert job.poll() is None and time.time() < deadline, "no checkpoint was published"
-            try:
-                step = int((run / "checkpoint" / "latest").read_text().split("-")[1])
-            except (OSError, ValueError, IndexError):
-                step = 0
-            if step >= 16:
-                break
-            time.sleep(0.05)
-        workers = subprocess.run(["pgrep", "-f", "-P", str(job.pid), "streamrec"],
-                                 capture_output=True, text=True).stdout.split()
-        assert len(workers) == 2
-        os.kill(int(workers[-1]), signal.SIGKILL)
-        stdout, stderr = job.communicate(timeout=600)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+    stdout, stderr = kill_a_rank_after_checkpoint(job, run, min_step=16)
     assert job.returncode == 0, stderr[-3000:]
     resumed = json.loads(stdout.strip().splitlines()[-1])
     assert resumed["resumed_from_step"] >= 16
