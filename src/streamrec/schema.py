@@ -16,6 +16,7 @@ stored in the schema itself, so a saved schema encodes serving requests exactly 
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -358,6 +359,7 @@ def value_kind(t: pa.DataType) -> str:
     return "string"
 
 
+@functools.cache
 def arrow_type(kind: str) -> pa.DataType:
     """Inverse of `value_kind`."""
     if kind.startswith("list<"):

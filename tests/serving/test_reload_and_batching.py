@@ -11,7 +11,7 @@ import pytest
 from streamrec.models.persistence import load_model, save_model
 from streamrec.serving.batcher import DynamicBatcher, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
-from streamrec.serving.request import rows_table
+from streamrec.serving.request import CandidateRows, RequestError, rows_table
 from streamrec.serving.snapshot import Snapshot
 
 CONTEXT = {"user_id": 7, "age": 30, "gender": "F", "occupation": "writer", "zip_code": "10001"}
@@ -88,13 +88,40 @@ def test_batcher_merges_concurrent_requests_and_sheds_load(trained_run):
     assert (results[0] == results[1]).all()
 
 
+def test_a_request_with_a_bad_value_fails_alone_in_its_batch(trained_run):
+    snapshot = Snapshot.load(trained_run)
+    batches: list[int] = []
+    batcher = DynamicBatcher(
+        snapshot, max_batch_rows=1000, max_delay_ms=100, on_batch=lambda n, s: batches.append(n)
+    )
+    batcher.start()
+    good = CandidateRows.from_dicts(
+        {"user_id": 1}, [{"item_id": i} for i in range(1, 31)], snapshot.kinds
+    )
+    bad = CandidateRows.from_dicts({"user_id": 1}, [{"item_id": "x"}], snapshot.kinds)
+
+    async def go() -> list:
+        futures = [batcher.submit(good), batcher.submit(bad), batcher.submit(good)]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    try:
+        first, error, second = asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert batches == [61]  # one batch of the three requests
+    assert isinstance(error, RequestError) and error.status == 422
+    expected = snapshot.predict(good.table(snapshot.kinds))
+    assert first.shape == (30, 1) and (first == expected).all() and (second == expected).all()
+
+
 def test_cache_keys_change_with_the_version_and_respect_the_budget():
     import numpy as np
 
-    a = row_key("1.0", {"u": 1}, {"i": 2})
-    assert a == row_key("1.0", {"u": 1}, {"i": 2}) and a != row_key("1.1", {"u": 1}, {"i": 2})
+    a = row_key("1.0", [1, 2])
+    assert a == row_key("1.0", [1, 2]) and a != row_key("1.1", [1, 2])
+    assert a != row_key("1.0", [1, 3]) and a != row_key("1.0", [2, 1])
     cache = PredictionCache(budget_bytes=2000)
     for i in range(100):
-        cache.put(row_key("1", {}, {"i": i}), np.zeros(1, np.float32))
-    assert cache.bytes <= 2000 and cache.get(row_key("1", {}, {"i": 99})) is not None
-    assert cache.get(row_key("1", {}, {"i": 0})) is None  # evicted (LRU)
+        cache.put(row_key("1", [i]), np.zeros(1, np.float32))
+    assert cache.bytes <= 2000 and cache.get(row_key("1", [99])) is not None
+    assert cache.get(row_key("1", [0])) is None  # evicted (LRU)

@@ -53,6 +53,8 @@ def test_bad_input_gets_the_right_status(server):
     r = server.post("/v1/rank", json={"candidates": [{"item_id": "three"}]})
     assert r.status_code == 422 and "item_id" in r.json()["error"]
     assert server.post("/v1/rank", json={"context": CONTEXT}).status_code == 422
+    r = server.post("/v1/rank", json={"candidates": [{"item_id": 2**64}]})  # beyond int64
+    assert r.status_code == 422 and "item_id" in r.json()["error"]
     assert server.post("/v1/rank", json={"candidates": _candidates(range(1001))}).status_code == 413
     huge = {"candidates": [{"item_id": 1, "genres": ["x" * 1000] * 3000}]}
     assert server.post("/v1/rank", json=huge).status_code == 413

@@ -129,10 +129,14 @@ class ShardedMap:
             raise ValueError("shard_bits must be in [1, 16]")
         n = 1 << shard_bits
         self.shard_bits = shard_bits
-        self.keys = [np.zeros(initial_slots, np.int64) for _ in range(n)]
-        self.rows = [np.full(initial_slots, -1, np.int32) for _ in range(n)]
-        self.key_ptrs = np.array([address(k) for k in self.keys], np.int64)
-        self.row_ptrs = np.array([address(v) for v in self.rows], np.int64)
+        # Shards start as rows of two blocks (a shard that grows gets its own arrays): a map
+        # is built with a few allocations, not 2·n — models are loaded beside a serving one.
+        key_block = np.zeros((n, initial_slots), np.int64)
+        row_block = np.full((n, initial_slots), -1, np.int32)
+        self.keys = list(key_block)
+        self.rows = list(row_block)
+        self.key_ptrs = address(key_block) + np.arange(n, dtype=np.int64) * key_block.strides[0]
+        self.row_ptrs = address(row_block) + np.arange(n, dtype=np.int64) * row_block.strides[0]
         self.caps = np.full(n, initial_slots, np.int64)
         self.sizes = np.zeros(n, np.int64)
         # Staggered load limits: shards cross them in different batches.

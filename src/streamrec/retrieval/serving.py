@@ -22,7 +22,7 @@ import torch
 
 from streamrec.models.persistence import load_model
 from streamrec.retrieval.index import IndexParams, Retriever
-from streamrec.serving.request import RequestError, rows_table
+from streamrec.serving.request import CandidateRows, RequestError, rows_table
 from streamrec.store import CorruptModelError, find_model_dir
 from streamrec.store.model_dir import read_file
 
@@ -115,7 +115,9 @@ class RetrievalStage:
             }
             for i in items
         ]
-        scores, _ = await score_rows(state, context, candidates)
+        scores, _ = await score_rows(
+            state, CandidateRows.from_dicts(context, candidates, snapshot.kinds)
+        )
         order = np.argsort(-scores[:, 0], kind="stable")[:k]
         return {
             "items": [items[j] for j in order],

@@ -12,14 +12,15 @@ Never imports training code: the model directory (`streamrec.store`) is the cont
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
-import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,7 +30,7 @@ from starlette.routing import Route
 from streamrec.config import ServingConfig
 from streamrec.serving.batcher import DynamicBatcher, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
-from streamrec.serving.request import RequestError, parse_json, rows_table, validate_rank
+from streamrec.serving.request import CandidateRows, RequestError, parse_json
 from streamrec.serving.snapshot import Snapshot
 from streamrec.serving.watcher import Watcher
 from streamrec.store import find_model_dir
@@ -190,54 +191,45 @@ async def _read_body(state: ServerState, request: Request) -> object:
     return parse_json(await request.body(), limit)
 
 
-async def score_rows(
-    state: ServerState, context: dict, candidates: list[dict]
-) -> tuple[np.ndarray, str]:
-    """Scores [len(candidates), tasks] through cache → batcher; returns (scores, version)."""
+async def score_rows(state: ServerState, rows: CandidateRows) -> tuple[np.ndarray, str]:
+    """Scores [rows, tasks] through cache → batcher; returns (scores, version)."""
     snapshot = state.batcher.snapshot
     version = snapshot.serving_version
     cache = state.cache
-    n = len(candidates)
+    n = rows.num_rows
+    if not cache.enabled:  # every row computed: no per-row bookkeeping
+        state.metrics.cache_misses.inc(n)
+        return await _infer(state, rows, None), version
     results: list[np.ndarray | None] = [None] * n
     waiting: list[tuple[int, asyncio.Future]] = []  # rows another request is computing
     copies: list[tuple[int, int]] = []  # (row, earlier row of this request with the same key)
     to_compute: list[int] = []
-    keys: list[bytes] = []
-    if cache.enabled:
-        keys = [row_key(version, context, c) for c in candidates]
-        claimed: dict[bytes, int] = {}
-        for i, key in enumerate(keys):
-            hit = cache.get(key)
-            if hit is not None:
-                results[i] = hit
-            elif (f := cache.inflight(key)) is not None:
-                waiting.append((i, f))
-            elif key in claimed:  # the same row twice in one request
-                copies.append((i, claimed[key]))
-            else:
-                claimed[key] = i
-                cache.start(key)
-                to_compute.append(i)
-        state.metrics.cache_hits.inc(n - len(to_compute))
-    else:
-        to_compute = list(range(n))
+    keys = [row_key(version, rows.row_values(i)) for i in range(n)]
+    claimed: dict[bytes, int] = {}
+    for i, key in enumerate(keys):
+        hit = cache.get(key)
+        if hit is not None:
+            results[i] = hit
+        elif (f := cache.inflight(key)) is not None:
+            waiting.append((i, f))
+        elif key in claimed:  # the same row twice in one request
+            copies.append((i, claimed[key]))
+        else:
+            claimed[key] = i
+            cache.start(key)
+            to_compute.append(i)
+    state.metrics.cache_hits.inc(n - len(to_compute))
     state.metrics.cache_misses.inc(len(to_compute))
     if to_compute:
         try:
-            table = rows_table(context, [candidates[i] for i in to_compute], snapshot.kinds)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
-            _fail_keys(cache, keys, to_compute, e)
-            raise RequestError(422, f"a feature value does not fit its type: {e}") from None
-        state.metrics.queue_rows.set(state.batcher.queued_rows)
-        try:
-            scores = await state.batcher.submit(table)
+            scores = await _infer(state, rows, to_compute)
         except BaseException as e:
-            _fail_keys(cache, keys, to_compute, e)
+            for i in to_compute:
+                cache.finish(keys[i], None, e)
             raise
         for j, i in enumerate(to_compute):
             results[i] = scores[j]
-            if keys:
-                cache.finish(keys[i], scores[j], None)
+            cache.finish(keys[i], scores[j], None)
     for i, future in waiting:
         results[i] = await future
     for i, j in copies:
@@ -245,25 +237,47 @@ async def score_rows(
     return np.stack(results), version
 
 
-def _fail_keys(cache: PredictionCache, keys: list[bytes], idx: list[int], e: BaseException) -> None:
-    for i in idx:
-        if keys:
-            cache.finish(keys[i], None, e)
+async def _infer(state: ServerState, rows: CandidateRows, subset: list[int] | None) -> np.ndarray:
+    """Scores [rows (or len(subset)), tasks] from the batcher."""
+    state.metrics.queue_rows.set(state.batcher.queued_rows)
+    return await state.batcher.submit(rows if subset is None else rows.take(subset))
+
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+class _RequestIds:
+    """Ids for requests that bring none: a random prefix per server process and a counter
+    (unique across restarts and replicas, and ~10× cheaper than a uuid4 per request)."""
+
+    def __init__(self) -> None:
+        self.prefix = uuid.uuid4().hex[:12]
+        self.counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}-{next(self.counter)}"
+
+
+_request_ids = _RequestIds()
 
 
 async def _rank(state: ServerState, request: Request) -> Response:
-    body = await _read_body(state, request)
+    declared = request.headers.get("content-length")
+    limit = state.settings.max_body_bytes
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body is {declared} bytes; the limit is {limit}")
     snapshot = state.batcher.snapshot
-    context, candidates = validate_rank(body, snapshot.kinds, state.settings.max_candidates)
-    scores, version = await score_rows(state, context, candidates)
-    tasks = snapshot.schema.task_names or ["label"]
-    return JSONResponse(
-        {
-            "model_version": version,
-            "scores": {t: scores[:, i].astype(float).tolist() for i, t in enumerate(tasks)},
-            "request_id": body.get("request_id") or uuid.uuid4().hex,
-        }
+    rows, request_id = snapshot.request_reader.read(
+        await request.body(), limit, state.settings.max_candidates
     )
+    scores, version = await score_rows(state, rows)
+    tasks = snapshot.schema.task_names or ["label"]
+    body = {
+        "model_version": version,
+        "scores": {t: scores[:, i].tolist() for i, t in enumerate(tasks)},
+        "request_id": request_id or _request_ids.next(),
+    }
+    return Response(_encode_json(body), media_type="application/json")
 
 
 async def _recommend(state: ServerState, request: Request) -> Response:

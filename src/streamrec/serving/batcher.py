@@ -1,10 +1,13 @@
 """Dynamic batching across requests, on one inference worker thread.
 
-Requests queue up as Arrow tables of candidate rows. The worker takes the oldest, keeps taking
-more until the batch holds `max_batch_rows` rows or `max_delay_ms` has passed since the oldest
-was queued, runs one inference for all of them under `torch.inference_mode`, and hands each
-request its slice. The queue is bounded in rows: beyond `max_queue_rows`, `submit` raises
-`Overloaded` (the app answers 503 with Retry-After) instead of letting latency grow without end.
+Requests queue up as decoded candidate rows (`CandidateRows`, or Arrow tables). The worker takes
+the oldest, keeps taking more until the batch holds `max_batch_rows` rows or `max_delay_ms` has
+passed since the oldest was queued, converts the whole batch to Arrow at once (one call per
+column, not per column per request), runs one inference for all of them under
+`torch.inference_mode`, and hands each request its slice. A request whose values cannot be
+converted fails alone: the batch is then retried request by request. The queue is bounded in
+rows: beyond `max_queue_rows`, `submit` raises `Overloaded` (the app answers 503 with
+Retry-After) instead of letting latency grow without end.
 
 Between batches the worker runs control operations — applying a delta, swapping in a reloaded
 model — so they never race with inference.
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from streamrec.serving.request import CandidateRows
 from streamrec.serving.snapshot import Snapshot
 
 
@@ -55,7 +59,7 @@ class Overloaded(Exception):
 
 @dataclass
 class _Pending:
-    table: pa.Table
+    rows: CandidateRows | pa.Table
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     queued_at: float
@@ -83,7 +87,9 @@ class DynamicBatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="streamrec-infer", daemon=True)
-        self.recent_tables: list[pa.Table] = []  # recorded requests, to warm up a new model
+        # Recent rows, to warm up a new model before it is swapped in: a fresh model's first
+        # inference costs ~2× a warm one; more warm-up rounds only take the GIL from requests.
+        self.recent_tables: list[pa.Table] = []
 
     @property
     def queued_rows(self) -> int:
@@ -96,15 +102,15 @@ class DynamicBatcher:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def submit(self, table: pa.Table) -> asyncio.Future:
+    def submit(self, rows: CandidateRows | pa.Table) -> asyncio.Future:
         """Queue rows for inference; the future resolves to float32 [rows, tasks]."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            if self._queued_rows + table.num_rows > self.max_queue_rows:
+            if self._queued_rows + rows.num_rows > self.max_queue_rows:
                 raise Overloaded(f"{self._queued_rows} rows queued")
-            self._queued_rows += table.num_rows
+            self._queued_rows += rows.num_rows
         future = loop.create_future()
-        self._queue.put(_Pending(table, future, loop, time.perf_counter()))
+        self._queue.put(_Pending(rows, future, loop, time.perf_counter()))
         return future
 
     def run_control(self, op: Callable[[], object]) -> threading.Event:
@@ -133,7 +139,7 @@ class DynamicBatcher:
             except queue.Empty:
                 continue
             batch = [first]
-            rows = first.table.num_rows
+            rows = first.rows.num_rows
             deadline = first.queued_at + self.max_delay
             while rows < self.max_batch_rows:
                 remaining = deadline - time.perf_counter()
@@ -146,33 +152,47 @@ class DynamicBatcher:
                 except queue.Empty:
                     break
                 batch.append(item)
-                rows += item.table.num_rows
+                rows += item.rows.num_rows
             self._infer(batch, rows)
+
+    def _table(self, parts: list[CandidateRows | pa.Table]) -> pa.Table:
+        kinds = self.snapshot.kinds
+        if all(isinstance(p, CandidateRows) for p in parts):
+            return CandidateRows.concat(parts).table(kinds)
+        tables = [p if isinstance(p, pa.Table) else p.table(kinds) for p in parts]
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+    def _predict(self, batch: list[_Pending]) -> list[tuple[np.ndarray | None, Exception | None]]:
+        """(scores, None) or (None, error) per request of the batch."""
+        try:
+            table = self._table([p.rows for p in batch])
+            scores = self.snapshot.predict(table)
+        except Exception as e:  # a bad batch fails its requests, never the worker
+            if len(batch) == 1:
+                return [(None, e)]
+            return [self._predict([p])[0] for p in batch]  # only the bad request fails
+        outcomes = []
+        start = 0
+        for p in batch:
+            n = p.rows.num_rows
+            outcomes.append((np.ascontiguousarray(scores[start : start + n]), None))
+            start += n
+        self.recent_tables.append(table.slice(0, min(table.num_rows, 256)))  # zero-copy
+        del self.recent_tables[:-2]
+        return outcomes
 
     def _infer(self, batch: list[_Pending], rows: int) -> None:
         started = time.perf_counter()
-        try:
-            table = pa.concat_tables([p.table for p in batch]) if len(batch) > 1 else batch[0].table
-            scores = self.snapshot.predict(table)
-            error = None
-        except Exception as e:  # a bad batch fails its requests, never the worker
-            scores, error = None, e
+        outcomes = self._predict(batch)
         with self._lock:
             self._queued_rows -= rows
         # One wake-up of each event loop per batch, not one per request: every
         # call_soon_threadsafe writes to the loop's socket and then waits for the GIL again.
         results: dict[asyncio.AbstractEventLoop, list] = {}
-        start = 0
-        for p in batch:
-            n = p.table.num_rows
-            part = np.ascontiguousarray(scores[start : start + n]) if error is None else None
-            results.setdefault(p.loop, []).append((p.future, part, error))
-            start += n
+        for p, (scores, error) in zip(batch, outcomes, strict=True):
+            results.setdefault(p.loop, []).append((p.future, scores, error))
         for loop, items in results.items():
             loop.call_soon_threadsafe(_resolve_all, items)
-        if error is None:
-            self.recent_tables.append(batch[0].table)
-            del self.recent_tables[:-8]
         if self.on_batch is not None:
             self.on_batch(rows, time.perf_counter() - started)
 

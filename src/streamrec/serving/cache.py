@@ -9,20 +9,20 @@ instead of repeating it.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import OrderedDict
 from typing import Any
 
+import msgspec
 import numpy as np
 import xxhash
 
 _ENTRY_OVERHEAD = 120  # bytes: key, OrderedDict node, array header (measured order of size)
 
 
-def row_key(version: str, context: dict[str, Any], candidate: dict[str, Any]) -> bytes:
-    merged = {**candidate, **context}
-    payload = json.dumps(merged, sort_keys=True, separators=(",", ":")).encode()
-    return version.encode() + b"|" + xxhash.xxh3_128_digest(payload)
+def row_key(version: str, values: list[Any]) -> bytes:
+    """Key of one row: the serving version and a hash of its feature values, in the model's
+    input order (`CandidateRows.row_values`)."""
+    return version.encode() + b"|" + xxhash.xxh3_128_digest(msgspec.json.encode(values))
 
 
 class PredictionCache:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import torch
 
 from streamrec.models.persistence import LoadedModel, load_model
+from streamrec.serving.request import RankRequestReader
 from streamrec.store.delta import TableDelta
 
 
@@ -35,6 +36,7 @@ class Snapshot:
         context = set(self.config.serving.context_features)
         self.context_features = [c for c in wanted if c in context]
         self.candidate_features = [c for c in wanted if c not in context]
+        self.request_reader = RankRequestReader(self.kinds)
 
     @classmethod
     def load(cls, path: str | Path) -> Snapshot:
