@@ -57,6 +57,18 @@ def test_full_reload_under_load_fails_no_request(trained_run, tmp_path, start_se
     assert all(reload[k] >= 0 for k in ("load_s", "warmup_s", "swap_s", "free_s"))
 
 
+def test_a_paced_load_pauses_between_tables_and_loads_the_same_model(trained_run):
+    """The watcher loads a new version in steps with pauses, so requests never queue behind
+    it; the model must come out identical."""
+    pauses: list[float] = []
+    paced = Snapshot.load(trained_run, pause=lambda: pauses.append(time.perf_counter()))
+    plain = Snapshot.load(trained_run)
+    tables = paced.loaded.manifest["tables"]
+    assert len(pauses) == 2 + len(tables) and len(tables) > 2
+    rows = _rows(plain, 50)
+    assert (paced.predict(rows) == plain.predict(rows)).all()
+
+
 def _rows(snapshot: Snapshot, n: int) -> pa.Table:
     return rows_table({"user_id": 1}, [{"item_id": i} for i in range(1, n + 1)], snapshot.kinds)
 

@@ -86,6 +86,32 @@ def test_a_delta_changes_touched_ids_only(server, trained_run):
     assert after[1] == pytest.approx(before[1], abs=1e-7)  # item 1's did not
 
 
+def test_a_delta_for_another_base_model_is_skipped_unread(trained_run, tmp_path, start_server):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "model", run / "model")
+    server = start_server(run)
+    body = {"context": CONTEXT, "candidates": _candidates([1])}
+    before = server.post("/v1/rank", json=body).json()["scores"]["label"]
+    loaded = load_model(run)
+    other_base = loaded.manifest["model_version"] + 1
+    exporter = DeltaExporter(loaded.model, run / "deltas", other_base)
+    item_table = loaded.model.dynamic_tables()["item_id"]
+    item_table.apply_gradients(torch.tensor([1]), torch.full((1, item_table.dim), -5.0))
+    written = exporter.export()
+    for tensors in written.rglob("*.safetensors"):
+        tensors.write_bytes(b"corrupt, and never read")  # only the manifest is read
+    deadline = time.time() + 15
+    while server.get("/v1/model").json()["deltas_skipped"] < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    info = server.get("/v1/model").json()
+    assert info["deltas_skipped"] == 1 and info["deltas_applied"] == 0
+    assert info["delta_version"] == int(written.name)  # not retried on every poll
+    after = server.post("/v1/rank", json=body).json()["scores"]["label"]
+    assert after == pytest.approx(before, abs=1e-7)
+
+
 def test_metrics_expose_requests_latency_batches_and_cache(server):
     text = server.get("/metrics").text
     for name in (

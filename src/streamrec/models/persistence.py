@@ -8,6 +8,7 @@ and every DynamicTable, verifying checksums on the way (see `streamrec.store`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,20 +69,28 @@ def save_model(
     return write_model_dir(path, manifest, files, extra_files)
 
 
-def load_model(path: str | Path) -> LoadedModel:
+def load_model(path: str | Path, pause: Callable[[], None] | None = None) -> LoadedModel:
+    """Rebuild a saved model. `pause`, when given, is called between the steps of the load
+    (after building the model, after the dense weights, after each table): a server loading
+    a new version beside the served one sleeps there, so the load never holds the GIL long
+    enough for requests to queue up behind it."""
     from streamrec.store import find_model_dir
 
+    step = pause or (lambda: None)
     directory = find_model_dir(path)
     manifest = read_manifest(directory)
     config = parse_config(manifest["config"], source=str(directory / "manifest.json"))
     config.schema_ = config.schema_.model_validate(manifest["schema"])
     model = build_model(config.model, config.schema_, config.table_configs())
+    step()
     model.load_state_dict(read_tensors(directory, "dense.safetensors", manifest))
+    step()
     tables = model.dynamic_tables()
     for name, entry in manifest["tables"].items():
         if name not in tables:
             raise ValueError(f"{directory}: the model has no table {name!r}")
         tables[name].load_state_dict(open_tensors(directory, entry["file"], manifest))
+        step()
     model.eval()
     return LoadedModel(model, config, manifest, directory)
 

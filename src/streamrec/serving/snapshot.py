@@ -7,6 +7,7 @@ thread between batches, so inference never sees a half-applied delta and needs n
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,8 @@ class Snapshot:
         self.request_reader = RankRequestReader(self.kinds)
 
     @classmethod
-    def load(cls, path: str | Path) -> Snapshot:
-        return cls(load_model(path))
+    def load(cls, path: str | Path, pause: Callable[[], None] | None = None) -> Snapshot:
+        return cls(load_model(path, pause))
 
     @property
     def serving_version(self) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from streamrec.serving.batcher import DynamicBatcher, use_compute_threads
 from streamrec.serving.snapshot import Snapshot
 from streamrec.store import CorruptModelError, read_manifest
-from streamrec.store.delta import list_deltas, read_delta
+from streamrec.store.delta import list_deltas, read_delta, read_delta_manifest
 
 log = logging.getLogger("streamrec.serving")
 
@@ -48,6 +48,16 @@ def _short_gil_slices(interval: float = LOADING_SWITCH_INTERVAL_S) -> Iterator[N
         yield
     finally:
         sys.setswitchinterval(previous)
+
+
+# Between the steps of a load (after each table) the watcher sleeps this long: the request
+# path then has the GIL to itself and drains what queued while the watcher held it. A load
+# takes a few ms longer per table; requests never fall far behind.
+LOAD_PAUSE_S = 0.003
+
+
+def _yield_to_requests() -> None:
+    time.sleep(LOAD_PAUSE_S)
 
 
 def _lower_thread_priority(niceness: int) -> None:
@@ -107,9 +117,10 @@ class Watcher(threading.Thread):
             return
         started = time.time()
         with _short_gil_slices():
-            fresh = Snapshot.load(self.model_dir)
+            fresh = Snapshot.load(self.model_dir, pause=_yield_to_requests)
             loaded = time.time()
             for table in list(self.batcher.recent_tables):  # warm-up on recorded requests
+                _yield_to_requests()
                 fresh.predict(table)
         warmed = time.time()
 
@@ -140,14 +151,15 @@ class Watcher(threading.Thread):
         if self.deltas_dir is None:
             return
         for version in list_deltas(self.deltas_dir, after=self.batcher.snapshot.delta_version):
-            with _short_gil_slices():
-                manifest, tables, dense = read_delta(self.deltas_dir, version)
+            manifest = read_delta_manifest(self.deltas_dir, version)
             snapshot = self.batcher.snapshot
             base = manifest.get("base_model_version")
             if base is not None and int(base) != snapshot.model_version:
-                self.deltas_skipped += 1
+                self.deltas_skipped += 1  # written for another model: its rows are not read
                 snapshot.delta_version = max(snapshot.delta_version, version)
                 continue
+            with _short_gil_slices():
+                manifest, tables, dense = read_delta(self.deltas_dir, version, manifest)
             self.newest_delta_seen_at = time.time()
             self.batcher.run_control(
                 lambda m=manifest, t=tables, d=dense, s=snapshot: s.apply_delta(m, t, d)

@@ -89,11 +89,18 @@ def list_deltas(deltas_dir: str | Path, after: int = 0) -> list[int]:
     return sorted(versions)
 
 
+def read_delta_manifest(deltas_dir: str | Path, version: int) -> dict[str, Any]:
+    """A delta's manifest alone (base model version, times): enough to decide whether to read
+    the rest — a server skips deltas written for another base without reading their rows."""
+    return read_manifest(delta_path(deltas_dir, version), kind=DELTA_FORMAT)
+
+
 def read_delta(
-    deltas_dir: str | Path, version: int
+    deltas_dir: str | Path, version: int, manifest: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, TableDelta], dict[str, torch.Tensor] | None]:
     path = delta_path(deltas_dir, version)
-    manifest = read_manifest(path, kind=DELTA_FORMAT)
+    if manifest is None:
+        manifest = read_manifest(path, kind=DELTA_FORMAT)
     tables = {}
     for name, entry in manifest["tables"].items():
         t = read_tensors(path, entry["file"], manifest)
