@@ -126,14 +126,17 @@ def apply_rows(
                 s[j] += gj * gj
                 w[j] -= lr * gj / (math.sqrt(s[j]) + eps)
         elif code == _ROWWISE:
-            acc = 0.0
+            # float32 throughout the row loops (as FBGEMM): float64 hyper-parameters there
+            # force a conversion per element and keep the loops from vectorising.
+            wd32 = np.float32(wd)
+            acc = np.float32(0.0)
             for j in range(dim):
-                gj = g[j] + wd * w[j]
+                gj = g[j] + wd32 * w[j]
                 acc += gj * gj
-            s[0] += np.float32(acc / dim)
-            step = lr / (math.sqrt(s[0]) + eps)
+            s[0] += acc / np.float32(dim)
+            step = np.float32(lr / (math.sqrt(s[0]) + eps))
             for j in range(dim):
-                w[j] -= step * (g[j] + wd * w[j])
+                w[j] -= step * (g[j] + wd32 * w[j])
         elif code == _ADAM:
             b1 = hp[t, 2]
             b2 = hp[t, 3]
