@@ -39,6 +39,8 @@ def test_recommend_returns_k_distinct_items_and_honours_exclude(
     assert not set(again.json()["items"]) & set(excluded)
     assert server.post("/v1/recommend", json={"user": {"nope": 1}}).status_code == 422
     assert server.post("/v1/recommend", json={"user": USER, "k": 0}).status_code == 422
+    wrong_type = server.post("/v1/recommend", json={"user": {**USER, "user_id": "one"}})
+    assert wrong_type.status_code == 422 and "does not fit" in wrong_type.json()["error"]
 
 
 def test_an_item_added_online_becomes_retrievable_without_a_rebuild(

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -70,10 +69,7 @@ class RetrievalStage:
                 raise RequestError(
                     422, f"unknown user feature {name!r}; the retriever reads {sorted(kinds)}"
                 )
-        try:
-            table = rows_table(user, [{}], kinds)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
-            raise RequestError(422, f"a user feature does not fit its type: {e}") from None
+        table = rows_table(user, [{}], kinds)  # RequestError (422) for a value of a wrong type
         return self.model.user_vectors(self.schema.encode(table, with_labels=False)).numpy()
 
     def add_items(self, rows: list[dict[str, Any]]) -> None:

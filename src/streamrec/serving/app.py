@@ -183,12 +183,17 @@ def _endpoint(state: ServerState, name: str, handler):  # noqa: ANN001, ANN202
     return endpoint
 
 
-async def _read_body(state: ServerState, request: Request) -> object:
+async def _body_bytes(state: ServerState, request: Request) -> bytes:
+    """The raw body; 413 before reading it when the declared length is over the limit."""
     declared = request.headers.get("content-length")
     limit = state.settings.max_body_bytes
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body is {declared} bytes; the limit is {limit}")
-    return parse_json(await request.body(), limit)
+    return await request.body()
+
+
+async def _read_body(state: ServerState, request: Request) -> object:
+    return parse_json(await _body_bytes(state, request), state.settings.max_body_bytes)
 
 
 async def score_rows(state: ServerState, rows: CandidateRows) -> tuple[np.ndarray, str]:
@@ -262,22 +267,19 @@ _request_ids = _RequestIds()
 
 
 async def _rank(state: ServerState, request: Request) -> Response:
-    declared = request.headers.get("content-length")
-    limit = state.settings.max_body_bytes
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"request body is {declared} bytes; the limit is {limit}")
+    body = await _body_bytes(state, request)
     snapshot = state.batcher.snapshot
     rows, request_id = snapshot.request_reader.read(
-        await request.body(), limit, state.settings.max_candidates
+        body, state.settings.max_body_bytes, state.settings.max_candidates
     )
     scores, version = await score_rows(state, rows)
     tasks = snapshot.schema.task_names or ["label"]
-    body = {
+    answer = {
         "model_version": version,
         "scores": {t: scores[:, i].tolist() for i, t in enumerate(tasks)},
         "request_id": request_id or _request_ids.next(),
     }
-    return Response(_encode_json(body), media_type="application/json")
+    return Response(_encode_json(answer), media_type="application/json")
 
 
 async def _recommend(state: ServerState, request: Request) -> Response:
