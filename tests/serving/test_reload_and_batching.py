@@ -5,13 +5,12 @@ import threading
 import time
 
 import httpx
-import pyarrow as pa
 import pytest
 
 from streamrec.models.persistence import load_model, save_model
 from streamrec.serving.batcher import DynamicBatcher, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
-from streamrec.serving.request import CandidateRows, RequestError, rows_table
+from streamrec.serving.request import CandidateRows, RequestError
 from streamrec.serving.snapshot import Snapshot
 
 CONTEXT = {"user_id": 7, "age": 30, "gender": "F", "occupation": "writer", "zip_code": "10001"}
@@ -65,12 +64,13 @@ def test_a_paced_load_pauses_between_tables_and_loads_the_same_model(trained_run
     plain = Snapshot.load(trained_run)
     tables = paced.loaded.manifest["tables"]
     assert len(pauses) == 2 + len(tables) and len(tables) > 2
-    rows = _rows(plain, 50)
+    rows = _rows(plain, 50).table(plain.kinds)
     assert (paced.predict(rows) == plain.predict(rows)).all()
 
 
-def _rows(snapshot: Snapshot, n: int) -> pa.Table:
-    return rows_table({"user_id": 1}, [{"item_id": i} for i in range(1, n + 1)], snapshot.kinds)
+def _rows(snapshot: Snapshot, n: int) -> CandidateRows:
+    items = [{"item_id": i} for i in range(1, n + 1)]
+    return CandidateRows.from_dicts({"user_id": 1}, items, snapshot.kinds)
 
 
 def test_batcher_merges_concurrent_requests_and_sheds_load(trained_run):

@@ -10,6 +10,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from streamrec.batch import Batch
@@ -44,8 +45,6 @@ def shuffle_blocks(
     epoch sees the same order). Bounded memory: one block. A block at least as large as the
     data is a full shuffle. Why: logs in time order come in bursts (one user rating many items
     at once), and SGD that sees a user's rows back to back over-fits them."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     for block in rebatch(batches, block_rows):
         yield from block.take(rng.permutation(block.num_rows)).to_batches()

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from streamrec.distributed.reshard import reshard
-from streamrec.store import read_manifest, read_tensors
+from streamrec.distributed.reshard import load_resharded_tables
+from streamrec.store import read_manifest
 from streamrec.train.checkpoint import load_checkpoint
 
 LATEST = "latest"
@@ -83,12 +83,7 @@ def load_sharded_checkpoint(
     model, config, optimizer, position = load_checkpoint(mine, optimizer_factory)
     kinds = read_manifest(mine).get("input_kinds", {})
     if saved_world != world:
-        manifests = [read_manifest(step_dir / f"rank-{r:03d}") for r in range(saved_world)]
-        for name, table in model.dynamic_tables().items():
-            states = [
-                read_tensors(step_dir / f"rank-{r:03d}", m["tables"][name]["file"], m)
-                for r, m in enumerate(manifests)
-            ]
-            table.load_state_dict(reshard(table.config(), states, world)[rank])
+        rank_dirs = [step_dir / f"rank-{r:03d}" for r in range(saved_world)]
+        load_resharded_tables(model, rank_dirs, world, rank)
         torch.manual_seed(config.train.seed + position["global_step"] * world + rank)
     return model, config, optimizer, position, kinds

@@ -18,7 +18,6 @@ on N ranks, with the same guarantees as one process.
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from streamrec.config import JobConfig
 from streamrec.data.stream.base import StreamSource
@@ -36,13 +34,14 @@ from streamrec.distributed.checkpoint import (
     load_sharded_checkpoint,
     save_sharded_checkpoint,
 )
-from streamrec.distributed.collection import shard_collections
 from streamrec.distributed.reshard import reshard
 from streamrec.distributed.training import (
     DistributedTrainer,
+    dist_timeout,
     init_process_group,
     local_slice,
     merge_shards,
+    shard_for_training,
 )
 from streamrec.store import read_manifest
 from streamrec.store.delta import TableDelta
@@ -60,11 +59,11 @@ class DistributedOnlineTrainer(OnlineTrainer):
         source: StreamSource | None,
         out: str | Path,
         exchange_group=None,  # noqa: ANN001
-        gradient_group=None,  # noqa: ANN001
+        timeout: timedelta | None = None,
         log=None,  # noqa: ANN001
     ) -> None:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self._exchange_group, self._gradient_group = exchange_group, gradient_group
+        self._exchange_group, self._timeout = exchange_group, timeout or dist_timeout()
         super().__init__(config, source, out, progress=False, log=log)
 
     # ------------------------------------------------------------------ model
@@ -86,16 +85,7 @@ class DistributedOnlineTrainer(OnlineTrainer):
                     )
             trainer, state = DistributedTrainer(model, config, None, progress=False), {}
             self.resumed_from = None
-        train = config.train
-        dtype = torch.float16 if train.exchange_precision == "fp16" else torch.float32
-        trainer.sharded = shard_collections(
-            trainer.model,
-            self._exchange_group,
-            dtype,
-            train.sparse_staleness,
-            self._gradient_group,
-        )
-        trainer.forward_module = DistributedDataParallel(trainer.model)
+        shard_for_training(trainer, config, self._exchange_group, self._timeout)
         return trainer, config, state
 
     def _trainer_class(self) -> type:
@@ -271,16 +261,14 @@ def run_distributed_online(
     log=None,  # noqa: ANN001
 ) -> dict:
     """The body of `torchrun … -m streamrec online`: → rank 0's final status ({} elsewhere)."""
-    timeout = timedelta(seconds=float(os.environ.get("STREAMREC_DIST_TIMEOUT", "120")))
+    timeout = dist_timeout()
     init_process_group(timeout)
     try:
         exchange = dist.new_group(backend="gloo", timeout=timeout)
-        staleness = config.train.sparse_staleness
-        gradients = dist.new_group(backend="gloo", timeout=timeout) if staleness else None
         rank = dist.get_rank()
         source = open_source() if rank == 0 else None
         trainer = DistributedOnlineTrainer(
-            config, source, out, exchange, gradients, log if rank == 0 else None
+            config, source, out, exchange, timeout, log if rank == 0 else None
         )
         return trainer.run(stop_when_idle=stop_when_idle)
     finally:

@@ -5,11 +5,15 @@ counter, so admission statistics survive too."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from torch import nn
 
 from streamrec.distributed.sharded import owner_of
 from streamrec.embedding.table import DynamicTable
+from streamrec.store import read_manifest, read_tensors
 
 
 def _live(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -56,3 +60,15 @@ def reshard(
         )
     DynamicTable(**config).load_state_dict(out[0])  # validates the layout
     return out
+
+
+def load_resharded_tables(model: nn.Module, rank_dirs: list[Path], world: int, rank: int) -> None:
+    """Replace every table of `model` by rank `rank`'s share (of `world`) of the tables saved in
+    `rank_dirs` (one model or checkpoint directory per saved rank)."""
+    manifests = [read_manifest(d) for d in rank_dirs]
+    for name, table in model.dynamic_tables().items():
+        states = [
+            read_tensors(d, m["tables"][name]["file"], m)
+            for d, m in zip(rank_dirs, manifests, strict=True)
+        ]
+        table.load_state_dict(reshard(table.config(), states, world)[rank])

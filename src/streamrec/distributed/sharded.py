@@ -49,11 +49,22 @@ def owner_of(fids: np.ndarray, world_size: int) -> np.ndarray:
     return (x % np.uint64(world_size)).astype(np.int64)
 
 
+def _start_exchange(
+    tensor: torch.Tensor, send_counts: list[int], recv_counts: list[int], group
+) -> tuple[object, torch.Tensor]:  # noqa: ANN001
+    """Start an all-to-all of `tensor`'s rows; → (work to wait on, the receive buffer)."""
+    out = tensor.new_empty((sum(recv_counts), *tensor.shape[1:]))
+    work = dist.all_to_all_single(
+        out, tensor.contiguous(), recv_counts, send_counts, group=group, async_op=True
+    )
+    return work, out
+
+
 def _exchange(
     tensor: torch.Tensor, send_counts: list[int], recv_counts: list[int], group
 ) -> torch.Tensor:  # noqa: ANN001
-    out = tensor.new_empty((sum(recv_counts), *tensor.shape[1:]))
-    dist.all_to_all_single(out, tensor.contiguous(), recv_counts, send_counts, group=group)
+    work, out = _start_exchange(tensor, send_counts, recv_counts, group)
+    work.wait()
     return out
 
 
@@ -142,15 +153,7 @@ class ShardedGroup:
             incoming = _exchange(outgoing, routed.send, routed.recv, self.group)
             self._apply(incoming.float(), routed)
             return
-        incoming = outgoing.new_empty((sum(routed.recv), self.dim))
-        work = dist.all_to_all_single(
-            incoming,
-            outgoing.contiguous(),
-            routed.recv,
-            routed.send,
-            group=self.gradient_group,
-            async_op=True,
-        )
+        work, incoming = _start_exchange(outgoing, routed.send, routed.recv, self.gradient_group)
         self._in_flight.append((work, incoming, routed))
         while len(self._in_flight) > self.staleness:
             self._complete_oldest()

@@ -34,10 +34,9 @@ from streamrec.distributed.checkpoint import (
     save_sharded_checkpoint,
 )
 from streamrec.distributed.collection import shard_collections
-from streamrec.distributed.reshard import reshard
+from streamrec.distributed.reshard import load_resharded_tables
 from streamrec.models.persistence import save_model
 from streamrec.models.registry import build_model
-from streamrec.store import read_manifest, read_tensors
 from streamrec.train.job import fit_schema, seed_everything, training_rows
 from streamrec.train.metrics import MetricAccumulator
 from streamrec.train.trainer import Trainer, TrainResult, build_dense_optimizer
@@ -134,6 +133,31 @@ def init_process_group(timeout: timedelta) -> None:
     )
 
 
+def dist_timeout() -> timedelta:
+    """How long a collective waits for a dead or stuck rank (STREAMREC_DIST_TIMEOUT seconds)."""
+    return timedelta(seconds=float(os.environ.get("STREAMREC_DIST_TIMEOUT", "120")))
+
+
+def shard_for_training(
+    trainer: Trainer,
+    config: JobConfig,
+    exchange,
+    timeout: timedelta,  # noqa: ANN001
+) -> None:
+    """Shard the trainer's embedding collections over `exchange` and put the dense part under
+    DDP. Collective: in hybrid mode (`train.sparse_staleness`) every rank opens the group the
+    gradients in flight travel on here."""
+    train = config.train
+    dtype = torch.float16 if train.exchange_precision == "fp16" else torch.float32
+    gradient_group = (
+        dist.new_group(backend="gloo", timeout=timeout) if train.sparse_staleness else None
+    )
+    trainer.sharded = shard_collections(
+        trainer.model, exchange, dtype, train.sparse_staleness, gradient_group
+    )
+    trainer.forward_module = DistributedDataParallel(trainer.model)
+
+
 def restarted_by_torchrun() -> bool:
     """torchrun counts restarts of the worker group (`--max-restarts`) in this variable."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
@@ -146,7 +170,7 @@ def run_distributed_training(
     restarted the workers after a failure, continue from OUT/checkpoint's newest complete step
     (resharding its tables if the world size changed)."""
     out = Path(out)
-    timeout = timedelta(seconds=float(os.environ.get("STREAMREC_DIST_TIMEOUT", "120")))
+    timeout = dist_timeout()
     init_process_group(timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
@@ -167,23 +191,16 @@ def run_distributed_training(
         else:
             config, kinds = fit_schema(config, splits)  # same sample on every rank → same schema
             model = build_model(config.model, config.schema, config.table_configs())
-        dtype = torch.float16 if config.train.exchange_precision == "fp16" else torch.float32
-        staleness = config.train.sparse_staleness
-        gradient_group = dist.new_group(backend="gloo", timeout=timeout) if staleness else None
         trainer = DistributedTrainer(
             model, config, None, optimizer, progress=progress and rank == 0
         )
-        trainer.sharded = shard_collections(model, exchange, dtype, staleness, gradient_group)
+        shard_for_training(trainer, config, exchange, timeout)
         trainer.checkpoint_root = out / "checkpoint"
         trainer.extra_manifest = {"input_kinds": kinds}
         start_epoch = skip = 0
         if position is not None:
             start_epoch, skip = position["epoch"], position["step_in_epoch"]
-            trainer.global_step, trainer.samples_trained = (
-                position["global_step"],
-                position["samples"],
-            )
-            trainer.resumed_from_step = position["global_step"]
+            trainer.restore_position(position)
             if rank == 0:
                 print(
                     f"resuming from {step_dir} (step {position['global_step']})",
@@ -192,7 +209,6 @@ def run_distributed_training(
                 )
         elif rank == 0:  # a fresh run: checkpoints of an earlier run in OUT are not ours
             shutil.rmtree(out / "checkpoint", ignore_errors=True)
-        trainer.forward_module = DistributedDataParallel(model)
         schema, batch_size = config.schema, config.data.batch_size
 
         def train_batches(epoch: int):  # noqa: ANN202
@@ -240,12 +256,5 @@ def merge_shards(shards: Path, world: int, model_dir: Path, extra_manifest: dict
     from streamrec.models.persistence import load_model
 
     first = load_model(shards / "rank-000")  # dense weights are identical on every rank (DDP)
-    manifests = [read_manifest(shards / f"rank-{r:03d}") for r in range(world)]
-    tables = first.model.dynamic_tables()
-    for name, table in tables.items():
-        states = [
-            read_tensors(shards / f"rank-{r:03d}", m["tables"][name]["file"], m)
-            for r, m in enumerate(manifests)
-        ]
-        table.load_state_dict(reshard(table.config(), states, 1)[0])
+    load_resharded_tables(first.model, [shards / f"rank-{r:03d}" for r in range(world)], 1, 0)
     return save_model(model_dir, first.model, first.config, extra_manifest)

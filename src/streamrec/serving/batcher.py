@@ -1,6 +1,6 @@
 """Dynamic batching across requests, on one inference worker thread.
 
-Requests queue up as decoded candidate rows (`CandidateRows`, or Arrow tables). The worker takes
+Requests queue up as decoded candidate rows (`CandidateRows`). The worker takes
 the oldest, keeps taking more until the batch holds `max_batch_rows` rows or `max_delay_ms` has
 passed since the oldest was queued, converts the whole batch to Arrow at once (one call per
 column, not per column per request), runs one inference for all of them under
@@ -59,7 +59,7 @@ class Overloaded(Exception):
 
 @dataclass
 class _Pending:
-    rows: CandidateRows | pa.Table
+    rows: CandidateRows
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     queued_at: float
@@ -102,7 +102,7 @@ class DynamicBatcher:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def submit(self, rows: CandidateRows | pa.Table) -> asyncio.Future:
+    def submit(self, rows: CandidateRows) -> asyncio.Future:
         """Queue rows for inference; the future resolves to float32 [rows, tasks]."""
         loop = asyncio.get_running_loop()
         with self._lock:
@@ -155,17 +155,10 @@ class DynamicBatcher:
                 rows += item.rows.num_rows
             self._infer(batch, rows)
 
-    def _table(self, parts: list[CandidateRows | pa.Table]) -> pa.Table:
-        kinds = self.snapshot.kinds
-        if all(isinstance(p, CandidateRows) for p in parts):
-            return CandidateRows.concat(parts).table(kinds)
-        tables = [p if isinstance(p, pa.Table) else p.table(kinds) for p in parts]
-        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-
     def _predict(self, batch: list[_Pending]) -> list[tuple[np.ndarray | None, Exception | None]]:
         """(scores, None) or (None, error) per request of the batch."""
         try:
-            table = self._table([p.rows for p in batch])
+            table = CandidateRows.concat([p.rows for p in batch]).table(self.snapshot.kinds)
             scores = self.snapshot.predict(table)
         except Exception as e:  # a bad batch fails its requests, never the worker
             if len(batch) == 1:

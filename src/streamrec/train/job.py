@@ -70,8 +70,7 @@ def run_training(
         start_epoch, skip = position["epoch"], position["step_in_epoch"]
         kinds = read_manifest(out / "checkpoint").get("input_kinds", {})
         trainer = Trainer(model, config, out, optimizer, progress=progress)
-        trainer.global_step, trainer.samples_trained = position["global_step"], position["samples"]
-        trainer.resumed_from_step = position["global_step"]
+        trainer.restore_position(position)
     else:
         config, kinds = fit_schema(config, splits)
         model = build_model(config.model, config.schema, config.table_configs())

@@ -116,8 +116,7 @@ class OnlineTrainer:
         base = state.get("base_model_version")
         self.base_version = int(base) if base is not None else None
         trainer = self._trainer_class()(model, config, None, optimizer, progress=False)
-        trainer.global_step = position["global_step"]
-        trainer.samples_trained = position["samples"]
+        trainer.restore_position(position)
         return trainer, config, state
 
     def _initial_model(self, config: JobConfig) -> tuple:

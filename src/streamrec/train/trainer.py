@@ -307,6 +307,12 @@ class Trainer:
             "samples": self.samples_trained,
         }
 
+    def restore_position(self, position: dict) -> None:
+        """Continue the step and sample counts of the checkpoint `position` came from."""
+        self.global_step = position["global_step"]
+        self.samples_trained = position["samples"]
+        self.resumed_from_step = position["global_step"]
+
     def save_progress(self, metrics: dict | None = None, epoch_done: bool = False) -> None:
         """The checkpoint that `--resume` continues from (RUN_DIR/checkpoint): written at every
         epoch end and every `train.checkpoint_every_steps` steps."""
