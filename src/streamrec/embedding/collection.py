@@ -151,32 +151,32 @@ def _pool_all(
     features: list[EmbeddingFeature],
     device: torch.device,
 ) -> torch.Tensor:
-    """Pool every feature of a group in one go → [B, F, dim].
+    """Pool every feature of a group in one go → [B, F, dim], ready for models that stack or
+    concatenate features (no copy). Every bag is pooled as a (weighted) sum; mean and sqrtn
+    bags are then scaled by 1/len and 1/sqrt(len). Empty bags pool to zeros.
 
-    The ids are first laid out row-major (row b's ids of feature 0, 1, …, then row b+1), so the
-    single embedding_bag writes [B·F, dim] already in [B, F, dim] order — models that stack or
-    concatenate features get them without a copy. Every bag is pooled as a (weighted) sum; mean
-    and sqrtn bags are then scaled by 1/len and 1/sqrt(len). Empty bags pool to zeros."""
+    On CPU one numba kernel reads the ids where they lie (feature after feature) and writes
+    [B, F, dim] directly; on GPU the ids are first laid out row-major for one embedding_bag."""
     batch_size, n_features = parts[0].batch_size, len(parts)
     stacked = torch.stack([p.offsets for p in parts])  # [F, B+1]
-    weighted = any(p.weights is not None for p in parts)
     psw = None
-    if weighted:
+    if any(p.weights is not None for p in parts):
         psw = torch.cat(
             [p.weights if p.weights is not None else torch.ones(p.values.numel()) for p in parts]
-        )
-    order, lengths = _row_major(stacked.numpy())
-    order_t = torch.from_numpy(order).to(device)
-    inverse = inverse.index_select(0, order_t)
-    if psw is not None:
-        psw = psw.to(device).index_select(0, order_t)
-    lengths_t = torch.from_numpy(lengths).to(device)
-    offsets = torch.cumsum(lengths_t, 0) - lengths_t
-    pooled = _SumPool.apply(weights, inverse, offsets, lengths_t, psw)
+        ).float()
+    if device.type == "cpu":
+        starts = np.zeros(n_features, np.int64)
+        starts[1:] = np.cumsum([p.values.numel() for p in parts])[:-1]
+        # Features reading distinct tables write distinct gradient rows: backward can split them
+        # between threads; features sharing a table are summed by one thread.
+        exclusive = len({f.table_name for f in features}) == n_features
+        pooled = _FeaturePool.apply(weights, inverse, stacked.numpy(), starts, psw, exclusive)
+    else:
+        pooled = _pool_row_major(weights, inverse, stacked, psw, device)
     pooled = pooled.view(batch_size, n_features, weights.shape[1])
     modes = [f.pooling for f in features]
     if any(m != "sum" for m in modes):
-        n = lengths_t.view(batch_size, n_features).clamp(min=1).float()
+        n = (stacked[:, 1:] - stacked[:, :-1]).T.to(device).clamp(min=1).float()  # [B, F]
         scale = torch.ones_like(n)
         for i, m in enumerate(modes):
             if m == "mean":
@@ -185,6 +185,102 @@ def _pool_all(
                 scale[:, i] = n[:, i].rsqrt()
         pooled = pooled * scale[:, :, None]
     return pooled
+
+
+class _FeaturePool(torch.autograd.Function):
+    """CPU sum pooling straight from the feature-after-feature id layout.
+
+    weights [U, dim] float32, inverse [n] (row of W for every id), offsets [F, B+1] (each
+    feature's bag offsets into its own ids), starts [F] (where feature f's ids begin),
+    per_sample_weights [n] or None → [B, F, dim]. Backward scatters into the U rows only."""
+
+    @staticmethod
+    def forward(ctx, weights, inverse, offsets, starts, per_sample_weights, exclusive):  # noqa: ANN001, ANN205
+        batch = offsets.shape[1] - 1
+        out = torch.empty(batch, offsets.shape[0], weights.shape[1])
+        psw = _NO_WEIGHTS if per_sample_weights is None else per_sample_weights.numpy()
+        w = weights.detach().contiguous()
+        _pool_features(w.numpy(), inverse.numpy(), offsets, starts, psw, out.numpy())
+        ctx.save_for_backward(inverse, per_sample_weights)
+        ctx.layout = (offsets, starts, weights.shape[0], exclusive)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        inverse, psw = ctx.saved_tensors
+        offsets, starts, num_rows, exclusive = ctx.layout
+        grad_w = torch.zeros(num_rows, grad_out.shape[2])
+        _unpool_features(
+            grad_out.contiguous().float().numpy(),
+            inverse.numpy(),
+            offsets,
+            starts,
+            _NO_WEIGHTS if psw is None else psw.numpy(),
+            numba.get_num_threads() if exclusive else 1,
+            grad_w.numpy(),
+        )
+        return grad_w, None, None, None, None, None
+
+
+_NO_WEIGHTS = np.empty(0, np.float32)
+
+
+@numba.njit(nogil=True, parallel=True, cache=True)
+def _pool_features(weights, inverse, offsets, starts, psw, out):  # noqa: ANN001, ANN202
+    """out[b, f] = Σ psw[i] · weights[inverse[i]] over the ids i of feature f in row b."""
+    n_features, batch, dim = offsets.shape[0], offsets.shape[1] - 1, weights.shape[1]
+    weighted = psw.shape[0] > 0
+    for b in numba.prange(batch):
+        for f in range(n_features):
+            lo, hi = starts[f] + offsets[f, b], starts[f] + offsets[f, b + 1]
+            if lo == hi:
+                for j in range(dim):
+                    out[b, f, j] = 0.0
+                continue
+            r = inverse[lo]  # the first id is stored, not added: one pass over out for 1-id bags
+            w = psw[lo] if weighted else np.float32(1.0)
+            for j in range(dim):
+                out[b, f, j] = w * weights[r, j]
+            for i in range(lo + 1, hi):
+                r = inverse[i]
+                w = psw[i] if weighted else np.float32(1.0)
+                for j in range(dim):
+                    out[b, f, j] += w * weights[r, j]
+
+
+@numba.njit(nogil=True, parallel=True, cache=True)
+def _unpool_features(grad_out, inverse, offsets, starts, psw, parts, grad_w):  # noqa: ANN001, ANN202
+    """grad_w[inverse[i]] += psw[i] · grad_out[b, f] for every id i of feature f in row b;
+    thread p takes features p, p + parts, … (parts > 1 only when they write distinct rows)."""
+    n_features, batch, dim = offsets.shape[0], offsets.shape[1] - 1, grad_w.shape[1]
+    weighted = psw.shape[0] > 0
+    for p in numba.prange(parts):
+        for f in range(p, n_features, parts):
+            for b in range(batch):
+                for i in range(starts[f] + offsets[f, b], starts[f] + offsets[f, b + 1]):
+                    r = inverse[i]
+                    w = psw[i] if weighted else np.float32(1.0)
+                    for j in range(dim):
+                        grad_w[r, j] += w * grad_out[b, f, j]
+
+
+def _pool_row_major(
+    weights: torch.Tensor,
+    inverse: torch.Tensor,
+    stacked: torch.Tensor,
+    psw: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """GPU pooling: the ids laid out row-major (row b's ids of feature 0, 1, …, then row b+1),
+    so a single embedding_bag writes [B·F, dim] already in [B, F, dim] order."""
+    order, lengths = _row_major(stacked.numpy())
+    order_t = torch.from_numpy(order).to(device)
+    inverse = inverse.index_select(0, order_t)
+    if psw is not None:
+        psw = psw.to(device).index_select(0, order_t)
+    lengths_t = torch.from_numpy(lengths).to(device)
+    offsets = torch.cumsum(lengths_t, 0) - lengths_t
+    return _SumPool.apply(weights, inverse, offsets, lengths_t, psw)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -210,8 +306,8 @@ def _row_major(offsets):  # noqa: ANN001, ANN202
 
 
 class _SumPool(torch.autograd.Function):
-    """Sum-pool rows of W into bags; backward is one index_add (no sort, unlike
-    embedding_bag's dense backward, which dominated the step in profiles).
+    """Sum-pool rows of W into bags (the GPU path); backward is one index_add (no sort, unlike
+    embedding_bag's dense backward).
 
     weights [U, dim], inverse [n] (row of W for every id), offsets/lengths [bags],
     per_sample_weights [n] or None → [bags, dim]."""
@@ -228,39 +324,14 @@ class _SumPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         inverse, lengths, psw = ctx.saved_tensors
-        if grad_out.is_cuda:
-            bag_of = torch.repeat_interleave(
-                torch.arange(lengths.numel(), device=lengths.device), lengths
-            )
-            g = grad_out.index_select(0, bag_of)
-            if psw is not None:
-                g = g * psw[:, None]
-            grad_w = grad_out.new_zeros(ctx.num_rows, grad_out.shape[1]).index_add_(0, inverse, g)
-        else:
-            grad_w = torch.zeros(ctx.num_rows, grad_out.shape[1])
-            no_weights = np.empty(0, np.float32)
-            _scatter_bags(
-                grad_out.contiguous().float().numpy(),
-                lengths.numpy(),
-                inverse.numpy(),
-                no_weights if psw is None else psw.numpy(),
-                grad_w.numpy(),
-            )
+        bag_of = torch.repeat_interleave(
+            torch.arange(lengths.numel(), device=lengths.device), lengths
+        )
+        g = grad_out.index_select(0, bag_of)
+        if psw is not None:
+            g = g * psw[:, None]
+        grad_w = grad_out.new_zeros(ctx.num_rows, grad_out.shape[1]).index_add_(0, inverse, g)
         return grad_w, None, None, None, None
-
-
-@numba.njit(nogil=True, cache=True)
-def _scatter_bags(grad_out, lengths, inverse, weights, grad_w):  # noqa: ANN001, ANN202
-    """grad_w[inverse[i]] += weights[i] · grad_out[bag of i], bags laid out by `lengths`."""
-    i = 0
-    weighted = weights.shape[0] > 0
-    for b in range(lengths.shape[0]):
-        for _ in range(lengths[b]):
-            r = inverse[i]
-            w = weights[i] if weighted else 1.0
-            for j in range(grad_out.shape[1]):
-                grad_w[r, j] += w * grad_out[b, j]
-            i += 1
 
 
 def _pad(

@@ -16,7 +16,6 @@ The kernels see each table's storage through its address arrays, stacked into [T
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -27,10 +26,9 @@ from streamrec.embedding.dedup import dedup_range
 from streamrec.embedding.hashmap import map_find
 from streamrec.embedding.optimizers import apply_rows
 from streamrec.embedding.table import DynamicTable, _seconds
-from streamrec.embedding.views import f32_2d, i32_2d, u32_2d
+from streamrec.embedding.views import f32_2d, i32_2d, storage_clock, u32_2d
 
 _INT32_MAX = 2**31 - 1
-_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-rows")
 
 
 @dataclass
@@ -75,13 +73,13 @@ class TableGroup:
         self.tables = list(tables)
         self.dim = first.dim
         self._hp = np.stack([t.optimizer.hyperparameters() for t in tables])
-        self._layout_key: tuple[int, ...] | None = None
+        self._layout_clock = -1
         self._layout: dict[str, np.ndarray] = {}
 
     def layout(self) -> dict[str, np.ndarray]:
         """Every table's storage addresses stacked [T, …]; rebuilt only after storage moved."""
-        key = tuple(t.layout_generation for t in self.tables)
-        if key != self._layout_key:
+        clock = storage_clock()
+        if clock != self._layout_clock:
             ts = self.tables
             self._layout = {
                 "keys": _stack([t._map.key_ptrs for t in ts]),
@@ -93,7 +91,7 @@ class TableGroup:
                 "seen": _stack([t._seen.ptrs for t in ts]),
                 "version": _stack([t._row_version.ptrs for t in ts]),
             }
-            self._layout_key = key
+            self._layout_clock = clock
         return self._layout
 
     def resolve(
@@ -147,39 +145,30 @@ class TableGroup:
         if stored.size == 0:
             return
         g = grads.detach().cpu().float().numpy()
-        g = np.ascontiguousarray(g[stored] if stored.size < g.shape[0] else g)
+        tabs, rows = resolved.tables, resolved.rows
+        if stored.size < rows.shape[0]:
+            g, tabs, rows = g[stored], tabs[stored], rows[stored]
+        g = np.ascontiguousarray(g)
         for t in self.tables:
             t.version += 1
         first = self.tables[0]
         lay = self.layout()
         versions = np.array([t.version for t in self.tables], np.int64)
-        tabs, rows = resolved.tables[stored], resolved.rows[stored]
-
-        def run(part: slice) -> None:
-            apply_rows(
-                first.optimizer.code,
-                self._hp,
-                tabs[part],
-                rows[part],
-                g[part],
-                lay["weights"],
-                lay["state"],
-                lay["version"],
-                versions,
-                self.dim,
-                first._state.width,
-                first._weights.shift,
-                first._weights.mask,
-            )
-
-        # The kernel is nogil and the rows are distinct: two threads split them safely.
-        half = rows.shape[0] // 2
-        if half >= 4096:
-            future = _POOL.submit(run, slice(half, None))
-            run(slice(0, half))
-            future.result()
-        else:
-            run(slice(None))
+        apply_rows(  # parallel inside; rows are distinct per table
+            first.optimizer.code,
+            self._hp,
+            tabs,
+            rows,
+            g,
+            lay["weights"],
+            lay["state"],
+            lay["version"],
+            versions,
+            self.dim,
+            first._state.width,
+            first._weights.shift,
+            first._weights.mask,
+        )
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
@@ -197,6 +186,9 @@ def _dedup_resolve(
     now,
     insert,
 ):
+    """Tables are independent, so each thread takes whole tables: it de-duplicates their ids,
+    probes their maps and (insert=True) adds the occurrence counts and last-seen time — no two
+    threads ever write one table's rows. → (tables, fids, rows, counts [U], inverse [n])."""
     n = fids.shape[0]
     n_tables = segments.shape[0] - 1
     local_fid = np.empty(n, np.int64)  # table t's unique fids at segments[t] + k
@@ -204,14 +196,26 @@ def _dedup_resolve(
     local_count = np.zeros(n, np.int64)
     local_inverse = np.empty(n, np.int64)
     n_unique = np.zeros(n_tables, np.int64)
-    for t in numba.prange(n_tables):  # tables are independent: one per thread
-        lo, hi = segments[t], segments[t + 1]
-        u = dedup_range(fids, lo, hi, local_fid, local_inverse, local_count)
-        for k in range(u):
-            local_row[lo + k] = map_find(
-                key_ptrs[t], map_row_ptrs[t], caps[t], shard_bits, local_fid[lo + k]
-            )
-        n_unique[t] = u
+    for t in numba.prange(n_tables):
+        n_unique[t] = _resolve_table(
+            fids,
+            segments[t],
+            segments[t + 1],
+            key_ptrs[t],
+            map_row_ptrs[t],
+            caps[t],
+            shard_bits,
+            count_ptrs[t],
+            seen_ptrs[t],
+            shift,
+            mask,
+            now,
+            insert,
+            local_fid,
+            local_row,
+            local_count,
+            local_inverse,
+        )
     base = np.zeros(n_tables + 1, np.int64)
     for t in range(n_tables):
         base[t + 1] = base[t] + n_unique[t]
@@ -221,7 +225,7 @@ def _dedup_resolve(
     rows = np.empty(total, np.int64)
     counts = np.empty(total, np.int64)
     inverse = np.empty(n, np.int64)
-    for t in range(n_tables):
+    for t in numba.prange(n_tables):
         lo = segments[t]
         for k in range(n_unique[t]):
             g = base[t] + k
@@ -231,17 +235,46 @@ def _dedup_resolve(
             counts[g] = local_count[lo + k]
         for i in range(lo, segments[t + 1]):
             inverse[i] = base[t] + local_inverse[i]
-    if insert:  # serial: stores through carray views must not run under prange
-        n_chunk = mask + 1
-        for g in range(total):
-            r = rows[g]
-            if r >= 0:
-                t = tabs[g]
-                c = i32_2d(count_ptrs[t, r >> shift], n_chunk, 1)
-                o = r & mask
-                c[o, 0] = min(np.int64(c[o, 0]) + counts[g], _INT32_MAX)
-                u32_2d(seen_ptrs[t, r >> shift], n_chunk, 1)[o, 0] = now
     return tabs, ufids, rows, counts, inverse
+
+
+@numba.njit(nogil=True, inline="never", cache=True)
+def _resolve_table(
+    fids,
+    lo,
+    hi,
+    key_ptrs,
+    map_row_ptrs,
+    caps,
+    shard_bits,
+    count_ptrs,  # noqa: ANN001, ANN202, PLR0913
+    seen_ptrs,
+    shift,
+    mask,
+    now,
+    insert,
+    local_fid,
+    local_row,
+    local_count,
+    local_inverse,
+):
+    """One table's part of `_dedup_resolve` → its number of unique fids. Never inlined: the
+    count / last-seen stores go through `carray` views, which numba's parfor pass would drop
+    as dead code inside a prange body, but cannot see into a call."""
+    u = dedup_range(fids, lo, hi, local_fid, local_inverse, local_count)
+    n_chunk = mask + 1
+    for k in range(lo, lo + u):
+        local_row[k] = map_find(key_ptrs, map_row_ptrs, caps, shard_bits, local_fid[k])
+    if not insert:
+        return u
+    for k in range(lo, lo + u):  # a second loop: every row address is known, loads overlap
+        r = local_row[k]
+        if r >= 0:
+            c = i32_2d(count_ptrs[r >> shift], n_chunk, 1)
+            o = r & mask
+            c[o, 0] = min(np.int64(c[o, 0]) + local_count[k], _INT32_MAX)
+            u32_2d(seen_ptrs[r >> shift], n_chunk, 1)[o, 0] = now
+    return u
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)

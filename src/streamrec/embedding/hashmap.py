@@ -17,7 +17,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from streamrec.embedding.views import address, i32_1d, i64_1d
+from streamrec.embedding.views import address, i32_1d, i64_1d, storage_moved
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -141,7 +141,7 @@ class ShardedMap:
         self.sizes = np.zeros(n, np.int64)
         # Staggered load limits: shards cross them in different batches.
         self.max_load = 0.55 + 0.25 * ((np.arange(n) * 37) % n) / max(n - 1, 1)
-        self.generation = 0  # bumped whenever a shard moves (cached address arrays go stale)
+        storage_moved()
 
     def __len__(self) -> int:
         return int(self.sizes.sum())
@@ -169,7 +169,7 @@ class ShardedMap:
             self.keys[s], self.rows[s] = keys, rows
             self.key_ptrs[s], self.row_ptrs[s] = address(keys), address(rows)
             self.caps[s] = cap
-            self.generation += 1
+            storage_moved()
 
     def find(self, fids: np.ndarray) -> np.ndarray:
         out = np.empty(fids.shape[0], np.int64)

@@ -82,8 +82,53 @@ class RowOptimizer:
         )
 
 
-@numba.njit(nogil=True, cache=True)
+# Below this many rows one thread does the step: waking the pool costs more than it saves.
+_PARALLEL_MIN_ROWS = 4096
+
+
 def apply_rows(
+    code: int,
+    hp: np.ndarray,
+    tables: np.ndarray,
+    rows: np.ndarray,
+    grads: np.ndarray,
+    w_ptrs: np.ndarray,
+    s_ptrs: np.ndarray,
+    ver_ptrs: np.ndarray,
+    versions: np.ndarray,
+    dim: int,
+    state_width: int,
+    shift: int,
+    mask: int,
+) -> None:
+    """One optimizer step on rows[i] of table tables[i] with gradient grads[i] [dim].
+
+    hp [T, 8] per-table hyper-parameters; w_ptrs/s_ptrs/ver_ptrs [T, chunks] chunk addresses;
+    versions [T]: the version to stamp on updated rows. Rows must be distinct per table, so
+    the threads, each taking a contiguous range of the rows, never write the same memory.
+    """
+    parts = numba.get_num_threads() if rows.shape[0] >= _PARALLEL_MIN_ROWS else 1
+    _apply_parallel(
+        parts,
+        code,
+        hp,
+        tables,
+        rows,
+        grads,
+        w_ptrs,
+        s_ptrs,
+        ver_ptrs,
+        versions,
+        dim,
+        state_width,
+        shift,
+        mask,
+    )
+
+
+@numba.njit(nogil=True, parallel=True, cache=True)
+def _apply_parallel(
+    parts,
     code,
     hp,
     tables,
@@ -92,21 +137,58 @@ def apply_rows(
     w_ptrs,
     s_ptrs,
     ver_ptrs,
-    versions,  # noqa: ANN001, ANN201, PLR0913
+    versions,  # noqa: ANN001, ANN202, PLR0913
     dim,
     state_width,
     shift,
     mask,
 ):
-    """One optimizer step on rows[i] of table tables[i] with gradient grads[i] [dim].
+    n = rows.shape[0]
+    per = (n + parts - 1) // parts
+    for p in numba.prange(parts):
+        _apply_range(
+            code,
+            hp,
+            tables,
+            rows,
+            grads,
+            w_ptrs,
+            s_ptrs,
+            ver_ptrs,
+            versions,
+            dim,
+            state_width,
+            shift,
+            mask,
+            p * per,
+            min(n, (p + 1) * per),
+        )
 
-    hp [T, 8] per-table hyper-parameters; w_ptrs/s_ptrs/ver_ptrs [T, chunks] chunk addresses;
-    versions [T]: the version to stamp on updated rows. Rows must be distinct per table.
-    Serial on purpose (see table._touch): parallel stores into carray views are unsafe.
-    """
+
+@numba.njit(nogil=True, inline="never", cache=True)
+def _apply_range(
+    code,
+    hp,
+    tables,
+    rows,
+    grads,
+    w_ptrs,
+    s_ptrs,
+    ver_ptrs,
+    versions,  # noqa: ANN001, ANN202, PLR0913
+    dim,
+    state_width,
+    shift,
+    mask,
+    lo,
+    hi,
+):
+    """`apply_rows` on rows[lo:hi]. A separate, never-inlined function on purpose: numba's
+    parfor pass drops stores into `carray` views made inside a prange body (it takes them for
+    dead local arrays), but cannot see into a call."""
     n_chunk = mask + 1
     sw = max(state_width, 1)
-    for i in range(rows.shape[0]):
+    for i in range(lo, hi):
         t = tables[i]
         r = rows[i]
         k = r >> shift

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 import torch
 
-from streamrec.embedding.views import address, f32_2d, i64_2d
+from streamrec.embedding.views import address, f32_2d, i64_2d, storage_moved
 
 DEFAULT_CHUNK_ROWS = 1 << 16
 _TORCH_DTYPES = {
@@ -47,7 +47,7 @@ class ChunkedRows:
         self._stored_width = max(width, 1)
         self.chunks = [self._new_chunk(first)]
         self.ptrs = np.array([address(self.chunks[0])], np.int64)
-        self.generation = 0  # bumped whenever a chunk is added or moved
+        storage_moved()
 
     def _new_chunk(self, rows: int) -> np.ndarray:
         # np.zeros takes pages the OS zeroes lazily (calloc): no long memset under the GIL
@@ -66,7 +66,7 @@ class ChunkedRows:
         """Make room for row indices < rows (doubling the first chunk, then whole chunks)."""
         if self.capacity >= rows:
             return
-        self.generation += 1
+        storage_moved()
         while self.capacity < rows:
             first = self.chunks[0]
             if len(self.chunks) == 1 and first.shape[0] < self.chunk_rows:

@@ -143,21 +143,6 @@ class DynamicTable:
     def config(self) -> dict[str, Any]:
         return dict(self._config)
 
-    @property
-    def layout_generation(self) -> int:
-        """Changes whenever storage moves, so cached address arrays must be rebuilt."""
-        return self._map.generation + sum(
-            r.generation
-            for r in (
-                self._weights,
-                self._state,
-                self._fid,
-                self._count,
-                self._seen,
-                self._row_version,
-            )
-        )
-
     # ------------------------------------------------------------------------ sizes
     def __len__(self) -> int:
         return len(self._map)

@@ -7,6 +7,10 @@ more than the lookup itself. Instead the Python side keeps the arrays alive and 
 array of their data addresses; kernels rebuild plain array views with `numba.carray`, which is
 free. The owner must keep every array referenced while its address is in use (the classes in
 `hashmap.py` and `rows.py` do).
+
+Whoever caches address arrays (a `TableGroup`) must know when storage moved. Every allocation
+or move of table storage calls `storage_moved()`, which advances one process-wide clock;
+`storage_clock()` unchanged since the cache was built means every cached address is valid.
 """
 
 from __future__ import annotations
@@ -15,6 +19,19 @@ import numba
 import numpy as np
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+
+_CLOCK = [0]
+
+
+def storage_moved() -> int:
+    """Record that some table storage was allocated or moved; → the new clock value."""
+    _CLOCK[0] += 1
+    return _CLOCK[0]
+
+
+def storage_clock() -> int:
+    """The clock's value: it changes whenever any table storage in the process moves."""
+    return _CLOCK[0]
 
 
 @intrinsic
