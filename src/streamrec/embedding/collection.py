@@ -26,6 +26,7 @@ from torch import nn
 from streamrec.batch import Batch, JaggedIds
 from streamrec.embedding.grouped import Resolved, TableGroup
 from streamrec.embedding.table import DynamicTable
+from streamrec.embedding.views import PREFETCH_AHEAD, prefetch
 from streamrec.schema import EmbeddingFeature, Schema
 
 
@@ -211,7 +212,7 @@ class _FeaturePool(torch.autograd.Function):
         offsets, starts, num_rows, exclusive = ctx.layout
         grad_w = torch.zeros(num_rows, grad_out.shape[2])
         _unpool_features(
-            grad_out.contiguous().float().numpy(),
+            grad_out.float().numpy(),  # any strides: a sum's gradient is one expanded value
             inverse.numpy(),
             offsets,
             starts,
@@ -230,8 +231,11 @@ def _pool_features(weights, inverse, offsets, starts, psw, out):  # noqa: ANN001
     """out[b, f] = Σ psw[i] · weights[inverse[i]] over the ids i of feature f in row b."""
     n_features, batch, dim = offsets.shape[0], offsets.shape[1] - 1, weights.shape[1]
     weighted = psw.shape[0] > 0
+    base = np.int64(weights.ctypes.data)
     for b in numba.prange(batch):
         for f in range(n_features):
+            if b + 1 < batch and offsets[f, b + 1] < offsets[f, b + 2]:  # the next row's id
+                prefetch(base + inverse[starts[f] + offsets[f, b + 1]] * dim * 4)
             lo, hi = starts[f] + offsets[f, b], starts[f] + offsets[f, b + 1]
             if lo == hi:
                 for j in range(dim):
@@ -254,14 +258,24 @@ def _unpool_features(grad_out, inverse, offsets, starts, psw, parts, grad_w):  #
     thread p takes features p, p + parts, … (parts > 1 only when they write distinct rows)."""
     n_features, batch, dim = offsets.shape[0], offsets.shape[1] - 1, grad_w.shape[1]
     weighted = psw.shape[0] > 0
+    base = np.int64(grad_w.ctypes.data)
     for p in numba.prange(parts):
+        g = np.empty(dim, np.float32)  # grad_out[b, f] copied: it may be strided (expanded)
         for f in range(p, n_features, parts):
             for b in range(batch):
-                for i in range(starts[f] + offsets[f, b], starts[f] + offsets[f, b + 1]):
+                ahead = b + PREFETCH_AHEAD
+                if ahead < batch and offsets[f, ahead] < offsets[f, ahead + 1]:
+                    prefetch(base + inverse[starts[f] + offsets[f, ahead]] * dim * 4)
+                lo, hi = starts[f] + offsets[f, b], starts[f] + offsets[f, b + 1]
+                if lo == hi:
+                    continue
+                for j in range(dim):
+                    g[j] = grad_out[b, f, j]
+                for i in range(lo, hi):
                     r = inverse[i]
                     w = psw[i] if weighted else np.float32(1.0)
                     for j in range(dim):
-                        grad_w[r, j] += w * grad_out[b, f, j]
+                        grad_w[r, j] += w * g[j]
 
 
 def _pool_row_major(

@@ -23,10 +23,17 @@ import numpy as np
 import torch
 
 from streamrec.embedding.dedup import dedup_range
-from streamrec.embedding.hashmap import map_find
+from streamrec.embedding.hashmap import map_find, map_prefetch
 from streamrec.embedding.optimizers import apply_rows
 from streamrec.embedding.table import DynamicTable, _seconds
-from streamrec.embedding.views import f32_2d, i32_2d, storage_clock, u32_2d
+from streamrec.embedding.views import (
+    PREFETCH_AHEAD,
+    f32_2d,
+    i32_2d,
+    prefetch,
+    storage_clock,
+    u32_2d,
+)
 
 _INT32_MAX = 2**31 - 1
 
@@ -82,8 +89,7 @@ class TableGroup:
         if clock != self._layout_clock:
             ts = self.tables
             self._layout = {
-                "keys": _stack([t._map.key_ptrs for t in ts]),
-                "rows": _stack([t._map.row_ptrs for t in ts]),
+                "slots": _stack([t._map.slot_ptrs for t in ts]),
                 "caps": _stack([t._map.caps for t in ts]),
                 "weights": _stack([t._weights.ptrs for t in ts]),
                 "state": _stack([t._state.ptrs for t in ts]),
@@ -105,8 +111,7 @@ class TableGroup:
         tabs, ufids, rows, counts, inverse = _dedup_resolve(
             fids,
             segments,
-            lay["keys"],
-            lay["rows"],
+            lay["slots"],
             lay["caps"],
             first._map.shard_bits,
             lay["count"],
@@ -175,8 +180,7 @@ class TableGroup:
 def _dedup_resolve(
     fids,
     segments,
-    key_ptrs,
-    map_row_ptrs,
+    slot_ptrs,
     caps,
     shard_bits,
     count_ptrs,  # noqa: ANN001, ANN202, PLR0913
@@ -201,8 +205,7 @@ def _dedup_resolve(
             fids,
             segments[t],
             segments[t + 1],
-            key_ptrs[t],
-            map_row_ptrs[t],
+            slot_ptrs[t],
             caps[t],
             shard_bits,
             count_ptrs[t],
@@ -243,8 +246,7 @@ def _resolve_table(
     fids,
     lo,
     hi,
-    key_ptrs,
-    map_row_ptrs,
+    slot_ptrs,
     caps,
     shard_bits,
     count_ptrs,  # noqa: ANN001, ANN202, PLR0913
@@ -263,11 +265,18 @@ def _resolve_table(
     as dead code inside a prange body, but cannot see into a call."""
     u = dedup_range(fids, lo, hi, local_fid, local_inverse, local_count)
     n_chunk = mask + 1
-    for k in range(lo, lo + u):
-        local_row[k] = map_find(key_ptrs, map_row_ptrs, caps, shard_bits, local_fid[k])
+    end = lo + u
+    for k in range(lo, end):
+        if k + PREFETCH_AHEAD < end:
+            map_prefetch(slot_ptrs, caps, shard_bits, local_fid[k + PREFETCH_AHEAD])
+        local_row[k] = map_find(slot_ptrs, caps, shard_bits, local_fid[k])
     if not insert:
         return u
-    for k in range(lo, lo + u):  # a second loop: every row address is known, loads overlap
+    for k in range(lo, end):  # a second loop: every row address is known, loads overlap
+        if k + PREFETCH_AHEAD < end and local_row[k + PREFETCH_AHEAD] >= 0:
+            ra = local_row[k + PREFETCH_AHEAD]
+            prefetch(count_ptrs[ra >> shift] + (ra & mask) * 4)
+            prefetch(seen_ptrs[ra >> shift] + (ra & mask) * 4)
         r = local_row[k]
         if r >= 0:
             c = i32_2d(count_ptrs[r >> shift], n_chunk, 1)
@@ -280,7 +289,13 @@ def _resolve_table(
 @numba.njit(nogil=True, parallel=True, cache=True)
 def _gather(tabs, rows, w_ptrs, shift, mask, dim, out):  # noqa: ANN001, ANN202
     n_chunk = mask + 1
-    for i in numba.prange(rows.shape[0]):
+    n = rows.shape[0]
+    for i in numba.prange(n):
+        if i + PREFETCH_AHEAD < n and rows[i + PREFETCH_AHEAD] >= 0:
+            ra = rows[i + PREFETCH_AHEAD]
+            at = w_ptrs[tabs[i + PREFETCH_AHEAD], ra >> shift] + (ra & mask) * dim * 4
+            for line in range(0, dim * 4, 64):
+                prefetch(at + line)
         r = rows[i]
         if r < 0:
             for j in range(dim):

@@ -1,11 +1,12 @@
 """fid → row: a numba open-addressing hash map that grows without stopping the world.
 
 The map is split into 2^shard_bits shards chosen by the top bits of a 64-bit mix of the fid;
-each shard is a linear-probing table (keys int64, rows int32, row −1 = empty slot) that doubles
-on its own when an insert would pass its load limit. Load limits are staggered between 0.55 and
-0.8 across shards, so shards double in different batches: growing a 10M-entry map rehashes
-~40k entries at a time, never all of them. Deletion uses backward shifting (no tombstones), so
-probe lengths stay short under churn (eviction).
+each shard is a linear-probing table that doubles on its own when an insert would pass its load
+limit. A slot is 12 packed bytes — the fid as two int32 words (low, high), then the row (int32,
+−1 = empty) — so a probe reads one cache line, not one for the key and one for the row. Load
+limits are staggered between 0.55 and 0.8 across shards, so shards double in different
+batches: growing a 10M-entry map rehashes ~40k entries at a time, never all of them. Deletion
+uses backward shifting (no tombstones), so probe lengths stay short under churn (eviction).
 
 Kernels receive the shards as arrays of addresses (see `views.py`); growth happens on the
 Python side in `ShardedMap.reserve`, before an insert kernel runs, because numba-allocated
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from streamrec.embedding.views import address, i32_1d, i64_1d, storage_moved
+from streamrec.embedding.views import address, i32_1d, prefetch, storage_moved
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -45,75 +46,101 @@ def shard_of(h: np.uint64, shard_bits: int) -> np.int64:
     return np.int64(h >> np.uint64(64 - shard_bits))
 
 
+_LOW32 = np.int64(0xFFFFFFFF)
+
+
+@numba.njit(inline="always")
+def _key(v, i):  # noqa: ANN001, ANN202
+    """The fid in slot i of a shard viewed as int32 words [3·cap]."""
+    return (np.int64(v[3 * i + 1]) << 32) | (np.int64(v[3 * i]) & _LOW32)
+
+
+@numba.njit(inline="always")
+def _row(v, i):  # noqa: ANN001, ANN202
+    return np.int64(v[3 * i + 2])
+
+
+@numba.njit(inline="always")
+def _set(v, i, fid, row) -> None:  # noqa: ANN001
+    v[3 * i] = np.int32(np.uint32(fid & _LOW32))
+    v[3 * i + 1] = np.int32(fid >> 32)
+    v[3 * i + 2] = row
+
+
+@numba.njit(inline="always")
+def _shard_slots(slot_ptrs, caps, s):  # noqa: ANN001, ANN202
+    return i32_1d(slot_ptrs[s], 3 * caps[s])
+
+
 @numba.njit(nogil=True, inline="always", cache=True)
-def map_find(key_ptrs, row_ptrs, caps, shard_bits: int, fid: np.int64) -> np.int64:  # noqa: ANN001
+def map_find(slot_ptrs, caps, shard_bits: int, fid: np.int64) -> np.int64:  # noqa: ANN001
     """Row of `fid`, or −1 when absent."""
     h = fid_hash(fid)
     s = shard_of(h, shard_bits)
-    cap = caps[s]
-    k = i64_1d(key_ptrs[s], cap)
-    v = i32_1d(row_ptrs[s], cap)
-    mask = np.uint64(cap - 1)
+    v = _shard_slots(slot_ptrs, caps, s)
+    mask = np.uint64(caps[s] - 1)
     i = h & mask
     while True:
-        r = np.int64(v[i])
+        r = _row(v, i)
         if r < 0:
             return np.int64(-1)
-        if k[i] == fid:
+        if _key(v, i) == fid:
             return r
         i = (i + np.uint64(1)) & mask
 
 
+@numba.njit(nogil=True, inline="always", cache=True)
+def map_prefetch(slot_ptrs, caps, shard_bits: int, fid: np.int64) -> None:  # noqa: ANN001
+    """Start loading the cache line of `fid`'s home slot (see `views.prefetch`)."""
+    h = fid_hash(fid)
+    s = shard_of(h, shard_bits)
+    prefetch(slot_ptrs[s] + np.int64(h & np.uint64(caps[s] - 1)) * 12)
+
+
 @numba.njit(nogil=True, cache=True)
-def map_insert(key_ptrs, row_ptrs, caps, sizes, shard_bits: int, fid: np.int64, row: int) -> None:  # noqa: ANN001
+def map_insert(slot_ptrs, caps, sizes, shard_bits: int, fid: np.int64, row: int) -> None:  # noqa: ANN001
     """Insert a fid known to be absent, into a shard `reserve` made room in."""
     h = fid_hash(fid)
     s = shard_of(h, shard_bits)
-    cap = caps[s]
-    k = i64_1d(key_ptrs[s], cap)
-    v = i32_1d(row_ptrs[s], cap)
-    mask = np.uint64(cap - 1)
+    v = _shard_slots(slot_ptrs, caps, s)
+    mask = np.uint64(caps[s] - 1)
     i = h & mask
-    while v[i] >= 0:
+    while _row(v, i) >= 0:
         i = (i + np.uint64(1)) & mask
-    k[i] = fid
-    v[i] = row
+    _set(v, i, fid, row)
     sizes[s] += 1
 
 
 @numba.njit(nogil=True, cache=True)
-def map_delete(key_ptrs, row_ptrs, caps, sizes, shard_bits: int, fid: np.int64) -> np.int64:  # noqa: ANN001
+def map_delete(slot_ptrs, caps, sizes, shard_bits: int, fid: np.int64) -> np.int64:  # noqa: ANN001
     """Remove `fid`; returns its row (−1 if absent). Backward-shift deletion, no tombstones."""
     h = fid_hash(fid)
     s = shard_of(h, shard_bits)
-    cap = caps[s]
-    k = i64_1d(key_ptrs[s], cap)
-    v = i32_1d(row_ptrs[s], cap)
-    mask = np.uint64(cap - 1)
+    v = _shard_slots(slot_ptrs, caps, s)
+    mask = np.uint64(caps[s] - 1)
     i = h & mask
     while True:
-        if v[i] < 0:
+        if _row(v, i) < 0:
             return np.int64(-1)
-        if k[i] == fid:
+        if _key(v, i) == fid:
             break
         i = (i + np.uint64(1)) & mask
-    found = np.int64(v[i])
+    found = _row(v, i)
     j = i
     while True:
         j = (j + np.uint64(1)) & mask
-        if v[j] < 0:
+        if _row(v, j) < 0:
             break
-        home = fid_hash(k[j]) & mask
+        home = fid_hash(_key(v, j)) & mask
         # The entry at j may move back to the hole at i unless its home lies in (i, j].
         if i <= j:
             movable = home <= i or home > j
         else:
             movable = home <= i and home > j
         if movable:
-            k[i] = k[j]
-            v[i] = v[j]
+            _set(v, i, _key(v, j), _row(v, j))
             i = j
-    v[i] = -1
+    v[3 * i + 2] = -1
     sizes[s] -= 1
     return found
 
@@ -121,7 +148,7 @@ def map_delete(key_ptrs, row_ptrs, caps, sizes, shard_bits: int, fid: np.int64) 
 class ShardedMap:
     """Owner of the shard arrays; the kernels above do the probing.
 
-    Memory: 12 bytes per slot (int64 key + int32 row) at 27–80% load.
+    Memory: 12 bytes per slot (packed int64 fid + int32 row) at 27–80% load.
     """
 
     def __init__(self, shard_bits: int = 8, initial_slots: int = 16) -> None:
@@ -129,14 +156,11 @@ class ShardedMap:
             raise ValueError("shard_bits must be in [1, 16]")
         n = 1 << shard_bits
         self.shard_bits = shard_bits
-        # Shards start as rows of two blocks (a shard that grows gets its own arrays): a map
-        # is built with a few allocations, not 2·n — models are loaded beside a serving one.
-        key_block = np.zeros((n, initial_slots), np.int64)
-        row_block = np.full((n, initial_slots), -1, np.int32)
-        self.keys = list(key_block)
-        self.rows = list(row_block)
-        self.key_ptrs = address(key_block) + np.arange(n, dtype=np.int64) * key_block.strides[0]
-        self.row_ptrs = address(row_block) + np.arange(n, dtype=np.int64) * row_block.strides[0]
+        # Shards start as rows of one block (a shard that grows gets its own array): a map is
+        # built with one allocation, not n — models are loaded beside a serving one.
+        block = np.full((n, 3 * initial_slots), -1, np.int32)
+        self.slots = list(block)  # shard s: int32 [3·caps[s]]
+        self.slot_ptrs = address(block) + np.arange(n, dtype=np.int64) * block.strides[0]
         self.caps = np.full(n, initial_slots, np.int64)
         self.sizes = np.zeros(n, np.int64)
         # Staggered load limits: shards cross them in different batches.
@@ -163,31 +187,26 @@ class ShardedMap:
             cap = int(self.caps[s])
             while self.sizes[s] + need[s] > self.max_load[s] * cap:
                 cap *= 2
-            keys = np.zeros(cap, np.int64)
-            rows = np.full(cap, -1, np.int32)
-            _rehash(self.keys[s], self.rows[s], keys, rows)
-            self.keys[s], self.rows[s] = keys, rows
-            self.key_ptrs[s], self.row_ptrs[s] = address(keys), address(rows)
+            slots = np.full(3 * cap, -1, np.int32)
+            _rehash(self.slots[s], slots)
+            self.slots[s] = slots
+            self.slot_ptrs[s] = address(slots)
             self.caps[s] = cap
             storage_moved()
 
     def find(self, fids: np.ndarray) -> np.ndarray:
         out = np.empty(fids.shape[0], np.int64)
-        _find_many(self.key_ptrs, self.row_ptrs, self.caps, self.shard_bits, fids, out)
+        _find_many(self.slot_ptrs, self.caps, self.shard_bits, fids, out)
         return out
 
     def insert(self, fids: np.ndarray, rows: np.ndarray) -> None:
         """Insert absent fids (distinct) with their rows."""
         self.reserve(fids)
-        _insert_many(
-            self.key_ptrs, self.row_ptrs, self.caps, self.sizes, self.shard_bits, fids, rows
-        )
+        _insert_many(self.slot_ptrs, self.caps, self.sizes, self.shard_bits, fids, rows)
 
     def delete(self, fids: np.ndarray) -> np.ndarray:
         out = np.empty(fids.shape[0], np.int64)
-        _delete_many(
-            self.key_ptrs, self.row_ptrs, self.caps, self.sizes, self.shard_bits, fids, out
-        )
+        _delete_many(self.slot_ptrs, self.caps, self.sizes, self.shard_bits, fids, out)
         return out
 
 
@@ -200,30 +219,30 @@ def _shard_counts(fids, shard_bits, n_shards):  # noqa: ANN001, ANN202
 
 
 @numba.njit(nogil=True, cache=True)
-def _rehash(old_k, old_v, new_k, new_v):  # noqa: ANN001, ANN202
-    mask = np.uint64(new_k.shape[0] - 1)
-    for j in range(old_k.shape[0]):
-        if old_v[j] >= 0:
-            i = fid_hash(old_k[j]) & mask
-            while new_v[i] >= 0:
+def _rehash(old, new):  # noqa: ANN001, ANN202
+    mask = np.uint64(new.shape[0] // 3 - 1)
+    for j in range(old.shape[0] // 3):
+        if _row(old, j) >= 0:
+            fid = _key(old, j)
+            i = fid_hash(fid) & mask
+            while _row(new, i) >= 0:
                 i = (i + np.uint64(1)) & mask
-            new_k[i] = old_k[j]
-            new_v[i] = old_v[j]
+            _set(new, i, fid, _row(old, j))
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
-def _find_many(key_ptrs, row_ptrs, caps, shard_bits, fids, out):  # noqa: ANN001, ANN202
+def _find_many(slot_ptrs, caps, shard_bits, fids, out):  # noqa: ANN001, ANN202
     for i in numba.prange(fids.shape[0]):
-        out[i] = map_find(key_ptrs, row_ptrs, caps, shard_bits, fids[i])
+        out[i] = map_find(slot_ptrs, caps, shard_bits, fids[i])
 
 
 @numba.njit(nogil=True, cache=True)
-def _insert_many(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids, new_rows):  # noqa: ANN001, ANN202
+def _insert_many(slot_ptrs, caps, sizes, shard_bits, fids, new_rows):  # noqa: ANN001, ANN202
     for i in range(fids.shape[0]):
-        map_insert(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids[i], new_rows[i])
+        map_insert(slot_ptrs, caps, sizes, shard_bits, fids[i], new_rows[i])
 
 
 @numba.njit(nogil=True, cache=True)
-def _delete_many(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids, out):  # noqa: ANN001, ANN202
+def _delete_many(slot_ptrs, caps, sizes, shard_bits, fids, out):  # noqa: ANN001, ANN202
     for i in range(fids.shape[0]):
-        out[i] = map_delete(key_ptrs, row_ptrs, caps, sizes, shard_bits, fids[i])
+        out[i] = map_delete(slot_ptrs, caps, sizes, shard_bits, fids[i])

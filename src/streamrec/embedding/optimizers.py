@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from streamrec.embedding.views import f32_2d, i64_2d
+from streamrec.embedding.views import PREFETCH_AHEAD, f32_2d, i64_2d, prefetch
 
 OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl")
 _SGD, _ADAGRAD, _ROWWISE, _ADAM, _FTRL = range(5)
@@ -189,6 +189,14 @@ def _apply_range(
     n_chunk = mask + 1
     sw = max(state_width, 1)
     for i in range(lo, hi):
+        if i + PREFETCH_AHEAD < hi:  # rows come in random order: start loading a later row's lines
+            ta, ra = tables[i + PREFETCH_AHEAD], rows[i + PREFETCH_AHEAD]
+            oa = ra & mask
+            w_at = w_ptrs[ta, ra >> shift] + oa * dim * 4
+            for line in range(0, dim * 4, 64):
+                prefetch(w_at + line)
+            prefetch(s_ptrs[ta, ra >> shift] + oa * sw * 4)
+            prefetch(ver_ptrs[ta, ra >> shift] + oa * 8)
         t = tables[i]
         r = rows[i]
         k = r >> shift

@@ -234,8 +234,7 @@ class DynamicTable:
             fids,
             counts,
             now_s,
-            m.key_ptrs,
-            m.row_ptrs,
+            m.slot_ptrs,
             m.caps,
             m.sizes,
             m.shard_bits,
@@ -358,8 +357,7 @@ class DynamicTable:
         _release_kernel(
             rows,
             fids,
-            m.key_ptrs,
-            m.row_ptrs,
+            m.slot_ptrs,
             m.caps,
             m.sizes,
             m.shard_bits,
@@ -578,8 +576,7 @@ def _admit_kernel(
     fids,
     counts,
     now,
-    key_ptrs,
-    map_row_ptrs,
+    slot_ptrs,
     caps,
     sizes,
     shard_bits,  # noqa: ANN001, ANN202, PLR0913
@@ -610,7 +607,7 @@ def _admit_kernel(
     for i in range(fids.shape[0]):
         fid = fids[i]
         c = counts[i]
-        r = map_find(key_ptrs, map_row_ptrs, caps, shard_bits, fid)
+        r = map_find(slot_ptrs, caps, shard_bits, fid)
         if r >= 0:  # a duplicate fid that this call already inserted
             cc = i32_2d(count_ptrs[r >> shift], n_chunk, 1)
             cc[r & mask, 0] = min(np.int64(cc[r & mask, 0]) + c, _INT32_MAX)
@@ -631,7 +628,7 @@ def _admit_kernel(
         else:
             r = alloc[0]
             alloc[0] += 1
-        map_insert(key_ptrs, map_row_ptrs, caps, sizes, shard_bits, fid, r)
+        map_insert(slot_ptrs, caps, sizes, shard_bits, fid, r)
         k = r >> shift
         o = r & mask
         _init_row(f32_2d(w_ptrs[k], n_chunk, dim)[o], fid, seed, scale)
@@ -649,8 +646,7 @@ def _admit_kernel(
 def _release_kernel(
     rows,
     fids,
-    key_ptrs,
-    map_row_ptrs,
+    slot_ptrs,
     caps,
     sizes,
     shard_bits,
@@ -661,7 +657,7 @@ def _release_kernel(
     alloc,
 ):
     for i in range(rows.shape[0]):
-        map_delete(key_ptrs, map_row_ptrs, caps, sizes, shard_bits, fids[i])
+        map_delete(slot_ptrs, caps, sizes, shard_bits, fids[i])
         r = rows[i]
         i32_2d(count_ptrs[r >> shift], mask + 1, 1)[r & mask, 0] = 0
         free[alloc[1]] = r

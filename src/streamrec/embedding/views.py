@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
@@ -40,6 +41,28 @@ def _voidptr(typingctx, address):  # noqa: ANN001, ANN202
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
         return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return sig, codegen
+
+
+PREFETCH_AHEAD = 8  # items between a prefetch and the work that needs the line
+
+
+@intrinsic
+def prefetch(typingctx, address):  # noqa: ANN001, ANN202
+    """Ask the CPU to start loading the cache line at `address` (for writing): kernels that
+    walk rows in random order issue it a few rows ahead, so the misses overlap."""
+    sig = types.void(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        ptr = builder.inttoptr(args[0], i8p)
+        # rw = 1 (write), locality = 3 (keep in all cache levels), cache type = 1 (data)
+        builder.call(fn, [ptr, i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
 
     return sig, codegen
 
