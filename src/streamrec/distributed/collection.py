@@ -13,7 +13,8 @@ from torch import nn
 
 from streamrec.batch import Batch
 from streamrec.distributed.sharded import ShardedGroup
-from streamrec.embedding.collection import Embedded, EmbeddingCollection, _pad, _pool_all
+from streamrec.embedding.collection import Embedded, EmbeddingCollection
+from streamrec.embedding.pooling import pad_sequence, pool_features
 
 
 class ShardedEmbeddingCollection(nn.Module):
@@ -82,14 +83,14 @@ class ShardedEmbeddingCollection(nn.Module):
         if self.training and torch.is_grad_enabled():
             w.requires_grad_(True)
             w.register_hook(lambda grad: group.apply_gradients(grad.detach().cpu(), routed))
-        pooled = _pool_all(w, inverse, parts, [self.features[f] for f in plan.features], device)
+        pooled = pool_features(w, inverse, parts, [self.features[f] for f in plan.features], device)
         out.groups.append((plan.features, pooled))
         start = 0
         for i, (name, ids) in enumerate(zip(plan.features, parts, strict=True)):
             n = ids.values.numel()
             out.pooled[name] = pooled[:, i]
             if self.features[name].max_length is not None:
-                out.sequences[name] = _pad(
+                out.sequences[name] = pad_sequence(
                     w, inverse[start : start + n], ids.to(device), self.features[name].max_length
                 )
             start += n

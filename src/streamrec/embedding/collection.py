@@ -5,7 +5,7 @@ Tables with the same dim and row optimizer form a `TableGroup`; per group and ba
      in one kernel: de-duplicated per table (unique + inverse + counts), looked up, admitted
      while training — shared tables are read once;
   2. gathers the unique rows once → W [U, dim], moved to the batch's device;
-  3. pools every feature of the group with a single `embedding_bag` over W (sum, then a per-bag
+  3. pools every feature of the group in one kernel over W (`pooling.py`: sum, then a per-bag
      scale for mean / sqrtn; per-id weights) → {feature: [B, dim]}; features with
      `max_length` also come back padded [B, L, dim] with a mask.
 In backward, W's gradient [U, dim] goes straight to the row optimizer of every table in the
@@ -17,16 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from streamrec.batch import Batch, JaggedIds
 from streamrec.embedding.grouped import Resolved, TableGroup
+from streamrec.embedding.pooling import pad_sequence, pool_features
 from streamrec.embedding.table import DynamicTable
-from streamrec.embedding.views import PREFETCH_AHEAD, prefetch
 from streamrec.schema import EmbeddingFeature, Schema
 
 
@@ -114,7 +112,7 @@ class EmbeddingCollection(nn.Module):
             weights.requires_grad_(True)
             weights.register_hook(_row_update_hook(plan.group, resolved))
         inverse = torch.from_numpy(resolved.inverse).to(device)
-        pooled = _pool_all(
+        pooled = pool_features(
             weights, inverse, parts, [self.features[f] for f in plan.features], device
         )
         out.groups.append((plan.features, pooled))
@@ -124,7 +122,7 @@ class EmbeddingCollection(nn.Module):
             feature = self.features[name]
             out.pooled[name] = pooled[:, i]
             if feature.max_length is not None:
-                out.sequences[name] = _pad(
+                out.sequences[name] = pad_sequence(
                     weights, inverse[start : start + n], ids.to(device), feature.max_length
                 )
             start += n
@@ -143,223 +141,3 @@ def _row_update_hook(group: TableGroup, resolved: Resolved):  # noqa: ANN202
         group.apply_gradients(resolved, grad)
 
     return apply
-
-
-def _pool_all(
-    weights: torch.Tensor,
-    inverse: torch.Tensor,
-    parts: list[JaggedIds],
-    features: list[EmbeddingFeature],
-    device: torch.device,
-) -> torch.Tensor:
-    """Pool every feature of a group in one go → [B, F, dim], ready for models that stack or
-    concatenate features (no copy). Every bag is pooled as a (weighted) sum; mean and sqrtn
-    bags are then scaled by 1/len and 1/sqrt(len). Empty bags pool to zeros.
-
-    On CPU one numba kernel reads the ids where they lie (feature after feature) and writes
-    [B, F, dim] directly; on GPU the ids are first laid out row-major for one embedding_bag."""
-    batch_size, n_features = parts[0].batch_size, len(parts)
-    stacked = torch.stack([p.offsets for p in parts])  # [F, B+1]
-    psw = None
-    if any(p.weights is not None for p in parts):
-        psw = torch.cat(
-            [p.weights if p.weights is not None else torch.ones(p.values.numel()) for p in parts]
-        ).float()
-    if device.type == "cpu":
-        starts = np.zeros(n_features, np.int64)
-        starts[1:] = np.cumsum([p.values.numel() for p in parts])[:-1]
-        # Features reading distinct tables write distinct gradient rows: backward can split them
-        # between threads; features sharing a table are summed by one thread.
-        exclusive = len({f.table_name for f in features}) == n_features
-        pooled = _FeaturePool.apply(weights, inverse, stacked.numpy(), starts, psw, exclusive)
-    else:
-        pooled = _pool_row_major(weights, inverse, stacked, psw, device)
-    pooled = pooled.view(batch_size, n_features, weights.shape[1])
-    modes = [f.pooling for f in features]
-    if any(m != "sum" for m in modes):
-        n = (stacked[:, 1:] - stacked[:, :-1]).T.to(device).clamp(min=1).float()  # [B, F]
-        scale = torch.ones_like(n)
-        for i, m in enumerate(modes):
-            if m == "mean":
-                scale[:, i] = 1.0 / n[:, i]
-            elif m == "sqrtn":
-                scale[:, i] = n[:, i].rsqrt()
-        pooled = pooled * scale[:, :, None]
-    return pooled
-
-
-class _FeaturePool(torch.autograd.Function):
-    """CPU sum pooling straight from the feature-after-feature id layout.
-
-    weights [U, dim] float32, inverse [n] (row of W for every id), offsets [F, B+1] (each
-    feature's bag offsets into its own ids), starts [F] (where feature f's ids begin),
-    per_sample_weights [n] or None → [B, F, dim]. Backward scatters into the U rows only."""
-
-    @staticmethod
-    def forward(ctx, weights, inverse, offsets, starts, per_sample_weights, exclusive):  # noqa: ANN001, ANN205
-        batch = offsets.shape[1] - 1
-        out = torch.empty(batch, offsets.shape[0], weights.shape[1])
-        psw = _NO_WEIGHTS if per_sample_weights is None else per_sample_weights.numpy()
-        w = weights.detach().contiguous()
-        _pool_features(w.numpy(), inverse.numpy(), offsets, starts, psw, out.numpy())
-        ctx.save_for_backward(inverse, per_sample_weights)
-        ctx.layout = (offsets, starts, weights.shape[0], exclusive)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
-        inverse, psw = ctx.saved_tensors
-        offsets, starts, num_rows, exclusive = ctx.layout
-        grad_w = torch.zeros(num_rows, grad_out.shape[2])
-        _unpool_features(
-            grad_out.float().numpy(),  # any strides: a sum's gradient is one expanded value
-            inverse.numpy(),
-            offsets,
-            starts,
-            _NO_WEIGHTS if psw is None else psw.numpy(),
-            numba.get_num_threads() if exclusive else 1,
-            grad_w.numpy(),
-        )
-        return grad_w, None, None, None, None, None
-
-
-_NO_WEIGHTS = np.empty(0, np.float32)
-
-
-@numba.njit(nogil=True, parallel=True, cache=True)
-def _pool_features(weights, inverse, offsets, starts, psw, out):  # noqa: ANN001, ANN202
-    """out[b, f] = Σ psw[i] · weights[inverse[i]] over the ids i of feature f in row b."""
-    n_features, batch, dim = offsets.shape[0], offsets.shape[1] - 1, weights.shape[1]
-    weighted = psw.shape[0] > 0
-    base = np.int64(weights.ctypes.data)
-    for b in numba.prange(batch):
-        for f in range(n_features):
-            if b + 1 < batch and offsets[f, b + 1] < offsets[f, b + 2]:  # the next row's id
-                prefetch(base + inverse[starts[f] + offsets[f, b + 1]] * dim * 4)
-            lo, hi = starts[f] + offsets[f, b], starts[f] + offsets[f, b + 1]
-            if lo == hi:
-                for j in range(dim):
-                    out[b, f, j] = 0.0
-                continue
-            r = inverse[lo]  # the first id is stored, not added: one pass over out for 1-id bags
-            w = psw[lo] if weighted else np.float32(1.0)
-            for j in range(dim):
-                out[b, f, j] = w * weights[r, j]
-            for i in range(lo + 1, hi):
-                r = inverse[i]
-                w = psw[i] if weighted else np.float32(1.0)
-                for j in range(dim):
-                    out[b, f, j] += w * weights[r, j]
-
-
-@numba.njit(nogil=True, parallel=True, cache=True)
-def _unpool_features(grad_out, inverse, offsets, starts, psw, parts, grad_w):  # noqa: ANN001, ANN202
-    """grad_w[inverse[i]] += psw[i] · grad_out[b, f] for every id i of feature f in row b;
-    thread p takes features p, p + parts, … (parts > 1 only when they write distinct rows)."""
-    n_features, batch, dim = offsets.shape[0], offsets.shape[1] - 1, grad_w.shape[1]
-    weighted = psw.shape[0] > 0
-    base = np.int64(grad_w.ctypes.data)
-    for p in numba.prange(parts):
-        g = np.empty(dim, np.float32)  # grad_out[b, f] copied: it may be strided (expanded)
-        for f in range(p, n_features, parts):
-            for b in range(batch):
-                ahead = b + PREFETCH_AHEAD
-                if ahead < batch and offsets[f, ahead] < offsets[f, ahead + 1]:
-                    prefetch(base + inverse[starts[f] + offsets[f, ahead]] * dim * 4)
-                lo, hi = starts[f] + offsets[f, b], starts[f] + offsets[f, b + 1]
-                if lo == hi:
-                    continue
-                for j in range(dim):
-                    g[j] = grad_out[b, f, j]
-                for i in range(lo, hi):
-                    r = inverse[i]
-                    w = psw[i] if weighted else np.float32(1.0)
-                    for j in range(dim):
-                        grad_w[r, j] += w * g[j]
-
-
-def _pool_row_major(
-    weights: torch.Tensor,
-    inverse: torch.Tensor,
-    stacked: torch.Tensor,
-    psw: torch.Tensor | None,
-    device: torch.device,
-) -> torch.Tensor:
-    """GPU pooling: the ids laid out row-major (row b's ids of feature 0, 1, …, then row b+1),
-    so a single embedding_bag writes [B·F, dim] already in [B, F, dim] order."""
-    order, lengths = _row_major(stacked.numpy())
-    order_t = torch.from_numpy(order).to(device)
-    inverse = inverse.index_select(0, order_t)
-    if psw is not None:
-        psw = psw.to(device).index_select(0, order_t)
-    lengths_t = torch.from_numpy(lengths).to(device)
-    offsets = torch.cumsum(lengths_t, 0) - lengths_t
-    return _SumPool.apply(weights, inverse, offsets, lengths_t, psw)
-
-
-@numba.njit(nogil=True, cache=True)
-def _row_major(offsets):  # noqa: ANN001, ANN202
-    """offsets [F, B+1] of F features' ids laid out feature after feature → (order [n]: the
-    positions of the ids in row-major (b, f) order, lengths [B·F] of the bags in that order)."""
-    n_features, batch = offsets.shape[0], offsets.shape[1] - 1
-    base = np.zeros(n_features, np.int64)
-    for f in range(1, n_features):
-        base[f] = base[f - 1] + offsets[f - 1, batch]
-    total = base[n_features - 1] + offsets[n_features - 1, batch]
-    order = np.empty(total, np.int64)
-    lengths = np.empty(batch * n_features, np.int64)
-    k = 0
-    for b in range(batch):
-        for f in range(n_features):
-            lo, hi = offsets[f, b], offsets[f, b + 1]
-            lengths[b * n_features + f] = hi - lo
-            for i in range(lo, hi):
-                order[k] = base[f] + i
-                k += 1
-    return order, lengths
-
-
-class _SumPool(torch.autograd.Function):
-    """Sum-pool rows of W into bags (the GPU path); backward is one index_add (no sort, unlike
-    embedding_bag's dense backward).
-
-    weights [U, dim], inverse [n] (row of W for every id), offsets/lengths [bags],
-    per_sample_weights [n] or None → [bags, dim]."""
-
-    @staticmethod
-    def forward(ctx, weights, inverse, offsets, lengths, per_sample_weights):  # noqa: ANN001, ANN205
-        out = F.embedding_bag(
-            inverse, weights, offsets, mode="sum", per_sample_weights=per_sample_weights
-        )
-        ctx.save_for_backward(inverse, lengths, per_sample_weights)
-        ctx.num_rows = weights.shape[0]
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
-        inverse, lengths, psw = ctx.saved_tensors
-        bag_of = torch.repeat_interleave(
-            torch.arange(lengths.numel(), device=lengths.device), lengths
-        )
-        g = grad_out.index_select(0, bag_of)
-        if psw is not None:
-            g = g * psw[:, None]
-        grad_w = grad_out.new_zeros(ctx.num_rows, grad_out.shape[1]).index_add_(0, inverse, g)
-        return grad_w, None, None, None, None
-
-
-def _pad(
-    weights: torch.Tensor, idx: torch.Tensor, ids: JaggedIds, max_length: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-aligned padded sequence [B, L, dim] and mask [B, L] (True = a real id).
-    The schema already keeps only the last `max_length` ids of each row."""
-    lengths = ids.lengths()
-    if lengths.numel() and int(lengths.max()) > max_length:
-        raise ValueError(f"a row has {int(lengths.max())} ids, more than max_length={max_length}")
-    b, dim = ids.batch_size, weights.shape[1]
-    rows = torch.repeat_interleave(torch.arange(b, device=idx.device), lengths)
-    pos = torch.arange(ids.values.numel(), device=idx.device) - ids.offsets[:-1][rows]
-    flat = weights.new_zeros(b * max_length, dim)
-    flat = flat.index_copy(0, rows * max_length + pos, weights[idx])
-    mask = torch.arange(max_length, device=idx.device)[None, :] < lengths[:, None]
-    return flat.view(b, max_length, dim), mask
