@@ -84,11 +84,10 @@ class ShardedEmbeddingCollection(nn.Module):
             w.requires_grad_(True)
             w.register_hook(lambda grad: group.apply_gradients(grad.detach().cpu(), routed))
         pooled = pool_features(w, inverse, parts, [self.features[f] for f in plan.features], device)
-        out.groups.append((plan.features, pooled))
+        out.add_group(plan.features, pooled)
         start = 0
-        for i, (name, ids) in enumerate(zip(plan.features, parts, strict=True)):
+        for name, ids in zip(plan.features, parts, strict=True):
             n = ids.values.numel()
-            out.pooled[name] = pooled[:, i]
             if self.features[name].max_length is not None:
                 out.sequences[name] = pad_sequence(
                     w, inverse[start : start + n], ids.to(device), self.features[name].max_length

@@ -15,6 +15,7 @@ touched; dense parameters are left to torch.optim.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,29 @@ from streamrec.embedding.table import DynamicTable
 from streamrec.schema import EmbeddingFeature, Schema
 
 
+class PooledViews(Mapping[str, torch.Tensor]):
+    """{feature: [B, dim]}, each a view into its group's [B, F, dim] tensor, made on access:
+    a Criteo batch has 26 features, and slicing all of them costs more than models that take
+    the stacked tensor ever need."""
+
+    def __init__(self) -> None:
+        self._where: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def add_group(self, names: list[str], tensor: torch.Tensor) -> None:
+        for i, name in enumerate(names):
+            self._where[name] = (tensor, i)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor, i = self._where[name]
+        return tensor[:, i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
 @dataclass
 class Embedded:
     """The embeddings of one batch.
@@ -37,9 +61,14 @@ class Embedded:
     sequences: {feature: ([B, L, dim], mask bool [B, L])} for features with `max_length`
     """
 
-    pooled: dict[str, torch.Tensor] = field(default_factory=dict)
+    pooled: PooledViews = field(default_factory=PooledViews)
     groups: list[tuple[list[str], torch.Tensor]] = field(default_factory=list)
     sequences: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def add_group(self, names: list[str], tensor: torch.Tensor) -> None:
+        """Record one group's pooled features [B, len(names), dim]."""
+        self.groups.append((names, tensor))
+        self.pooled.add_group(names, tensor)
 
     def stacked(self, names: list[str]) -> torch.Tensor:
         """[B, len(names), dim] for these features — no copy when they are exactly one group's
@@ -115,12 +144,11 @@ class EmbeddingCollection(nn.Module):
         pooled = pool_features(
             weights, inverse, parts, [self.features[f] for f in plan.features], device
         )
-        out.groups.append((plan.features, pooled))
+        out.add_group(plan.features, pooled)
         start = 0
-        for i, (name, ids) in enumerate(zip(plan.features, parts, strict=True)):
+        for name, ids in zip(plan.features, parts, strict=True):
             n = ids.values.numel()
             feature = self.features[name]
-            out.pooled[name] = pooled[:, i]
             if feature.max_length is not None:
                 out.sequences[name] = pad_sequence(
                     weights, inverse[start : start + n], ids.to(device), feature.max_length
