@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from streamrec.batch import JaggedIds
-from streamrec.embedding.pooling import _pool_row_major, pool_features
+from streamrec.embedding.pooling import FeaturePooling, _pool_row_major
 from streamrec.schema import EmbeddingFeature
 
 
@@ -34,7 +34,7 @@ def test_cpu_pooling_kernel_matches_the_row_major_embedding_bag_path(exclusive, 
     ]
     w_ours = torch.randn(n_rows, dim, requires_grad=True)
     w_ref = w_ours.detach().clone().requires_grad_(True)
-    ours = pool_features(w_ours, inverse_t, parts, features, torch.device("cpu"))
+    ours = FeaturePooling(features)(w_ours, inverse_t, parts, torch.device("cpu"))
     ref = _pool_row_major(
         w_ref,
         inverse_t,

@@ -14,7 +14,7 @@ from torch import nn
 from streamrec.batch import Batch
 from streamrec.distributed.sharded import ShardedGroup
 from streamrec.embedding.collection import Embedded, EmbeddingCollection
-from streamrec.embedding.pooling import pad_sequence, pool_features
+from streamrec.embedding.pooling import pad_sequence
 
 
 class ShardedEmbeddingCollection(nn.Module):
@@ -83,7 +83,7 @@ class ShardedEmbeddingCollection(nn.Module):
         if self.training and torch.is_grad_enabled():
             w.requires_grad_(True)
             w.register_hook(lambda grad: group.apply_gradients(grad.detach().cpu(), routed))
-        pooled = pool_features(w, inverse, parts, [self.features[f] for f in plan.features], device)
+        pooled = plan.pooling(w, inverse, parts, device)
         out.add_group(plan.features, pooled)
         start = 0
         for name, ids in zip(plan.features, parts, strict=True):

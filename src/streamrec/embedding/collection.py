@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamrec.batch import Batch, JaggedIds
+from streamrec.batch import Batch
 from streamrec.embedding.grouped import Resolved, TableGroup
-from streamrec.embedding.pooling import pad_sequence, pool_features
+from streamrec.embedding.pooling import FeaturePooling, pad_sequence
 from streamrec.embedding.table import DynamicTable
 from streamrec.schema import EmbeddingFeature, Schema
 
@@ -83,6 +83,8 @@ class Embedded:
 class _GroupPlan:
     group: TableGroup
     features: list[str]  # in fid order: table after table, then the table's features
+    table_index: np.ndarray  # int64 [F]: each feature's table (index in the group)
+    pooling: FeaturePooling
 
 
 class EmbeddingCollection(nn.Module):
@@ -99,12 +101,17 @@ class EmbeddingCollection(nn.Module):
             key = (t.dim, t.optimizer.name, t._map.shard_bits, t._weights.chunk_rows)
             by_key.setdefault(key, []).append(name)
         feature_lists = schema.tables()
-        self._plans = [
-            _GroupPlan(
-                TableGroup([tables[n] for n in names]), [f for n in names for f in feature_lists[n]]
+        self._plans = []
+        for names in by_key.values():
+            features = [f for n in names for f in feature_lists[n]]
+            self._plans.append(
+                _GroupPlan(
+                    TableGroup([tables[n] for n in names]),
+                    features,
+                    np.array([names.index(self.features[f].table_name) for f in features]),
+                    FeaturePooling([self.features[f] for f in features]),
+                )
             )
-            for names in by_key.values()
-        ]
         self._table_of = {f.name: f.table_name for f in schema.embeddings}
         self.now: float | None = None  # event time for admission / expiry; set by the trainer
 
@@ -134,17 +141,19 @@ class EmbeddingCollection(nn.Module):
             for f in plan.features
         ]
         fids = torch.cat([p.values for p in parts]).numpy()
-        segments = self._segments(plan, parts)
+        sizes = np.bincount(plan.table_index, [p.values.shape[0] for p in parts])
+        segments = np.zeros(len(plan.group.tables) + 1, np.int64)
+        np.cumsum(sizes.astype(np.int64), out=segments[1:])  # table i: fids[seg[i]:seg[i + 1]]
         resolved = plan.group.resolve(fids, segments, now, insert=self.training)
         weights = plan.group.gather(resolved).to(device)
         if self.training and torch.is_grad_enabled():
             weights.requires_grad_(True)
             weights.register_hook(_row_update_hook(plan.group, resolved))
         inverse = torch.from_numpy(resolved.inverse).to(device)
-        pooled = pool_features(
-            weights, inverse, parts, [self.features[f] for f in plan.features], device
-        )
+        pooled = plan.pooling(weights, inverse, parts, device)
         out.add_group(plan.features, pooled)
+        if not plan.pooling.sequences:
+            return
         start = 0
         for name, ids in zip(plan.features, parts, strict=True):
             n = ids.values.numel()
@@ -154,14 +163,6 @@ class EmbeddingCollection(nn.Module):
                     weights, inverse[start : start + n], ids.to(device), feature.max_length
                 )
             start += n
-
-    def _segments(self, plan: _GroupPlan, parts: list[JaggedIds]) -> np.ndarray:
-        """Offsets of each table's fids in the concatenation (tables in group order)."""
-        sizes = np.zeros(len(plan.group.tables), np.int64)
-        index = {id(t): i for i, t in enumerate(plan.group.tables)}
-        for name, p in zip(plan.features, parts, strict=True):
-            sizes[index[id(self.tables[self._table_of[name]])]] += p.values.numel()
-        return np.concatenate([[0], np.cumsum(sizes)])
 
 
 def _row_update_hook(group: TableGroup, resolved: Resolved):  # noqa: ANN202

@@ -16,7 +16,7 @@ from streamrec.embedding.hashmap import fid_hash
 @numba.njit(nogil=True, inline="always", cache=True)
 def dedup_range(fids, lo, hi, unique, inverse, counts):  # noqa: ANN001, ANN201
     """De-duplicate fids[lo:hi] into unique[lo:lo+u] (first-occurrence order), counts[lo:lo+u]
-    (must start at zero) and inverse[lo:hi] (index within the range's uniques); returns u."""
+    and inverse[lo:hi] (index within the range's uniques); returns u."""
     cap = 16
     while cap < 2 * (hi - lo):
         cap *= 2
@@ -34,6 +34,7 @@ def dedup_range(fids, lo, hi, unique, inverse, counts):  # noqa: ANN001, ANN201
                 slot_idx[j] = k
                 slot_key[j] = f
                 unique[lo + k] = f
+                counts[lo + k] = 0
                 u += 1
                 break
             if slot_key[j] == f:
@@ -48,7 +49,7 @@ def dedup_range(fids, lo, hi, unique, inverse, counts):  # noqa: ANN001, ANN201
 def _dedup(fids):  # noqa: ANN001, ANN202
     n = fids.shape[0]
     unique = np.empty(n, np.int64)
-    counts = np.zeros(n, np.int64)
+    counts = np.empty(n, np.int64)
     inverse = np.empty(n, np.int64)
     u = dedup_range(fids, 0, n, unique, inverse, counts)
     return unique[:u].copy(), inverse, counts[:u].copy()

@@ -197,7 +197,7 @@ def _dedup_resolve(
     n_tables = segments.shape[0] - 1
     local_fid = np.empty(n, np.int64)  # table t's unique fids at segments[t] + k
     local_row = np.empty(n, np.int64)
-    local_count = np.zeros(n, np.int64)
+    local_count = np.empty(n, np.int64)
     local_inverse = np.empty(n, np.int64)
     n_unique = np.zeros(n_tables, np.int64)
     for t in numba.prange(n_tables):

@@ -22,47 +22,62 @@ from streamrec.embedding.views import PREFETCH_AHEAD, prefetch
 from streamrec.schema import EmbeddingFeature
 
 
-def pool_features(
-    weights: torch.Tensor,
-    inverse: torch.Tensor,
-    parts: list[JaggedIds],
-    features: list[EmbeddingFeature],
-    device: torch.device,
-) -> torch.Tensor:
-    """Pool every feature of a group in one go → [B, F, dim], ready for models that stack or
-    concatenate features (no copy). Every bag is pooled as a (weighted) sum; mean and sqrtn
-    bags are then scaled by 1/len and 1/sqrt(len). Empty bags pool to zeros.
+class FeaturePooling:
+    """How one group's features pool: worked out once per model, applied to every batch.
 
-    On CPU one numba kernel reads the ids where they lie (feature after feature) and writes
-    [B, F, dim] directly; on GPU the ids are first laid out row-major for one embedding_bag."""
-    batch_size, n_features = parts[0].batch_size, len(parts)
-    stacked = torch.stack([p.offsets for p in parts])  # [F, B+1]
-    psw = None
-    if any(p.weights is not None for p in parts):
-        psw = torch.cat(
-            [p.weights if p.weights is not None else torch.ones(p.values.numel()) for p in parts]
-        ).float()
-    if device.type == "cpu":
-        starts = np.zeros(n_features, np.int64)
-        starts[1:] = np.cumsum([p.values.numel() for p in parts])[:-1]
+    `pooling(weights, inverse, parts, device)` pools every feature of the group in one go →
+    [B, F, dim], ready for models that stack or concatenate features (no copy). Every bag is
+    pooled as a (weighted) sum; mean and sqrtn bags are then scaled by 1/len and 1/sqrt(len).
+    Empty bags pool to zeros. On CPU one numba kernel reads the ids where they lie (feature
+    after feature) and writes [B, F, dim] directly; on GPU the ids are first laid out row-major
+    for one embedding_bag."""
+
+    def __init__(self, features: list[EmbeddingFeature]) -> None:
+        self.features = features
+        self.modes = [f.pooling for f in features]
+        self.scaled = any(m != "sum" for m in self.modes)
+        self.sequences = any(f.max_length is not None for f in features)  # also padded
         # Features reading distinct tables write distinct gradient rows: backward can split them
         # between threads; features sharing a table are summed by one thread.
-        exclusive = len({f.table_name for f in features}) == n_features
-        pooled = _FeaturePool.apply(weights, inverse, stacked.numpy(), starts, psw, exclusive)
-    else:
-        pooled = _pool_row_major(weights, inverse, stacked, psw, device)
-    pooled = pooled.view(batch_size, n_features, weights.shape[1])
-    modes = [f.pooling for f in features]
-    if any(m != "sum" for m in modes):
-        n = (stacked[:, 1:] - stacked[:, :-1]).T.to(device).clamp(min=1).float()  # [B, F]
-        scale = torch.ones_like(n)
-        for i, m in enumerate(modes):
-            if m == "mean":
-                scale[:, i] = 1.0 / n[:, i]
-            elif m == "sqrtn":
-                scale[:, i] = n[:, i].rsqrt()
-        pooled = pooled * scale[:, :, None]
-    return pooled
+        self.exclusive = len({f.table_name for f in features}) == len(features)
+
+    def __call__(
+        self,
+        weights: torch.Tensor,
+        inverse: torch.Tensor,
+        parts: list[JaggedIds],
+        device: torch.device,
+    ) -> torch.Tensor:
+        batch_size, n_features = parts[0].batch_size, len(parts)
+        stacked = torch.stack([p.offsets for p in parts])  # [F, B+1]
+        psw = None
+        if any(p.weights is not None for p in parts):
+            psw = torch.cat(
+                [
+                    p.weights if p.weights is not None else torch.ones(p.values.numel())
+                    for p in parts
+                ]
+            ).float()
+        if device.type == "cpu":
+            starts = np.zeros(n_features, np.int64)
+            starts[1:] = stacked[:-1, -1].numpy()
+            np.cumsum(starts, out=starts)
+            pooled = _FeaturePool.apply(
+                weights, inverse, stacked.numpy(), starts, psw, self.exclusive
+            )
+        else:
+            pooled = _pool_row_major(weights, inverse, stacked, psw, device)
+        pooled = pooled.view(batch_size, n_features, weights.shape[1])
+        if self.scaled:
+            n = (stacked[:, 1:] - stacked[:, :-1]).T.to(device).clamp(min=1).float()  # [B, F]
+            scale = torch.ones_like(n)
+            for i, m in enumerate(self.modes):
+                if m == "mean":
+                    scale[:, i] = 1.0 / n[:, i]
+                elif m == "sqrtn":
+                    scale[:, i] = n[:, i].rsqrt()
+            pooled = pooled * scale[:, :, None]
+        return pooled
 
 
 class _FeaturePool(torch.autograd.Function):
