@@ -138,3 +138,16 @@ def test_training_forward_counts_every_occurrence_of_every_table():
         assert (rows >= 0).all()
         assert np.array_equal(t._count.gather(rows)[:, 0], expected)
         assert (t._seen.gather(rows)[:, 0] == 1234).all()
+
+
+def test_collection_sees_a_table_reloaded_in_place():
+    """Loading a state into a table replaces all of its storage: the group's cached addresses
+    must be rebuilt, or the next batch would read freed memory."""
+    coll, batch, table = _setup()
+    coll(batch)  # caches the group's addresses
+    donor = DynamicTable(dim=4, optimizer="sgd", lr=1.0, seed=7)  # other values than table's
+    donor.lookup(torch.arange(1, 5000, dtype=torch.int64), now=0)  # many more rows: new chunks
+    table.load_state_dict(donor.state_dict())
+    coll.eval()
+    out = coll(batch).pooled["item"]
+    assert torch.equal(out, donor.lookup(torch.tensor([1, 2, 3]), insert=False))

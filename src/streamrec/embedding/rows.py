@@ -66,7 +66,6 @@ class ChunkedRows:
         """Make room for row indices < rows (doubling the first chunk, then whole chunks)."""
         if self.capacity >= rows:
             return
-        storage_moved()
         while self.capacity < rows:
             first = self.chunks[0]
             if len(self.chunks) == 1 and first.shape[0] < self.chunk_rows:
@@ -76,6 +75,7 @@ class ChunkedRows:
             else:
                 self.chunks.append(self._new_chunk(self.chunk_rows))
         self.ptrs = np.array([address(c) for c in self.chunks], np.int64)
+        storage_moved()
 
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.chunks) if self.width else 0

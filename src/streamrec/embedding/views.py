@@ -15,19 +15,23 @@ or move of table storage calls `storage_moved()`, which advances one process-wid
 
 from __future__ import annotations
 
+import itertools
+
 import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+_MOVES = itertools.count(1)  # next() is atomic: every move gets a value never seen before
 _CLOCK = [0]
 
 
 def storage_moved() -> int:
-    """Record that some table storage was allocated or moved; → the new clock value."""
-    _CLOCK[0] += 1
-    return _CLOCK[0]
+    """Record that some table storage was allocated or moved (call it after the move);
+    → the new clock value."""
+    _CLOCK[0] = value = next(_MOVES)
+    return value
 
 
 def storage_clock() -> int:
