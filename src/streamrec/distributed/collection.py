@@ -14,7 +14,6 @@ from torch import nn
 from streamrec.batch import Batch
 from streamrec.distributed.sharded import ShardedGroup
 from streamrec.embedding.collection import Embedded, EmbeddingCollection
-from streamrec.embedding.pooling import pad_sequence
 
 
 class ShardedEmbeddingCollection(nn.Module):
@@ -70,12 +69,12 @@ class ShardedEmbeddingCollection(nn.Module):
         out: Embedded,
     ) -> None:
         parts = [batch.sparse[f] for f in plan.features]
-        by_table: dict[int, list[int]] = {id(t): [] for t in group.tables}
-        for i, f in enumerate(plan.features):
-            by_table[id(self.local.tables[self.local._table_of[f]])].append(i)
+        features_of = [np.flatnonzero(plan.table_index == t) for t in range(len(group.tables))]
         fids = [
-            np.concatenate([parts[i].values.numpy() for i in idx]) if idx else np.empty(0, np.int64)
-            for idx in by_table.values()
+            np.concatenate([parts[i].values.numpy() for i in idx])
+            if idx.size
+            else np.empty(0, np.int64)
+            for idx in features_of
         ]
         w, inverses, routed = group.lookup(fids, now, self.training)
         inverse = torch.from_numpy(np.concatenate(inverses)).to(device)
@@ -85,14 +84,7 @@ class ShardedEmbeddingCollection(nn.Module):
             w.register_hook(lambda grad: group.apply_gradients(grad.detach().cpu(), routed))
         pooled = plan.pooling(w, inverse, parts, device)
         out.add_group(plan.features, pooled)
-        start = 0
-        for name, ids in zip(plan.features, parts, strict=True):
-            n = ids.values.numel()
-            if self.features[name].max_length is not None:
-                out.sequences[name] = pad_sequence(
-                    w, inverse[start : start + n], ids.to(device), self.features[name].max_length
-                )
-            start += n
+        out.sequences.update(plan.pooling.pad_sequences(w, inverse, parts, device))
 
 
 def shard_collections(

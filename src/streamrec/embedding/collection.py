@@ -24,7 +24,7 @@ from torch import nn
 
 from streamrec.batch import Batch
 from streamrec.embedding.grouped import Resolved, TableGroup
-from streamrec.embedding.pooling import FeaturePooling, pad_sequence
+from streamrec.embedding.pooling import FeaturePooling
 from streamrec.embedding.table import DynamicTable
 from streamrec.schema import EmbeddingFeature, Schema
 
@@ -152,17 +152,7 @@ class EmbeddingCollection(nn.Module):
         inverse = torch.from_numpy(resolved.inverse).to(device)
         pooled = plan.pooling(weights, inverse, parts, device)
         out.add_group(plan.features, pooled)
-        if not plan.pooling.sequences:
-            return
-        start = 0
-        for name, ids in zip(plan.features, parts, strict=True):
-            n = ids.values.numel()
-            feature = self.features[name]
-            if feature.max_length is not None:
-                out.sequences[name] = pad_sequence(
-                    weights, inverse[start : start + n], ids.to(device), feature.max_length
-                )
-            start += n
+        out.sequences.update(plan.pooling.pad_sequences(weights, inverse, parts, device))
 
 
 def _row_update_hook(group: TableGroup, resolved: Resolved):  # noqa: ANN202

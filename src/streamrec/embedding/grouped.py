@@ -31,6 +31,7 @@ from streamrec.embedding.views import (
     f32_2d,
     i32_2d,
     prefetch,
+    prefetch_span,
     storage_clock,
     u32_2d,
 )
@@ -293,9 +294,9 @@ def _gather(tabs, rows, w_ptrs, shift, mask, dim, out):  # noqa: ANN001, ANN202
     for i in numba.prange(n):
         if i + PREFETCH_AHEAD < n and rows[i + PREFETCH_AHEAD] >= 0:
             ra = rows[i + PREFETCH_AHEAD]
-            at = w_ptrs[tabs[i + PREFETCH_AHEAD], ra >> shift] + (ra & mask) * dim * 4
-            for line in range(0, dim * 4, 64):
-                prefetch(at + line)
+            prefetch_span(
+                w_ptrs[tabs[i + PREFETCH_AHEAD], ra >> shift] + (ra & mask) * dim * 4, dim * 4
+            )
         r = rows[i]
         if r < 0:
             for j in range(dim):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from streamrec.embedding.views import PREFETCH_AHEAD, f32_2d, i64_2d, prefetch
+from streamrec.embedding.views import PREFETCH_AHEAD, f32_2d, i64_2d, prefetch, prefetch_span
 
 OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl")
 _SGD, _ADAGRAD, _ROWWISE, _ADAM, _FTRL = range(5)
@@ -110,6 +110,7 @@ def apply_rows(
     parts = numba.get_num_threads() if rows.shape[0] >= _PARALLEL_MIN_ROWS else 1
     _apply_parallel(
         parts,
+        rows.shape[0],
         code,
         hp,
         tables,
@@ -127,46 +128,17 @@ def apply_rows(
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
-def _apply_parallel(
-    parts,
-    code,
-    hp,
-    tables,
-    rows,
-    grads,
-    w_ptrs,
-    s_ptrs,
-    ver_ptrs,
-    versions,  # noqa: ANN001, ANN202, PLR0913
-    dim,
-    state_width,
-    shift,
-    mask,
-):
-    n = rows.shape[0]
+def _apply_parallel(parts, n, *kernel_args):  # noqa: ANN001, ANN202
+    """Thread p steps rows [p·per, (p+1)·per): `_apply_range` with the same arguments."""
     per = (n + parts - 1) // parts
     for p in numba.prange(parts):
-        _apply_range(
-            code,
-            hp,
-            tables,
-            rows,
-            grads,
-            w_ptrs,
-            s_ptrs,
-            ver_ptrs,
-            versions,
-            dim,
-            state_width,
-            shift,
-            mask,
-            p * per,
-            min(n, (p + 1) * per),
-        )
+        _apply_range(p * per, min(n, (p + 1) * per), *kernel_args)
 
 
 @numba.njit(nogil=True, inline="never", cache=True)
 def _apply_range(
+    lo,
+    hi,
     code,
     hp,
     tables,
@@ -180,8 +152,6 @@ def _apply_range(
     state_width,
     shift,
     mask,
-    lo,
-    hi,
 ):
     """`apply_rows` on rows[lo:hi]. A separate, never-inlined function on purpose: numba's
     parfor pass drops stores into `carray` views made inside a prange body (it takes them for
@@ -192,9 +162,7 @@ def _apply_range(
         if i + PREFETCH_AHEAD < hi:  # rows come in random order: start loading a later row's lines
             ta, ra = tables[i + PREFETCH_AHEAD], rows[i + PREFETCH_AHEAD]
             oa = ra & mask
-            w_at = w_ptrs[ta, ra >> shift] + oa * dim * 4
-            for line in range(0, dim * 4, 64):
-                prefetch(w_at + line)
+            prefetch_span(w_ptrs[ta, ra >> shift] + oa * dim * 4, dim * 4)
             prefetch(s_ptrs[ta, ra >> shift] + oa * sw * 4)
             prefetch(ver_ptrs[ta, ra >> shift] + oa * 8)
         t = tables[i]

@@ -79,6 +79,27 @@ class FeaturePooling:
             pooled = pooled * scale[:, :, None]
         return pooled
 
+    def pad_sequences(
+        self,
+        weights: torch.Tensor,
+        inverse: torch.Tensor,
+        parts: list[JaggedIds],
+        device: torch.device,
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{feature: (padded [B, L, dim], mask [B, L])} for the features with `max_length`."""
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if not self.sequences:
+            return out
+        start = 0
+        for feature, ids in zip(self.features, parts, strict=True):
+            n = ids.values.numel()
+            if feature.max_length is not None:
+                out[feature.name] = pad_sequence(
+                    weights, inverse[start : start + n], ids.to(device), feature.max_length
+                )
+            start += n
+        return out
+
 
 class _FeaturePool(torch.autograd.Function):
     """CPU sum pooling straight from the feature-after-feature id layout.

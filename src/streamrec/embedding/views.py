@@ -71,6 +71,13 @@ def prefetch(typingctx, address):  # noqa: ANN001, ANN202
     return sig, codegen
 
 
+@numba.njit(inline="always")
+def prefetch_span(address: int, nbytes: int) -> None:
+    """`prefetch` every cache line of [address, address + nbytes): one row of a table."""
+    for line in range(0, nbytes, 64):
+        prefetch(address + line)
+
+
 def address(arr: np.ndarray) -> int:
     if not arr.flags.c_contiguous:
         raise ValueError("only C-contiguous arrays can be viewed by address")
