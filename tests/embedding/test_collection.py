@@ -4,7 +4,6 @@ import torch
 
 from streamrec.embedding import DynamicTable
 from streamrec.embedding.collection import EmbeddingCollection
-from streamrec.embedding.dedup import dedup
 from streamrec.schema import EmbeddingFeature, Schema
 
 
@@ -77,13 +76,6 @@ def test_sequences_come_back_padded_with_a_mask():
     e2 = table.lookup(torch.tensor([2]), insert=False)[0]
     assert torch.equal(seq[2, 0], e2) and torch.equal(seq[2, 1], e2)
     assert torch.count_nonzero(seq[1]) == 0
-
-
-def test_dedup_is_first_occurrence_ordered_and_inverse_reconstructs():
-    fids = np.array([5, -1, 5, 2**62, -1, 7], np.int64)
-    unique, inverse, counts = dedup(fids)
-    assert unique.tolist() == [5, -1, 2**62, 7] and counts.tolist() == [2, 2, 1, 1]
-    assert np.array_equal(unique[inverse], fids)
 
 
 def test_groups_stack_features_without_a_copy_and_match_pooled():

@@ -9,16 +9,26 @@ from streamrec.embedding.pooling import FeaturePooling, _pool_row_major
 from streamrec.schema import EmbeddingFeature
 
 
+def _lengths(rng: np.random.Generator, bags: str, batch: int) -> np.ndarray:
+    if bags == "mixed":  # empty, one-id and multi-id bags
+        return rng.integers(0, 4, batch)
+    lengths = np.ones(batch, np.int64)  # single-valued: the kernels' gather path
+    if bags == "mostly_single":  # a few blocks of 64 rows fall back to the general path
+        lengths[rng.choice(batch, 3, replace=False)] = rng.choice([0, 2], 3)
+    return lengths
+
+
+@pytest.mark.parametrize("bags", ["mixed", "single", "mostly_single"])
 @pytest.mark.parametrize("exclusive", [True, False])
 @pytest.mark.parametrize("weighted", [True, False])
-def test_cpu_pooling_kernel_matches_the_row_major_embedding_bag_path(exclusive, weighted):
+def test_cpu_pooling_kernel_matches_the_row_major_embedding_bag_path(exclusive, weighted, bags):
     """The CPU kernel (ids read feature after feature, backward split between threads when
     features own their rows) against the GPU path's embedding_bag + index_add, run on CPU."""
     rng = np.random.default_rng(0)
     batch, n_features, dim, n_rows = 300, 5, 8, 40
     parts, inverse = [], []
     for i in range(n_features):
-        lengths = rng.integers(0, 4, batch)  # empty, one-id and multi-id bags
+        lengths = _lengths(rng, bags, batch)
         n = int(lengths.sum())
         weights = torch.from_numpy(rng.random(n, dtype=np.float32)) if weighted else None
         offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]))
@@ -48,6 +58,17 @@ def test_cpu_pooling_kernel_matches_the_row_major_embedding_bag_path(exclusive, 
     (ref * upstream).sum().backward(retain_graph=True)
     assert torch.allclose(w_ours.grad, w_ref.grad, atol=1e-5)
     w_ours.grad, w_ref.grad = None, None
-    ours.sum().backward()  # a sum's gradient arrives expanded (all strides 0), not copied
-    ref.sum().backward()
+    ours.sum().backward(retain_graph=True)  # a sum's gradient arrives expanded (strides 0)
+    ref.sum().backward(retain_graph=True)
     assert torch.allclose(w_ours.grad, w_ref.grad, atol=1e-5)
+
+    # a gradient whose last dimension is not contiguous (transposed) is read correctly too
+    upstream_t = torch.randn(dim, n_features, batch).permute(2, 1, 0)
+    (g_ours,) = torch.autograd.grad(ours, w_ours, upstream_t, retain_graph=True)
+    (g_ref,) = torch.autograd.grad(ref, w_ref, upstream_t.contiguous(), retain_graph=True)
+    assert torch.allclose(g_ours, g_ref, atol=1e-5)
+    # …and one broadcast along the batch only (strides (0, dim, 1))
+    upstream_b = torch.randn(1, n_features, dim).expand(batch, n_features, dim)
+    (g_ours,) = torch.autograd.grad(ours, w_ours, upstream_b)
+    (g_ref,) = torch.autograd.grad(ref, w_ref, upstream_b.contiguous())
+    assert torch.allclose(g_ours, g_ref, atol=1e-5)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from streamrec.batch import JaggedIds
-from streamrec.embedding.views import PREFETCH_AHEAD, prefetch
+from streamrec.embedding.views import f32_1d
 from streamrec.schema import EmbeddingFeature
 
 
@@ -125,7 +125,7 @@ class _FeaturePool(torch.autograd.Function):
         offsets, starts, num_rows, exclusive = ctx.layout
         grad_w = torch.zeros(num_rows, grad_out.shape[2])
         _unpool_features(
-            grad_out.float().numpy(),  # any strides: a sum's gradient is one expanded value
+            _unit_last_stride(grad_out.float()).numpy(),
             inverse.numpy(),
             offsets,
             starts,
@@ -137,53 +137,86 @@ class _FeaturePool(torch.autograd.Function):
 
 
 _NO_WEIGHTS = np.empty(0, np.float32)
+_BAGS_PER_BLOCK = 64  # forward: a thread pools features f = 0‥F-1 for 64 rows of the batch
+
+
+def _unit_last_stride(grad: torch.Tensor) -> torch.Tensor:
+    """grad [B, F, dim] with its last dimension contiguous, without copying the common case of
+    one value broadcast everywhere (the gradient of a sum or mean loss: strides (0, 0, 0))."""
+    if grad.stride(2) == 1 or grad.shape[2] == 1:
+        return grad
+    if grad.stride(0) == 0 and grad.stride(1) == 0:
+        return grad[0, 0].contiguous().expand(grad.shape)
+    return grad.contiguous()
+
+
+@numba.njit(nogil=True, inline="always", cache=True)
+def _one_id_per_bag(offsets, f, b0, b1):  # noqa: ANN001, ANN202
+    """Do bags b0‥b1-1 of feature f hold exactly one id each (a single-valued feature)?"""
+    single = True
+    for b in range(b0, b1):
+        single &= offsets[f, b + 1] - offsets[f, b] == 1
+    return single
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
 def _pool_features(weights, inverse, offsets, starts, psw, out):  # noqa: ANN001, ANN202
-    """out[b, f] = Σ psw[i] · weights[inverse[i]] over the ids i of feature f in row b."""
+    """out[b, f] = Σ psw[i] · weights[inverse[i]] over the ids i of feature f in row b.
+
+    Threads take blocks of rows; within a block, feature by feature, so each feature's offsets
+    and ids are read in order. Runs of one-id bags (single-valued features, the usual case in
+    CTR data) are a plain gather. No prefetch: W is small and read by every thread, and a
+    prefetch-for-write would bounce its lines between cores."""
     n_features, batch, dim = offsets.shape[0], offsets.shape[1] - 1, weights.shape[1]
     weighted = psw.shape[0] > 0
-    base = np.int64(weights.ctypes.data)
-    for b in numba.prange(batch):
+    for block in numba.prange((batch + _BAGS_PER_BLOCK - 1) // _BAGS_PER_BLOCK):
+        b0 = block * _BAGS_PER_BLOCK
+        b1 = min(batch, b0 + _BAGS_PER_BLOCK)
         for f in range(n_features):
-            if b + 1 < batch and offsets[f, b + 1] < offsets[f, b + 2]:  # the next row's id
-                prefetch(base + inverse[starts[f] + offsets[f, b + 1]] * dim * 4)
-            lo, hi = starts[f] + offsets[f, b], starts[f] + offsets[f, b + 1]
-            if lo == hi:
-                for j in range(dim):
-                    out[b, f, j] = 0.0
+            first = starts[f] + offsets[f, b0] - b0  # id of bag b is first + b when single
+            if _one_id_per_bag(offsets, f, b0, b1):
+                for b in range(b0, b1):
+                    r = inverse[first + b]
+                    w = psw[first + b] if weighted else np.float32(1.0)
+                    for j in range(dim):
+                        out[b, f, j] = w * weights[r, j]
                 continue
-            r = inverse[lo]  # the first id is stored, not added: one pass over out for 1-id bags
-            w = psw[lo] if weighted else np.float32(1.0)
-            for j in range(dim):
-                out[b, f, j] = w * weights[r, j]
-            for i in range(lo + 1, hi):
-                r = inverse[i]
-                w = psw[i] if weighted else np.float32(1.0)
+            for b in range(b0, b1):
+                lo, hi = starts[f] + offsets[f, b], starts[f] + offsets[f, b + 1]
+                if lo == hi:
+                    for j in range(dim):
+                        out[b, f, j] = 0.0
+                    continue
+                r = inverse[lo]  # the first id is stored, not added: one pass for 1-id bags
+                w = psw[lo] if weighted else np.float32(1.0)
                 for j in range(dim):
-                    out[b, f, j] += w * weights[r, j]
+                    out[b, f, j] = w * weights[r, j]
+                for i in range(lo + 1, hi):
+                    r = inverse[i]
+                    w = psw[i] if weighted else np.float32(1.0)
+                    for j in range(dim):
+                        out[b, f, j] += w * weights[r, j]
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
 def _unpool_features(grad_out, inverse, offsets, starts, psw, parts, grad_w):  # noqa: ANN001, ANN202
     """grad_w[inverse[i]] += psw[i] · grad_out[b, f] for every id i of feature f in row b;
-    thread p takes features p, p + parts, … (parts > 1 only when they write distinct rows)."""
+    thread p takes features p, p + parts, … (parts > 1 only when they write distinct rows).
+
+    grad_out may have any strides but a unit last one (see `_unit_last_stride`): each
+    grad_out[b, f] is read through a contiguous view, so the adds vectorise."""
     n_features, batch, dim = offsets.shape[0], offsets.shape[1] - 1, grad_w.shape[1]
     weighted = psw.shape[0] > 0
-    base = np.int64(grad_w.ctypes.data)
+    base = np.int64(grad_out.ctypes.data)
+    stride_b, stride_f = grad_out.strides[0], grad_out.strides[1]
     for p in numba.prange(parts):
-        g = np.empty(dim, np.float32)  # grad_out[b, f] copied: it may be strided (expanded)
         for f in range(p, n_features, parts):
+            single = _one_id_per_bag(offsets, f, 0, batch)
             for b in range(batch):
-                ahead = b + PREFETCH_AHEAD
-                if ahead < batch and offsets[f, ahead] < offsets[f, ahead + 1]:
-                    prefetch(base + inverse[starts[f] + offsets[f, ahead]] * dim * 4)
+                g = f32_1d(base + b * stride_b + f * stride_f, dim)
                 lo, hi = starts[f] + offsets[f, b], starts[f] + offsets[f, b + 1]
-                if lo == hi:
-                    continue
-                for j in range(dim):
-                    g[j] = grad_out[b, f, j]
+                if single:
+                    hi = lo + 1
                 for i in range(lo, hi):
                     r = inverse[i]
                     w = psw[i] if weighted else np.float32(1.0)

@@ -85,6 +85,11 @@ def address(arr: np.ndarray) -> int:
 
 
 @numba.njit(inline="always")
+def f32_1d(ptr: int, n: int) -> np.ndarray:
+    return numba.carray(_voidptr(ptr), (n,), np.float32)
+
+
+@numba.njit(inline="always")
 def f32_2d(ptr: int, rows: int, width: int) -> np.ndarray:
     return numba.carray(_voidptr(ptr), (rows, width), np.float32)
 
