@@ -10,7 +10,9 @@ does, the moment one kernel module is edited.
 `refresh` is called once when streamrec is imported, before any kernel is compiled: it hashes
 every module of the package that uses numba and, when the hash differs from the one recorded
 beside the cache, deletes the package's cached kernels (numba recompiles them on first use,
-~1 minute in all). Unchanged sources cost one hash of ~200 KB per import.
+~1 minute in all). Unchanged sources cost one hash of ~200 KB per import. Caches kept
+elsewhere (NUMBA_CACHE_DIR, or numba's per-user directory when the package is read-only) are
+not touched: clear those by hand after editing a kernel module.
 """
 
 from __future__ import annotations
