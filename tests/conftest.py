@@ -8,8 +8,15 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+# No time limit per example: the first example of a property test may include compiling (or
+# loading from numba's cache) the kernels it calls, ~1 s on a cold process. Speed is measured
+# in benchmarks/, never by unit tests.
+settings.register_profile("streamrec", deadline=None)
+settings.load_profile("streamrec")
 
 
 def _data_root() -> Path:
