@@ -211,12 +211,9 @@ def _unpool_features(grad_out, inverse, offsets, starts, psw, parts, grad_w):  #
     stride_b, stride_f = grad_out.strides[0], grad_out.strides[1]
     for p in numba.prange(parts):
         for f in range(p, n_features, parts):
-            single = _one_id_per_bag(offsets, f, 0, batch)
             for b in range(batch):
                 g = f32_1d(base + b * stride_b + f * stride_f, dim)
                 lo, hi = starts[f] + offsets[f, b], starts[f] + offsets[f, b + 1]
-                if single:
-                    hi = lo + 1
                 for i in range(lo, hi):
                     r = inverse[i]
                     w = psw[i] if weighted else np.float32(1.0)
