@@ -3,6 +3,7 @@ call one function, print a table for people or one JSON object with `--json`."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -144,6 +145,7 @@ def train(
     from streamrec.config import ConfigError
     from streamrec.store import CorruptModelError
     from streamrec.train.job import run_training
+    from streamrec.train.run_dir import RunDirBusy
 
     cfg = _load_config(config)
     if epochs is not None:
@@ -154,7 +156,7 @@ def train(
 
         try:
             tt, model_dir = train_two_tower(cfg, out, progress=not quiet)
-        except (DataError, ConfigError, ValueError) as e:
+        except (DataError, ConfigError, ValueError, RunDirBusy) as e:
             _fail(str(e))
         if as_json:
             _print_json({**tt, "model_dir": str(model_dir)})
@@ -173,7 +175,7 @@ def train(
                 return
         else:
             result, model_dir = run_training(cfg, out, resume=resume, progress=not quiet)
-    except (DataError, ConfigError, CorruptModelError) as e:
+    except (DataError, ConfigError, CorruptModelError, RunDirBusy) as e:
         _fail(str(e))
     report = {**result.to_json(), "model_dir": str(model_dir)}
     if as_json:
@@ -299,7 +301,12 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you say so)."),
     port: int = typer.Option(8080, help="TCP port."),
     token: str | None = typer.Option(
-        None, help="Require 'Authorization: Bearer TOKEN' on every request."
+        None,
+        help="Require 'Authorization: Bearer TOKEN' on every request but the health probes "
+        "(/healthz, /readyz), which orchestrators call without one.",
+    ),
+    token_guards_health: bool = typer.Option(
+        False, help="With --token, require it on /healthz and /readyz too."
     ),
     deltas: Path | None = typer.Option(
         None, help="Folder of deltas to apply while serving (default: beside the model)."
@@ -316,11 +323,14 @@ def serve(
         "1 suits small batches: idle OpenMP workers spin and take CPU from request handling.",
     ),
 ) -> None:
-    """Serve a model over HTTP: /v1/rank, /v1/recommend, /v1/model, /healthz, /metrics."""
+    """Serve a model over HTTP: /v1/rank, /v1/recommend, /v1/model, /healthz, /readyz,
+    /metrics. A corrupt delta never stops it: it is skipped and reported (/readyz says
+    `degraded`) until the next full model covers it."""
     import uvicorn
 
     from streamrec.serving.app import create_app
     from streamrec.serving.batcher import quiet_garbage_collector, use_compute_threads
+    from streamrec.serving.http import server_config
 
     use_compute_threads(threads or 1)  # the main thread: loading, and request handling
     from streamrec.store import CorruptModelError
@@ -337,13 +347,21 @@ def serve(
     }
     try:
         api = create_app(
-            model_dir, token=token, deltas_dir=deltas, retriever_dir=retriever, **overrides
+            model_dir,
+            token=token,
+            deltas_dir=deltas,
+            retriever_dir=retriever,
+            guard_health=token_guards_health,
+            **overrides,
         )
     except (CorruptModelError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(f"serving {model_dir} on http://{host}:{port}", err=True)
     quiet_garbage_collector()
-    uvicorn.run(api, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(server_config(api, host, port, api.state.server.settings))
+    server.run()
+    if not server.started:  # e.g. the port is taken: uvicorn has logged why
+        raise typer.Exit(1)
 
 
 bench_app = typer.Typer(help="Load generators and measurements.", no_args_is_help=True)
@@ -410,6 +428,7 @@ def online(
     from streamrec.data.stream import LocalLogSource
     from streamrec.store import CorruptModelError
     from streamrec.train.online import OnlineTrainer
+    from streamrec.train.run_dir import RunDirBusy
 
     cfg = _load_config(config)
     if init_model is not None:
@@ -440,9 +459,12 @@ def online(
             if int(os.environ.get("RANK", "0")) != 0:
                 return
         else:
-            trainer = OnlineTrainer(cfg, open_stream(), out, log=log)
-            status = trainer.run(stop_when_idle=stop_when_idle)
-    except (FileNotFoundError, DataError, ConfigError, CorruptModelError) as e:
+            stream = open_stream()
+            try:
+                status = OnlineTrainer(cfg, stream, out, log=log).run(stop_when_idle)
+            finally:
+                stream.close()  # the client's threads end here, not at interpreter teardown
+    except (FileNotFoundError, DataError, ConfigError, CorruptModelError, RunDirBusy) as e:
         _fail(str(e))
     if as_json:
         _print_json(status)
@@ -505,6 +527,11 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        # Finalise abandoned readers (pyarrow, stream clients) now, while their libraries are
+        # alive: left to interpreter teardown, a C++ reader thread can abort the process
+        # ("terminate called without an active exception", exit 134) after good work.
+        gc.collect()
 
 
 if __name__ == "__main__":

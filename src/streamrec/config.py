@@ -116,7 +116,16 @@ class ServingConfig(_Strict):
     max_delay_ms: float = Field(4.0, ge=0, description="wait from the oldest queued request")
     max_queue_rows: int = Field(100_000, ge=1, description="beyond this, answer 503")
     max_candidates: int = Field(1000, ge=1)
-    max_body_bytes: int = Field(2 << 20, ge=1)
+    max_body_bytes: int = Field(
+        2 << 20, ge=1, description="larger request bodies get 413, chunked ones too"
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="a request body not received within this gets 408"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection whose request headers take longer is closed"
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive connections closed after")
     cache_bytes: int = Field(32 << 20, ge=0, description="prediction cache budget; 0 = off")
     poll_seconds: float = Field(0.5, gt=0, description="how often to look for deltas / models")
     threads: int = Field(1, ge=1, description="torch / numba threads of the inference worker")

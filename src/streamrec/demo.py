@@ -38,9 +38,11 @@ class _ServerThread(threading.Thread):
     def __init__(self, app, port: int) -> None:  # noqa: ANN001
         import uvicorn
 
+        from streamrec.serving.http import server_config
+
         super().__init__(daemon=True, name="streamrec-demo-server")
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+            server_config(app, "127.0.0.1", port, app.state.server.settings)
         )
 
     def run(self) -> None:

@@ -71,6 +71,7 @@ def test_redis_streams_ack_after_checkpoint_and_redeliver_after_a_crash(
         crashed.step(source.poll(200))
     crashed.checkpoint()  # covers 800 events, acknowledges them
     crashed.step(source.poll(100))  # 100 more delivered and trained, then the process dies
+    crashed.close()  # … and its run-directory lock with it
     pending = source.redis.xpending("events", "trainers")["pending"]
     assert pending == 100
     restarted_source = RedisStreamSource(redis_url, "events", "trainers")

@@ -91,6 +91,7 @@ def test_joined_streams_train_every_impression_once_across_a_crash(tmp_path):
 
     covered = read_manifest(tmp_path / "run" / "checkpoint")["online"]["events_trained"]
     assert 0 < covered < first.events_trained
+    first.close()  # the process dies here, and its run-directory lock with it
     resumed = OnlineTrainer(cfg, _source(tmp_path, cfg), tmp_path / "run", progress=False)
     assert resumed.events_trained == covered
     status = resumed.run(stop_when_idle=0.5)

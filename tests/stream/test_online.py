@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from streamrec.config import parse_config
@@ -76,60 +77,107 @@ def test_bad_messages_are_dead_lettered_and_training_goes_on(tmp_path, ml_small_
     assert served.delta_version == saved["last_delta_version"]  # its deltas are already in
 
 
-def _tables(run: Path) -> dict:
+def _state(run: Path) -> dict:
+    """Every table's tensors and the dense weights of a run's newest checkpoint."""
     model = load_model(run / "checkpoint").model
-    return {name: t.state_dict() for name, t in model.dynamic_tables().items()}
+    state = {f"dense.{k}": v for k, v in model.state_dict().items()}
+    for name, table in model.dynamic_tables().items():
+        for key in ("weights", "optimizer_state", "fid", "count", "last_seen"):
+            state[f"{name}.{key}"] = table.state_dict()[key]
+    return state
+
+
+def _wait_for_lock(proc: subprocess.Popen, run: Path) -> None:
+    """Until the trainer holds the run directory (its PID in RUN/.lock): it has started."""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if (run / ".lock").read_text().strip() == str(proc.pid):
+                return
+        except OSError:
+            pass
+        time.sleep(0.005)
+
+
+def _kill_when_writing(
+    proc: subprocess.Popen, run: Path, deadline: float, delay: float
+) -> bool:
+    """SIGKILL `proc` `delay` seconds after a checkpoint or delta write is seen in progress (a
+    temporary folder exists), or at `deadline`; → whether it was still running."""
+    seen = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        for folder in (run, run / "checkpoint", run / "deltas"):
+            try:
+                if not seen and any(".tmp-" in name for name in os.listdir(folder)):
+                    seen, deadline = True, time.monotonic() + delay  # inside a write: soon
+            except OSError:
+                pass
+        time.sleep(0.002)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
 
 
 @pytest.mark.slow
-def test_kill_9_and_restart_trains_every_event_exactly_once(tmp_path, ml_small_dir):
-    n = 12_000
-    _log(tmp_path / "log", ml_small_dir, n)
+def test_chaos_kill_9_inside_writes_and_restart_equals_an_uninterrupted_run(
+    tmp_path, ml_small_dir
+):
+    """≥ 20 SIGKILLs of `streamrec online`, many inside checkpoint / delta writes (file
+    operations slowed), each followed by a restart: the final tables, dense weights, event
+    counts and dead-letter file equal an uninterrupted run's, byte for byte."""
+    records = load_ml_latest_small(ml_small_dir).slice(0, 12_000).to_pylist()
+    log = LocalLog(tmp_path / "log", segment_messages=5000)
+    for i, record in enumerate(records):
+        if i % 2000 == 1000:  # poison all along the log: each is dead-lettered exactly once
+            log.append_raw(b"{broken json %d" % i)
+        log.append(record)
+    log.close()
+    total = len(records) + 6
     cfg_path = tmp_path / "online.yaml"
     cfg_path.write_text(yaml.safe_dump(CONFIG))
     reference = OnlineTrainer(
-        parse_config(CONFIG),
-        LocalLogSource(tmp_path / "log", "ref"),
-        tmp_path / "ref",
+        parse_config(CONFIG), LocalLogSource(tmp_path / "log", "ref"), tmp_path / "ref",
         progress=False,
     ).run(stop_when_idle=0.5)
-    assert reference["events_trained"] == n
+    assert reference["events_consumed"] == total and reference["dead_lettered"] == 6
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamrec",
-        "online",
-        str(cfg_path),
-        "--source",
-        str(tmp_path / "log"),
-        "--out",
-        str(tmp_path / "run"),
-        "--group",
-        "killed",
-        "--stop-when-idle",
-        "1",
-    ]
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(Path(__file__).parent / "slow_io.py"), "online", str(cfg_path),
+           "--source", str(tmp_path / "log"), "--out", str(run), "--group", "killed",
+           "--stop-when-idle", "1"]
     rng = np.random.default_rng(7)
-    kills = 0
-    for _ in range(4):
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        time.sleep(float(rng.uniform(2.0, 5.0)))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    kills = aimed = 0
+    while kills < 20:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _wait_for_lock(proc, run)
+        time.sleep(0.2)  # past the start-up's removal of leftovers
+        started = time.monotonic()
+        if kills % 2 == 0:  # at a random moment
+            time.sleep(float(rng.uniform(0.5, 4.5)))
+            killed = proc.poll() is None
+            if killed:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+        else:  # inside a write
+            killed = _kill_when_writing(proc, run, started + 6, float(rng.uniform(0, 0.4)))
+            aimed += killed
+        if not killed:  # it finished: the stream is done, nothing left to interrupt
+            assert proc.returncode == 0, proc.stderr.read().decode()
+            break
+        kills += 1
+    assert kills >= 20 and aimed >= 8, (kills, aimed)
     final = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     status = json.loads(final.stdout)
-    assert kills >= 1
-    assert status["events_trained"] == n and status["dead_lettered"] == 0
-    ours, ref = _tables(tmp_path / "run"), _tables(tmp_path / "ref")
-    for name in ref:
-        for key in ("weights", "optimizer_state", "fid", "count"):
-            assert np.array_equal(ours[name][key].numpy(), ref[name][key].numpy()), (name, key)
+    assert status["events_consumed"] == total and status["dead_lettered"] == 6
+    assert status["events_trained"] == reference["events_trained"] == total - 6
+    dead = (run / "dead_letter.jsonl").read_text().splitlines()
+    assert dead == (tmp_path / "ref" / "dead_letter.jsonl").read_text().splitlines()
+    ours, ref = _state(run), _state(tmp_path / "ref")
+    assert ours.keys() == ref.keys()
+    for key in ref:
+        assert torch.equal(ours[key], ref[key]), key
+    leftovers = [p for p in run.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+    assert leftovers == []

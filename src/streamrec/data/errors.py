@@ -8,6 +8,7 @@ dead-letter file with its file, line and reason (the default), or, in strict mod
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TextIO
 
@@ -47,14 +48,22 @@ class DeadLetter:
             self._fh.write(json.dumps(entry) + "\n")
             self._fh.flush()
 
+    def checkpoint(self) -> int:
+        """Make every line written so far durable; → the file's size, which `rewind` takes
+        back to when training resumes from the checkpoint that recorded it."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        return self.path.stat().st_size if self.path is not None and self.path.exists() else 0
+
+    def rewind(self, size: int) -> None:
+        """Drop the lines written after the checkpoint at `size` bytes: the records they name
+        are read again after a restart and would otherwise be dead-lettered twice."""
+        self.close()
+        if self.path is not None and self.path.exists() and self.path.stat().st_size > size:
+            os.truncate(self.path, size)
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-
-    def summary(self) -> dict:
-        return {
-            "rejected": self.count,
-            "dead_letter_file": str(self.path) if self.path and self.count else None,
-            "examples": self.examples,
-        }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 
 import numpy as np
 import pyarrow as pa
@@ -86,16 +87,19 @@ class BatchLoader:
         stop = threading.Event()
 
         def work() -> None:
+            # closing() ends the reader chain on this thread when the consumer stops early,
+            # instead of leaving a suspended file reader to be finalised at interpreter exit
             try:
-                for batch in self._produce():
-                    while not stop.is_set():
-                        try:
-                            q.put(batch, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
+                with closing(self._produce()) as produced:
+                    for batch in produced:
+                        while not stop.is_set():
+                            try:
+                                q.put(batch, timeout=0.1)
+                                break
+                            except queue.Full:
+                                continue
+                        if stop.is_set():
+                            return
                 q.put(_DONE)
             except BaseException as e:  # handed to the consumer, raised there
                 q.put(e)

@@ -188,14 +188,19 @@ def _open_csv(path: Path, lines: _LineTracker, **options) -> pacsv.CSVStreamingR
 def _batches(
     reader: pacsv.CSVStreamingReader, path: Path, lines: _LineTracker
 ) -> Iterator[pa.RecordBatch]:
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
-        except pa.ArrowInvalid as e:
-            raise (lines.strict_error or DataError(f"{path}: {e}")) from None
-        yield batch
+    """The reader's batches; the reader is closed when they end, fail or are abandoned (its
+    read-ahead thread must not outlive Arrow at interpreter exit: that aborts the process)."""
+    try:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except pa.ArrowInvalid as e:
+                raise (lines.strict_error or DataError(f"{path}: {e}")) from None
+            yield batch
+    finally:
+        reader.close()
 
 
 def read_csv(

@@ -17,7 +17,6 @@ resharded (`reshard.py`) and the dense part is taken from rank 0.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.distributed as dist
 
 from streamrec.distributed.reshard import load_resharded_tables
 from streamrec.store import read_manifest
+from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import load_checkpoint
 
 LATEST = "latest"
@@ -38,15 +38,6 @@ def _step_name(global_step: int, epoch_done: bool) -> str:
     return f"step-{global_step:09d}" + ("-end" if epoch_done else "")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
 def save_sharded_checkpoint(trainer, root: Path, metrics: dict | None, epoch_done: bool) -> Path:  # noqa: ANN001
     """Collective: every rank writes its directory, then rank 0 publishes the step."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -55,8 +46,8 @@ def save_sharded_checkpoint(trainer, root: Path, metrics: dict | None, epoch_don
     dist.barrier()
     if rank == 0:
         info = {"world_size": world, "position": trainer.position(epoch_done)}
-        _write_atomic(step_dir / WORLD, json.dumps(info))
-        _write_atomic(root / LATEST, step_dir.name)
+        write_atomic(step_dir / WORLD, json.dumps(info))
+        write_atomic(root / LATEST, step_dir.name)
         for old in root.glob("step-*"):
             if old.name != step_dir.name and old.name < step_dir.name:
                 shutil.rmtree(old, ignore_errors=True)

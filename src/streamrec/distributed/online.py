@@ -66,6 +66,9 @@ class DistributedOnlineTrainer(OnlineTrainer):
         self._exchange_group, self._timeout = exchange_group, timeout or dist_timeout()
         super().__init__(config, source, out, progress=False, log=log)
 
+    def _writes_run_dir(self) -> bool:
+        return self.rank == 0
+
     # ------------------------------------------------------------------ model
     def _load_or_build(self, config: JobConfig) -> tuple:
         step_dir = latest_checkpoint(self.out / "checkpoint")

@@ -39,6 +39,7 @@ from streamrec.models.persistence import save_model
 from streamrec.models.registry import build_model
 from streamrec.train.job import fit_schema, seed_everything, training_rows
 from streamrec.train.metrics import MetricAccumulator
+from streamrec.train.run_dir import RunDir
 from streamrec.train.trainer import Trainer, TrainResult, build_dense_optimizer
 
 
@@ -173,7 +174,10 @@ def run_distributed_training(
     timeout = dist_timeout()
     init_process_group(timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
+    run = RunDir(out)
     try:
+        if rank == 0:
+            run.open()  # one job per run directory: rank 0 holds the lock for all ranks
         exchange = dist.new_group(backend="gloo", timeout=timeout)
         seed_everything(config.train.seed)
         dead = DeadLetter(
@@ -247,6 +251,7 @@ def run_distributed_training(
         dist.barrier()
         return result, model_dir
     finally:
+        run.release()
         dist.destroy_process_group()
 
 

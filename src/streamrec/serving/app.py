@@ -3,7 +3,8 @@
     POST /v1/rank       {"context": {...}, "candidates": [{...}, ...]} → calibrated scores per task
     POST /v1/recommend  retrieval → ranking (when the model directory holds a retriever)
     GET  /v1/model      versions, features (context / candidate), tables and rows, delta lag
-    GET  /healthz       the process is up          GET /readyz   a model is loaded and serving
+    GET  /healthz       the process is up
+    GET  /readyz        a model is loaded and serving; `degraded` and why when it may be stale
     GET  /metrics       Prometheus: requests, latency, batch sizes, queue depth, cache, deltas
 
 Never imports training code: the model directory (`streamrec.store`) is the contract.
@@ -12,6 +13,7 @@ Never imports training code: the model directory (`streamrec.store`) is the cont
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import time
 import uuid
@@ -33,7 +35,7 @@ from streamrec.serving.cache import PredictionCache, row_key
 from streamrec.serving.request import CandidateRows, RequestError, parse_json
 from streamrec.serving.snapshot import Snapshot
 from streamrec.serving.watcher import Watcher
-from streamrec.store import find_model_dir
+from streamrec.store import find_deltas_dir, find_model_dir
 
 
 class ServerMetrics:
@@ -64,6 +66,15 @@ class ServerMetrics:
         self.cache_misses = Counter("streamrec_cache_misses", "rows computed", registry=r)
         self.deltas = Counter("streamrec_deltas_applied", "deltas applied in place", registry=r)
         self.reloads = Counter("streamrec_model_reloads", "full model swaps", registry=r)
+        self.quarantined = Counter(
+            "streamrec_deltas_quarantined", "deltas skipped as corrupt or unreadable", registry=r
+        )
+        self.degraded = Gauge(
+            "streamrec_degraded",
+            "1 while the served model may be stale (a quarantined delta, a model that failed "
+            "to load)",
+            registry=r,
+        )
         self.delta_lag = Gauge(
             "streamrec_delta_lag_seconds",
             "seconds from a delta's creation to its application",
@@ -80,6 +91,7 @@ class ServerState:
     watcher: Watcher | None
     token: str | None
     retriever: object | None = None
+    guard_health: bool = False  # --token also on /healthz and /readyz
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -92,10 +104,12 @@ def create_app(
     deltas_dir: str | Path | None = None,
     watch: bool = True,
     retriever_dir: str | Path | None = None,
+    guard_health: bool = False,
     **overrides,
 ) -> Starlette:  # noqa: ANN003
     """Build the ASGI app. `overrides` replace fields of the model's `serving:` settings
-    (e.g. max_batch_rows=1, max_delay_ms=0 to switch batching off)."""
+    (e.g. max_batch_rows=1, max_delay_ms=0 to switch batching off). With a `token`, every
+    endpoint but the health probes needs it (`guard_health=True`: those too)."""
     directory = find_model_dir(model_dir)
     snapshot = Snapshot.load(directory)
     settings = snapshot.config.serving.model_copy(update=overrides)
@@ -114,14 +128,20 @@ def create_app(
         settings.threads,
     )
     if deltas_dir is None:
-        deltas_dir = directory.parent / "deltas"
+        deltas_dir = find_deltas_dir(model_dir)
     watcher = (
-        Watcher(batcher, directory, Path(deltas_dir), settings.poll_seconds, metrics)
+        Watcher(batcher, Path(model_dir), Path(deltas_dir), settings.poll_seconds, metrics)
         if watch
         else None
     )
     state = ServerState(
-        batcher, PredictionCache(settings.cache_bytes), metrics, settings, watcher, token
+        batcher,
+        PredictionCache(settings.cache_bytes),
+        metrics,
+        settings,
+        watcher,
+        token,
+        guard_health=guard_health,
     )
     state.retriever = _load_retriever(retriever_dir)
 
@@ -161,13 +181,20 @@ def _load_retriever(directory: str | Path | None):  # noqa: ANN202
     return stage
 
 
+_PROBES = ("healthz", "readyz")
+
+
+def _authorized(state: ServerState, name: str, request: Request) -> bool:
+    if state.token is None or (name in _PROBES and not state.guard_health):
+        return True  # orchestrators' probes carry no token
+    given = request.headers.get("authorization", "").encode()
+    return hmac.compare_digest(given, f"Bearer {state.token}".encode())  # constant time
+
+
 def _endpoint(state: ServerState, name: str, handler):  # noqa: ANN001, ANN202
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
-        if (
-            state.token is not None
-            and request.headers.get("authorization") != f"Bearer {state.token}"
-        ):
+        if not _authorized(state, name, request):
             response: Response = _error(401, "missing or wrong bearer token")
         else:
             try:
@@ -184,12 +211,29 @@ def _endpoint(state: ServerState, name: str, handler):  # noqa: ANN001, ANN202
 
 
 async def _body_bytes(state: ServerState, request: Request) -> bytes:
-    """The raw body; 413 before reading it when the declared length is over the limit."""
+    """The raw body, read within `serving.max_body_bytes` and `serving.body_timeout_s`: 413
+    before reading when the declared length is over the limit, and as soon as the bytes read
+    pass it (a chunked body declares none), so an endless body never fills memory."""
     declared = request.headers.get("content-length")
     limit = state.settings.max_body_bytes
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body is {declared} bytes; the limit is {limit}")
-    return await request.body()
+    try:
+        return await asyncio.wait_for(_read_limited(request, limit), state.settings.body_timeout_s)
+    except TimeoutError:
+        raise RequestError(
+            408, f"request body not received within {state.settings.body_timeout_s} s"
+        ) from None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _read_body(state: ServerState, request: Request) -> object:
@@ -313,6 +357,10 @@ async def _model(state: ServerState, request: Request) -> Response:
         info["deltas_skipped"] = w.deltas_skipped
         info["reloads"] = w.reloads
         info["last_reload"] = w.last_reload
+        info["quarantined_deltas"] = [
+            {"version": v, "reason": reason} for v, (reason, _) in sorted(w.quarantined.items())
+        ]
+        info["degraded"] = w.degraded_reasons()
         if w.newest_delta_seen_at and info["last_delta_applied_at"]:
             info["seconds_behind_newest_delta"] = max(
                 0.0, w.newest_delta_seen_at - info["last_delta_applied_at"]
@@ -328,8 +376,12 @@ async def _healthz(state: ServerState, request: Request) -> Response:
 
 
 async def _readyz(state: ServerState, request: Request) -> Response:
-    alive = state.batcher._thread.is_alive()
-    return JSONResponse({"ready": alive}, status_code=200 if alive else 503)
+    """200 while a model serves — also when degraded (stale but answering: taking it out of
+    rotation would not help); the reasons say what an operator should look at."""
+    alive = state.batcher.alive
+    reasons = state.watcher.degraded_reasons() if state.watcher is not None else []
+    body = {"ready": alive, "status": "degraded" if reasons else "ok", "degraded": reasons}
+    return JSONResponse(body, status_code=200 if alive else 503)
 
 
 async def _metrics(state: ServerState, request: Request) -> Response:

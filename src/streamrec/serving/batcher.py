@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +96,11 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    @property
+    def alive(self) -> bool:
+        """Whether the inference worker runs (it serves every request)."""
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 
@@ -113,9 +119,10 @@ class DynamicBatcher:
         self._queue.put(_Pending(rows, future, loop, time.perf_counter()))
         return future
 
-    def run_control(self, op: Callable[[], object]) -> threading.Event:
-        """Run `op()` on the worker between batches; the returned event is set when done."""
-        done = threading.Event()
+    def run_control(self, op: Callable[[], object]) -> Future:
+        """Run `op()` on the worker between batches. The future holds its result, or the
+        exception it raised — which never reaches (and so never ends) the worker loop."""
+        done: Future = Future()
         self._control.put((op, done))
         return done
 
@@ -126,9 +133,9 @@ class DynamicBatcher:
             except queue.Empty:
                 return
             try:
-                op()
-            finally:
-                done.set()
+                done.set_result(op())
+            except Exception as e:  # handed to the caller through the future
+                done.set_exception(e)
 
     def _run(self) -> None:
         use_compute_threads(self.threads)

@@ -7,6 +7,12 @@ Every `poll_seconds` it
   loads it beside the old one, warms it up on recently served requests, then has the worker
   swap it in atomically; the old model is freed once the swap is done.
 Deltas written for another base model are skipped (and counted), never applied to the wrong one.
+
+A delta that fails its checksums or does not parse is quarantined: reported once in the log,
+listed by `/v1/model`, counted in `/metrics`, and skipped — the deltas after it are still
+applied in order, and the server says it is degraded (the rows only that delta changed are
+stale) until a full model that covers it is loaded (an online run's next checkpoint). A new
+model that fails to load is reported the same way; the served one stays.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 
 from streamrec.serving.batcher import DynamicBatcher, use_compute_threads
 from streamrec.serving.snapshot import Snapshot
-from streamrec.store import CorruptModelError, read_manifest
+from streamrec.store import CorruptModelError, find_model_dir, read_manifest
 from streamrec.store.delta import list_deltas, read_delta, read_delta_manifest
 
 log = logging.getLogger("streamrec.serving")
@@ -73,14 +79,14 @@ class Watcher(threading.Thread):
     def __init__(
         self,
         batcher: DynamicBatcher,
-        model_dir: Path,
+        model_path: Path,
         deltas_dir: Path | None,
         poll_seconds: float = 0.5,
         metrics=None,
     ) -> None:  # noqa: ANN001
         super().__init__(name="streamrec-watcher", daemon=True)
         self.batcher = batcher
-        self.model_dir = model_dir
+        self.model_path = model_path  # as given: a run directory's newest model is found anew
         self.deltas_dir = deltas_dir
         self.poll = poll_seconds
         self.metrics = metrics
@@ -90,6 +96,9 @@ class Watcher(threading.Thread):
         self.reloads = 0
         self.last_reload: dict[str, float] | None = None  # phases of the latest reload, seconds
         self.errors: list[str] = []
+        # version → (reason, base model version): deltas skipped as unreadable
+        self.quarantined: dict[int, tuple[str, int | None]] = {}
+        self.failed_model: tuple[Path, int, str] | None = None  # a new model that did not load
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -107,17 +116,37 @@ class Watcher(threading.Thread):
                 del self.errors[:-10]
                 log.warning("freshness check failed: %s", e)
 
+    def degraded_reasons(self) -> list[str]:
+        """Why the served model may be behind what training wrote; empty when it is not."""
+        reasons = [
+            f"delta {v} quarantined: {why}" for v, (why, _) in sorted(self.quarantined.items())
+        ]
+        if self.failed_model is not None:
+            path, version, reason = self.failed_model
+            reasons.append(f"model {version} at {path} did not load: {reason}")
+        return reasons
+
     def check_model(self) -> None:
         try:
-            manifest = read_manifest(self.model_dir)
-        except CorruptModelError:
+            directory = find_model_dir(self.model_path)
+            manifest = read_manifest(directory)
+            version = int(manifest.get("model_version", 0))
+        except (CorruptModelError, OSError, ValueError, TypeError):
             return  # mid-replacement or removed: keep the current model
-        version = int(manifest.get("model_version", 0))
         if version == self.batcher.snapshot.model_version:
             return
+        if self.failed_model is not None and self.failed_model[:2] == (directory, version):
+            return  # reported already; wait for a newer one
         started = time.time()
+        try:
+            with _short_gil_slices():
+                fresh = Snapshot.load(directory, pause=_yield_to_requests)
+        except Exception as e:  # a corrupt or half-removed model: keep serving the current one
+            self.failed_model = (directory, version, str(e)[:500])
+            log.error("model %s at %s did not load, still serving the current one: %s",
+                      version, directory, e)
+            return
         with _short_gil_slices():
-            fresh = Snapshot.load(self.model_dir, pause=_yield_to_requests)
             loaded = time.time()
             for table in list(self.batcher.recent_tables):  # warm-up on recorded requests
                 _yield_to_requests()
@@ -129,7 +158,9 @@ class Watcher(threading.Thread):
         def swap() -> None:
             self.batcher.snapshot = fresh
 
-        self.batcher.run_control(swap).wait()
+        self.batcher.run_control(swap).result()
+        self.failed_model = None
+        self._forget_quarantine_covered_by(fresh)
         # The old model is freed here, on this low-priority thread, by reference counting (no
         # gc pass): releasing a large model's chunks takes milliseconds the worker should not.
         swapped = time.time()
@@ -147,23 +178,49 @@ class Watcher(threading.Thread):
         if self.metrics is not None:
             self.metrics.reloads.inc()
 
+    def _forget_quarantine_covered_by(self, fresh: Snapshot) -> None:
+        """A full model that already holds a quarantined delta's rows (an online checkpoint
+        written after it), or that the delta was never meant for, heals that gap."""
+        for version, (_, base) in list(self.quarantined.items()):
+            if version <= fresh.delta_version or (base is not None and base != fresh.model_version):
+                del self.quarantined[version]
+        if self.metrics is not None:
+            self.metrics.degraded.set(1 if self.degraded_reasons() else 0)
+
+    def quarantine(self, version: int, reason: str, base: int | None) -> None:
+        self.quarantined[version] = (reason[:500], base)
+        log.error("delta %d quarantined (skipped; later deltas still applied): %s", version, reason)
+        if self.metrics is not None:
+            self.metrics.quarantined.inc()
+            self.metrics.degraded.set(1)
+
     def check_deltas(self) -> None:
         if self.deltas_dir is None:
             return
         for version in list_deltas(self.deltas_dir, after=self.batcher.snapshot.delta_version):
-            manifest = read_delta_manifest(self.deltas_dir, version)
+            if version in self.quarantined:
+                continue
             snapshot = self.batcher.snapshot
-            base = manifest.get("base_model_version")
-            if base is not None and int(base) != snapshot.model_version:
-                self.deltas_skipped += 1  # written for another model: its rows are not read
+            base = None
+            try:
+                manifest = read_delta_manifest(self.deltas_dir, version)
+                base = manifest.get("base_model_version")
+                base = None if base is None else int(base)
+                if base is not None and base != snapshot.model_version:
+                    self.deltas_skipped += 1  # written for another model: its rows are not read
+                    snapshot.delta_version = max(snapshot.delta_version, version)
+                    continue
+                with _short_gil_slices():
+                    manifest, tables, dense = read_delta(self.deltas_dir, version, manifest)
+                self.newest_delta_seen_at = time.time()
+                self.batcher.run_control(
+                    lambda m=manifest, t=tables, d=dense, s=snapshot: s.apply_delta(m, t, d)
+                ).result()
+            except (CorruptModelError, KeyError, ValueError, TypeError, RuntimeError) as e:
+                # RuntimeError: rows or dense weights that do not fit the model (torch's error)
+                self.quarantine(version, f"{type(e).__name__}: {e}", base)
                 snapshot.delta_version = max(snapshot.delta_version, version)
                 continue
-            with _short_gil_slices():
-                manifest, tables, dense = read_delta(self.deltas_dir, version, manifest)
-            self.newest_delta_seen_at = time.time()
-            self.batcher.run_control(
-                lambda m=manifest, t=tables, d=dense, s=snapshot: s.apply_delta(m, t, d)
-            ).wait()
             self.deltas_applied += 1
             if self.metrics is not None:
                 self.metrics.deltas.inc()

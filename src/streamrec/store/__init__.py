@@ -2,6 +2,7 @@
 
 from streamrec.store.model_dir import (
     CorruptModelError,
+    find_deltas_dir,
     find_model_dir,
     read_manifest,
     read_tensors,
@@ -11,6 +12,7 @@ from streamrec.store.model_dir import (
 
 __all__ = [
     "CorruptModelError",
+    "find_deltas_dir",
     "find_model_dir",
     "read_manifest",
     "read_tensors",

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from streamrec.store.model_dir import read_manifest, read_tensors, write_model_dir
+from streamrec.store.versions import list_versions, version_path
 
 DELTA_FORMAT = "streamrec-delta"
 
@@ -40,7 +41,7 @@ class TableDelta:
 
 
 def delta_path(deltas_dir: str | Path, version: int) -> Path:
-    return Path(deltas_dir) / f"{version:012d}"
+    return version_path(deltas_dir, version)
 
 
 def write_delta(
@@ -77,16 +78,7 @@ def write_delta(
 
 def list_deltas(deltas_dir: str | Path, after: int = 0) -> list[int]:
     """Versions of the complete deltas in a folder, newer than `after`, oldest first."""
-    d = Path(deltas_dir)
-    if not d.is_dir():
-        return []
-    versions = []
-    for p in d.iterdir():
-        if p.name.isdigit() and (p / "manifest.json").exists():
-            v = int(p.name)
-            if v > after:
-                versions.append(v)
-    return sorted(versions)
+    return list_versions(deltas_dir, after)
 
 
 def read_delta_manifest(deltas_dir: str | Path, version: int) -> dict[str, Any]:

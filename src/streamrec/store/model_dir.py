@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +27,17 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from streamrec.store.atomic import fsync_dir, replace_dir, temp_sibling, write_synced
+from streamrec.store.errors import CorruptModelError
+from streamrec.store.versions import MANIFEST, newest_version
+
 FORMAT = "streamrec-model"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-
-
-class CorruptModelError(Exception):
-    """A model directory is missing, truncated, or fails its checksums."""
+__all__ = ["MANIFEST", "CorruptModelError"]  # re-exported: the format's names live here
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def tensors_to_bytes(
@@ -67,48 +57,57 @@ def write_model_dir(
     """Atomically (re)place `path` with a directory of these files and a checksummed manifest
     (`kind` names the format: a model, or a delta)."""
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+    tmp = temp_sibling(path)
     files: dict[str, str] = {}
     try:
         for rel, tensors in tensor_files.items():
             data = tensors_to_bytes(tensors)
-            _write_synced(tmp / rel, data)
+            write_synced(tmp / rel, data)
             files[rel] = sha256(data)
         for rel, data in (extra_files or {}).items():
-            _write_synced(tmp / rel, data)
+            write_synced(tmp / rel, data)
             files[rel] = sha256(data)
         full = {"format": kind, "format_version": FORMAT_VERSION, **manifest, "files": files}
-        _write_synced(tmp / MANIFEST, json.dumps(full, indent=1, sort_keys=True).encode())
-        _fsync_dir(tmp)
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-        _fsync_dir(path.parent)
+        write_synced(tmp / MANIFEST, json.dumps(full, indent=1, sort_keys=True).encode())
+        fsync_dir(tmp)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def find_model_dir(path: str | Path) -> Path:
-    """`path` itself, `path/model` (a training run) or `path/checkpoint` (an online run)."""
+    """`path` itself, `path/model` (a training run) or the newest version of `path/checkpoint`
+    (an online run; `store/versions.py`). Each candidate may also be a folder of versions."""
     p = Path(path)
     for candidate in (p, p / "model", p / "checkpoint"):
         if (candidate / MANIFEST).exists():
             return candidate
+        newest = newest_version(candidate)
+        if newest is not None:
+            return newest
     raise CorruptModelError(f"{p}: no {MANIFEST} here or in {p / 'model'} — not a model directory")
+
+
+def find_deltas_dir(path: str | Path) -> Path:
+    """The deltas folder that belongs to the model `find_model_dir(path)` finds: `RUN/deltas`
+    beside `RUN/model`, and beside `RUN/checkpoint` for a checkpoint version."""
+    model = find_model_dir(path)
+    in_versions = model.name.isdigit() and model.parent.name == "checkpoint"
+    return (model.parent.parent if in_versions else model.parent) / "deltas"
+
+
+def _member(base: Path, rel: str) -> Path:
+    """The file `rel` of a directory, refusing names that lead outside it (`../x`, `/etc/x`,
+    symlinks out): a crafted manifest must not make a loader read other files."""
+    if not isinstance(rel, str) or not rel:
+        raise CorruptModelError(f"{base / MANIFEST}: file name {rel!r} is not a relative path")
+    target = (base / rel).resolve()
+    root = base.resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise CorruptModelError(f"{base / MANIFEST}: file name {rel!r} points outside {base}")
+    return target
 
 
 def read_manifest(path: str | Path, kind: str = FORMAT) -> dict[str, Any]:
@@ -130,7 +129,7 @@ def read_manifest(path: str | Path, kind: str = FORMAT) -> dict[str, Any]:
 def read_file(path: str | Path, rel: str, manifest: dict[str, Any]) -> bytes:
     """A file of a model (or delta) directory, after checking its sha256 against the manifest."""
     base = Path(path)
-    p = (base if (base / MANIFEST).exists() else find_model_dir(base)) / rel
+    p = _member(base if (base / MANIFEST).exists() else find_model_dir(base), rel)
     expected = manifest.get("files", {}).get(rel)
     if expected is None:
         raise CorruptModelError(f"{p}: not listed in the manifest")
@@ -214,7 +213,7 @@ def open_tensors(path: str | Path, rel: str, manifest: dict[str, Any]) -> Tensor
     """Like `read_tensors`, but the checksum is computed streaming and the tensors stay on disk
     until read."""
     base = Path(path)
-    p = (base if (base / MANIFEST).exists() else find_model_dir(base)) / rel
+    p = _member(base if (base / MANIFEST).exists() else find_model_dir(base), rel)
     expected = manifest.get("files", {}).get(rel)
     if expected is None:
         raise CorruptModelError(f"{p}: not listed in the manifest")

@@ -1,13 +1,14 @@
 """A training job from a config: data → fitted schema → model → Trainer → saved model.
 
 Used by `streamrec train` and `streamrec eval`; code-driven use can call these directly.
-The run directory holds `metrics.csv`, `checkpoint/` (the latest end-of-epoch checkpoint, for
+The run directory holds `metrics.csv`, `checkpoint/` (the newest checkpoints as versions, for
 `--resume`) and `model/`, the final model directory that `streamrec eval` and `serve` read.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from streamrec.models.registry import build_model
 from streamrec.schema import input_kinds
 from streamrec.store import read_manifest
 from streamrec.train.checkpoint import load_checkpoint
+from streamrec.train.run_dir import RunDir
 from streamrec.train.trainer import Trainer, TrainResult, build_dense_optimizer
 
 
@@ -53,7 +55,17 @@ def training_rows(config: JobConfig, source: Callable, epoch: int) -> Callable:
 def run_training(
     config: JobConfig, out: str | Path, resume: bool = False, progress: bool = True
 ) -> tuple[TrainResult, Path]:
-    out = Path(out)
+    run = RunDir(out).open()  # one writer per run directory
+    try:
+        return _train(run, config, resume, progress)
+    finally:
+        run.release()
+
+
+def _train(
+    run: RunDir, config: JobConfig, resume: bool, progress: bool
+) -> tuple[TrainResult, Path]:
+    out = run.path
     seed_everything(config.train.seed)
     dead = DeadLetter(
         config.data.dead_letter or out / "dead_letter.jsonl", strict=config.data.strict
@@ -61,17 +73,22 @@ def run_training(
     splits = open_splits(config.data, dead)
     start_epoch = skip = 0
     kinds: dict[str, str] = {}
-    if resume and (out / "checkpoint" / "manifest.json").exists():
-        epochs = config.train.epochs  # the schedule asked for now, e.g. `--epochs` to extend
-        model, config, optimizer, position = load_checkpoint(
-            out / "checkpoint", lambda m: build_dense_optimizer(m, config.train)
-        )
+    epochs = config.train.epochs  # the schedule asked for now, e.g. `--epochs` to extend
+
+    def load(path: Path) -> tuple:
+        loaded = load_checkpoint(path, lambda m: build_dense_optimizer(m, config.train))
+        return (*loaded, read_manifest(path).get("input_kinds", {}))
+
+    resumed = run.load_checkpoint(load) if resume else None
+    if resumed is not None:
+        model, config, optimizer, position, kinds = resumed
         config.train.epochs = epochs
         start_epoch, skip = position["epoch"], position["step_in_epoch"]
-        kinds = read_manifest(out / "checkpoint").get("input_kinds", {})
         trainer = Trainer(model, config, out, optimizer, progress=progress)
         trainer.restore_position(position)
     else:
+        if not resume:  # a fresh run: checkpoints of an earlier run in OUT are not ours
+            shutil.rmtree(run.checkpoints, ignore_errors=True)
         config, kinds = fit_schema(config, splits)
         model = build_model(config.model, config.schema, config.table_configs())
         trainer = Trainer(model, config, out, progress=progress)

@@ -17,9 +17,11 @@ Per batch of messages (in offset order):
 last delta version, lag behind the stream head, seconds from consuming an event to the delta
 that carries it.
 
-Exactly once: after a crash, `OnlineTrainer` resumes from `out/checkpoint` and seeks the source
-to the offset stored in it, so every event after the checkpoint is trained exactly once more
-and none before it twice.
+Exactly once: after a crash, `OnlineTrainer` resumes from the newest complete version in
+`out/checkpoint/` and seeks the source to the offset stored in it, so every event after the
+checkpoint is trained exactly once more and none before it twice; the dead-letter file is cut
+back to its length at that checkpoint, so a rejected message is reported once. One trainer
+writes a run directory at a time (`train/run_dir.py`).
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ from streamrec.models.persistence import load_model
 from streamrec.models.registry import build_model
 from streamrec.schema import arrow_type, value_fits
 from streamrec.store import read_manifest
+from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import load_checkpoint
 from streamrec.train.delta_export import DeltaExporter
 from streamrec.train.job import seed_everything
 from streamrec.train.metrics import MetricAccumulator
+from streamrec.train.run_dir import RunDir
 from streamrec.train.trainer import Trainer, build_dense_optimizer
 
 
@@ -56,10 +60,13 @@ class OnlineTrainer:
         log=None,
     ) -> None:  # noqa: ANN001
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.run_dir = RunDir(self.out)
+        if self._writes_run_dir():
+            self.run_dir.open()
         self.source = source
         self.log = log or (lambda message: None)
         self.cfg = config.online
+        self.checkpoint_version = 0  # the newest checkpoint written or resumed from
         self.trainer, config, state = self._load_or_build(config)
         if state and source is not None:
             if hasattr(source, "restore") and "source_state" in state:
@@ -76,6 +83,8 @@ class OnlineTrainer:
         self.events_trained = int(state.get("events_trained", 0))
         self.dead = DeadLetter(self.out / "dead_letter.jsonl")
         self.dead.count = int(state.get("dead_lettered", 0))
+        if self._writes_run_dir():
+            self.dead.rewind(int(state.get("dead_letter_bytes", 0)))
         self.next_offset = int(state.get("next_offset", 0))
         self.metrics = MetricAccumulator(
             self.schema.task_names or ["label"], window=self.cfg.metrics_window, keep_lifetime=False
@@ -95,15 +104,23 @@ class OnlineTrainer:
         self._batches_since_checkpoint = 0
         self._last_delta = self._last_checkpoint = time.monotonic()
 
+    def _writes_run_dir(self) -> bool:
+        """Whether this process owns the run directory's lock and tidies it (rank 0)."""
+        return True
+
     def _load_or_build(self, config: JobConfig) -> tuple[Trainer, JobConfig, dict[str, Any]]:
         """→ (trainer, config, online state of the checkpoint resumed from, or {}). Also sets
         `self.kinds` and `self.base_version`."""
-        if (self.out / "checkpoint" / "manifest.json").exists():
-            model, config, optimizer, position = load_checkpoint(
-                self.out / "checkpoint", lambda m: build_dense_optimizer(m, config.train)
-            )
-            manifest = read_manifest(self.out / "checkpoint")
+
+        def load(path: Path) -> tuple:
+            loaded = load_checkpoint(path, lambda m: build_dense_optimizer(m, config.train))
+            return path, loaded, read_manifest(path)
+
+        resumed = self.run_dir.load_checkpoint(load)
+        if resumed is not None:
+            path, (model, config, optimizer, position), manifest = resumed
             self.kinds = manifest.get("input_kinds", {})
+            self.checkpoint_version = int(path.name) if path.name.isdigit() else 0
             return self._resumed(model, config, optimizer, position, manifest)
         model, config = self._initial_model(config)
         return self._trainer_class()(model, config, None, progress=False), config, {}
@@ -237,7 +254,11 @@ class OnlineTrainer:
 
     def sync(self) -> Path:
         path = self.exporter.export(
-            {"offsets": {"next": self.next_offset}, "events_trained": self.events_trained}
+            {
+                "offsets": {"next": self.next_offset},
+                "events_trained": self.events_trained,
+                "checkpoint_version": self.checkpoint_version,
+            }
         )
         now = time.time()
         if self.on_delta is not None:
@@ -257,6 +278,7 @@ class OnlineTrainer:
             "events_consumed": self.events_consumed,
             "events_trained": self.events_trained,
             "dead_lettered": self.dead.count,
+            "dead_letter_bytes": self.dead.checkpoint(),
             "base_model_version": self.base_version,
         }
         if hasattr(self.source, "state"):
@@ -270,7 +292,8 @@ class OnlineTrainer:
             "online": self._online_state(),
             "last_delta_version": self.exporter.version,
         }
-        self.trainer.checkpoint(self.out / "checkpoint")
+        path = self.run_dir.save_checkpoint(self.trainer.checkpoint)
+        self.checkpoint_version = int(path.name)
         self.source.commit(self.next_offset)  # only once the checkpoint covering it is durable
         self._batches_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -292,9 +315,13 @@ class OnlineTrainer:
         }
 
     def write_status(self) -> None:
-        tmp = self.out / ".status.json.tmp"
-        tmp.write_text(json.dumps(self.status(), indent=1))
-        tmp.replace(self.out / "status.json")
+        write_atomic(self.out / "status.json", json.dumps(self.status(), indent=1))
+
+    def close(self) -> None:
+        """Let go of the run directory without a final checkpoint (`run` ends with one): what
+        a crash does, and what a caller does before handing the directory to another trainer."""
+        self.dead.close()
+        self.run_dir.release()
 
     def run(self, stop_when_idle: float | None = None, max_events: int | None = None) -> dict:
         batch_size = self.config.data.batch_size
@@ -316,5 +343,5 @@ class OnlineTrainer:
         self.sync()
         self.checkpoint()
         self.write_status()
-        self.dead.close()
+        self.close()
         return self.status()

@@ -28,6 +28,7 @@ from streamrec.config import JobConfig, TrainConfig
 from streamrec.models.base import RankingModel
 from streamrec.train.checkpoint import save_checkpoint
 from streamrec.train.metrics import MetricAccumulator, auc
+from streamrec.train.run_dir import RunDir
 from streamrec.train.sampling import downsample_negatives
 
 METRIC_COLUMNS = [
@@ -314,10 +315,12 @@ class Trainer:
         self.resumed_from_step = position["global_step"]
 
     def save_progress(self, metrics: dict | None = None, epoch_done: bool = False) -> None:
-        """The checkpoint that `--resume` continues from (RUN_DIR/checkpoint): written at every
-        epoch end and every `train.checkpoint_every_steps` steps."""
+        """The checkpoint that `--resume` continues from (the next version in RUN_DIR/checkpoint):
+        written at every epoch end and every `train.checkpoint_every_steps` steps."""
         if self.run_dir is not None:
-            self.checkpoint(self.run_dir / "checkpoint", metrics, epoch_done)
+            RunDir(self.run_dir).save_checkpoint(
+                lambda path: self.checkpoint(path, metrics, epoch_done)
+            )
 
     def checkpoint(
         self, path: str | Path, metrics: dict | None = None, epoch_done: bool = False

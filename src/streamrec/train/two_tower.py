@@ -35,6 +35,7 @@ from streamrec.retrieval.evaluate import popularity_recommendations, ranking_met
 from streamrec.retrieval.index import IndexParams, Retriever, recall_against_exact
 from streamrec.schema import input_kinds
 from streamrec.train.job import seed_everything
+from streamrec.train.run_dir import RunDir
 
 
 def index_params(config: JobConfig) -> IndexParams:
@@ -106,7 +107,14 @@ def evaluate_retrieval(
 
 
 def train_two_tower(config: JobConfig, out: str | Path, progress: bool = True) -> tuple[dict, Path]:
-    out = Path(out)
+    run = RunDir(out).open()  # one writer per run directory
+    try:
+        return _train(config, run.path, progress)
+    finally:
+        run.release()
+
+
+def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
     seed_everything(config.train.seed)
     splits = open_splits(config.data, DeadLetter())
     train = pa.Table.from_batches(list(splits.train()))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.data.stream.base import Message
+from streamrec.store.atomic import write_atomic
 
 SEGMENT_MESSAGES = 100_000
 
@@ -148,9 +149,7 @@ class LocalLogSource:
         return out
 
     def commit(self, offset: int) -> None:
-        tmp = self.path / f".committed.{self.group}.tmp"
-        tmp.write_text(str(offset))
-        tmp.replace(self.path / f"committed.{self.group}")
+        write_atomic(self.path / f"committed.{self.group}", str(offset))
 
     def head(self) -> int:
         return count_messages(self.path)

@@ -1,0 +1,195 @@
+"""The server under bad moments: a corrupt delta is quarantined and later deltas still apply
+(also across a restart), the next full model heals it; request bodies are bounded while they
+are read and slow clients are cut off; health probes stay open under a token."""
+
+import json
+import shutil
+import socket
+import threading
+import time
+
+import httpx
+import torch
+
+from streamrec.models.persistence import load_model, save_model
+from streamrec.train.delta_export import DeltaExporter
+
+CONTEXT = {"user_id": 1, "age": 24, "gender": "M", "occupation": "technician", "zip_code": "85711"}
+ITEMS = [10, 20, 30, 40]  # delta k moves item ITEMS[k-1]
+
+
+def _scores(server) -> list[float]:
+    body = {"context": CONTEXT, "candidates": [{"item_id": i} for i in ITEMS]}
+    r = server.post("/v1/rank", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()["scores"]["label"]
+
+
+def _wait(server, predicate, timeout: float = 20) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = server.get("/v1/model").json()
+        if predicate(info):
+            return info
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; last /v1/model: {info}")
+
+
+def _flip_a_byte(delta_dir) -> None:
+    table = sorted(delta_dir.glob("tables/*.safetensors"))[0]
+    data = bytearray(table.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    table.write_bytes(bytes(data))
+
+
+def test_a_corrupt_delta_is_quarantined_later_ones_apply_and_a_new_model_heals(
+    trained_run, tmp_path, start_server
+):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "model", run / "model")
+    loaded = load_model(run)
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+    items = loaded.model.dynamic_tables()["item_id"]
+
+    def move(item: int):  # noqa: ANN202
+        items.apply_gradients(torch.tensor([item]), torch.full((1, items.dim), -5.0))
+        return exporter.export()
+
+    move(ITEMS[0])
+    server = start_server(run)
+    base = _wait(server, lambda i: i["delta_version"] == 1)
+    before = _scores(server)
+    exporter.deltas_dir = tmp_path / "staging"  # written aside, published whole (as a rename)
+    staged = [move(item) for item in ITEMS[1:]]
+    _flip_a_byte(staged[0])  # delta 2: corrupt on disk
+    for delta in staged:
+        shutil.copytree(delta, run / "deltas" / f".{delta.name}.tmp")
+        (run / "deltas" / f".{delta.name}.tmp").rename(run / "deltas" / delta.name)
+    info = _wait(server, lambda i: i["delta_version"] == 4)
+    assert info["deltas_applied"] == 3 and base["deltas_applied"] == 1
+    assert [q["version"] for q in info["quarantined_deltas"]] == [2]
+    assert "checksum mismatch" in info["quarantined_deltas"][0]["reason"]
+    after = _scores(server)
+    assert after[1] == before[1]  # delta 2's row stays as it was (stale, reported)
+    assert after[2] != before[2] and after[3] != before[3]  # deltas 3 and 4 applied
+    ready = server.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+    assert "delta 2 quarantined" in ready.json()["degraded"][0]
+    metrics = server.get("/metrics").text
+    assert "streamrec_deltas_quarantined_total 1.0" in metrics
+    assert "streamrec_degraded 1.0" in metrics
+
+    server.stop()  # a restart on the same folder starts, from the base and every valid delta
+    restarted = start_server(run)
+    info = _wait(restarted, lambda i: i["delta_version"] == 4)
+    assert [q["version"] for q in info["quarantined_deltas"]] == [2]
+    assert _scores(restarted) == after
+
+    save_model(run / "model", loaded.model, loaded.config,  # the next full snapshot
+               {"input_kinds": loaded.manifest["input_kinds"]})
+    healed = _wait(restarted, lambda i: i["reloads"] == 1)
+    assert healed["quarantined_deltas"] == [] and healed["degraded"] == []
+    assert restarted.get("/readyz").json()["status"] == "ok"
+    assert _scores(restarted)[1] != before[1]  # the snapshot carries delta 2's row
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_without_filling_memory(server):
+    server.post("/v1/rank", json={"context": CONTEXT, "candidates": [{"item_id": 1}]})
+    start = _rss_mb(server.proc.pid)
+    peak = [start]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb(server.proc.pid))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    chunk = b"x" * (1 << 20)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(
+            b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: {server.headers['Authorization']}\r\n".encode()
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        try:
+            for _ in range(300):  # 300 MB, no declared length
+                s.sendall(b"100000\r\n" + chunk + b"\r\n")
+                sent += 1
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed the connection after answering
+        s.settimeout(10)
+        try:
+            answer = s.recv(4096)
+        except ConnectionResetError:
+            answer = b""
+    done.set()
+    watcher.join()
+    assert peak[0] - start < 50, (start, peak[0], sent)
+    if answer:
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    ok = {"context": CONTEXT, "candidates": [{"item_id": 1}]}
+    assert server.post("/v1/rank", json=ok).status_code == 200  # still serving
+
+
+def test_slow_headers_are_cut_off_and_others_still_served(trained_run, tmp_path, start_server):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "model", run / "model")
+    manifest = json.loads((run / "model" / "manifest.json").read_text())
+    manifest["config"]["serving"]["header_timeout_s"] = 1.0
+    (run / "model" / "manifest.json").write_text(json.dumps(manifest))
+    server = start_server(run)
+    slow = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]
+    for s in slow:
+        s.sendall(b"POST /v1/rank HTTP/1.1\r\n")
+    started = time.time()
+    closed = 0
+    while closed < len(slow) and time.time() - started < 6:
+        for s in slow:
+            try:
+                s.sendall(b"X")  # a header byte at a time
+            except OSError:
+                pass
+        time.sleep(0.2)
+        closed = 0
+        for s in slow:
+            s.setblocking(False)
+            try:
+                closed += s.recv(1) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed += 1
+    elapsed = time.time() - started
+    for s in slow:
+        s.close()
+    assert closed == len(slow) and elapsed < 4, (closed, elapsed)
+    assert server.post("/v1/rank", json={"context": CONTEXT, "candidates": []}).status_code in (
+        200,
+        422,
+    )
+
+
+def test_health_probes_are_open_under_a_token_unless_asked(trained_run, start_server):
+    guarded = start_server(trained_run, "--token", "s3cret", "--token-guards-health")
+    assert httpx.get(guarded.url + "/healthz").status_code == 401
+    assert httpx.get(guarded.url + "/readyz").status_code == 401
+    assert guarded.get("/readyz").status_code == 200
+
+
+def test_health_probes_need_no_token_by_default(server):
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    ready = httpx.get(server.url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert httpx.get(server.url + "/v1/model").status_code == 401
+    wrong = {"Authorization": server.headers["Authorization"] + "x"}
+    assert httpx.get(server.url + "/v1/model", headers=wrong).status_code == 401
