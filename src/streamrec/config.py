@@ -120,7 +120,7 @@ class ServingConfig(_Strict):
         2 << 20, ge=1, description="larger request bodies get 413, chunked ones too"
     )
     body_timeout_s: float = Field(
-        10.0, gt=0, description="a request body not received within this gets 408"
+        10.0, gt=0, description="a connection whose request body takes longer is closed"
     )
     header_timeout_s: float = Field(
         10.0, gt=0, description="a connection whose request headers take longer is closed"
@@ -145,6 +145,12 @@ class OnlineConfig(_Strict):
     checkpoint_interval_seconds: float = Field(30.0, gt=0, description="full checkpoint")
     delta_precision: Literal["fp32", "fp16", "int8"] = "fp32"
     dense_every: int = Field(10, ge=1, description="dense weights in every Nth delta")
+    snapshot_every_deltas: int = Field(
+        60,
+        ge=0,
+        description="every Nth delta is a full snapshot (all rows + dense weights) that heals "
+        "a server which skipped a corrupt delta (60 × 5 s = every 5 minutes); 0 = never",
+    )
     metrics_window: int = Field(10_000, ge=100, description="examples in windowed metrics")
     deterministic: bool = Field(
         False,

@@ -93,6 +93,46 @@ def test_a_corrupt_delta_is_quarantined_later_ones_apply_and_a_new_model_heals(
     assert _scores(restarted)[1] != before[1]  # the snapshot carries delta 2's row
 
 
+def test_a_full_snapshot_delta_heals_a_quarantined_one(trained_run, tmp_path, start_server):
+    """Deltas 1–3 incremental, 4 a full snapshot. Delta 2 (corrupt) deleted item 20 and moved
+    item 30; after the snapshot the server holds exactly the trainer's rows again."""
+    import numpy as np
+    import pyarrow as pa
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "model", run / "model")
+    loaded = load_model(run)
+    exporter = DeltaExporter(
+        loaded.model, tmp_path / "staging", loaded.manifest["model_version"], snapshot_every=4
+    )
+    items = loaded.model.dynamic_tables()["item_id"]
+    server = start_server(run)
+    before = _scores(server)
+    exporter.export()  # 1: nothing moved
+    items.delete(np.array([20]))
+    items.apply_gradients(torch.tensor([30]), torch.full((1, items.dim), -5.0))
+    _flip_a_byte(exporter.export())  # 2: corrupt
+    items.apply_gradients(torch.tensor([40]), torch.full((1, items.dim), -5.0))
+    exporter.export()  # 3
+    snapshot = exporter.export()  # 4: every row, dense weights
+    assert json.loads((snapshot / "manifest.json").read_text())["full"] is True
+    for v in (1, 2, 3):
+        shutil.copytree(exporter.deltas_dir / f"{v:012d}", run / "deltas" / f"{v:012d}")
+    degraded = _wait(server, lambda i: i["delta_version"] == 3)
+    assert [q["version"] for q in degraded["quarantined_deltas"]] == [2]
+    stale = _scores(server)
+    assert stale[1] == before[1] and stale[2] == before[2]  # delta 2 never reached the server
+    shutil.copytree(snapshot, run / "deltas" / snapshot.name)
+    healed = _wait(server, lambda i: i["delta_version"] == 4)
+    assert healed["quarantined_deltas"] == [] and healed["degraded"] == []
+    assert server.get("/readyz").json()["status"] == "ok"
+    rows = pa.table({**{k: [v] * 4 for k, v in CONTEXT.items()}, "item_id": ITEMS,
+                     "genres": [None] * 4})
+    trainer_side = loaded.model.predict(loaded.config.schema.encode(rows, with_labels=False))
+    np.testing.assert_allclose(_scores(server), trainer_side[:, 0].numpy(), rtol=1e-5, atol=1e-6)
+    assert healed["tables"]["item_id"]["rows"] == len(items)  # item 20 is gone there too
+
+
 def _rss_mb(pid: int) -> float:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -141,16 +181,19 @@ def test_a_chunked_body_is_cut_off_at_the_limit_without_filling_memory(server):
     assert server.post("/v1/rank", json=ok).status_code == 200  # still serving
 
 
-def test_slow_headers_are_cut_off_and_others_still_served(trained_run, tmp_path, start_server):
+def test_slow_headers_and_bodies_are_cut_off_and_others_still_served(
+    trained_run, tmp_path, start_server
+):
     run = tmp_path / "run"
     shutil.copytree(trained_run / "model", run / "model")
     manifest = json.loads((run / "model" / "manifest.json").read_text())
-    manifest["config"]["serving"]["header_timeout_s"] = 1.0
+    manifest["config"]["serving"].update(header_timeout_s=1.0, body_timeout_s=1.0)
     (run / "model" / "manifest.json").write_text(json.dumps(manifest))
     server = start_server(run)
     slow = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]
-    for s in slow:
-        s.sendall(b"POST /v1/rank HTTP/1.1\r\n")
+    for i, s in enumerate(slow):  # half trickle their headers, half their body
+        s.sendall(b"POST /v1/rank HTTP/1.1\r\n" + (
+            b"Host: x\r\nContent-Length: 100000\r\n\r\n" if i % 2 else b""))
     started = time.time()
     closed = 0
     while closed < len(slow) and time.time() - started < 6:

@@ -35,7 +35,8 @@ CONFIG = {
 def _stream(path: Path, n: int) -> Path:
     log = LocalLog(path)
     for i in range(n):
-        log.append({"user_id": i % 37, "item_id": i % 101, "label": int(i % 3 == 0), "timestamp": i})
+        label = int(i % 3 == 0)
+        log.append({"user_id": i % 37, "item_id": i % 101, "label": label, "timestamp": i})
     log.close()
     return path
 
@@ -132,3 +133,20 @@ def test_start_up_removes_what_killed_writers_left(tmp_path):
     RunDir(run).open().release()
     assert not any(p.exists() for p in leftovers)
     assert os.path.getmtime(run / ".lock") >= before - 1
+
+
+def test_every_nth_delta_is_a_full_snapshot(tmp_path):
+    raw = {**CONFIG, "online": {**CONFIG["online"], "snapshot_every_deltas": 2}}
+    log = LocalLog(tmp_path / "log")
+    for i in range(1000):  # a new user every 50 events: a delta touches 4 of them
+        log.append({"user_id": i // 50, "item_id": i % 7, "label": i % 2, "timestamp": i})
+    log.close()
+    OnlineTrainer(
+        parse_config(raw), LocalLogSource(tmp_path / "log"), tmp_path / "run", progress=False
+    ).run(0.3)
+    deltas = sorted((tmp_path / "run" / "deltas").iterdir())
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in deltas]
+    assert [m["full"] for m in manifests[:4]] == [False, True, False, True]
+    users = [m["tables"]["user_id"]["rows"] for m in manifests[:4]]
+    assert users == [4, 8, 4, 16]  # incremental: the touched; snapshot: every row so far
+    assert manifests[1]["dense"] and manifests[3]["dense"]

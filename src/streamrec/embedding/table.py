@@ -399,6 +399,10 @@ class DynamicTable:
         n = int(self._alloc[0])
         return np.flatnonzero(self._count.to_array(n)[:, 0] > 0)
 
+    def live_fids(self) -> np.ndarray:
+        """int64 [len(self)]: the fids stored now."""
+        return self._fid.gather(self.live_rows())[:, 0].copy()
+
     def changed_since(self, version: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(fids [k], weights [k, dim]) of live rows inserted or updated after `version`."""
         n = int(self._alloc[0])

@@ -25,7 +25,7 @@ import msgspec
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -203,6 +203,8 @@ def _endpoint(state: ServerState, name: str, handler):  # noqa: ANN001, ANN202
                 response = _error(e.status, e.message)
             except Overloaded:
                 response = _error(503, "overloaded: too many rows queued", {"Retry-After": "1"})
+            except ClientDisconnect:  # closed mid-body (gone, or cut off as too slow)
+                response = _error(400, "the client closed the connection before its body ended")
         state.metrics.requests.labels(name, str(response.status_code)).inc()
         state.metrics.latency.labels(name).observe(time.perf_counter() - started)
         return response
@@ -211,29 +213,21 @@ def _endpoint(state: ServerState, name: str, handler):  # noqa: ANN001, ANN202
 
 
 async def _body_bytes(state: ServerState, request: Request) -> bytes:
-    """The raw body, read within `serving.max_body_bytes` and `serving.body_timeout_s`: 413
-    before reading when the declared length is over the limit, and as soon as the bytes read
-    pass it (a chunked body declares none), so an endless body never fills memory."""
+    """The raw body within `serving.max_body_bytes`: 413 before reading when the declared
+    length is over the limit, and as soon as the bytes read pass it (a chunked body declares
+    none), so an endless body never fills memory. (A body that trickles in too slowly has its
+    connection closed by the protocol: `serving/http.py`.)"""
     declared = request.headers.get("content-length")
     limit = state.settings.max_body_bytes
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body is {declared} bytes; the limit is {limit}")
-    try:
-        return await asyncio.wait_for(_read_limited(request, limit), state.settings.body_timeout_s)
-    except TimeoutError:
-        raise RequestError(
-            408, f"request body not received within {state.settings.body_timeout_s} s"
-        ) from None
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _read_body(state: ServerState, request: Request) -> object:

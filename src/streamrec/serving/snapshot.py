@@ -30,7 +30,6 @@ class Snapshot:
         # An online checkpoint already contains the deltas written before it.
         self.delta_version = int(loaded.manifest.get("last_delta_version", 0))
         self.delta_applied_at: float | None = None
-        self.delta_event_time: float | None = None
         kinds = loaded.manifest.get("input_kinds") or {}
         wanted = self.schema.input_columns(with_labels=False)
         self.kinds = {c: kinds.get(c, "string") for c in wanted}
@@ -64,6 +63,9 @@ class Snapshot:
             table = own.get(name)
             if table is None:
                 continue
+            if manifest.get("full"):  # a snapshot: rows it does not hold are gone
+                live = table.live_fids()
+                table.delete(live[~np.isin(live, delta.fids.numpy())])
             if delta.deleted.numel():
                 table.delete(delta.deleted.numpy())
             if delta.fids.numel():
@@ -72,7 +74,6 @@ class Snapshot:
             self.model.load_state_dict(dense)
         self.delta_version = int(manifest["version"])
         self.delta_applied_at = time.time()
-        self.delta_event_time = manifest.get("event_time_max")
 
     def describe(self) -> dict[str, Any]:
         tables = {

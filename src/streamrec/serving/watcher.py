@@ -11,8 +11,9 @@ Deltas written for another base model are skipped (and counted), never applied t
 A delta that fails its checksums or does not parse is quarantined: reported once in the log,
 listed by `/v1/model`, counted in `/metrics`, and skipped — the deltas after it are still
 applied in order, and the server says it is degraded (the rows only that delta changed are
-stale) until a full model that covers it is loaded (an online run's next checkpoint). A new
-model that fails to load is reported the same way; the served one stays.
+stale) until something covers it: the next full-snapshot delta (`online.snapshot_every_deltas`)
+or a new full model (an online run's next checkpoint). A new model that fails to load is
+reported the same way; the served one stays.
 """
 
 from __future__ import annotations
@@ -178,6 +179,12 @@ class Watcher(threading.Thread):
         if self.metrics is not None:
             self.metrics.reloads.inc()
 
+    def _forget_quarantine_before(self, version: int) -> None:
+        for skipped in [v for v in self.quarantined if v < version]:
+            del self.quarantined[skipped]
+        if self.metrics is not None:
+            self.metrics.degraded.set(1 if self.degraded_reasons() else 0)
+
     def _forget_quarantine_covered_by(self, fresh: Snapshot) -> None:
         """A full model that already holds a quarantined delta's rows (an online checkpoint
         written after it), or that the delta was never meant for, heals that gap."""
@@ -222,6 +229,8 @@ class Watcher(threading.Thread):
                 snapshot.delta_version = max(snapshot.delta_version, version)
                 continue
             self.deltas_applied += 1
+            if manifest.get("full"):  # a full snapshot heals every gap before it
+                self._forget_quarantine_before(version)
             if self.metrics is not None:
                 self.metrics.deltas.inc()
                 created = manifest.get("created")

@@ -4,6 +4,11 @@ Each `export()` collects, per table, the live rows changed after the version rec
 previous export (`DynamicTable.changed_since`) and the fids deleted since (`deleted_since`),
 optionally in fp16 / int8, plus the dense weights every `dense_every` deltas, and writes them
 as one delta directory (`streamrec.store.delta`). Deltas are numbered 1, 2, 3 … per base model.
+
+Every `snapshot_every`-th delta is a full snapshot: every live row and the dense weights,
+marked `full` — a server applying it replaces its tables' content, which heals the gap left
+by any delta it had to skip as corrupt. The choice depends on the version number alone, so
+every rank of a distributed trainer makes it alike.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from streamrec.embedding.export import quantize
 from streamrec.models.base import RankingModel
@@ -25,8 +32,10 @@ class DeltaExporter:
         base_model_version: int,
         precision: str = "fp32",
         dense_every: int = 10,
+        snapshot_every: int = 0,
     ) -> None:
         self.model = model
+        self.snapshot_every = snapshot_every
         self.deltas_dir = Path(deltas_dir)
         self.base_model_version = base_model_version
         self.precision = precision
@@ -38,16 +47,20 @@ class DeltaExporter:
     def export(self, extra: dict[str, Any] | None = None, force_dense: bool = False) -> Path:
         return self.write(self.collect(), extra, force_dense)
 
+    def is_snapshot(self, version: int) -> bool:
+        return self.snapshot_every > 0 and version % self.snapshot_every == 0
+
     def collect(self) -> dict[str, TableDelta]:
-        """Per table, the live rows changed and the fids deleted since the previous collect."""
+        """Per table, the live rows changed and the fids deleted since the previous collect —
+        or every live row, when the next delta is a full snapshot."""
+        full = self.is_snapshot(self.version + 1)
         tables = {}
         for name, table in self.model.dynamic_tables().items():
             since = self.table_versions.get(name, 0)
-            fids, weights = table.changed_since(since)
+            fids, weights = table.changed_since(0 if full else since)
             rows = quantize(fids, weights, self.precision)
-            tables[name] = TableDelta(
-                rows.fids, rows.values, table.deleted_since(since), rows.scale, rows.offset
-            )
+            deleted = torch.empty(0, dtype=torch.int64) if full else table.deleted_since(since)
+            tables[name] = TableDelta(rows.fids, rows.values, deleted, rows.scale, rows.offset)
             self.table_versions[name] = table.version
             table.forget_deletions(since)
         return tables
@@ -60,13 +73,15 @@ class DeltaExporter:
     ) -> Path:
         """The next delta: these table rows, and the dense weights when due."""
         self.version += 1
+        full = self.is_snapshot(self.version)
         dense = None
-        if force_dense or self.version % self.dense_every == 0:
+        if full or force_dense or self.version % self.dense_every == 0:
             dense = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         manifest = {
             "base_model_version": self.base_model_version,
             "created": time.time(),
             "precision": self.precision,
+            "full": full,
             **(extra or {}),
         }
         return write_delta(self.deltas_dir, self.version, tables, dense, manifest)

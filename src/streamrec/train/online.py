@@ -95,6 +95,7 @@ class OnlineTrainer:
             self.base_version,
             self.cfg.delta_precision,
             self.cfg.dense_every,
+            self.cfg.snapshot_every_deltas,
         )
         self.delta_latencies: list[float] = []
         # Called after each delta with (version, wall times its events were consumed at).
