@@ -32,7 +32,10 @@ def _fail(message: str) -> None:
 
 
 def _print_json(obj: dict) -> None:
-    typer.echo(json.dumps(obj, indent=None, sort_keys=False))
+    """One strict JSON object: an undefined metric is null with the reason, never NaN."""
+    from streamrec.train.metrics import json_ready
+
+    typer.echo(json.dumps(json_ready(obj), allow_nan=False))
 
 
 @data_app.command("inspect")
@@ -143,6 +146,7 @@ def train(
     import time
 
     from streamrec.config import ConfigError
+    from streamrec.schema import SchemaError
     from streamrec.store import CorruptModelError
     from streamrec.train.job import run_training
     from streamrec.train.run_dir import RunDirBusy
@@ -175,7 +179,7 @@ def train(
                 return
         else:
             result, model_dir = run_training(cfg, out, resume=resume, progress=not quiet)
-    except (DataError, ConfigError, CorruptModelError, RunDirBusy) as e:
+    except (DataError, ConfigError, CorruptModelError, RunDirBusy, SchemaError) as e:
         _fail(str(e))
     report = {**result.to_json(), "model_dir": str(model_dir)}
     if as_json:

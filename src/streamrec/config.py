@@ -152,6 +152,9 @@ class OnlineConfig(_Strict):
         "a server which skipped a corrupt delta (60 × 5 s = every 5 minutes); 0 = never",
     )
     metrics_window: int = Field(10_000, ge=100, description="examples in windowed metrics")
+    max_message_bytes: int = Field(
+        1 << 20, ge=1, description="larger stream messages are dead-lettered unread"
+    )
     deterministic: bool = Field(
         False,
         description="deltas / checkpoints every N batches instead of every N seconds, "

@@ -62,8 +62,16 @@ class DenseFeature(_Strict):
         return 1 + int(self.missing_indicator)
 
 
+InputKind = Literal["int", "string", "list<int>", "list<string>"]
+KIND_HELP = (
+    "the raw values' kind: int ids are used as they are, strings are hashed; declare it so "
+    "that no reader has to guess (an online run that starts from no model needs it)"
+)
+
+
 class EncodingFeature(_Strict):
     name: str
+    kind: InputKind | None = Field(None, description=KIND_HELP)
     separator: str | None = Field(None, description="split strings into several values")
     max_size: int = 64
     min_count: int = 1
@@ -78,6 +86,7 @@ class EncodingFeature(_Strict):
 
 class EmbeddingFeature(_Strict):
     name: str
+    kind: InputKind | None = Field(None, description=KIND_HELP)
     table: str | None = Field(None, description="table name; default: the feature's own")
     separator: str | None = Field(None, description="multi-valued strings split on this")
     weights: str | None = Field(None, description="column of per-id weights (list<float>)")
@@ -132,6 +141,14 @@ class Schema(_Strict):
         if with_labels:
             cols += [lab.name for lab in self.labels]
         return cols
+
+    def declared_kinds(self) -> dict[str, str]:
+        """Input column → kind, as far as the schema declares it (dense features are floats,
+        weight columns lists of floats)."""
+        kinds = {f.name: "float" for f in self.dense}
+        kinds.update({f.name: f.kind for f in (*self.encodings, *self.embeddings) if f.kind})
+        kinds.update({f.weights: "list<float>" for f in self.embeddings if f.weights})
+        return kinds
 
     # ----------------------------------------------------------------------------- fit
     def fit(self, data: pa.Table | pa.RecordBatch) -> Schema:
@@ -192,7 +209,14 @@ class Schema(_Strict):
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise SchemaError(f"label column {lab.name!r} is not numeric: {e}") from None
         if lab.threshold is not None:
-            values = (values >= lab.threshold).astype(np.float32)
+            return (values >= lab.threshold).astype(np.float32)
+        bad = np.flatnonzero((values != 0) & (values != 1))
+        if bad.size:
+            raise SchemaError(
+                f"label column {lab.name!r} holds {values[bad[0]]:g} ({bad.size} values in this "
+                f"batch are not 0/1): labels are 0/1 — set `threshold` on the label to map "
+                "others (e.g. threshold: 4 for ratings ≥ 4)"
+            )
         return values
 
     def _dense_block(self, data: pa.Table | pa.RecordBatch, f: DenseFeature) -> np.ndarray:
@@ -372,18 +396,3 @@ def input_kinds(table: pa.Table | pa.RecordBatch, columns: list[str]) -> dict[st
     so that serving decodes request values exactly as training did: ints stay ids, strings
     are hashed)."""
     return {c: value_kind(table.schema.field(c).type) for c in columns if c in table.schema.names}
-
-
-def value_fits(kind: str, value: object) -> bool:
-    """Whether a JSON value can be read as a column of this kind (None = missing fits all)."""
-    if value is None:
-        return True
-    if kind == "int":
-        return isinstance(value, int)
-    if kind == "float":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind == "string":
-        return isinstance(value, str)
-    if kind.startswith("list<"):
-        return isinstance(value, list) and all(value_fits(kind[5:-1], v) for v in value)
-    return False

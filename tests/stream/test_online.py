@@ -67,7 +67,8 @@ def test_bad_messages_are_dead_lettered_and_training_goes_on(tmp_path, ml_small_
         for x in (tmp_path / "run" / "dead_letter.jsonl").read_text().splitlines()
     ]
     assert reasons[0].startswith("not JSON") and "missing label" in reasons[1]
-    assert "'user_id' expects int" in reasons[2] and reasons[3] == "not a JSON object"
+    assert "got `str` - at `$.user_id`" in reasons[2]
+    assert "Expected `object`, got `array`" in reasons[3]
     saved = json.loads((tmp_path / "run" / "status.json").read_text())
     assert saved["events_trained"] == 1000 and saved["last_delta_version"] >= 1
     assert saved["windowed"]["label"]["count"] == 1000

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import msgspec
 import pyarrow as pa
 
+from streamrec.json_records import python_type
 from streamrec.schema import arrow_type
 
 
@@ -108,15 +109,6 @@ def rows_table(
     return CandidateRows.from_dicts(context, candidates, kinds).table(kinds)
 
 
-_INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-
-
-def _python_type(kind: str) -> Any:
-    if kind.startswith("list<"):
-        return list[_python_type(kind[5:-1])]
-    return {"int": _INT64, "float": float, "string": str}[kind]
-
-
 class RankRequestReader:
     """Decodes and validates /v1/rank bodies for one model's input kinds.
 
@@ -130,7 +122,7 @@ class RankRequestReader:
         names = list(kinds)
         attrs = [f"f{i}" for i in range(len(names))]
         rename = dict(zip(attrs, names, strict=True))
-        types = [_python_type(kinds[n]) for n in names]
+        types = [python_type(kinds[n]) for n in names]
         candidate = msgspec.defstruct(
             "Candidate",
             [(a, t | None, None) for a, t in zip(attrs, types, strict=True)],

@@ -14,6 +14,7 @@ Conventions (checked against scikit-learn in tests/train/test_metrics.py):
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -72,6 +73,33 @@ def normalized_entropy(labels: np.ndarray, preds: np.ndarray) -> float:
 def calibration(labels: np.ndarray, preds: np.ndarray) -> float:
     total = float(np.sum(labels))
     return float(np.sum(preds)) / total if total > 0 else float("nan")
+
+
+UNDEFINED = {
+    "auc": "the labels hold one class only",
+    "gauc": "no group holds both classes",
+    "calibration": "the labels hold no positive",
+}
+
+
+def json_ready(obj: object) -> object:
+    """A copy fit for strict JSON: every non-finite float becomes null, and a dict that had
+    one gets `undefined: {key: why}` (an AUC over one class is undefined, not NaN)."""
+    if isinstance(obj, dict):
+        out = {k: json_ready(v) for k, v in obj.items()}
+        why = {
+            k: UNDEFINED.get(k, "not a finite number")
+            for k, v in obj.items()
+            if isinstance(v, float) and not math.isfinite(v)
+        }
+        if why:
+            out["undefined"] = why
+        return out
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def ctr_metrics(

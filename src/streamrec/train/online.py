@@ -4,8 +4,10 @@
     trainer.run(stop_when_idle=5)
 
 Per batch of messages (in offset order):
-  1. decode JSON records; a message that is not JSON, not an object, lacks a label, or has a
-     value of the wrong kind goes to `out/dead_letter.jsonl` with its offset and the reason;
+  1. decode JSON records against the input kinds (`json_records.py`); a message that is not a
+     JSON object, is oversize or deeply nested, has a value of the wrong kind, a label that is
+     not 0/1 or an absurd timestamp goes to `out/dead_letter.jsonl` with its offset and the
+     reason — message content never stops the trainer;
   2. progressive validation: predict the batch with the current model *before* learning from
      it, into lifetime and windowed AUC / NE / calibration;
   3. one training step (tables admit new ids, row optimizers run in backward);
@@ -37,15 +39,15 @@ import pyarrow as pa
 from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.data.stream.base import Message, StreamSource
+from streamrec.json_records import StreamRecordDecoder, majority_kinds
 from streamrec.models.persistence import load_model
 from streamrec.models.registry import build_model
-from streamrec.schema import arrow_type, value_fits
 from streamrec.store import read_manifest
 from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import load_checkpoint
 from streamrec.train.delta_export import DeltaExporter
 from streamrec.train.job import seed_everything
-from streamrec.train.metrics import MetricAccumulator
+from streamrec.train.metrics import MetricAccumulator, json_ready
 from streamrec.train.run_dir import RunDir
 from streamrec.train.trainer import Trainer, build_dense_optimizer
 
@@ -77,8 +79,8 @@ class OnlineTrainer:
         self.config = config
         self.model = self.trainer.model
         self.schema = config.schema
-        self.labels = [lab.name for lab in self.schema.labels]
-        self.columns = self.schema.input_columns(with_labels=True)
+        self._decoder: StreamRecordDecoder | None = None
+        self._unknown_kinds: list[str] = []
         self.events_consumed = int(state.get("events_consumed", 0))
         self.events_trained = int(state.get("events_trained", 0))
         self.dead = DeadLetter(self.out / "dead_letter.jsonl")
@@ -153,61 +155,44 @@ class OnlineTrainer:
 
     # ------------------------------------------------------------------ decoding
     def decode(self, messages: list[Message]) -> pa.Table | None:
-        records = []
-        for m in messages:
-            reason = None
-            try:
-                record = json.loads(m.value)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                record, reason = None, f"not JSON: {e}"
-            if reason is None and not isinstance(record, dict):
-                reason = "not a JSON object"
-            if reason is None:
-                missing = [lab for lab in self.labels if record.get(lab) is None]
-                if missing:
-                    reason = f"missing label field(s) {missing}"
-            if reason is None:
-                for name in self.columns:
-                    kind = self.kinds.get(name) or self._infer_kind(name, record.get(name))
-                    if kind is not None and not value_fits(kind, record.get(name)):
-                        reason = f"field {name!r} expects {kind}, got {record.get(name)!r}"[:200]
-                        break
-            if reason is not None:
-                self.dead.reject(
-                    f"offset {m.offset}", None, reason, m.value[:500].decode("utf-8", "replace")
-                )
-                continue
-            records.append(record)
-        if not records:
-            return None
-        columns = {}
-        for name in self.columns:
-            kind = self.kinds.get(name)
-            values = [r.get(name) for r in records]
-            columns[name] = pa.array(values, type=arrow_type(kind)) if kind else pa.array(values)
-        if self.schema.timestamp and self.schema.timestamp not in columns:
-            columns[self.schema.timestamp] = pa.array(
-                [r.get(self.schema.timestamp) for r in records], pa.int64()
+        """The batch's good records as a table; every other message is dead-lettered with its
+        offset and reason (`json_records.StreamRecordDecoder`: nothing in a message's content
+        can raise here)."""
+        values = [m.value for m in messages]
+        decoder = self._record_decoder(values)
+        table, rejects = decoder.decode(values)
+        for i, reason in rejects:
+            m = messages[i]
+            self.dead.reject(
+                f"offset {m.offset}", None, reason, m.value[:500].decode("utf-8", "replace")
             )
-        return pa.table(columns)
+        return table
 
-    def _infer_kind(self, name: str, value: object) -> str | None:
-        """Without a saved kind, the first value seen fixes the column's kind."""
-        if value is None:
-            return None
-        kind = (
-            "int"
-            if isinstance(value, int)
-            else "float"
-            if isinstance(value, float)
-            else "list<string>"
-            if isinstance(value, list) and value and isinstance(value[0], str)
-            else "list<int>"
-            if isinstance(value, list)
-            else "string"
+    def _record_decoder(self, first_values: list[bytes]) -> StreamRecordDecoder:
+        """Input kinds come from the model resumed or started from, else from the schema's
+        declarations (`kind:`), else — for columns neither names — from the majority of the
+        first messages that carry them (logged: declare them to remove the guess)."""
+        inputs = self.schema.input_columns(with_labels=False)
+        if self._decoder is not None and not self._unknown_kinds:
+            return self._decoder
+        if self._decoder is None:
+            declared = self.schema.declared_kinds()
+            self.kinds = {c: self.kinds.get(c) or declared.get(c) for c in inputs}
+            self.kinds = {c: k for c, k in self.kinds.items() if k}
+        unknown = [c for c in inputs if c not in self.kinds]
+        voted = majority_kinds(first_values, unknown) if unknown else {}
+        if voted:
+            self.log(f"input kinds from the stream's majority (declare `kind:` to fix them): "
+                     f"{voted}")
+            self.kinds.update(voted)
+        self._unknown_kinds = [c for c in unknown if c not in voted]
+        self._decoder = StreamRecordDecoder(
+            {c: self.kinds[c] for c in inputs if c in self.kinds},
+            self.schema.labels,
+            self.schema.timestamp,
+            self.cfg.max_message_bytes,
         )
-        self.kinds[name] = kind
-        return kind
+        return self._decoder
 
     # ------------------------------------------------------------------ the loop
     def _drain_source_rejects(self) -> None:
@@ -316,7 +301,8 @@ class OnlineTrainer:
         }
 
     def write_status(self) -> None:
-        write_atomic(self.out / "status.json", json.dumps(self.status(), indent=1))
+        status = json.dumps(json_ready(self.status()), indent=1, allow_nan=False)
+        write_atomic(self.out / "status.json", status)
 
     def close(self) -> None:
         """Let go of the run directory without a final checkpoint (`run` ends with one): what

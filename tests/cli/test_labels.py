@@ -1,0 +1,58 @@
+"""Labels are 0/1 unless the config maps them: a file of −1/+1 or 1–5 labels stops with one
+line naming the column and value (it trained to AUC 0.5 and negative logloss before), a
+threshold maps them, and a metric that is undefined is null with its reason, never NaN."""
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+
+def _job(tmp_path, labels: list, threshold: float | None = None, valid_labels=None):
+    rows = ["label,user_id,item_id"] + [
+        f"{labels[i % len(labels)]},{i % 13},{i % 17}" for i in range(400)
+    ]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    valid = ["label,user_id,item_id"] + [
+        f"{(valid_labels or labels)[i % len(valid_labels or labels)]},{i % 13},{i % 5}"
+        for i in range(100)
+    ]
+    (tmp_path / "valid.csv").write_text("\n".join(valid) + "\n")
+    label = {"name": "label"} if threshold is None else {"name": "label", "threshold": threshold}
+    cfg = {
+        "schema": {"labels": [label], "embeddings": [{"name": "user_id"}, {"name": "item_id"}]},
+        "data": {"train": str(tmp_path / "train.csv"), "valid": [str(tmp_path / "valid.csv")],
+                 "batch_size": 100},
+        "model": {"name": "lr"},
+        "train": {"epochs": 1},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run(
+        [sys.executable, "-m", "streamrec", "train", str(path), "--out", str(tmp_path / "run"),
+         "--json", "-q"], capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_labels_that_are_not_0_1_stop_with_one_line(tmp_path):
+    result = _job(tmp_path, [-1, 1])
+    assert result.returncode == 2, result.stdout
+    assert "label column 'label' holds -1" in result.stderr and "threshold" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_threshold_maps_ratings_to_labels(tmp_path):
+    result = _job(tmp_path, [1, 2, 3, 4, 5], threshold=4)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)["metrics"]["label"]
+    assert 0 <= metrics["logloss"] and 0 <= metrics["auc"] <= 1
+
+
+def test_an_undefined_metric_is_null_with_its_reason(tmp_path):
+    result = _job(tmp_path, [0, 1], valid_labels=[0])  # validation holds one class only
+    assert result.returncode == 0, result.stderr
+    assert "NaN" not in result.stdout
+    metrics = json.loads(result.stdout)["metrics"]["label"]
+    assert metrics["auc"] is None and metrics["calibration"] is None
+    assert metrics["undefined"]["auc"] == "the labels hold one class only"
