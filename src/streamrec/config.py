@@ -11,6 +11,7 @@ silently ignored).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,70 +30,114 @@ class _Strict(BaseModel):
 
 
 class TableConfig(_Strict):
-    dim: int = Field(16, gt=0)
-    optimizer: Literal["sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl"] = "rowwise_adagrad"
-    lr: float = Field(0.05, gt=0)
-    eps: float = 1e-8
-    initial_accumulator: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    ftrl_l1: float = 0.0
-    ftrl_l2: float = 0.0
-    ftrl_beta: float = 1.0
-    weight_decay: float = 0.0
+    dim: int = Field(16, gt=0, description="embedding width")
+    optimizer: Literal["sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl"] = Field(
+        "rowwise_adagrad",
+        description="the row optimizer, applied in place to the rows a batch touched",
+    )
+    lr: float = Field(0.05, gt=0, description="row learning rate")
+    eps: float = Field(1e-8, description="optimizer epsilon")
+    initial_accumulator: float = Field(0.0, description="Adagrad's starting accumulator")
+    beta1: float = Field(0.9, description="Adam's first-moment decay")
+    beta2: float = Field(0.999, description="Adam's second-moment decay")
+    ftrl_l1: float = Field(0.0, description="FTRL L1 strength (sparsifies rows)")
+    ftrl_l2: float = Field(0.0, description="FTRL L2 strength")
+    ftrl_beta: float = Field(1.0, description="FTRL beta")
+    weight_decay: float = Field(0.0, description="decoupled weight decay on touched rows")
     init_scale: float = Field(0.01, ge=0, description="rows start uniform in ±init_scale")
-    admit_min_count: int | None = Field(None, ge=1)
-    admit_probability: float | None = Field(None, gt=0, le=1)
-    ttl_seconds: float | None = Field(None, gt=0)
-    capacity: int | None = Field(None, gt=0)
-    eviction: Literal["lfu", "lru"] = "lfu"
+    admit_min_count: int | None = Field(
+        None, ge=1,
+        description="an id gets a row once seen this often (count-min sketch); until then it "
+        "reads zeros",
+    )
+    admit_probability: float | None = Field(
+        None, gt=0, le=1,
+        description="admit a new id with this probability instead",
+    )
+    ttl_seconds: float | None = Field(
+        None, gt=0,
+        description="rows unseen this long (event time) are expired",
+    )
+    capacity: int | None = Field(
+        None, gt=0,
+        description="row cap; beyond it rows are evicted by `eviction`",
+    )
+    eviction: Literal["lfu", "lru"] = Field("lfu", description="which rows go when over capacity")
     sketch_width: int = Field(1 << 20, gt=0, description="count-min sketch counters per row")
-    seed: int = 0
+    seed: int = Field(0, description="row initialisation seed")
 
 
 class DataConfig(_Strict):
-    format: str = "csv"
-    train: str | None = None
-    valid: list[str] = Field(default_factory=list)
-    split: Literal["none", "per_user_time"] = "none"
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    batch_size: int = Field(1024, gt=0)
+    format: str = Field(
+        "csv",
+        description=r"criteo \| csv \| tsv \| parquet \| ml-100k \| ml-latest-small",
+    )
+    train: str | None = Field(None, description="training file (or folder for MovieLens)")
+    valid: list[str] = Field(default_factory=list, description="validation files")
+    split: Literal["none", "per_user_time"] = Field(
+        "none",
+        description="per_user_time: each user's last `test_fraction` of events (by time) validate",
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1,
+        description="share of each user's events held out by per_user_time",
+    )
+    batch_size: int = Field(1024, gt=0, description="rows per training step")
     shuffle_rows: int = Field(
         0,
         ge=0,
         description="each epoch, shuffle training rows within consecutive blocks of this many "
         "rows (0: file order); a block at least the size of the data is a full shuffle",
     )
-    dead_letter: str | None = None
-    strict: bool = False
+    dead_letter: str | None = Field(
+        None,
+        description="where malformed rows go (JSON lines); default RUN/dead_letter.jsonl",
+    )
+    strict: bool = Field(False, description="stop at the first malformed row instead")
     history_length: int | None = Field(
         None, ge=1, description="add a `history` column: each user's previous items (MovieLens)"
     )
 
 
 class ModelConfig(_Strict):
-    name: str = "deepfm"
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(
+        "deepfm",
+        description="a registered model: lr, fm, deepfm, wide_deep, dcnv2, dlrm, din, mmoe, "
+        "two_tower",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the model's constructor arguments",
+    )
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(1, ge=1)
-    seed: int = 0
-    dense_optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
-    dense_lr: float = Field(1e-3, gt=0)
-    dense_weight_decay: float = 0.0
-    grad_clip_norm: float | None = None
-    warmup_steps: int = 0
-    early_stopping_patience: int | None = None
-    negative_sampling_rate: float = Field(1.0, gt=0, le=1)
-    evict_every_steps: int = Field(100, gt=0)
+    epochs: int = Field(1, ge=1, description="passes over the training data")
+    seed: int = Field(0, description="seed for initialisation, shuffling and sampling")
+    dense_optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = Field(
+        "adam",
+        description="optimizer of the dense parameters",
+    )
+    dense_lr: float = Field(1e-3, gt=0, description="its learning rate")
+    dense_weight_decay: float = Field(0.0, description="its weight decay")
+    grad_clip_norm: float | None = Field(None, description="clip the dense gradient norm to this")
+    warmup_steps: int = Field(0, description="linear learning-rate warm-up")
+    early_stopping_patience: int | None = Field(
+        None,
+        description="stop after this many epochs without a better validation AUC",
+    )
+    negative_sampling_rate: float = Field(
+        1.0, gt=0, le=1,
+        description="keep this share of negatives (predictions re-calibrated)",
+    )
+    evict_every_steps: int = Field(100, gt=0, description="run TTL / capacity eviction this often")
     exchange_precision: Literal["fp32", "fp16"] = Field(
         "fp32", description="rows and gradients between ranks (fp16 halves the bytes)"
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: autocast the dense layers (CPU AVX-512-BF16 / GPU)"
     )
-    log_every_steps: int = Field(20, gt=0)
+    log_every_steps: int = Field(20, gt=0, description="metrics.csv row every N steps")
     checkpoint_every_steps: int = Field(
         0,
         ge=0,
@@ -115,7 +160,7 @@ class ServingConfig(_Strict):
     max_batch_rows: int = Field(4096, ge=1, description="rows per inference batch")
     max_delay_ms: float = Field(4.0, ge=0, description="wait from the oldest queued request")
     max_queue_rows: int = Field(100_000, ge=1, description="beyond this, answer 503")
-    max_candidates: int = Field(1000, ge=1)
+    max_candidates: int = Field(1000, ge=1, description="more candidates in one request get 413")
     max_body_bytes: int = Field(
         2 << 20, ge=1, description="larger request bodies get 413, chunked ones too"
     )
@@ -133,17 +178,26 @@ class ServingConfig(_Strict):
 
 class JoinConfig(_Strict):
     window_seconds: float = Field(300.0, gt=0, description="how long an impression waits")
-    allowed_lateness: float = Field(0.0, ge=0)
+    allowed_lateness: float = Field(
+        0.0, ge=0,
+        description="seconds an action may arrive after its window",
+    )
     tasks: dict[str, str] = Field(
         default_factory=lambda: {"click": "label"}, description="action type → label column"
     )
-    max_pending: int = Field(1_000_000, ge=1)
+    max_pending: int = Field(
+        1_000_000, ge=1,
+        description="impressions held at most; the oldest are emitted first",
+    )
 
 
 class OnlineConfig(_Strict):
     sync_interval_seconds: float = Field(5.0, gt=0, description="write a delta this often")
     checkpoint_interval_seconds: float = Field(30.0, gt=0, description="full checkpoint")
-    delta_precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    delta_precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32",
+        description="row values in deltas (int8: 4× smaller, per-row scale)",
+    )
     dense_every: int = Field(10, ge=1, description="dense weights in every Nth delta")
     snapshot_every_deltas: int = Field(
         60,
@@ -160,33 +214,63 @@ class OnlineConfig(_Strict):
         description="deltas / checkpoints every N batches instead of every N seconds, "
         "so a restarted run reproduces an uninterrupted one exactly",
     )
-    sync_every_batches: int = Field(20, ge=1)
-    checkpoint_every_batches: int = Field(100, ge=1)
+    sync_every_batches: int = Field(
+        20, ge=1,
+        description="deterministic mode: a delta every N batches",
+    )
+    checkpoint_every_batches: int = Field(
+        100, ge=1,
+        description="deterministic mode: a checkpoint every N batches",
+    )
     init_model: str | None = Field(None, description="start from this model directory")
-    join: JoinConfig = Field(default_factory=JoinConfig)
+    join: JoinConfig = Field(
+        default_factory=JoinConfig,
+        description="joining impressions with actions (`--actions`)",
+    )
 
 
 class RetrievalConfig(_Strict):
-    index: Literal["flat", "ivf_flat", "ivf_pq", "hnsw", "sq8"] = "hnsw"
-    nlist: int = 256
-    nprobe: int = 16
-    pq_m: int = 16
-    hnsw_m: int = 32
-    ef_search: int = 128
+    index: Literal["flat", "ivf_flat", "ivf_pq", "hnsw", "sq8"] = Field(
+        "hnsw",
+        description="faiss index type",
+    )
+    nlist: int = Field(256, description="IVF lists")
+    nprobe: int = Field(16, description="IVF lists searched")
+    pq_m: int = Field(16, description="PQ sub-quantizers")
+    hnsw_m: int = Field(32, description="HNSW links per node")
+    ef_search: int = Field(128, description="HNSW search breadth")
     candidates: int = Field(200, ge=1, description="items retrieved before ranking")
 
 
 class JobConfig(_Strict):
-    name: str = "job"
-    schema_: Schema = Field(alias="schema")
-    default_table: TableConfig = Field(default_factory=TableConfig)
-    tables: dict[str, TableConfig] = Field(default_factory=dict)
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    serving: ServingConfig = Field(default_factory=ServingConfig)
-    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
-    online: OnlineConfig = Field(default_factory=OnlineConfig)
+    name: str = Field("job", description="the job's name (run folders, logs)")
+    schema_: Schema = Field(alias="schema", description="the model's inputs and labels")
+    default_table: TableConfig = Field(
+        default_factory=TableConfig,
+        description="settings of every table not in `tables`",
+    )
+    tables: dict[str, TableConfig] = Field(
+        default_factory=dict,
+        description="per-table settings, by table name",
+    )
+    data: DataConfig = Field(default_factory=DataConfig, description="what to read")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="which model, and its parameters",
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="how to train")
+    serving: ServingConfig = Field(
+        default_factory=ServingConfig,
+        description="how `streamrec serve` batches and bounds requests",
+    )
+    retrieval: RetrievalConfig = Field(
+        default_factory=RetrievalConfig,
+        description="the two-tower retriever's index",
+    )
+    online: OnlineConfig = Field(
+        default_factory=OnlineConfig,
+        description="online training from a stream",
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -219,6 +303,21 @@ def load_config(path: str | Path) -> JobConfig:
     return parse_config(raw, base_dir=p.parent, source=str(p))
 
 
+def _resolve_paths(cfg: JobConfig, base_dir: Path) -> None:
+    """Relative file paths in a config file are relative to the file's folder — not to where
+    the command happens to run — so a config works from any directory."""
+
+    def resolve(path: str | None) -> str | None:
+        if path is None or Path(path).is_absolute():
+            return path
+        return os.path.normpath(base_dir / path)
+
+    cfg.data.train = resolve(cfg.data.train)
+    cfg.data.valid = [resolve(p) for p in cfg.data.valid]
+    cfg.data.dead_letter = resolve(cfg.data.dead_letter)
+    cfg.online.init_model = resolve(cfg.online.init_model)
+
+
 def parse_config(
     raw: dict[str, Any], base_dir: Path | None = None, source: str = "config"
 ) -> JobConfig:
@@ -227,6 +326,8 @@ def parse_config(
     except ValidationError as e:
         lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
         raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None
+    if base_dir is not None:
+        _resolve_paths(cfg, Path(base_dir))
     cfg.table_configs()
     unknown = set(cfg.serving.context_features) - set(cfg.schema_.feature_names)
     if unknown:

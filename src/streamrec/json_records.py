@@ -8,13 +8,15 @@ offending field (`Expected int, got bool - at $.user_id`).
 
 `StreamRecordDecoder` turns a batch of messages into typed columns; a message that is not a
 JSON object, is too large or too deeply nested, has a value of the wrong type, an absurd
-timestamp or a label outside {0, 1} (without a `threshold` that maps it) is returned with its
-reason instead — the caller dead-letters it. Nothing about a message's content can raise.
+timestamp or a label its rule cannot map (`Label.to_binary`: 0/1 unless a threshold, positive
+values or a value map say otherwise) is returned with its reason instead — the caller
+dead-letters it. Nothing about a message's content can raise.
 """
 
 from __future__ import annotations
 
 import operator
+import sys
 from collections import Counter
 from typing import Annotated, Any
 
@@ -22,13 +24,14 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from streamrec.schema import Label, arrow_type
+from streamrec.kinds import arrow_type
+from streamrec.schema import Label, label_key
 
 INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-FINITE = Annotated[float, msgspec.Meta(ge=-1.7e308, le=1.7e308)]
+FINITE = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
 # Event time in seconds (or milliseconds) since 1970: before the year 2286 either way.
 TIMESTAMP = Annotated[float, msgspec.Meta(ge=0, lt=1e13)]
-LABEL = bool | FINITE
+LABEL = bool | FINITE | str  # mapped by the label's rule (`Label.to_binary`)
 
 KINDS = ("int", "float", "string", "list<int>", "list<float>", "list<string>")
 
@@ -140,22 +143,16 @@ class StreamRecordDecoder:
         return pa.table(self._arrays(columns)), rejects
 
     def _label(self, lab: Label, raw: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """(float64 values, bad mask): missing → bad; with a threshold any number is a label
-        (`Schema.encode` maps it), without one only 0 / 1 / false / true are."""
-        values = np.array([np.nan if v is None else float(v) for v in raw])
-        missing = np.isnan(values)
-        if lab.threshold is not None:
-            return values, missing
-        return values, missing | ~np.isin(values, (0.0, 1.0))
+        """(0/1 labels, bad mask) by the label's rule; the table then carries them mapped
+        (`Schema.with_labels_mapped` encodes it)."""
+        return lab.to_binary(pa.array([None if v is None else label_key(v) for v in raw],
+                                       pa.string()))
 
     def _label_reason(self, lab: Label, columns: dict, j: int, records: list) -> str:
         raw = self._getters[lab.name](records[j])
         if raw is None:
             return f"missing label field {lab.name!r}"
-        return (
-            f"label {lab.name!r} is {raw!r}: labels are 0/1 (or true/false); set "
-            f"`threshold` on the label to map other values"
-        )
+        return f"label {lab.name!r} is {raw!r}: {lab.rule_hint()}"
 
     def _arrays(self, columns: dict[str, list]) -> dict[str, pa.Array]:
         arrays = {}
@@ -166,8 +163,8 @@ class StreamRecordDecoder:
                 arrays[name] = pa.array(
                     [None if v is None else int(v) for v in values], pa.int64()
                 )
-            else:  # a label, already float64
-                arrays[name] = pa.array(values, pa.float64())
+            else:  # a label, already mapped to 0/1
+                arrays[name] = pa.array(values, pa.float32())
         return arrays
 
 

@@ -16,7 +16,6 @@ stored in the schema itself, so a saved schema encodes serving requests exactly 
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import numpy as np
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from streamrec.batch import Batch, JaggedIds
 from streamrec.fid import MISSING_FID, fids_from_arrow
+from streamrec.kinds import value_kind
 
 
 class SchemaError(ValueError):
@@ -38,20 +38,104 @@ class _Strict(BaseModel):
 
 
 class Label(_Strict):
-    """One task's label column; values are 0/1 (or probabilities) after `threshold`."""
+    """One task's label column. Its values must be 0/1 (or true/false) unless one rule maps
+    them: a threshold, a list of positive values, or a value map. Anything else is an error
+    that names the value — never a silent 0.5 AUC."""
 
-    name: str
+    name: str = Field(description="the label column")
     threshold: float | None = Field(
         default=None, description="label = 1 if value >= threshold (e.g. rating >= 4)"
     )
+    positive: list[float | str] | None = Field(
+        default=None, description="these raw values are 1, every other value 0 (e.g. [click])"
+    )
+    values: dict[str, float] | None = Field(
+        default=None,
+        description="raw value → label, e.g. {'-1': 0, '1': 1}; a value not listed is an error",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_as_text(cls, data: object) -> object:
+        """YAML reads {-1: 0, 1: 1} with number keys; they are kept as text ('-1', '1')."""
+        if isinstance(data, dict) and isinstance(data.get("values"), dict):
+            data = {**data, "values": {label_key(k): v for k, v in data["values"].items()}}
+        return data
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Label:
+        rules = [r for r in ("threshold", "positive", "values") if getattr(self, r) is not None]
+        if len(rules) > 1:
+            raise ValueError(f"label {self.name!r}: give one of {rules}, not several")
+        return self
+
+    def to_binary(self, column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 labels, bad mask) of raw values by this label's rule; missing is bad."""
+        missing = np.asarray(column.is_null().to_numpy(zero_copy_only=False))
+        if self.positive is not None:
+            positives = pa.array([label_key(v) for v in self.positive])
+            hit = pc.is_in(_as_text(column), value_set=positives)
+            return np.asarray(hit.to_numpy(zero_copy_only=False), np.float32), missing
+        if self.values is not None:
+            keys = list(self.values)
+            index = pc.index_in(_as_text(column), value_set=pa.array(keys))
+            mapped = np.array([*self.values.values(), np.nan], np.float32)
+            out = mapped[np.asarray(pc.fill_null(index, len(keys)).to_numpy())]
+            return out, missing | np.isnan(out)
+        try:
+            values = np.asarray(
+                column.cast(pa.float32()).to_numpy(zero_copy_only=False), np.float32
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # some text is no number
+            values = np.array([_number(v) for v in column.to_pylist()], np.float32)
+            missing = missing | np.isnan(values)
+        if self.threshold is not None:
+            return (values >= self.threshold).astype(np.float32), missing
+        return values, missing | ((values != 0) & (values != 1))
+
+    def rule_hint(self) -> str:
+        return (
+            "labels are 0/1 — set `threshold` (e.g. 4 for ratings ≥ 4), `positive` (the "
+            "values meaning 1) or `values` (a map) on the label"
+        )
+
+
+def label_key(value: object) -> str:
+    """A raw label value as text, numbers without a trailing .0 (-1.0 and -1 are one key)."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _as_text(column: pa.Array) -> pa.Array:
+    """Raw label values as the text `label_key` gives them."""
+    if pa.types.is_floating(column.type):
+        whole = pc.equal(column, pc.floor(column))
+        as_int = pc.cast(pc.if_else(whole, column, 0), pa.int64()).cast(pa.string())
+        return pc.if_else(whole, as_int, column.cast(pa.string()))
+    if pa.types.is_boolean(column.type):
+        return column.cast(pa.int8()).cast(pa.string())
+    return column.cast(pa.string())
 
 
 class DenseFeature(_Strict):
-    name: str
-    transform: Literal["none", "log1p", "standardize", "quantile"] = "none"
+    name: str = Field(description="the column")
+    transform: Literal["none", "log1p", "standardize", "quantile"] = Field(
+        "none",
+        description="none, log1p, standardize (fitted mean/std) or quantile (fitted CDF)",
+    )
     fill: float = Field(0.0, description="value used for a missing entry, after the transform")
     missing_indicator: bool = Field(False, description="append a 0/1 'was missing' column")
-    num_quantiles: int = 100
+    num_quantiles: int = Field(100, description="quantile buckets fitted")
     # Fitted statistics (filled by Schema.fit, saved with the model).
     mean: float | None = None
     std: float | None = None
@@ -70,11 +154,11 @@ KIND_HELP = (
 
 
 class EncodingFeature(_Strict):
-    name: str
+    name: str = Field(description="the column")
     kind: InputKind | None = Field(None, description=KIND_HELP)
     separator: str | None = Field(None, description="split strings into several values")
-    max_size: int = 64
-    min_count: int = 1
+    max_size: int = Field(64, description="vocabulary size kept (most frequent)")
+    min_count: int = Field(1, description="values seen fewer times are out-of-vocabulary")
     vocabulary: list[str] | None = None  # learnt by Schema.fit
 
     @property
@@ -85,14 +169,20 @@ class EncodingFeature(_Strict):
 
 
 class EmbeddingFeature(_Strict):
-    name: str
+    name: str = Field(description="the column")
     kind: InputKind | None = Field(None, description=KIND_HELP)
     table: str | None = Field(None, description="table name; default: the feature's own")
     separator: str | None = Field(None, description="multi-valued strings split on this")
     weights: str | None = Field(None, description="column of per-id weights (list<float>)")
-    pooling: Literal["sum", "mean", "sqrtn"] = "sum"
+    pooling: Literal["sum", "mean", "sqrtn"] = Field(
+        "sum",
+        description="how a multi-valued feature's rows combine (weights multiply them)",
+    )
     max_length: int | None = Field(None, description="keep the last L ids (sequence features)")
-    missing: Literal["token", "empty"] = "token"
+    missing: Literal["token", "empty"] = Field(
+        "token",
+        description="token: a missing value is its own id; empty: it pools nothing",
+    )
 
     @property
     def table_name(self) -> str:
@@ -100,12 +190,21 @@ class EmbeddingFeature(_Strict):
 
 
 class Schema(_Strict):
-    labels: list[Label] = Field(default_factory=list)
-    dense: list[DenseFeature] = Field(default_factory=list)
-    encodings: list[EncodingFeature] = Field(default_factory=list)
-    embeddings: list[EmbeddingFeature] = Field(default_factory=list)
-    group_id: str | None = None
-    timestamp: str | None = None
+    labels: list[Label] = Field(default_factory=list, description="one per task")
+    dense: list[DenseFeature] = Field(default_factory=list, description="numeric features")
+    encodings: list[EncodingFeature] = Field(
+        default_factory=list,
+        description="small vocabularies, one-/multi-hot",
+    )
+    embeddings: list[EmbeddingFeature] = Field(
+        default_factory=list,
+        description="id features, looked up in dynamic tables",
+    )
+    group_id: str | None = Field(None, description="column grouping rows for GAUC (e.g. the user)")
+    timestamp: str | None = Field(
+        None,
+        description="event-time column (seconds): TTL expiry, online event time",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> Schema:
@@ -204,20 +303,19 @@ class Schema(_Strict):
         col = _column(data, lab.name)
         if col.null_count:
             raise SchemaError(f"label column {lab.name!r} has {col.null_count} missing values")
-        try:
-            values = np.asarray(col.cast(pa.float32()).to_numpy(zero_copy_only=False))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise SchemaError(f"label column {lab.name!r} is not numeric: {e}") from None
-        if lab.threshold is not None:
-            return (values >= lab.threshold).astype(np.float32)
-        bad = np.flatnonzero((values != 0) & (values != 1))
-        if bad.size:
+        values, bad = lab.to_binary(col)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
             raise SchemaError(
-                f"label column {lab.name!r} holds {values[bad[0]]:g} ({bad.size} values in this "
-                f"batch are not 0/1): labels are 0/1 — set `threshold` on the label to map "
-                "others (e.g. threshold: 4 for ratings ≥ 4)"
+                f"label column {lab.name!r} holds {col[first].as_py()!r} ({int(bad.sum())} "
+                f"values in this batch cannot be labels): {lab.rule_hint()}"
             )
         return values
+
+    def with_labels_mapped(self) -> Schema:
+        """This schema for labels that are already 0/1 (a stream decoder applied the rules)."""
+        plain = [Label(name=lab.name) for lab in self.labels]
+        return self.model_copy(update={"labels": plain})
 
     def _dense_block(self, data: pa.Table | pa.RecordBatch, f: DenseFeature) -> np.ndarray:
         x = _dense_values(_column(data, f.name), f.name)
@@ -370,25 +468,6 @@ def _ranks_within(lengths: np.ndarray) -> np.ndarray:
     total = int(lengths.sum())
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return np.arange(total) - starts
-
-
-def value_kind(t: pa.DataType) -> str:
-    """The JSON-facing kind of an input column: int, float, string, or list<…> of one."""
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return f"list<{value_kind(t.value_type)}>"
-    if pa.types.is_integer(t) or pa.types.is_boolean(t):
-        return "int"
-    if pa.types.is_floating(t):
-        return "float"
-    return "string"
-
-
-@functools.cache
-def arrow_type(kind: str) -> pa.DataType:
-    """Inverse of `value_kind`."""
-    if kind.startswith("list<"):
-        return pa.list_(arrow_type(kind[5:-1]))
-    return {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}[kind]
 
 
 def input_kinds(table: pa.Table | pa.RecordBatch, columns: list[str]) -> dict[str, str]:

@@ -9,7 +9,8 @@ import sys
 import yaml
 
 
-def _job(tmp_path, labels: list, threshold: float | None = None, valid_labels=None):
+def _job(tmp_path, labels: list, threshold: float | None = None, valid_labels=None, rule=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rows = ["label,user_id,item_id"] + [
         f"{labels[i % len(labels)]},{i % 13},{i % 17}" for i in range(400)
     ]
@@ -20,6 +21,7 @@ def _job(tmp_path, labels: list, threshold: float | None = None, valid_labels=No
     ]
     (tmp_path / "valid.csv").write_text("\n".join(valid) + "\n")
     label = {"name": "label"} if threshold is None else {"name": "label", "threshold": threshold}
+    label.update(rule or {})
     cfg = {
         "schema": {"labels": [label], "embeddings": [{"name": "user_id"}, {"name": "item_id"}]},
         "data": {"train": str(tmp_path / "train.csv"), "valid": [str(tmp_path / "valid.csv")],
@@ -56,3 +58,37 @@ def test_an_undefined_metric_is_null_with_its_reason(tmp_path):
     metrics = json.loads(result.stdout)["metrics"]["label"]
     assert metrics["auc"] is None and metrics["calibration"] is None
     assert metrics["undefined"]["auc"] == "the labels hold one class only"
+
+
+def test_a_value_map_and_a_positive_list_map_labels(tmp_path):
+    mapped = _job(tmp_path / "map", [-1, 1], rule={"values": {-1: 0, 1: 1}})
+    assert mapped.returncode == 0, mapped.stderr
+    assert json.loads(mapped.stdout)["metrics"]["label"]["auc"] is not None
+    actions = _job(tmp_path / "actions", ["view", "click", "view"], rule={"positive": ["click"]})
+    assert actions.returncode == 0, actions.stderr
+    unlisted = _job(tmp_path / "unlisted", [-1, 1, 0], rule={"values": {-1: 0, 1: 1}})
+    assert unlisted.returncode == 2 and "holds 0" in unlisted.stderr
+
+
+def test_a_stream_label_map_dead_letters_what_it_cannot_map(tmp_path):
+    from streamrec.config import parse_config
+    from streamrec.data.stream import LocalLog, LocalLogSource
+    from streamrec.train.online import OnlineTrainer
+
+    log = LocalLog(tmp_path / "log")
+    for i in range(300):
+        log.append({"user": i % 7, "event": ["view", "click"][i % 2], "timestamp": i})
+    log.append({"user": 1, "event": None, "timestamp": 5})
+    log.close()
+    cfg = parse_config({
+        "schema": {"labels": [{"name": "event", "positive": ["click"]}],
+                   "embeddings": [{"name": "user", "kind": "int"}]},
+        "data": {"batch_size": 100},
+        "model": {"name": "lr"},
+        "online": {"deterministic": True},
+    })
+    trainer = OnlineTrainer(cfg, LocalLogSource(tmp_path / "log"), tmp_path / "run",
+                            progress=False)
+    status = trainer.run(stop_when_idle=0.3)
+    assert status["events_trained"] == 300 and status["dead_lettered"] == 1
+    assert trainer.metrics.windowed()["event"]["count"] == 300

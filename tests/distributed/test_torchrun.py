@@ -84,7 +84,7 @@ def test_shards_reshard_to_any_world_size():
 @pytest.mark.slow
 def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path, data_dir):
     cfg = (REPO / "examples" / "criteo_dcnv2.yaml").read_text().replace(
-        "train: {epochs: 1,", "train: {epochs: 50,")
+        "train: {epochs: 1,", "train: {epochs: 50,").replace("../../shared/data", str(data_dir))
     (tmp_path / "long.yaml").write_text(cfg)
     env = {**os.environ, "STREAMREC_DIST_TIMEOUT": "20"}
     job = subprocess.Popen(TORCHRUN + ["--nproc_per_node", "2", "-m", "streamrec", "train",
@@ -111,7 +111,8 @@ def test_max_restarts_resumes_from_the_last_sharded_checkpoint_exactly(tmp_path,
     newest complete step and finish with the very metrics of an uninterrupted run. A checkpoint
     of 2 ranks then resumes in one process (resharded) to train further."""
     cfg = (REPO / "examples" / "criteo_dcnv2.yaml").read_text().replace(
-        "train: {epochs: 1,", "train: {epochs: 2, checkpoint_every_steps: 8,")
+        "train: {epochs: 1,", "train: {epochs: 2, checkpoint_every_steps: 8,").replace(
+        "../../shared/data", str(data_dir))
     (tmp_path / "ckpt.yaml").write_text(cfg)
     args = ["-m", "streamrec", "train", str(tmp_path / "ckpt.yaml"), "--json", "-q"]
     env = {**os.environ, "STREAMREC_DIST_TIMEOUT": "20"}

@@ -10,6 +10,7 @@ import pyarrow as pa
 from streamrec.data.errors import DataError, DeadLetter
 from streamrec.data.movielens import load_ml100k, load_ml_latest_small
 from streamrec.data.records import read_criteo, read_csv, read_parquet
+from streamrec.kinds import arrow_type
 
 FORMATS = ("criteo", "csv", "tsv", "parquet", "ml-100k", "ml-latest-small")
 
@@ -32,18 +33,26 @@ def read_records(
     fmt: str | None = None,
     dead: DeadLetter | None = None,
     batch_rows: int = 65536,
+    kinds: dict[str, str] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream `path` as Arrow record batches. MovieLens formats load whole (they are small) and
-    come out as the CTR table described in `streamrec.data.movielens`."""
+    come out as the CTR table described in `streamrec.data.movielens`.
+
+    `kinds` (column → int / float / string, as a model recorded them or a schema declares them)
+    pins those columns' types instead of guessing them from the file: a column of ids such as
+    '04258293' stays text in a file whose values happen to be all digits, so the same row gets
+    the same fids from any file."""
     fmt = fmt or guess_format(path)
+    pinned = {c: arrow_type(k) for c, k in (kinds or {}).items() if not k.startswith("list<")}
     if fmt == "criteo":
         yield from read_criteo(path, dead)
     elif fmt == "csv":
-        yield from read_csv(path, dead)
+        yield from read_csv(path, dead, column_types=pinned)
     elif fmt == "tsv":
-        yield from read_csv(path, dead, delimiter="\t")
+        yield from read_csv(path, dead, delimiter="\t", column_types=pinned)
     elif fmt == "parquet":
-        yield from read_parquet(path, batch_rows)
+        for batch in read_parquet(path, batch_rows):
+            yield _cast_to(batch, pinned, path)
     elif fmt == "ml-100k":
         yield from load_ml100k(path).to_batches(batch_rows)
     elif fmt == "ml-latest-small":
@@ -52,3 +61,23 @@ def read_records(
         yield from load_ml_latest_small(path).to_batches(batch_rows)
     else:
         raise DataError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _cast_to(batch: pa.RecordBatch, types: dict[str, pa.DataType], path: object) -> pa.RecordBatch:
+    """The batch with the pinned columns in their declared types."""
+    names = batch.schema.names
+    wrong = [c for c, t in types.items() if c in names and batch.schema.field(c).type != t]
+    if not wrong:
+        return batch
+    columns = []
+    for field, column in zip(batch.schema, batch.columns, strict=True):
+        if field.name in wrong:
+            try:
+                column = column.cast(types[field.name])
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise DataError(
+                    f"{path}: column {field.name!r} is {field.type}, the model reads "
+                    f"{types[field.name]} ({e})"
+                ) from None
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)

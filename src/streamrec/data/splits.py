@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from itertools import chain
 
@@ -41,8 +42,13 @@ class DatasetSplits:
         return pa.Table.from_batches(taken).slice(0, rows)
 
 
-def open_splits(cfg: DataConfig, dead: DeadLetter | None = None) -> DatasetSplits:
+def open_splits(
+    cfg: DataConfig, dead: DeadLetter | None = None, kinds: dict[str, str] | None = None
+) -> DatasetSplits:
+    """`kinds` pins column types while reading (`read_records`); it is read at every pass, so
+    a trainer can add the kinds it fitted on the first sample for every read after it."""
     dead = dead if dead is not None else DeadLetter(cfg.dead_letter, strict=cfg.strict)
+    kinds = kinds if kinds is not None else {}
     if cfg.split == "per_user_time":
         table = pa.Table.from_batches(list(read_records(cfg.train, cfg.format, dead)))
         if cfg.history_length:
@@ -53,12 +59,35 @@ def open_splits(cfg: DataConfig, dead: DeadLetter | None = None) -> DatasetSplit
         raise DataError("data.train is not set: name the training file in the config")
 
     def train_source() -> Iterator[pa.RecordBatch]:
-        return read_records(cfg.train, cfg.format, dead)
+        return read_records(cfg.train, cfg.format, dead, kinds=kinds)
 
     valid_source = None
     if cfg.valid:
 
         def valid_source() -> Iterator[pa.RecordBatch]:
-            return chain.from_iterable(read_records(p, cfg.format, dead) for p in cfg.valid)
+            return chain.from_iterable(
+                read_records(p, cfg.format, dead, kinds=kinds) for p in cfg.valid
+            )
 
     return DatasetSplits(train_source, valid_source)
+
+
+def check_columns(cfg: DataConfig, required: list[str], kinds: dict[str, str]) -> None:
+    """Open every file the config names and check its columns before any training: a
+    validation file without the label column is an error now, naming the file — not after a
+    full epoch. (Reads one block of each file.)"""
+    if cfg.split == "per_user_time" or cfg.format in ("ml-100k", "ml-latest-small"):
+        return  # built by the loader: every column is there by construction
+    for path in [cfg.train, *cfg.valid]:
+        if path is None:
+            continue
+        with closing(read_records(path, cfg.format, DeadLetter(), kinds=kinds)) as batches:
+            first = next(batches, None)
+        if first is None:
+            raise DataError(f"{path}: no rows")
+        missing = [c for c in required if c not in first.schema.names]
+        if missing:
+            raise DataError(
+                f"{path}: no column(s) {', '.join(missing)} — the schema reads them; the file "
+                f"has {', '.join(first.schema.names)}"
+            )

@@ -179,7 +179,7 @@ class DistributedOnlineTrainer(OnlineTrainer):
         self.next_offset = order["next_offset"]
         table = order["table"]
         if table is not None:
-            batch = self.schema.encode(table)
+            batch = self.encode_schema.encode(table)
             mine = local_slice(batch, self.rank, self.world)
             self.model.eval()
             preds = self.model.predict(mine).numpy()  # predict first …

@@ -24,7 +24,7 @@ import msgspec
 import pyarrow as pa
 
 from streamrec.json_records import python_type
-from streamrec.schema import arrow_type
+from streamrec.kinds import arrow_type
 
 
 class RequestError(Exception):

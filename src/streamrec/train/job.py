@@ -18,7 +18,7 @@ import torch
 from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.data.loader import BatchLoader, shuffle_blocks
-from streamrec.data.splits import open_splits
+from streamrec.data.splits import check_columns, open_splits
 from streamrec.models.persistence import load_model, save_model
 from streamrec.models.registry import build_model
 from streamrec.schema import input_kinds
@@ -70,7 +70,9 @@ def _train(
     dead = DeadLetter(
         config.data.dead_letter or out / "dead_letter.jsonl", strict=config.data.strict
     )
-    splits = open_splits(config.data, dead)
+    pinned = config.schema.declared_kinds()  # column types every read uses (grows below)
+    check_columns(config.data, config.schema.input_columns(with_labels=True), pinned)
+    splits = open_splits(config.data, dead, pinned)
     start_epoch = skip = 0
     kinds: dict[str, str] = {}
     epochs = config.train.epochs  # the schedule asked for now, e.g. `--epochs` to extend
@@ -92,6 +94,7 @@ def _train(
         config, kinds = fit_schema(config, splits)
         model = build_model(config.model, config.schema, config.table_configs())
         trainer = Trainer(model, config, out, progress=progress)
+    pinned.update(kinds)  # validation files, later epochs: read as the model saw its sample
     trainer.extra_manifest = {"input_kinds": kinds}
     schema, batch_size = config.schema, config.data.batch_size
 
@@ -126,14 +129,15 @@ def evaluate_model_dir(
     """Metrics of a saved model on `data` (default: the validation split of its config)."""
     loaded = load_model(path)
     config = loaded.config
+    kinds = loaded.manifest.get("input_kinds") or {}  # read files as the model was trained
     dead = DeadLetter()
     if data is not None:
         from streamrec.data.formats import read_records
 
         def source():  # noqa: ANN202
-            return read_records(data, fmt or config.data.format, dead)
+            return read_records(data, fmt or config.data.format, dead, kinds=kinds)
     else:
-        source = open_splits(config.data, dead).valid
+        source = open_splits(config.data, dead, kinds).valid
         if source is None:
             raise ValueError("the model's config names no validation data: pass --data")
     trainer = Trainer(loaded.model, config, None, progress=progress)

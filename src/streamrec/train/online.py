@@ -79,6 +79,7 @@ class OnlineTrainer:
         self.config = config
         self.model = self.trainer.model
         self.schema = config.schema
+        self.encode_schema = self.schema.with_labels_mapped()  # the decoder maps labels
         self._decoder: StreamRecordDecoder | None = None
         self._unknown_kinds: list[str] = []
         self.events_consumed = int(state.get("events_consumed", 0))
@@ -209,7 +210,7 @@ class OnlineTrainer:
         self.next_offset = messages[-1].offset + 1
         table = self.decode(messages)
         if table is not None:
-            batch = self.schema.encode(table)
+            batch = self.encode_schema.encode(table)
             self.model.eval()
             preds = self.model.predict(batch).numpy()  # predict first …
             self.metrics.update(batch.labels[:, : preds.shape[1]].numpy(), preds)

@@ -1,0 +1,98 @@
+"""`streamrec predict`: one score per row in row order, an id column passed through, and the
+same row scored the same from any file — column types come from the model, not the file."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A model trained on a CSV whose `zip` ids are text ('04258293', 'A1…')."""
+    tmp = tmp_path_factory.mktemp("predict")
+    rng = np.random.default_rng(0)
+    n = 3000
+    zips = [f"{z:08d}" if i % 3 else f"A{z}" for i, z in enumerate(rng.integers(0, 300, n))]
+    rows = pa.table({
+        "row_id": [f"r{i}" for i in range(n)],
+        "user": rng.integers(0, 50, n),
+        "zip": zips,
+        "label": (rng.random(n) < 0.3).astype(int),
+    })
+    pacsv.write_csv(rows, tmp / "train.csv")
+    cfg = {
+        "schema": {"labels": [{"name": "label"}],
+                   "embeddings": [{"name": "user"}, {"name": "zip"}]},
+        "data": {"train": str(tmp / "train.csv"), "batch_size": 256},
+        "model": {"name": "fm"},
+        "train": {"epochs": 2},
+    }
+    (tmp / "job.yaml").write_text(yaml.safe_dump(cfg))
+    done = _cli("train", str(tmp / "job.yaml"), "--out", str(tmp / "run"), "-q")
+    assert done.returncode == 0, done.stderr
+    return tmp
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamrec", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_scores_every_row_in_order_with_the_id_column(model):
+    out = model / "scores.parquet"
+    done = _cli("predict", str(model / "run"), "--data", str(model / "train.csv"), "--out",
+                str(out), "--id-column", "row_id", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    scores = pq.read_table(out)
+    assert report["rows"] == scores.num_rows == 3000 and report["rows_per_s"] > 0
+    assert scores.column_names == ["row_id", "score"]
+    assert scores["row_id"].to_pylist() == [f"r{i}" for i in range(3000)]
+    values = scores["score"].to_numpy()
+    assert ((values > 0) & (values < 1)).all() and values.std() > 0
+
+
+def test_the_same_rows_score_the_same_from_a_file_whose_ids_look_numeric(model):
+    """'04258293' was text in training; a file holding only all-digit zips used to be read as
+    int64 (fids of the numbers, not of the strings) and scored differently."""
+    train = pacsv.read_csv(model / "train.csv", convert_options=pacsv.ConvertOptions(
+        column_types={"zip": pa.string()}))
+    digits = [i for i, z in enumerate(train["zip"].to_pylist()) if z.isdigit()][:50]
+    with open(model / "digits.csv", "w") as fh:  # written by hand, as a user's file would be
+        fh.write("row_id,user,zip,label\n")
+        for r in train.take(digits).to_pylist():
+            fh.write(f"{r['row_id']},{r['user']},{r['zip']},{r['label']}\n")
+    scores = {}
+    for name in ("train", "digits"):
+        out = model / f"scores_{name}.csv"
+        done = _cli("predict", str(model / "run"), "--data", str(model / f"{name}.csv"),
+                    "--out", str(out), "--id-column", "row_id")
+        assert done.returncode == 0, done.stderr
+        table = pacsv.read_csv(out)
+        scores[name] = dict(zip(table["row_id"].to_pylist(), table["score"].to_pylist(),
+                                strict=True))
+    assert len(scores["digits"]) == 50
+    for row_id, score in scores["digits"].items():
+        assert score == scores["train"][row_id], row_id
+    evaluated = [json.loads(_cli("eval", str(model / "run"), "--data", str(model / f), "--json")
+                            .stdout)["metrics"]["label"]["count"] for f in ("digits.csv",)]
+    assert evaluated == [50]
+
+
+def test_bad_requests_are_one_line_errors(model):
+    wrong_suffix = _cli("predict", str(model / "run"), "--data", str(model / "train.csv"),
+                        "--out", str(model / "scores.txt"))
+    assert wrong_suffix.returncode == 2 and "scores.txt" in wrong_suffix.stderr
+    no_id = _cli("predict", str(model / "run"), "--data", str(model / "train.csv"), "--out",
+                 str(model / "x.csv"), "--id-column", "nope")
+    assert no_id.returncode == 2 and "no column 'nope'" in no_id.stderr
+    assert not (model / "x.csv").exists()  # nothing half-written under the name
+    for done in (wrong_suffix, no_id):
+        assert "Traceback" not in done.stderr
