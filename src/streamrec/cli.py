@@ -23,7 +23,10 @@ app = typer.Typer(
 data_app = typer.Typer(help="Look at and convert input data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-FORMAT_HELP = "criteo | csv | tsv | parquet | ml-100k | ml-latest-small (default: from the name)"
+FORMAT_HELP = (
+    "criteo | csv | tsv | parquet | libsvm | libfm | libffm | ml-100k | ml-latest-small "
+    "(default: from the name)"
+)
 
 
 def _fail(message: str) -> None:

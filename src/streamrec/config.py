@@ -89,6 +89,11 @@ class DataConfig(_Strict):
         description="each epoch, shuffle training rows within consecutive blocks of this many "
         "rows (0: file order); a block at least the size of the data is a full shuffle",
     )
+    fields: dict[str, list[int]] | None = Field(
+        None,
+        description="libsvm / libfm: field name → [first, end) of its feature indices (default: "
+        "one field `features`); libffm: → [first, end) of field numbers (default: f<number>)",
+    )
     dead_letter: str | None = Field(
         None,
         description="where malformed rows go (JSON lines); default RUN/dead_letter.jsonl",

@@ -8,11 +8,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from streamrec.data.errors import DataError, DeadLetter
+from streamrec.data.libsvm import read_libsvm
 from streamrec.data.movielens import load_ml100k, load_ml_latest_small
 from streamrec.data.records import read_criteo, read_csv, read_parquet
 from streamrec.kinds import arrow_type
 
-FORMATS = ("criteo", "csv", "tsv", "parquet", "ml-100k", "ml-latest-small")
+FORMATS = (
+    "criteo", "csv", "tsv", "parquet", "libsvm", "libfm", "libffm", "ml-100k", "ml-latest-small"
+)
 
 
 def guess_format(path: str | Path) -> str:
@@ -23,6 +26,9 @@ def guess_format(path: str | Path) -> str:
         return "tsv"
     if name.endswith(".csv"):
         return "csv"
+    for fmt in ("libffm", "libfm", "libsvm"):
+        if name.endswith(f".{fmt}"):
+            return fmt
     raise DataError(
         f"{path}: cannot tell the format from the name; pass --format ({', '.join(FORMATS)})"
     )
@@ -34,6 +40,7 @@ def read_records(
     dead: DeadLetter | None = None,
     batch_rows: int = 65536,
     kinds: dict[str, str] | None = None,
+    fields: dict[str, list[int]] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream `path` as Arrow record batches. MovieLens formats load whole (they are small) and
     come out as the CTR table described in `streamrec.data.movielens`.
@@ -41,7 +48,8 @@ def read_records(
     `kinds` (column → int / float / string, as a model recorded them or a schema declares them)
     pins those columns' types instead of guessing them from the file: a column of ids such as
     '04258293' stays text in a file whose values happen to be all digits, so the same row gets
-    the same fids from any file."""
+    the same fids from any file. `fields`: the fields of a libsvm / libfm / libffm file
+    (`data.fields`)."""
     fmt = fmt or guess_format(path)
     pinned = {c: arrow_type(k) for c, k in (kinds or {}).items() if not k.startswith("list<")}
     if fmt == "criteo":
@@ -53,6 +61,8 @@ def read_records(
     elif fmt == "parquet":
         for batch in read_parquet(path, batch_rows):
             yield _cast_to(batch, pinned, path)
+    elif fmt in ("libsvm", "libfm", "libffm"):
+        yield from read_libsvm(path, dead, ffm=fmt == "libffm", fields=fields)
     elif fmt == "ml-100k":
         yield from load_ml100k(path).to_batches(batch_rows)
     elif fmt == "ml-latest-small":

@@ -59,14 +59,14 @@ def open_splits(
         raise DataError("data.train is not set: name the training file in the config")
 
     def train_source() -> Iterator[pa.RecordBatch]:
-        return read_records(cfg.train, cfg.format, dead, kinds=kinds)
+        return read_records(cfg.train, cfg.format, dead, kinds=kinds, fields=cfg.fields)
 
     valid_source = None
     if cfg.valid:
 
         def valid_source() -> Iterator[pa.RecordBatch]:
             return chain.from_iterable(
-                read_records(p, cfg.format, dead, kinds=kinds) for p in cfg.valid
+                read_records(p, cfg.format, dead, kinds=kinds, fields=cfg.fields) for p in cfg.valid
             )
 
     return DatasetSplits(train_source, valid_source)
@@ -81,7 +81,8 @@ def check_columns(cfg: DataConfig, required: list[str], kinds: dict[str, str]) -
     for path in [cfg.train, *cfg.valid]:
         if path is None:
             continue
-        with closing(read_records(path, cfg.format, DeadLetter(), kinds=kinds)) as batches:
+        first_rows = read_records(path, cfg.format, DeadLetter(), kinds=kinds, fields=cfg.fields)
+        with closing(first_rows) as batches:
             first = next(batches, None)
         if first is None:
             raise DataError(f"{path}: no rows")

@@ -75,7 +75,8 @@ def score_file(
     started = time.perf_counter()
     try:
         fmt = fmt or _format(data, loaded.config)
-        for batch in read_records(data, fmt, dead, block_rows, kinds):
+        fields = loaded.config.data.fields
+        for batch in read_records(data, fmt, dead, block_rows, kinds, fields):
             if id_column is not None and id_column not in batch.schema.names:
                 raise DataError(f"{data}: no column {id_column!r} to pass through")
             with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):

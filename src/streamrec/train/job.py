@@ -135,7 +135,9 @@ def evaluate_model_dir(
         from streamrec.data.formats import read_records
 
         def source():  # noqa: ANN202
-            return read_records(data, fmt or config.data.format, dead, kinds=kinds)
+            return read_records(
+                data, fmt or config.data.format, dead, kinds=kinds, fields=config.data.fields
+            )
     else:
         source = open_splits(config.data, dead, kinds).valid
         if source is None:
