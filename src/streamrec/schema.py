@@ -302,7 +302,12 @@ class Schema(_Strict):
     def _label(self, data: pa.Table | pa.RecordBatch, lab: Label) -> np.ndarray:
         col = _column(data, lab.name)
         if col.null_count:
-            raise SchemaError(f"label column {lab.name!r} has {col.null_count} missing values")
+            first = int(np.flatnonzero(np.asarray(col.is_null().to_numpy(False)))[0])
+            raise SchemaError(
+                f"label column {lab.name!r} has missing values ({col.null_count} of the "
+                f"{len(col)} rows of the batch that holds the first, at its row {first + 1}); "
+                "every training row needs a label"
+            )
         values, bad = lab.to_binary(col)
         if bad.any():
             first = int(np.flatnonzero(bad)[0])

@@ -1,6 +1,7 @@
 """Crash-safe writes: a writer killed with -9 at any instruction leaves the old directory or the
 new one, never none and never half of one; leftovers are recognised and removed."""
 
+import json
 import os
 import signal
 import subprocess
@@ -15,14 +16,17 @@ import torch
 from streamrec.store import CorruptModelError, read_manifest, read_tensors, verify, write_model_dir
 from streamrec.store.atomic import recover_dir, remove_temporaries, replace_dir, write_atomic
 
+from .manifests import model_manifest
+
 WRITER = textwrap.dedent(
     """
     import sys, torch
     from streamrec.store import write_model_dir
     path, i = sys.argv[1], 0
+    base = {"created": 0.0, "model_version": 1, "config": {}, "schema": {}, "tables": {}}
     while True:  # replace the directory again and again until killed
         i += 1
-        write_model_dir(path, {"generation": i},
+        write_model_dir(path, {**base, "generation": i},
                         {"t.safetensors": {"x": torch.full((20000,), float(i))}},
                         {"note.txt": str(i).encode()})
     """
@@ -32,7 +36,8 @@ WRITER = textwrap.dedent(
 @pytest.mark.slow
 def test_kill_9_while_replacing_a_directory_leaves_a_complete_one(tmp_path):
     target = tmp_path / "model"
-    write_model_dir(target, {"generation": 0}, {"t.safetensors": {"x": torch.zeros(20000)}})
+    zeros = {"t.safetensors": {"x": torch.zeros(20000)}}
+    write_model_dir(target, model_manifest(generation=0), zeros)
     rng = np.random.default_rng(0)
     generations = set()
     for _ in range(25):
@@ -54,7 +59,7 @@ def test_replace_dir_without_exchange_is_recovered_after_a_kill_between_renames(
     """Where RENAME_EXCHANGE is missing the replacement is two renames; a kill between them
     leaves the old copy under a hidden name, and recover_dir puts it back."""
     target = tmp_path / "model"
-    write_model_dir(target, {"generation": 1}, {"t.safetensors": {"x": torch.ones(3)}})
+    write_model_dir(target, model_manifest(generation=1), {"t.safetensors": {"x": torch.ones(3)}})
     aside = tmp_path / ".model.old-123-456"
     target.rename(aside)  # the first rename happened; the process died before the second
     recover_dir(target)
@@ -91,9 +96,10 @@ def test_remove_temporaries_removes_only_leftovers(tmp_path):
 
 def test_manifest_file_names_cannot_leave_their_folder(tmp_path):
     secret = tmp_path / "secret.safetensors"
-    write_model_dir(tmp_path / "other", {}, {"s.safetensors": {"x": torch.ones(2)}})
+    ones = {"x": torch.ones(2)}
+    write_model_dir(tmp_path / "other", model_manifest(), {"s.safetensors": ones})
     (tmp_path / "other" / "s.safetensors").rename(secret)
-    model = write_model_dir(tmp_path / "m", {}, {"t.safetensors": {"x": torch.ones(2)}})
+    model = write_model_dir(tmp_path / "m", model_manifest(), {"t.safetensors": ones})
     manifest = read_manifest(model)
     for name in ("../secret.safetensors", str(secret), "t.safetensors/../../secret.safetensors"):
         manifest["files"][name] = manifest["files"]["t.safetensors"]
@@ -105,3 +111,14 @@ def test_manifest_file_names_cannot_leave_their_folder(tmp_path):
         read_tensors(model, "link.safetensors", manifest)
     with pytest.raises(CorruptModelError, match="not a relative path"):
         read_tensors(model, 7, manifest)
+
+
+def test_a_manifest_that_drifted_is_refused_when_written_and_when_read(tmp_path):
+    with pytest.raises(CorruptModelError, match="being written.*tables"):
+        write_model_dir(tmp_path / "m", {**model_manifest(), "tables": {"t": {"rows": -1}}}, {})
+    model = write_model_dir(tmp_path / "m", model_manifest(), {"t.pt": {"x": torch.ones(2)}})
+    manifest = read_manifest(model)
+    manifest["input_kinds"] = {"user_id": "integer"}  # not a kind any reader knows
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptModelError, match="malformed manifest .*input_kinds.user_id"):
+        read_manifest(model)

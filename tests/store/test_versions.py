@@ -8,12 +8,16 @@ from streamrec.store import CorruptModelError, find_model_dir, read_manifest, ve
 from streamrec.store.model_dir import find_deltas_dir, write_model_dir
 from streamrec.store.versions import list_versions, load_newest, version_path, write_version
 
+from .manifests import model_manifest
+
 
 def _write(root, generation: int):
     return write_version(
         root,
         lambda path: write_model_dir(
-            path, {"generation": generation}, {"t.safetensors": {"x": torch.ones(4) * generation}}
+            path,
+            model_manifest(generation=generation),
+            {"t.safetensors": {"x": torch.ones(4) * generation}},
         ),
     )
 

@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 
+from streamrec.store.manifest import DELTA_FORMAT
 from streamrec.store.model_dir import read_manifest, read_tensors, write_model_dir
 from streamrec.store.versions import list_versions, version_path
-
-DELTA_FORMAT = "streamrec-delta"
 
 
 @dataclass

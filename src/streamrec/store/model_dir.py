@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import struct
 from pathlib import Path
@@ -29,9 +30,10 @@ from safetensors.torch import save as st_save
 
 from streamrec.store.atomic import fsync_dir, replace_dir, temp_sibling, write_synced
 from streamrec.store.errors import CorruptModelError
+from streamrec.store.manifest import MODEL_FORMAT, check_manifest
 from streamrec.store.versions import MANIFEST, newest_version
 
-FORMAT = "streamrec-model"
+FORMAT = MODEL_FORMAT
 FORMAT_VERSION = 1
 __all__ = ["MANIFEST", "CorruptModelError"]  # re-exported: the format's names live here
 
@@ -68,13 +70,27 @@ def write_model_dir(
             write_synced(tmp / rel, data)
             files[rel] = sha256(data)
         full = {"format": kind, "format_version": FORMAT_VERSION, **manifest, "files": files}
-        write_synced(tmp / MANIFEST, json.dumps(full, indent=1, sort_keys=True).encode())
+        check_manifest(full, f"{path / MANIFEST} (being written)")  # a writer's drift: loud
+        text = json.dumps(_finite(full), indent=1, sort_keys=True, allow_nan=False)
+        write_synced(tmp / MANIFEST, text.encode())
         fsync_dir(tmp)
         replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _finite(obj: Any) -> Any:
+    """Strict JSON: a non-finite float (an undefined metric) is written as null, never as the
+    bare NaN that strict parsers reject."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def find_model_dir(path: str | Path) -> Path:
@@ -116,14 +132,14 @@ def read_manifest(path: str | Path, kind: str = FORMAT) -> dict[str, Any]:
         manifest = json.loads((p / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CorruptModelError(f"{p / MANIFEST}: unreadable ({e})") from None
-    if manifest.get("format") != kind:
+    if not isinstance(manifest, dict) or manifest.get("format") != kind:
         raise CorruptModelError(f"{p / MANIFEST}: not a {kind} manifest")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise CorruptModelError(
             f"{p / MANIFEST}: format version {manifest['format_version']} is newer than this "
             f"streamrec reads ({FORMAT_VERSION}); upgrade streamrec"
         )
-    return manifest
+    return check_manifest(manifest, str(p / MANIFEST))
 
 
 def read_file(path: str | Path, rel: str, manifest: dict[str, Any]) -> bytes:
