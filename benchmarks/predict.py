@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -73,12 +74,15 @@ def main() -> None:
         _, model_dir = run_training(parse_config(config(tmp / "train.parquet")), tmp / "run",
                                     progress=False)
         runs: dict[str, list[float]] = {"fp32": [], "bf16": []}
-        for i in range(args.runs):  # alternating, so both see the same machine
+        for _ in range(args.runs):  # alternating, so both see the same machine
             for precision in runs:
-                report = score_file(model_dir, tmp / "score.parquet", tmp / f"scores{i}.parquet",
-                                    precision=precision)
+                report = score_file(model_dir, tmp / "score.parquet",
+                                    tmp / f"scores-{precision}.parquet", precision=precision)
                 runs[precision].append(report["rows_per_s"])
-        assert pq.read_metadata(tmp / "scores0.parquet").num_rows == args.rows
+        fp32, bf16 = (pq.read_table(tmp / f"scores-{p}.parquet")["score"].to_numpy()
+                      for p in ("fp32", "bf16"))
+        assert fp32.size == args.rows
+        bf16_error = float(np.abs(fp32 - bf16).max())
         loaded = load_model(model_dir)
         model, schema = loaded.model.eval(), loaded.config.schema
         table = pq.read_table(tmp / "score.parquet")
@@ -96,6 +100,7 @@ def main() -> None:
         **{f"predict_{p}_rows_per_s": [round(x) for x in r] for p, r in runs.items()},
         **{f"predict_{p}_median_rows_per_s": round(m) for p, m in medians.items()},
         "forward_only_fp32_median_rows_per_s": round(statistics.median(forward)),
+        "bf16_max_abs_score_difference": round(bf16_error, 5),
         "target_rows_per_s": TARGET_ROWS_PER_S,
         "met_fp32": medians["fp32"] >= TARGET_ROWS_PER_S,
         "met_bf16": medians["bf16"] >= TARGET_ROWS_PER_S,

@@ -40,7 +40,8 @@ def _job(tmp_path, labels: list, threshold: float | None = None, valid_labels=No
 def test_labels_that_are_not_0_1_stop_with_one_line(tmp_path):
     result = _job(tmp_path, [-1, 1])
     assert result.returncode == 2, result.stdout
-    assert "label column 'label' holds -1" in result.stderr and "threshold" in result.stderr
+    assert "train.csv: data row 1: label 'label' is -1" in result.stderr
+    assert "threshold" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -67,7 +68,7 @@ def test_a_value_map_and_a_positive_list_map_labels(tmp_path):
     actions = _job(tmp_path / "actions", ["view", "click", "view"], rule={"positive": ["click"]})
     assert actions.returncode == 0, actions.stderr
     unlisted = _job(tmp_path / "unlisted", [-1, 1, 0], rule={"values": {-1: 0, 1: 1}})
-    assert unlisted.returncode == 2 and "holds 0" in unlisted.stderr
+    assert unlisted.returncode == 2 and "data row 3: label 'label' is 0" in unlisted.stderr
 
 
 def test_a_stream_label_map_dead_letters_what_it_cannot_map(tmp_path):
@@ -92,3 +93,9 @@ def test_a_stream_label_map_dead_letters_what_it_cannot_map(tmp_path):
     status = trainer.run(stop_when_idle=0.3)
     assert status["events_trained"] == 300 and status["dead_lettered"] == 1
     assert trainer.metrics.windowed()["event"]["count"] == 300
+
+
+def test_a_missing_label_names_its_file_and_row(tmp_path):
+    result = _job(tmp_path, [0, 1, 1, ""])  # every fourth row has no label
+    assert result.returncode == 2
+    assert "train.csv: data row 4: label 'label' is missing" in result.stderr

@@ -32,7 +32,11 @@ class RetrievalStage:
         manifest = loaded.manifest
         self.model = loaded.model.eval()
         self.schema = loaded.config.schema
-        self.kinds = manifest.get("input_kinds", {})
+        saved = manifest.get("input_kinds", {})
+        declared = self.schema.declared_kinds()  # for a model saved without kinds
+        self.kinds = {
+            f: saved.get(f) or declared.get(f, "string") for f in self.schema.input_columns(False)
+        }
         meta = manifest["retrieval"]
         self.retriever = Retriever.from_bytes(
             read_file(directory, "retrieval/index.faiss", manifest),
@@ -63,7 +67,7 @@ class RetrievalStage:
 
     @torch.inference_mode()
     def user_vector(self, user: dict[str, Any]) -> np.ndarray:
-        kinds = {f: self.kinds.get(f, "string") for f in self.schema.input_columns(False)}
+        kinds = self.kinds
         for name in user:
             if name not in kinds:
                 raise RequestError(
@@ -74,8 +78,7 @@ class RetrievalStage:
 
     def add_items(self, rows: list[dict[str, Any]]) -> None:
         """Index new (or changed) items from their features, without a rebuild."""
-        kinds = {f: self.kinds.get(f, "string") for f in self.schema.input_columns(False)}
-        table = rows_table({}, rows, kinds)
+        table = rows_table({}, rows, self.kinds)
         with torch.inference_mode():
             vectors = self.model.item_vectors(self.schema.encode(table, with_labels=False))
         ids = np.array([r["item_id"] for r in rows], np.int64)

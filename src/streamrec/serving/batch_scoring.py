@@ -13,6 +13,9 @@ A model in eval mode admits nothing: ids never seen in training read their table
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
+from streamrec.batch import Batch
 from streamrec.config import JobConfig
 from streamrec.data.errors import DataError, DeadLetter
 from streamrec.data.formats import guess_format, read_records
@@ -36,6 +40,23 @@ def _writer(out: Path, path: Path, schema: pa.Schema) -> Any:
         return pq.ParquetWriter(path, schema)
     options = pacsv.WriteOptions(delimiter="\t" if out.suffix == ".tsv" else ",")
     return pacsv.CSVWriter(path, schema, write_options=options)
+
+
+def _read_ahead(
+    blocks: Iterator[pa.RecordBatch], encode: Callable[[pa.RecordBatch], Batch]
+) -> Iterator[tuple[pa.RecordBatch, Batch]]:
+    """(block, encoded block) pairs, the next one read and encoded on a worker thread while
+    this one is scored: Arrow reading and the numba hashing release the GIL."""
+
+    def load() -> tuple[pa.RecordBatch, Batch] | None:
+        block = next(blocks, None)
+        return None if block is None else (block, encode(block))
+
+    with closing(blocks), ThreadPoolExecutor(1, thread_name_prefix="streamrec-read") as pool:
+        pending = pool.submit(load)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(load)
+            yield item
 
 
 def _format(data: str | Path, config: JobConfig) -> str:
@@ -76,11 +97,12 @@ def score_file(
     try:
         fmt = fmt or _format(data, loaded.config)
         fields = loaded.config.data.fields
-        for batch in read_records(data, fmt, dead, block_rows, kinds, fields):
+        blocks = read_records(data, fmt, dead, block_rows, kinds, fields)
+        for batch, encoded in _read_ahead(blocks, lambda b: schema.encode(b, with_labels=False)):
             if id_column is not None and id_column not in batch.schema.names:
                 raise DataError(f"{data}: no column {id_column!r} to pass through")
             with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                scores = model.predict(schema.encode(batch, with_labels=False)).float().numpy()
+                scores = model.predict(encoded).float().numpy()
             columns = {} if id_column is None else {id_column: batch.column(id_column)}
             columns.update({n: pa.array(scores[:, i], pa.float32()) for i, n in enumerate(names)})
             table = pa.table(columns)

@@ -32,7 +32,8 @@ class Snapshot:
         self.delta_applied_at: float | None = None
         kinds = loaded.manifest.get("input_kinds") or {}
         wanted = self.schema.input_columns(with_labels=False)
-        self.kinds = {c: kinds.get(c, "string") for c in wanted}
+        declared = self.schema.declared_kinds()  # for a model saved without kinds
+        self.kinds = {c: kinds.get(c) or declared.get(c, "string") for c in wanted}
         context = set(self.config.serving.context_features)
         self.context_features = [c for c in wanted if c in context]
         self.candidate_features = [c for c in wanted if c not in context]

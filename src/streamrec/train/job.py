@@ -72,7 +72,7 @@ def _train(
     )
     pinned = config.schema.declared_kinds()  # column types every read uses (grows below)
     check_columns(config.data, config.schema.input_columns(with_labels=True), pinned)
-    splits = open_splits(config.data, dead, pinned)
+    splits = open_splits(config.data, dead, pinned, config.schema.labels)
     start_epoch = skip = 0
     kinds: dict[str, str] = {}
     epochs = config.train.epochs  # the schedule asked for now, e.g. `--epochs` to extend
