@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streamrec.schema import Schema
 
@@ -94,6 +94,17 @@ class DataConfig(_Strict):
         description="libsvm / libfm: field name → [first, end) of its feature indices (default: "
         "one field `features`); libffm: → [first, end) of field numbers (default: f<number>)",
     )
+
+    @field_validator("fields")
+    @classmethod
+    def _ranges(cls, fields: dict[str, list[int]] | None) -> dict[str, list[int]] | None:
+        """Each field is [first, end) with first < end: a malformed range is a config error,
+        not a reader crash."""
+        for name, bounds in (fields or {}).items():
+            if len(bounds) != 2 or not 0 <= bounds[0] < bounds[1]:
+                raise ValueError(f"field {name!r}: give [first, end) with 0 <= first < end")
+        return fields
+
     dead_letter: str | None = Field(
         None,
         description="where malformed rows go (JSON lines); default RUN/dead_letter.jsonl",

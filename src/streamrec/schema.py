@@ -67,6 +67,9 @@ class Label(_Strict):
         rules = [r for r in ("threshold", "positive", "values") if getattr(self, r) is not None]
         if len(rules) > 1:
             raise ValueError(f"label {self.name!r}: give one of {rules}, not several")
+        wrong = {k: v for k, v in (self.values or {}).items() if v not in (0, 1)}
+        if wrong:
+            raise ValueError(f"label {self.name!r}: `values` must map to 0 or 1, not {wrong}")
         return self
 
     def to_binary(self, column: pa.Array) -> tuple[np.ndarray, np.ndarray]:

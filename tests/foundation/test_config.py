@@ -51,3 +51,17 @@ def test_config_schema_command_prints_the_json_schema():
     schema = json.loads(done.stdout)
     assert "schema" in schema["properties"] and "OnlineConfig" in schema["$defs"]
     assert schema["$defs"]["Label"]["properties"]["values"]["description"]
+
+
+def test_malformed_field_ranges_and_label_maps_are_config_errors():
+    import pytest
+
+    from streamrec.config import ConfigError
+
+    base = {"schema": {"labels": [{"name": "label"}], "embeddings": [{"name": "features"}]}}
+    for fields in ({"a": [5]}, {"a": [5, 5]}, {"a": [-1, 3]}):
+        with pytest.raises(ConfigError, match="data.fields"):
+            parse_config({**base, "data": {"format": "libsvm", "fields": fields}})
+    bad_label = {"schema": {"labels": [{"name": "y", "values": {"-1": 0, "1": 7}}]}}
+    with pytest.raises(ConfigError, match="must map to 0 or 1"):
+        parse_config(bad_label)
