@@ -27,10 +27,10 @@ import torch.multiprocessing as mp
 
 from streamrec.data.records import CRITEO_SPARSE
 from streamrec.data.synthetic import SyntheticCriteo
-from streamrec.distributed.collection import shard_collections
-from streamrec.distributed.training import local_slice
 from streamrec.embedding.dedup import dedup
+from streamrec.embedding.sharded import shard_tables
 from streamrec.models import build_model
+from streamrec.train.distributed import local_slice
 from streamrec.train.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -62,7 +62,7 @@ def _worker(
     cfg = _config(exchange)
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.schema, cfg.table_configs())
-    collections = shard_collections(
+    collections = shard_tables(
         model,
         group,
         torch.float16 if exchange == "fp16" else torch.float32,
@@ -74,7 +74,7 @@ def _worker(
     batches = [local_slice(b, rank, world) for b in _batches(cfg, steps + 3)]
     for b in batches[:3]:
         trainer.train_step(b)
-    sent0 = sum(c.bytes_sent() for c in collections)
+    sent0 = sum(g.bytes_sent for c in collections for g in c.lookups)
     dist.barrier()
     t0 = time.perf_counter()
     for b in batches[3:]:
@@ -83,7 +83,7 @@ def _worker(
         c.flush()
     dist.barrier()
     seconds = time.perf_counter() - t0
-    sent = (sum(c.bytes_sent() for c in collections) - sent0) / steps
+    sent = (sum(g.bytes_sent for c in collections for g in c.lookups) - sent0) / steps
     Path(out, f"{rank}.json").write_text(json.dumps({"seconds": seconds, "bytes_per_step": sent}))
     dist.destroy_process_group()
 

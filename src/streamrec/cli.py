@@ -148,52 +148,33 @@ def train(
     """Train a model from a config; writes OUT/model (serve it, eval it) and OUT/metrics.csv."""
     import time
 
+    from streamrec import api
     from streamrec.config import ConfigError
     from streamrec.schema import SchemaError
     from streamrec.store import CorruptModelError
-    from streamrec.train.job import run_training
     from streamrec.train.run_dir import RunDirBusy
 
     cfg = _load_config(config)
     if epochs is not None:
         cfg.train.epochs = epochs
     out = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if cfg.model.name == "two_tower":
-        from streamrec.train.two_tower import train_two_tower
-
-        try:
-            tt, model_dir = train_two_tower(cfg, out, progress=not quiet)
-        except (DataError, ConfigError, ValueError, RunDirBusy) as e:
-            _fail(str(e))
-        if as_json:
-            _print_json({**tt, "model_dir": str(model_dir)})
-        else:
-            typer.echo("  ".join(f"{k} {v:.4f}" for k, v in tt["metrics"].items()))
-            typer.echo(f"model saved to {model_dir}")
-        return
-    from streamrec.distributed.training import run_distributed_training, wants_sharded_run
-
     try:
-        if wants_sharded_run(out, resume):  # torchrun: sharded tables, data-parallel dense
-            result, model_dir = run_distributed_training(
-                cfg, out, resume=resume, progress=not quiet
-            )
-            if int(os.environ.get("RANK", "0")) != 0:
-                return
-        else:
-            result, model_dir = run_training(cfg, out, resume=resume, progress=not quiet)
-    except (DataError, ConfigError, CorruptModelError, RunDirBusy, SchemaError) as e:
+        report = api.train(cfg, out, resume=resume, progress=not quiet)
+    except (DataError, ConfigError, CorruptModelError, RunDirBusy, SchemaError, ValueError) as e:
         _fail(str(e))
-    report = {**result.to_json(), "model_dir": str(model_dir)}
-    if as_json:
-        _print_json(report)
+    if report.rank != 0:
         return
-    for task, m in result.metrics.items():
+    if as_json:
+        _print_json(report.to_json())
+        return
+    if report.kind == "retrieval":
+        typer.echo("  ".join(f"{k} {v:.4f}" for k, v in report.metrics.items()))
+    for task, m in report.metrics.items() if report.kind == "ranking" else ():
         typer.echo(
             f"{task}: AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}  NE {m['ne']:.4f}  "
             f"calibration {m['calibration']:.3f}"
         )
-    typer.echo(f"{result.samples_per_s:,.0f} samples/s; model saved to {model_dir}")
+    typer.echo(f"{report.samples_per_s:,.0f} samples/s; model saved to {report.model_dir}")
 
 
 @app.command("eval")
@@ -205,31 +186,24 @@ def evaluate(
     fmt: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Evaluate a saved model: AUC, GAUC, logloss, NE and calibration per task."""
+    """Evaluate a saved model: AUC, GAUC, logloss, NE and calibration per task (a retriever:
+    recall@10/@50 and NDCG@10 on its config's test split)."""
+    from streamrec import api
     from streamrec.config import ConfigError
     from streamrec.store import CorruptModelError
-    from streamrec.train.job import evaluate_model_dir
 
     try:
-        from streamrec.store import read_manifest
-
-        if read_manifest(model_dir).get("kind") == "retrieval":
-            from streamrec.train.two_tower import evaluate_retrieval_dir
-
-            report = evaluate_retrieval_dir(model_dir)
-            if as_json:
-                _print_json(report)
-            else:
-                typer.echo("  ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items()))
-            return
-        report = evaluate_model_dir(model_dir, data, fmt)
+        report = api.evaluate(model_dir, data, fmt)
     except (DataError, ConfigError, CorruptModelError, ValueError) as e:
         _fail(str(e))
     if as_json:
         _print_json(report)
         return
     for task, m in report["metrics"].items():
-        typer.echo(f"{task}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        if isinstance(m, dict):
+            typer.echo(f"{task}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        else:
+            typer.echo(f"{task} {m:.4f}")
 
 
 @app.command("predict")
@@ -251,27 +225,20 @@ def predict(
     """Score every row of a file: one calibrated score per row (per task), in row order, read
     with the column types the model was trained on. Malformed rows are dead-lettered, as in
     training; the output appears only once complete."""
-    from streamrec.data.errors import DeadLetter
+    from streamrec import api
     from streamrec.schema import SchemaError
-    from streamrec.serving.batch_scoring import score_file
     from streamrec.store import CorruptModelError
 
-    dead = DeadLetter(out.with_name(out.name + ".dead_letter.jsonl"))
     try:
-        if precision not in (None, "fp32", "bf16"):
-            raise DataError(f"--precision {precision}: choose fp32 or bf16")
-        report = score_file(model_dir, data, out, fmt, id_column, dead=dead, precision=precision)
-    except (DataError, CorruptModelError, SchemaError) as e:
+        report = api.predict(model_dir, data, out, fmt, id_column, precision)
+    except (DataError, CorruptModelError, SchemaError, ValueError) as e:
         _fail(str(e))
-    finally:
-        dead.close()
-    report["rejected_rows"] = dead.count
     if as_json:
         _print_json(report)
     else:
         typer.echo(
             f"scored {report['rows']:,} rows into {out} ({report['rows_per_s']:,.0f} rows/s; "
-            f"{dead.count} malformed rows skipped)"
+            f"{report['rejected_rows']} malformed rows skipped)"
         )
 
 
@@ -474,48 +441,27 @@ def online(
     as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
 ) -> None:
     """Train online from a stream: predict first, then learn; deltas for the server."""
+    from streamrec import api
     from streamrec.config import ConfigError
-    from streamrec.data.stream import LocalLogSource
     from streamrec.store import CorruptModelError
-    from streamrec.train.online import OnlineTrainer
     from streamrec.train.run_dir import RunDirBusy
 
     cfg = _load_config(config)
-    if init_model is not None:
-        cfg.online.init_model = str(init_model)
-
-    def open_stream():  # noqa: ANN202
-        stream = LocalLogSource(source, group)
-        if actions is not None:
-            from streamrec.data.stream.joined import JoinedSource
-            from streamrec.data.stream.joiner import OnlineJoiner
-
-            j = cfg.online.join
-            stream = JoinedSource(
-                stream,
-                LocalLogSource(actions, group),
-                OnlineJoiner(j.tasks, j.window_seconds, j.allowed_lateness, j.max_pending),
-            )
-        return stream
-
-    from streamrec.distributed.training import world_from_env
-
-    log = lambda m: typer.echo(m, err=True)  # noqa: E731
     try:
-        if world_from_env() > 1:  # torchrun: rank 0 reads the stream, every rank trains a slice
-            from streamrec.distributed.online import run_distributed_online
-
-            status = run_distributed_online(cfg, open_stream, out, stop_when_idle, log)
-            if int(os.environ.get("RANK", "0")) != 0:
-                return
-        else:
-            stream = open_stream()
-            try:
-                status = OnlineTrainer(cfg, stream, out, log=log).run(stop_when_idle)
-            finally:
-                stream.close()  # the client's threads end here, not at interpreter teardown
+        status = api.online(
+            cfg,
+            source,
+            out,
+            actions=actions,
+            group=group,
+            stop_when_idle=stop_when_idle,
+            init_model=init_model,
+            log=lambda m: typer.echo(m, err=True),
+        )
     except (FileNotFoundError, DataError, ConfigError, CorruptModelError, RunDirBusy) as e:
         _fail(str(e))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     if as_json:
         _print_json(status)
     else:

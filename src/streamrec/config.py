@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streamrec.schema import Schema
+from streamrec.table_config import TableConfig
 
 
 class ConfigError(ValueError):
@@ -27,44 +28,6 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class TableConfig(_Strict):
-    dim: int = Field(16, gt=0, description="embedding width")
-    optimizer: Literal["sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl"] = Field(
-        "rowwise_adagrad",
-        description="the row optimizer, applied in place to the rows a batch touched",
-    )
-    lr: float = Field(0.05, gt=0, description="row learning rate")
-    eps: float = Field(1e-8, description="optimizer epsilon")
-    initial_accumulator: float = Field(0.0, description="Adagrad's starting accumulator")
-    beta1: float = Field(0.9, description="Adam's first-moment decay")
-    beta2: float = Field(0.999, description="Adam's second-moment decay")
-    ftrl_l1: float = Field(0.0, description="FTRL L1 strength (sparsifies rows)")
-    ftrl_l2: float = Field(0.0, description="FTRL L2 strength")
-    ftrl_beta: float = Field(1.0, description="FTRL beta")
-    weight_decay: float = Field(0.0, description="decoupled weight decay on touched rows")
-    init_scale: float = Field(0.01, ge=0, description="rows start uniform in ±init_scale")
-    admit_min_count: int | None = Field(
-        None, ge=1,
-        description="an id gets a row once seen this often (count-min sketch); until then it "
-        "reads zeros",
-    )
-    admit_probability: float | None = Field(
-        None, gt=0, le=1,
-        description="admit a new id with this probability instead",
-    )
-    ttl_seconds: float | None = Field(
-        None, gt=0,
-        description="rows unseen this long (event time) are expired",
-    )
-    capacity: int | None = Field(
-        None, gt=0,
-        description="row cap; beyond it rows are evicted by `eviction`",
-    )
-    eviction: Literal["lfu", "lru"] = Field("lfu", description="which rows go when over capacity")
-    sketch_width: int = Field(1 << 20, gt=0, description="count-min sketch counters per row")
-    seed: int = Field(0, description="row initialisation seed")
 
 
 class DataConfig(_Strict):

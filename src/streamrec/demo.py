@@ -61,13 +61,12 @@ def run_demo(
 ) -> dict[str, Any]:
     import pyarrow as pa
 
+    from streamrec import api
     from streamrec.data.errors import DeadLetter
     from streamrec.data.splits import open_splits
     from streamrec.data.stream import LocalLog, LocalLogSource
     from streamrec.serving.app import create_app
-    from streamrec.train.job import run_training
     from streamrec.train.online import OnlineTrainer
-    from streamrec.train.two_tower import train_two_tower
 
     workdir = Path(workdir)
     started = time.perf_counter()
@@ -76,15 +75,17 @@ def run_demo(
 
     log("[1/5] MovieLens-100k: each user's first 80% of ratings → training, last 20% → stream")
     log(f"[2/5] training the {ranker_cfg.model.name} ranker ({ranker_cfg.train.epochs} epochs) …")
-    ranked, ranker_dir = run_training(ranker_cfg, workdir / "ranker", progress=progress)
+    ranked = api.train(ranker_cfg, workdir / "ranker", progress=progress)
+    ranker_dir = ranked.model_dir
     m = ranked.metrics["label"]
     log(
         f"      ranker test AUC {m['auc']:.4f}  GAUC {m.get('gauc', float('nan')):.4f}  "
         f"logloss {m['logloss']:.4f}"
     )
     log("      training the two-tower retriever …")
-    retrieval, retriever_dir = train_two_tower(retriever_cfg, workdir / "retriever", progress)
-    rm = retrieval["metrics"]
+    retrieval = api.train(retriever_cfg, workdir / "retriever", progress=progress)
+    retriever_dir = retrieval.model_dir
+    rm = retrieval.metrics
     log(
         f"      retrieval recall@50 {rm['recall@50']:.4f} (popularity "
         f"{rm['baseline_recall@50']:.4f}), index recall@100 vs exact "

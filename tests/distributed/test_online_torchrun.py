@@ -16,7 +16,7 @@ import yaml
 
 from streamrec.data.movielens import load_ml_latest_small
 from streamrec.data.stream import LocalLog
-from streamrec.distributed.sharded import owner_of
+from streamrec.embedding.sharded import owner_of
 from streamrec.models.persistence import load_model
 from streamrec.serving.snapshot import Snapshot
 from streamrec.store.delta import list_deltas, read_delta

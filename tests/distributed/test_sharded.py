@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from streamrec.distributed import ShardedTable, owner_of
 from streamrec.embedding import DynamicTable
 from streamrec.embedding.dedup import dedup
+from streamrec.embedding.sharded import ShardedTable, owner_of
 
 STEPS, GLOBAL_BATCH, DIM = 6, 64, 4
 

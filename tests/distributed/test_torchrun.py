@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from streamrec.distributed.reshard import reshard
-from streamrec.distributed.sharded import owner_of
 from streamrec.embedding import DynamicTable
+from streamrec.embedding.reshard import reshard
+from streamrec.embedding.sharded import owner_of
 
 from .faults import kill_a_rank_after_checkpoint
 
@@ -67,10 +67,10 @@ def test_shards_reshard_to_any_world_size():
         expected.update(zip(t.state_dict()["fid"].numpy()[live].tolist(), t.gather_rows(live),
                             strict=True))
     for world in (1, 3, 4):
-        states = reshard(shards[0].config(), [t.state_dict() for t in shards], world)
+        states = reshard(shards[0].settings, [t.state_dict() for t in shards], world)
         seen = 0
         for rank, state in enumerate(states):
-            t = DynamicTable(**shards[0].config())
+            t = DynamicTable.from_config(shards[0].settings)
             t.load_state_dict(state)
             live = t.live_rows()
             fids = t.state_dict()["fid"].numpy()[live]

@@ -141,7 +141,7 @@ def test_state_dict_round_trip_is_bit_exact(values, optimizer):
     t.apply_gradients(ids, torch.randn(len(values), 4))
     t.evict(now=100)
     t.lookup(ids[: len(values) // 2 + 1], now=101)
-    clone = DynamicTable(**t.config())
+    clone = DynamicTable.from_config(t.settings)
     clone.load_state_dict(t.state_dict())
     for key, value in t.state_dict().items():
         assert torch.equal(value, clone.state_dict()[key]), key
@@ -166,7 +166,11 @@ def test_deltas_track_changed_and_deleted_fids():
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(TypeError, match="int64"):
         DynamicTable().lookup(torch.tensor([1, 2], dtype=torch.int32))
-    with pytest.raises(ValueError, match="unknown row optimizer"):
+    with pytest.raises(ValueError, match=r"optimizer\n.*'sgd', 'adagrad'"):
         DynamicTable(optimizer="lamb")
+    with pytest.raises(ValueError, match="capcity"):  # a typo is never ignored
+        DynamicTable(capcity=10)
+    with pytest.raises(ValueError, match="not both"):
+        DynamicTable(admit_min_count=2, admit_probability=0.5)
     with pytest.raises(ValueError, match="grads must be"):
         DynamicTable(dim=4).apply_gradients(_ids([1]), torch.ones(1, 3))

@@ -110,7 +110,7 @@ def test_lazy_table_files_load_exactly_what_was_saved(tmp_path):
     lazy = TensorFile(tmp_path / "t.safetensors")
     assert lazy.shape("weights") == [1000, 5]
     assert torch.equal(lazy.slice("weights", 10, 20), t.state_dict()["weights"][10:20])
-    clone = DynamicTable(**t.config())
+    clone = DynamicTable.from_config(t.settings)
     clone.load_state_dict(lazy)
     for key, value in t.state_dict().items():
         assert np.array_equal(value.numpy(), clone.state_dict()[key].numpy()), key

@@ -1,29 +1,33 @@
 """EmbeddingCollection: the tables of a schema as one nn.Module.
 
-Tables with the same dim and row optimizer form a `TableGroup`; per group and batch, forward:
-  1. concatenates the fids of every feature of the group (table after table) and resolves them
-     in one kernel: de-duplicated per table (unique + inverse + counts), looked up, admitted
-     while training — shared tables are read once;
-  2. gathers the unique rows once → W [U, dim], moved to the batch's device;
+Tables with the same dim and row optimizer form a group; per group and batch, forward:
+  1. concatenates the fids of every feature of the group (table after table) and hands them to
+     the group's `RowLookup` (lookup.py): a local `TableGroup` resolves them in one kernel —
+     de-duplicated per table (unique + inverse + counts), looked up, admitted while training,
+     shared tables read once — and gathers the unique rows once → W [U, dim]; a sharded group
+     (`shard_tables`, sharded.py) does the same on the ranks that own the ids;
+  2. moves W to the batch's device;
   3. pools every feature of the group in one kernel over W (`pooling.py`: sum, then a per-bag
      scale for mean / sqrtn; per-id weights) → {feature: [B, dim]}; features with
      `max_length` also come back padded [B, L, dim] with a mask.
 In backward, W's gradient [U, dim] goes straight to the row optimizer of every table in the
-group (fused into backward through a tensor hook), so only the unique rows of the batch are
-touched; dense parameters are left to torch.optim.
+group (fused into backward through a tensor hook, via the lookup), so only the unique rows of
+the batch are touched; dense parameters are left to torch.optim.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from streamrec.batch import Batch
-from streamrec.embedding.grouped import Resolved, TableGroup
+from streamrec.embedding.grouped import TableGroup
+from streamrec.embedding.lookup import RowLookup
 from streamrec.embedding.pooling import FeaturePooling
 from streamrec.embedding.table import DynamicTable
 from streamrec.schema import EmbeddingFeature, Schema
@@ -81,7 +85,7 @@ class Embedded:
 
 @dataclass
 class _GroupPlan:
-    group: TableGroup
+    lookup: RowLookup
     features: list[str]  # in fid order: table after table, then the table's features
     table_index: np.ndarray  # int64 [F]: each feature's table (index in the group)
     pooling: FeaturePooling
@@ -98,7 +102,7 @@ class EmbeddingCollection(nn.Module):
         by_key: dict[tuple, list[str]] = {}
         for name in schema.tables():
             t = tables[name]
-            key = (t.dim, t.optimizer.name, t._map.shard_bits, t._weights.chunk_rows)
+            key = t.settings.group_key()
             by_key.setdefault(key, []).append(name)
         feature_lists = schema.tables()
         self._plans = []
@@ -114,6 +118,21 @@ class EmbeddingCollection(nn.Module):
             )
         self._table_of = {f.name: f.table_name for f in schema.embeddings}
         self.now: float | None = None  # event time for admission / expiry; set by the trainer
+
+    def replace_lookups(self, make: Callable[[list[DynamicTable]], RowLookup]) -> None:
+        """Give every group of tables the lookup `make(tables)` builds (e.g. a sharded one):
+        inputs, outputs and every model stay the same."""
+        for plan in self._plans:
+            plan.lookup = make(plan.lookup.tables)
+
+    @property
+    def lookups(self) -> list[RowLookup]:
+        return [plan.lookup for plan in self._plans]
+
+    def flush(self) -> None:
+        """Apply the embedding gradients still in flight (a sharded lookup in hybrid mode)."""
+        for plan in self._plans:
+            plan.lookup.flush()
 
     def dim(self, feature: str) -> int:
         return self.tables[self.features[feature].table_name].dim
@@ -142,21 +161,21 @@ class EmbeddingCollection(nn.Module):
         ]
         fids = torch.cat([p.values for p in parts]).numpy()
         sizes = np.bincount(plan.table_index, [p.values.shape[0] for p in parts])
-        segments = np.zeros(len(plan.group.tables) + 1, np.int64)
+        segments = np.zeros(len(plan.lookup.tables) + 1, np.int64)
         np.cumsum(sizes.astype(np.int64), out=segments[1:])  # table i: fids[seg[i]:seg[i + 1]]
-        resolved = plan.group.resolve(fids, segments, now, insert=self.training)
-        weights = plan.group.gather(resolved).to(device)
+        weights, inverse_np, handle = plan.lookup.lookup(fids, segments, now, self.training)
+        weights = weights.to(device)
         if self.training and torch.is_grad_enabled():
             weights.requires_grad_(True)
-            weights.register_hook(_row_update_hook(plan.group, resolved))
-        inverse = torch.from_numpy(resolved.inverse).to(device)
+            weights.register_hook(_row_update_hook(plan.lookup, handle))
+        inverse = torch.from_numpy(inverse_np).to(device)
         pooled = plan.pooling(weights, inverse, parts, device)
         out.add_group(plan.features, pooled)
         out.sequences.update(plan.pooling.pad_sequences(weights, inverse, parts, device))
 
 
-def _row_update_hook(group: TableGroup, resolved: Resolved):  # noqa: ANN202
+def _row_update_hook(lookup: RowLookup, handle: Any) -> Callable[[torch.Tensor], None]:
     def apply(grad: torch.Tensor) -> None:
-        group.apply_gradients(resolved, grad)
+        lookup.apply_gradients(handle, grad)
 
     return apply

@@ -69,12 +69,7 @@ class TableGroup:
             raise ValueError("a TableGroup needs at least one table")
         first = tables[0]
         for t in tables:
-            if (t.dim, t.optimizer.name, t._map.shard_bits, t._weights.chunk_rows) != (
-                first.dim,
-                first.optimizer.name,
-                first._map.shard_bits,
-                first._weights.chunk_rows,
-            ):
+            if t.settings.group_key() != first.settings.group_key():
                 raise ValueError(
                     "tables in a group need one dim, optimizer, shard_bits and chunk_rows"
                 )
@@ -129,6 +124,16 @@ class TableGroup:
                     at = np.flatnonzero(missing & (tabs == i))
                     rows[at] = self.tables[i]._admit(ufids[at], counts[at], now_s)
         return Resolved(tabs, ufids, rows, inverse)
+
+    def lookup(
+        self, fids: np.ndarray, segments: np.ndarray, now: float | None, insert: bool
+    ) -> tuple[torch.Tensor, np.ndarray, Resolved]:
+        """`RowLookup.lookup` (lookup.py) from this process's tables."""
+        resolved = self.resolve(fids, segments, now, insert)
+        return self.gather(resolved), resolved.inverse, resolved
+
+    def flush(self) -> None:
+        """Nothing is ever in flight: gradients are applied in backward."""
 
     def gather(self, resolved: Resolved) -> torch.Tensor:
         """FloatTensor [U, dim]: the rows of the unique ids (zeros where not stored)."""

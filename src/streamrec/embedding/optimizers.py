@@ -17,33 +17,28 @@ State layout per row (state_width columns):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 from streamrec.embedding.views import PREFETCH_AHEAD, f32_2d, i64_2d, prefetch, prefetch_span
+from streamrec.table_config import TableConfig
 
 OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl")
 _SGD, _ADAGRAD, _ROWWISE, _ADAM, _FTRL = range(5)
 
 
-@dataclass(frozen=True)
 class RowOptimizer:
-    name: str = "rowwise_adagrad"
-    lr: float = 0.05
-    eps: float = 1e-8
-    initial_accumulator: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    l1: float = 0.0
-    l2: float = 0.0
-    ftrl_beta: float = 1.0
-    weight_decay: float = 0.0
+    """The update rule of one table, as its `TableConfig` sets it (`optimizer` and its
+    hyper-parameters)."""
 
-    def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"unknown row optimizer {self.name!r}; choose one of {OPTIMIZERS}")
+    def __init__(self, settings: TableConfig) -> None:
+        self.settings = settings
+        self.name = settings.optimizer
+
+    @property
+    def lr(self) -> float:
+        return self.settings.lr
 
     @property
     def code(self) -> int:
@@ -62,24 +57,12 @@ class RowOptimizer:
         """float32 [state_width]: the state of a fresh (or reused) row."""
         init = np.zeros(self.state_width(dim), np.float32)
         if self.name in ("adagrad", "rowwise_adagrad"):
-            init[:] = self.initial_accumulator
+            init[:] = self.settings.initial_accumulator
         return init
 
     def hyperparameters(self) -> np.ndarray:
-        """float64 [8]: the kernel's per-table parameter row."""
-        return np.array(
-            [
-                self.lr,
-                self.eps,
-                self.beta1,
-                self.beta2,
-                self.l1,
-                self.l2,
-                self.ftrl_beta,
-                self.weight_decay,
-            ],
-            np.float64,
-        )
+        """float64 [8]: the kernel's per-table parameter row (`TableConfig.hyperparameters`)."""
+        return np.array(self.settings.hyperparameters(), np.float64)
 
 
 # Below this many rows one thread does the step: waking the pool costs more than it saves.

@@ -23,7 +23,6 @@ can exceed `capacity` by the ids admitted in those steps.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -35,15 +34,19 @@ from streamrec.embedding.admission import admit_draw, new_sketch, sketch_add
 from streamrec.embedding.dedup import dedup
 from streamrec.embedding.hashmap import ShardedMap, map_delete, map_find, map_insert, mix64
 from streamrec.embedding.optimizers import RowOptimizer, apply_rows
-from streamrec.embedding.rows import DEFAULT_CHUNK_ROWS, ChunkedRows
+from streamrec.embedding.rows import ChunkedRows
 from streamrec.embedding.views import f32_2d, i32_2d, i64_2d, u32_2d
+from streamrec.table_config import TableConfig
 
 _ADMIT_ALL, _ADMIT_MIN_COUNT, _ADMIT_PROBABILITY = 0, 1, 2
 _INT32_MAX = 2**31 - 1
 
 
 class DynamicTable:
-    """See the module docstring. Keyword arguments mirror `streamrec.config.TableConfig`."""
+    """See the module docstring. Settings are the fields of `TableConfig` (table_config.py):
+    `DynamicTable(dim=16, optimizer="adam", capacity=10_000)` or
+    `DynamicTable.from_config(TableConfig(...), name=...)`; an unknown or invalid setting is a
+    pydantic ValidationError (a ValueError) naming it."""
 
     def __init__(
         self,
@@ -51,78 +54,33 @@ class DynamicTable:
         optimizer: str = "rowwise_adagrad",
         lr: float = 0.05,
         *,
-        admit_min_count: int | None = None,
-        admit_probability: float | None = None,
-        ttl_seconds: float | None = None,
-        capacity: int | None = None,
-        eviction: str = "lfu",
-        init_scale: float = 0.01,
-        seed: int = 0,
-        sketch_width: int = 1 << 20,
-        eps: float = 1e-8,
-        initial_accumulator: float = 0.0,
-        beta1: float = 0.9,
-        beta2: float = 0.999,
-        ftrl_l1: float = 0.0,
-        ftrl_l2: float = 0.0,
-        ftrl_beta: float = 1.0,
-        weight_decay: float = 0.0,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
-        shard_bits: int = 8,
         name: str = "table",
+        **settings: Any,
     ) -> None:
-        if admit_min_count is not None and admit_probability is not None:
-            raise ValueError("choose admit_min_count or admit_probability, not both")
-        if eviction not in ("lfu", "lru"):
-            raise ValueError("eviction must be 'lfu' or 'lru'")
+        self._build(TableConfig(dim=dim, optimizer=optimizer, lr=lr, **settings), name)
+
+    @classmethod
+    def from_config(cls, settings: TableConfig, name: str = "table") -> DynamicTable:
+        table = cls.__new__(cls)
+        table._build(settings.model_copy(), name)
+        return table
+
+    def _build(self, settings: TableConfig, name: str) -> None:
         self.name = name
-        self.dim = dim
-        self.optimizer = RowOptimizer(
-            optimizer,
-            lr=lr,
-            eps=eps,
-            initial_accumulator=initial_accumulator,
-            beta1=beta1,
-            beta2=beta2,
-            l1=ftrl_l1,
-            l2=ftrl_l2,
-            ftrl_beta=ftrl_beta,
-            weight_decay=weight_decay,
-        )
-        self.admit_min_count = admit_min_count
-        self.admit_probability = admit_probability
-        self.ttl_seconds = ttl_seconds
-        self.capacity = capacity
-        self.eviction = eviction
-        self.init_scale = init_scale
-        self.seed = seed
-        self._config: dict[str, Any] = {
-            "dim": dim,
-            "optimizer": optimizer,
-            "lr": lr,
-            "admit_min_count": admit_min_count,
-            "admit_probability": admit_probability,
-            "ttl_seconds": ttl_seconds,
-            "capacity": capacity,
-            "eviction": eviction,
-            "init_scale": init_scale,
-            "seed": seed,
-            "sketch_width": sketch_width,
-            "eps": eps,
-            "initial_accumulator": initial_accumulator,
-            "beta1": beta1,
-            "beta2": beta2,
-            "ftrl_l1": ftrl_l1,
-            "ftrl_l2": ftrl_l2,
-            "ftrl_beta": ftrl_beta,
-            "weight_decay": weight_decay,
-            "chunk_rows": chunk_rows,
-            "shard_bits": shard_bits,
-            "name": name,
-        }
-        self._state_init = self.optimizer.initial_state(dim)
-        self._map = ShardedMap(shard_bits)
-        self._weights = ChunkedRows(dim, np.float32, chunk_rows)
+        self.settings = settings
+        self.dim = settings.dim
+        self.optimizer = RowOptimizer(settings)
+        self.admit_min_count = settings.admit_min_count
+        self.admit_probability = settings.admit_probability
+        self.ttl_seconds = settings.ttl_seconds
+        self.capacity = settings.capacity
+        self.eviction = settings.eviction
+        self.init_scale = settings.init_scale
+        self.seed = settings.seed
+        chunk_rows = settings.chunk_rows
+        self._state_init = self.optimizer.initial_state(self.dim)
+        self._map = ShardedMap(settings.shard_bits)
+        self._weights = ChunkedRows(self.dim, np.float32, chunk_rows)
         self._state = ChunkedRows(len(self._state_init), np.float32, chunk_rows)
         self._fid = ChunkedRows(1, np.int64, chunk_rows)
         self._count = ChunkedRows(1, np.int32, chunk_rows)
@@ -131,17 +89,13 @@ class DynamicTable:
         self._free = np.empty(64, np.int64)
         self._alloc = np.zeros(2, np.int64)  # [next never-used row, free-list top]
         self._draws = np.zeros(1, np.uint64)
-        self._sketch = new_sketch(sketch_width) if admit_min_count else np.zeros((1, 1), np.uint16)
+        self._sketch = (
+            new_sketch(settings.sketch_width)
+            if settings.admit_min_count
+            else np.zeros((1, 1), np.uint16)
+        )
         self.version = 0
         self._deleted: list[tuple[int, np.ndarray]] = []
-
-    @classmethod
-    def from_config(cls, cfg: Any, name: str = "table") -> DynamicTable:
-        """Build from a `streamrec.config.TableConfig` (or any object with its fields)."""
-        return cls(**cfg.model_dump(), name=name)
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
 
     # ------------------------------------------------------------------------ sizes
     def __len__(self) -> int:
@@ -424,8 +378,8 @@ class DynamicTable:
     def drop_optimizer_state(self) -> None:
         """Serving never updates rows: switch to plain SGD, which keeps no per-row state, and
         free the optimizer state (row-wise Adagrad 4 B/row, Adam 8·dim + 4 B/row)."""
-        self.optimizer = RowOptimizer("sgd", lr=self.optimizer.lr)
-        self._config["optimizer"] = "sgd"
+        self.settings = self.settings.model_copy(update={"optimizer": "sgd"})
+        self.optimizer = RowOptimizer(self.settings)
         self._state_init = self.optimizer.initial_state(self.dim)
         self._state = ChunkedRows(0, np.float32, self._weights.chunk_rows)
         self._state.reserve(self._weights.capacity)
@@ -458,7 +412,7 @@ class DynamicTable:
         mapping with `shape(name)` and `slice(name, lo, hi)`, e.g. `store.open_tensors`), in
         which case every per-row array is copied chunk by chunk, never whole: loading a large
         table next to a served one (hot reload) costs one table's memory plus one chunk."""
-        fresh = DynamicTable(**self._config)
+        fresh = DynamicTable.from_config(self.settings, self.name)
         n, top, version, draws = (int(x) for x in state["counters"].tolist())
         lazy = hasattr(state, "slice")
         shape = tuple(state.shape("weights")) if lazy else tuple(state["weights"].shape)
@@ -515,9 +469,6 @@ class DynamicTable:
         self._map.reserve_counts(need)
         for fids, live in live_chunks():
             self._map.insert(np.ascontiguousarray(fids), live.astype(np.int64))
-
-    def config_json(self) -> str:
-        return json.dumps(self._config, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------- kernels

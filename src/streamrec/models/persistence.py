@@ -43,7 +43,7 @@ def model_files(model: RankingModel) -> tuple[dict[str, Any], dict[str, dict[str
             "rows": len(table),
             "dim": table.dim,
             "version": table.version,
-            "config": table.config(),
+            "config": table.settings.model_dump(),
         }
     return {"tables": tables}, files
 

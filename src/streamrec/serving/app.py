@@ -33,6 +33,7 @@ from streamrec.config import ServingConfig
 from streamrec.serving.batcher import DynamicBatcher, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
 from streamrec.serving.request import CandidateRows, RequestError, parse_json
+from streamrec.serving.retrieval_stage import RecommendRequest, RetrievalStage
 from streamrec.serving.snapshot import Snapshot
 from streamrec.serving.watcher import Watcher
 from streamrec.store import find_deltas_dir, find_model_dir
@@ -90,7 +91,7 @@ class ServerState:
     settings: ServingConfig
     watcher: Watcher | None
     token: str | None
-    retriever: object | None = None
+    retriever: RetrievalStage | None = None
     guard_health: bool = False  # --token also on /healthz and /readyz
 
 
@@ -143,7 +144,7 @@ def create_app(
         token,
         guard_health=guard_health,
     )
-    state.retriever = _load_retriever(retriever_dir)
+    state.retriever = RetrievalStage.load(retriever_dir) if retriever_dir is not None else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette):  # noqa: ANN202
@@ -168,17 +169,6 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = state
     return app
-
-
-def _load_retriever(directory: str | Path | None):  # noqa: ANN202
-    if directory is None:
-        return None
-    from streamrec.retrieval.serving import load_retrieval_stage
-
-    stage = load_retrieval_stage(directory)
-    if stage is None:
-        raise FileNotFoundError(f"{directory}: no retrieval model (retrieval/index.faiss)")
-    return stage
 
 
 _PROBES = ("healthz", "readyz")
@@ -321,10 +311,30 @@ async def _rank(state: ServerState, request: Request) -> Response:
 
 
 async def _recommend(state: ServerState, request: Request) -> Response:
-    if state.retriever is None:
+    """The cascade: the retrieval stage picks N items, the ranking model scores them with the
+    user as context, the top k by score come back with both models' versions."""
+    stage = state.retriever
+    if stage is None:
         raise RequestError(404, "this model directory has no retrieval stage")
-    body = await _read_body(state, request)
-    return JSONResponse(await state.retriever.recommend(state, body))
+    wanted = RecommendRequest.parse(await _read_body(state, request))
+    items = stage.retrieve(wanted)
+    snapshot = state.batcher.snapshot
+    versions = {"retrieval": stage.version, "ranking": snapshot.serving_version}
+    if not items:
+        return JSONResponse({"items": [], "scores": [], "retrieved": 0, "versions": versions})
+    context = {f: v for f, v in wanted.user.items() if f in snapshot.context_features}
+    candidates = stage.item_rows(items, snapshot.candidate_features)
+    scores, _ = await score_rows(
+        state, CandidateRows.from_dicts(context, candidates, snapshot.kinds)
+    )
+    order = np.argsort(-scores[:, 0], kind="stable")[: wanted.k]
+    answer = {
+        "items": [items[j] for j in order],
+        "scores": [float(scores[j, 0]) for j in order],
+        "retrieved": len(items),
+        "versions": versions,
+    }
+    return JSONResponse(answer)
 
 
 async def _add_items(state: ServerState, request: Request) -> Response:

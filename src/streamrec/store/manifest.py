@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streamrec.store.errors import CorruptModelError
+from streamrec.table_config import TableConfig
 
 MODEL_FORMAT = "streamrec-model"
 DELTA_FORMAT = "streamrec-delta"
@@ -33,7 +34,15 @@ class TableEntry(_Section):
     rows: int = Field(ge=0)
     dim: int = Field(gt=0)
     version: int = Field(ge=0)
-    config: dict[str, Any]
+    config: TableConfig
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _without_legacy_name(cls, value: Any) -> Any:
+        """Models written before TableConfig held every setting also stored the table's name."""
+        if isinstance(value, dict) and "name" in value:
+            return {k: v for k, v in value.items() if k != "name"}
+        return value
 
 
 class ModelManifest(_Section):

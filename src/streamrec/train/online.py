@@ -46,8 +46,8 @@ from streamrec.store import read_manifest
 from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import load_checkpoint
 from streamrec.train.delta_export import DeltaExporter
-from streamrec.train.job import seed_everything
 from streamrec.train.metrics import MetricAccumulator, json_ready
+from streamrec.train.preparation import seed_everything
 from streamrec.train.run_dir import RunDir
 from streamrec.train.trainer import Trainer, build_dense_optimizer
 

@@ -33,8 +33,14 @@ from streamrec.models.registry import build_model
 from streamrec.models.two_tower import TwoTower
 from streamrec.retrieval.evaluate import popularity_recommendations, ranking_metrics, user_items
 from streamrec.retrieval.index import IndexParams, Retriever, recall_against_exact
+from streamrec.retrieval.model_dir import (
+    CATALOG_FILE,
+    INDEX_FILE,
+    find_retrieval_dir,
+    load_retrieval_model,
+)
 from streamrec.schema import input_kinds
-from streamrec.train.job import seed_everything
+from streamrec.train.preparation import seed_everything
 from streamrec.train.run_dir import RunDir
 
 
@@ -183,8 +189,8 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
             },
         },
         extra_files={
-            "retrieval/index.faiss": retriever.to_bytes(),
-            "retrieval/catalog.parquet": catalog_bytes.getvalue(),
+            INDEX_FILE: retriever.to_bytes(),
+            CATALOG_FILE: catalog_bytes.getvalue(),
         },
     )
     result = {
@@ -198,21 +204,15 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
 
 def evaluate_retrieval_dir(path: str | Path) -> dict:
     """recall@10/@50 and NDCG@10 of a saved two-tower model on its config's test split."""
-    from streamrec.retrieval.serving import RetrievalStage
-    from streamrec.store import find_model_dir
-
-    stage = RetrievalStage(find_model_dir(path))
-    config = load_model_config(stage.path)
+    directory = find_retrieval_dir(path)
+    if directory is None:
+        raise ValueError(f"{path}: no retrieval model (retrieval/index.faiss)")
+    loaded = load_retrieval_model(directory)
+    config = loaded.config
     splits = open_splits(config.data, DeadLetter())
     train = pa.Table.from_batches(list(splits.train()))
     test = pa.Table.from_batches(list(splits.valid()))
     metrics = evaluate_retrieval(
-        stage.model, stage.retriever, train, test, config.data.history_length or 50
+        loaded.model, loaded.retriever, train, test, config.data.history_length or 50
     )
-    return {"metrics": metrics, "model_version": stage.version}
-
-
-def load_model_config(path: Path) -> JobConfig:
-    from streamrec.models.persistence import load_model
-
-    return load_model(path).config
+    return {"metrics": metrics, "model_version": loaded.version}

@@ -6,10 +6,10 @@ on N ranks, with the same guarantees as one process.
   broadcast, so every rank takes the same steps in the same order.
 * Every rank predicts (progressive validation, gathered on rank 0) and then trains its 1/N slice
   of each batch; tables are sharded row-wise and the dense part is under DDP, as in batch
-  training (`distributed/training.py`).
+  training (`train/distributed.py`).
 * Deltas: every rank collects the rows of its shard changed since the last delta; rank 0 writes
   them as one delta, so a server applies it exactly as one from a single process.
-* Checkpoints are sharded (`distributed/checkpoint.py`) and carry rank 0's stream position; the
+* Checkpoints are sharded (`train/sharded_checkpoint.py`) and carry rank 0's stream position; the
   source is committed only once every rank's shard is durable. A job restarted by
   `torchrun --max-restarts`, or run again with the same OUT, resumes from the newest one —
   events after it are trained exactly once more, none before it twice.
@@ -29,13 +29,10 @@ import torch.distributed as dist
 
 from streamrec.config import JobConfig
 from streamrec.data.stream.base import StreamSource
-from streamrec.distributed.checkpoint import (
-    latest_checkpoint,
-    load_sharded_checkpoint,
-    save_sharded_checkpoint,
-)
-from streamrec.distributed.reshard import reshard
-from streamrec.distributed.training import (
+from streamrec.embedding.reshard import reshard
+from streamrec.store import read_manifest
+from streamrec.store.delta import TableDelta
+from streamrec.train.distributed import (
     DistributedTrainer,
     dist_timeout,
     init_process_group,
@@ -43,9 +40,12 @@ from streamrec.distributed.training import (
     merge_shards,
     shard_for_training,
 )
-from streamrec.store import read_manifest
-from streamrec.store.delta import TableDelta
 from streamrec.train.online import OnlineTrainer
+from streamrec.train.sharded_checkpoint import (
+    latest_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 from streamrec.train.trainer import build_dense_optimizer
 
 
@@ -84,7 +84,7 @@ class DistributedOnlineTrainer(OnlineTrainer):
             if self.cfg.init_model:  # a single-process model: keep only the rows this rank owns
                 for table in model.dynamic_tables().values():
                     table.load_state_dict(
-                        reshard(table.config(), [table.state_dict()], self.world)[self.rank]
+                        reshard(table.settings, [table.state_dict()], self.world)[self.rank]
                     )
             trainer, state = DistributedTrainer(model, config, None, progress=False), {}
             self.resumed_from = None

@@ -2,7 +2,7 @@
 
 Every rank reads the same stream of global batches and trains on its 1/N slice of each (so N
 ranks see exactly what one process would); embedding tables are sharded row-wise over the ranks
-(`ShardedEmbeddingCollection`), the dense part is data-parallel (DDP, gloo on CPU). Validation
+(`embedding/sharded.py`), the dense part is data-parallel (DDP, gloo on CPU). Validation
 metrics are computed over all ranks' predictions. At the end every rank writes its shard
 (`OUT/shards/rank-NNN`, a model directory of its rows) and rank 0 reshards them into one
 ordinary model directory (`OUT/model`) that `streamrec eval` and `serve` read in one process.
@@ -26,20 +26,18 @@ from torch.nn.parallel import DistributedDataParallel
 from streamrec.batch import Batch
 from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
-from streamrec.data.loader import BatchLoader
-from streamrec.data.splits import open_splits
-from streamrec.distributed.checkpoint import (
+from streamrec.embedding.reshard import load_resharded_tables
+from streamrec.embedding.sharded import shard_tables
+from streamrec.models.persistence import load_model, save_model
+from streamrec.train.job import open_training_data
+from streamrec.train.metrics import MetricAccumulator
+from streamrec.train.preparation import Start, fit, fresh_start, seed_everything
+from streamrec.train.run_dir import RunDir
+from streamrec.train.sharded_checkpoint import (
     latest_checkpoint,
     load_sharded_checkpoint,
     save_sharded_checkpoint,
 )
-from streamrec.distributed.collection import shard_collections
-from streamrec.distributed.reshard import load_resharded_tables
-from streamrec.models.persistence import save_model
-from streamrec.models.registry import build_model
-from streamrec.train.job import fit_schema, seed_everything, training_rows
-from streamrec.train.metrics import MetricAccumulator
-from streamrec.train.run_dir import RunDir
 from streamrec.train.trainer import Trainer, TrainResult, build_dense_optimizer
 
 
@@ -62,10 +60,10 @@ def local_slice(batch: Batch, rank: int, world: int) -> Batch:
 
 class DistributedTrainer(Trainer):
     """A Trainer whose validation gathers every rank's predictions before computing metrics,
-    and whose checkpoints are sharded (`distributed/checkpoint.py`)."""
+    and whose checkpoints are sharded (`train/sharded_checkpoint.py`)."""
 
     checkpoint_root: Path | None = None
-    sharded: list = []  # the model's ShardedEmbeddingCollections
+    sharded: list = []  # the model's EmbeddingCollections, their tables sharded
 
     def flush_sparse(self) -> None:
         """Apply every embedding gradient still in flight (hybrid mode) before the tables are
@@ -153,7 +151,7 @@ def shard_for_training(
     gradient_group = (
         dist.new_group(backend="gloo", timeout=timeout) if train.sparse_staleness else None
     )
-    trainer.sharded = shard_collections(
+    trainer.sharded = shard_tables(
         trainer.model, exchange, dtype, train.sparse_staleness, gradient_group
     )
     trainer.forward_module = DistributedDataParallel(trainer.model)
@@ -183,56 +181,33 @@ def run_distributed_training(
         dead = DeadLetter(
             out / f"dead_letter.rank{rank}.jsonl" if rank == 0 else None, strict=config.data.strict
         )
-        splits = open_splits(config.data, dead)
+        splits, pinned = open_training_data(config, dead)
         step_dir = latest_checkpoint(out / "checkpoint")
-        optimizer, position = None, None
         if step_dir is not None and (resume or restarted_by_torchrun()):
-            epochs = config.train.epochs  # the schedule asked for now (`--epochs` extends)
-            model, config, optimizer, position, kinds = load_sharded_checkpoint(
-                step_dir, rank, world, lambda m: build_dense_optimizer(m, config.train)
-            )
-            config.train.epochs = epochs
-        else:
-            config, kinds = fit_schema(config, splits)  # same sample on every rank → same schema
-            model = build_model(config.model, config.schema, config.table_configs())
-        trainer = DistributedTrainer(
-            model, config, None, optimizer, progress=progress and rank == 0
-        )
-        shard_for_training(trainer, config, exchange, timeout)
-        trainer.checkpoint_root = out / "checkpoint"
-        trainer.extra_manifest = {"input_kinds": kinds}
-        start_epoch = skip = 0
-        if position is not None:
-            start_epoch, skip = position["epoch"], position["step_in_epoch"]
-            trainer.restore_position(position)
+            start = sharded_checkpoint_start(step_dir, rank, world, config)
             if rank == 0:
-                print(
-                    f"resuming from {step_dir} (step {position['global_step']})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        elif rank == 0:  # a fresh run: checkpoints of an earlier run in OUT are not ours
-            shutil.rmtree(out / "checkpoint", ignore_errors=True)
-        schema, batch_size = config.schema, config.data.batch_size
-
-        def train_batches(epoch: int):  # noqa: ANN202
-            for batch in BatchLoader(
-                training_rows(config, splits.train, epoch), schema, batch_size
-            ):
-                yield local_slice(batch, rank, world)
-
-        valid = None
-        if splits.valid is not None:
-
-            def valid() -> BatchLoader:
-                return BatchLoader(splits.valid, schema, 4096)
-
-        result = trainer.fit(train_batches, valid, start_epoch, skip)
+                step = start.position["global_step"]
+                print(f"resuming from {step_dir} (step {step})", file=sys.stderr, flush=True)
+        else:
+            if rank == 0:  # a fresh run: checkpoints of an earlier run in OUT are not ours
+                shutil.rmtree(out / "checkpoint", ignore_errors=True)
+            start = fresh_start(config, splits)  # same sample on every rank → same schema
+        pinned.update(start.kinds)
+        trainer = DistributedTrainer(
+            start.model, start.config, None, start.optimizer, progress=progress and rank == 0
+        )
+        shard_for_training(trainer, start.config, exchange, timeout)
+        trainer.checkpoint_root = out / "checkpoint"
+        result = fit(trainer, start, splits, lambda batch: local_slice(batch, rank, world))
         trainer.flush_sparse()
+        dead.close()
         result.samples_per_s *= world  # every rank trained its slice in the same time
         shard_dir = out / "shards" / f"rank-{rank:03d}"
         save_model(
-            shard_dir, model, config, {"rank": rank, "world_size": world, "input_kinds": kinds}
+            shard_dir,
+            start.model,
+            start.config,
+            {"rank": rank, "world_size": world, "input_kinds": start.kinds},
         )
         dist.barrier()
         model_dir = out / "model"
@@ -244,7 +219,8 @@ def run_distributed_training(
                 {
                     "metrics": result.metrics,
                     "train": result.to_json(),
-                    "input_kinds": kinds,
+                    "dead_lettered": dead.count,
+                    "input_kinds": start.kinds,
                     "trained_on_ranks": world,
                 },
             )
@@ -255,11 +231,19 @@ def run_distributed_training(
         dist.destroy_process_group()
 
 
+def sharded_checkpoint_start(step_dir: Path, rank: int, world: int, config: JobConfig) -> Start:
+    """This rank's `Start` from a sharded checkpoint (resharded when the world size changed);
+    the schedule asked for now (`--epochs` extends) replaces the saved one."""
+    model, saved, optimizer, position, kinds = load_sharded_checkpoint(
+        step_dir, rank, world, lambda m: build_dense_optimizer(m, config.train)
+    )
+    saved.train.epochs = config.train.epochs
+    return Start(model, saved, kinds, optimizer, position)
+
+
 def merge_shards(shards: Path, world: int, model_dir: Path, extra_manifest: dict) -> Path:
     """N shard directories (shards/rank-NNN) → one single-process model directory (M = 1
     resharding), with `extra_manifest` (metrics, input kinds …) in its manifest."""
-    from streamrec.models.persistence import load_model
-
     first = load_model(shards / "rank-000")  # dense weights are identical on every rank (DDP)
     load_resharded_tables(first.model, [shards / f"rank-{r:03d}" for r in range(world)], 1, 0)
     return save_model(model_dir, first.model, first.config, extra_manifest)

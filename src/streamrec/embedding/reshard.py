@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamrec.distributed.sharded import owner_of
+from streamrec.embedding.sharded import owner_of
 from streamrec.embedding.table import DynamicTable
 from streamrec.store import read_manifest, read_tensors
+from streamrec.table_config import TableConfig
 
 
 def _live(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -25,7 +26,7 @@ def _live(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 def reshard(
-    config: dict, states: list[dict[str, torch.Tensor]], world: int
+    settings: TableConfig, states: list[dict[str, torch.Tensor]], world: int
 ) -> list[dict[str, torch.Tensor]]:
     """Table state dicts of N shards → state dicts for `world` ranks (rank r owns the fids with
     owner_of(fid, world) == r)."""
@@ -58,7 +59,7 @@ def reshard(
                 "deleted_versions": torch.zeros(0, dtype=torch.int64),
             }
         )
-    DynamicTable(**config).load_state_dict(out[0])  # validates the layout
+    DynamicTable.from_config(settings).load_state_dict(out[0])  # validates the layout
     return out
 
 
@@ -71,4 +72,4 @@ def load_resharded_tables(model: nn.Module, rank_dirs: list[Path], world: int, r
             read_tensors(d, m["tables"][name]["file"], m)
             for d, m in zip(rank_dirs, manifests, strict=True)
         ]
-        table.load_state_dict(reshard(table.config(), states, world)[rank])
+        table.load_state_dict(reshard(table.settings, states, world)[rank])

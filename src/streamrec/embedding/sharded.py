@@ -1,5 +1,9 @@
 """Row-wise sharded embedding tables over torch.distributed (gloo on CPU, NCCL on GPU).
 
+`ShardedGroup` is the `RowLookup` (lookup.py) of a group of tables spread over the ranks;
+`EmbeddingCollection.shard` swaps it in for the local `TableGroup`, so the collection — and
+every model — runs unchanged.
+
 Every rank holds a DynamicTable per table name, but stores only the ids it owns:
 owner(fid) = mix64(fid) mod world_size. Per batch and group of tables (one dim), each rank
 
@@ -28,30 +32,35 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
+from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.embedding.dedup import dedup
+from streamrec.embedding.hashmap import fid_hash
 from streamrec.embedding.table import DynamicTable
 
-_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+@numba.njit(nogil=True, cache=True)
+def _owners(fids: np.ndarray, world_size: int, out: np.ndarray) -> None:
+    for i in range(fids.shape[0]):
+        out[i] = fid_hash(fids[i]) % np.uint64(world_size)
 
 
 def owner_of(fids: np.ndarray, world_size: int) -> np.ndarray:
-    """Rank that owns each fid: a 64-bit mix of the fid, modulo the world size."""
-    x = fids.astype(np.uint64) + _MIX
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return (x % np.uint64(world_size)).astype(np.int64)
+    """int64 [n]: the rank that owns each fid — the tables' own fid hash, modulo the world."""
+    fids = np.ascontiguousarray(fids, dtype=np.int64)
+    out = np.empty(fids.shape[0], np.int64)
+    _owners(fids, world_size, out)
+    return out
 
 
 def _start_exchange(
-    tensor: torch.Tensor, send_counts: list[int], recv_counts: list[int], group
-) -> tuple[object, torch.Tensor]:  # noqa: ANN001
+    tensor: torch.Tensor, send_counts: list[int], recv_counts: list[int], group: object
+) -> tuple[object, torch.Tensor]:
     """Start an all-to-all of `tensor`'s rows; → (work to wait on, the receive buffer)."""
     out = tensor.new_empty((sum(recv_counts), *tensor.shape[1:]))
     work = dist.all_to_all_single(
@@ -61,15 +70,15 @@ def _start_exchange(
 
 
 def _exchange(
-    tensor: torch.Tensor, send_counts: list[int], recv_counts: list[int], group
-) -> torch.Tensor:  # noqa: ANN001
+    tensor: torch.Tensor, send_counts: list[int], recv_counts: list[int], group: object
+) -> torch.Tensor:
     work, out = _start_exchange(tensor, send_counts, recv_counts, group)
     work.wait()
     return out
 
 
 @dataclass
-class _Routed:
+class Routed:
     """What backward needs to send a lookup's gradients to the right owners and rows."""
 
     order: np.ndarray  # position in the sent payload → position in our unique list
@@ -84,10 +93,10 @@ class ShardedGroup:
     def __init__(
         self,
         tables: Sequence[DynamicTable],
-        group=None,  # noqa: ANN001
+        group: object = None,
         exchange_dtype: torch.dtype = torch.float32,
         staleness: int = 0,
-        gradient_group=None,  # noqa: ANN001
+        gradient_group: object = None,
     ) -> None:
         self.tables = list(tables)
         self.dim = self.tables[0].dim
@@ -98,24 +107,23 @@ class ShardedGroup:
         self.staleness = staleness
         # Gradient exchanges in flight never share a group with the lookups' synchronous ones.
         self.gradient_group = gradient_group if gradient_group is not None else group
-        self._in_flight: deque[tuple[object, torch.Tensor, _Routed]] = deque()
+        self._in_flight: deque[tuple[object, torch.Tensor, Routed]] = deque()
 
     def lookup(
-        self, fids: Sequence[np.ndarray], now: float | None, insert: bool
-    ) -> tuple[torch.Tensor, list[np.ndarray], _Routed]:
-        """Per table fids → (rows of every table's unique ids, stacked table after table
-        [U, dim]; per table the inverse into that stack; a handle for backward)."""
+        self, fids: np.ndarray, segments: np.ndarray, now: float | None, insert: bool
+    ) -> tuple[torch.Tensor, np.ndarray, Routed]:
+        """`RowLookup.lookup` (lookup.py): input dist → owners' lookup → output dist."""
         tabs, uniq, counts, inverses = [], [], [], []
         base = 0
-        for t, f in enumerate(fids):
-            u, inv, c = dedup(f)
+        for t in range(len(self.tables)):
+            u, inv, c = dedup(fids[segments[t] : segments[t + 1]])
             tabs.append(np.full(len(u), t, np.int64))
             uniq.append(u)
             counts.append(c)
             inverses.append(inv + base)
             base += len(u)
-        tabs_all, uniq_all, counts_all = (
-            np.concatenate(x) if x else np.empty(0, np.int64) for x in (tabs, uniq, counts)
+        tabs_all, uniq_all, counts_all, inverse = (
+            np.concatenate(x) for x in (tabs, uniq, counts, inverses)
         )
         owners = owner_of(uniq_all, self.world)
         order = np.argsort(owners, kind="stable")
@@ -142,11 +150,12 @@ class ShardedGroup:
         self.bytes_sent += out.numel() * out.element_size()
         weights = torch.empty_like(returned)
         weights[torch.from_numpy(order)] = returned
-        return weights, inverses, _Routed(order, send_l, recv_l, owned)
+        return weights, inverse, Routed(order, send_l, recv_l, owned)
 
-    def apply_gradients(self, grads: torch.Tensor, routed: _Routed) -> None:
+    def apply_gradients(self, routed: Routed, grads: torch.Tensor) -> None:
         """grads [U, dim] for the unique ids of `lookup` (same order). In hybrid mode the
         exchange is only started here, and applied once more than `staleness` are in flight."""
+        grads = grads.detach().cpu().float()
         outgoing = (grads[torch.from_numpy(routed.order)] / self.world).to(self.exchange_dtype)
         self.bytes_sent += outgoing.numel() * outgoing.element_size()
         if not self.staleness:
@@ -171,7 +180,7 @@ class ShardedGroup:
         work.wait()
         self._apply(incoming.float(), routed)
 
-    def _apply(self, incoming: torch.Tensor, routed: _Routed) -> None:
+    def _apply(self, incoming: torch.Tensor, routed: Routed) -> None:
         for table, (idx, back, rows) in zip(self.tables, routed.owned, strict=True):
             summed = torch.zeros(int(back.max()) + 1 if back.size else 0, self.dim)
             summed.index_add_(0, torch.from_numpy(back), incoming[torch.from_numpy(idx)])
@@ -185,10 +194,10 @@ class ShardedTable:
     def __init__(
         self,
         local: DynamicTable,
-        group=None,  # noqa: ANN001
+        group: object = None,
         exchange_dtype: torch.dtype = torch.float32,
         staleness: int = 0,
-        gradient_group=None,  # noqa: ANN001
+        gradient_group: object = None,
     ) -> None:
         self.local = local
         self._group = ShardedGroup([local], group, exchange_dtype, staleness, gradient_group)
@@ -200,10 +209,29 @@ class ShardedTable:
     def bytes_sent(self) -> int:
         return self._group.bytes_sent
 
-    def lookup(self, fids: np.ndarray, now: float | None, insert: bool):  # noqa: ANN201
+    def lookup(
+        self, fids: np.ndarray, now: float | None, insert: bool
+    ) -> tuple[torch.Tensor, np.ndarray, Routed]:
         """fids [n] → (rows of the unique ids [U, dim], inverse [n], a handle for backward)."""
-        weights, inverses, routed = self._group.lookup([fids], now, insert)
-        return weights, inverses[0], routed
+        fids = np.ascontiguousarray(fids, dtype=np.int64)
+        return self._group.lookup(fids, np.array([0, fids.shape[0]]), now, insert)
 
-    def apply_gradients(self, grads: torch.Tensor, handle: _Routed) -> None:
-        self._group.apply_gradients(grads, handle)
+    def apply_gradients(self, grads: torch.Tensor, handle: Routed) -> None:
+        self._group.apply_gradients(handle, grads)
+
+
+def shard_tables(
+    model: nn.Module,
+    group: object = None,
+    exchange_dtype: torch.dtype = torch.float32,
+    staleness: int = 0,
+    gradient_group: object = None,
+) -> list[EmbeddingCollection]:
+    """Spread the tables of every EmbeddingCollection inside `model` over the ranks of `group`
+    (in place); each rank keeps the rows it owns. Returns the collections (to `flush`)."""
+    collections = [m for m in model.modules() if isinstance(m, EmbeddingCollection)]
+    for collection in collections:
+        collection.replace_lookups(
+            lambda tables: ShardedGroup(tables, group, exchange_dtype, staleness, gradient_group)
+        )
+    return collections

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from streamrec.distributed.reshard import load_resharded_tables
+from streamrec.embedding.reshard import load_resharded_tables
 from streamrec.store import read_manifest
 from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import load_checkpoint

@@ -1,0 +1,159 @@
+"""streamrec from Python: one function per job, routed exactly as the `streamrec` command does.
+
+    from streamrec import api
+    report = api.train("examples/ml100k_deepfm.yaml", "runs/ml100k")  # ranker, two-tower, torchrun
+    api.evaluate("runs/ml100k")                                       # ranking or retrieval metrics
+    api.predict("runs/ml100k", "rows.parquet", "scores.parquet")      # one score per row
+    status = api.online("examples/mlsmall_online.yaml", "LOG", "runs/online", stop_when_idle=5)
+
+`config` is a `JobConfig` or the path of its YAML file. Errors are the library's own
+(ConfigError, DataError, CorruptModelError, RunDirBusy, SchemaError: all ValueErrors with a
+message that says what to do, except RunDirBusy, a RuntimeError).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamrec.config import JobConfig, load_config
+from streamrec.data.errors import DeadLetter
+from streamrec.data.stream import LocalLogSource, StreamSource
+from streamrec.data.stream.joined import JoinedSource
+from streamrec.data.stream.joiner import OnlineJoiner
+from streamrec.serving.batch_scoring import score_file
+from streamrec.store import read_manifest
+from streamrec.train.distributed import (
+    run_distributed_training,
+    wants_sharded_run,
+    world_from_env,
+)
+from streamrec.train.distributed_online import run_distributed_online
+from streamrec.train.evaluation import evaluate_model_dir
+from streamrec.train.job import run_training
+from streamrec.train.online import OnlineTrainer
+from streamrec.train.two_tower import evaluate_retrieval_dir, train_two_tower
+
+
+@dataclass
+class TrainReport:
+    """What a training job produced.
+
+    kind:       "ranking" or "retrieval" (a two-tower model with its index)
+    metrics:    ranking: {task: {auc, gauc, logloss, ne, calibration}};
+                retrieval: {"recall@10": …, "recall@50": …, "ndcg@10": …, …}
+    model_dir:  the saved model (serve it, eval it)
+    rank:       this process's rank under torchrun (only rank 0 prints a report)
+    details:    the job's whole report (samples/s, epochs, history …), as JSON
+    """
+
+    kind: str
+    metrics: dict[str, Any]
+    model_dir: Path
+    samples_per_s: float
+    rank: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.details, "model_dir": str(self.model_dir)}
+
+
+def as_config(config: JobConfig | str | Path) -> JobConfig:
+    return config if isinstance(config, JobConfig) else load_config(config)
+
+
+def train(
+    config: JobConfig | str | Path,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainReport:
+    """Train what `config` describes into the run directory `out`: a two-tower retriever
+    (`model.name: two_tower`), the sharded job when launched by torchrun with several ranks (or
+    resuming from a sharded checkpoint), else the single-process job."""
+    cfg = as_config(config)
+    if cfg.model.name == "two_tower":
+        details, model_dir = train_two_tower(cfg, out, progress=progress)
+        return TrainReport(
+            "retrieval", details["metrics"], model_dir, details["samples_per_s"], 0, details
+        )
+    if wants_sharded_run(out, resume):  # torchrun: sharded tables, data-parallel dense
+        result, model_dir = run_distributed_training(cfg, out, resume=resume, progress=progress)
+        rank = int(os.environ.get("RANK", "0"))
+    else:
+        result, model_dir = run_training(cfg, out, resume=resume, progress=progress)
+        rank = 0
+    return TrainReport(
+        "ranking", result.metrics, model_dir, result.samples_per_s, rank, result.to_json()
+    )
+
+
+def evaluate(model_dir: str | Path, data: str | None = None, fmt: str | None = None) -> dict:
+    """Metrics of a saved model: a ranker on `data` (default: its validation split), a
+    retriever (recall@k, NDCG) on its config's test split."""
+    if read_manifest(model_dir).get("kind") == "retrieval":
+        return evaluate_retrieval_dir(model_dir)
+    return evaluate_model_dir(model_dir, data, fmt)
+
+
+def predict(
+    model_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    fmt: str | None = None,
+    id_column: str | None = None,
+    precision: str | None = None,
+) -> dict[str, Any]:
+    """Score every row of `data` into `out` (.parquet / .csv / .tsv); malformed rows go to
+    OUT.dead_letter.jsonl and are counted in `rejected_rows`."""
+    out = Path(out)
+    dead = DeadLetter(out.with_name(out.name + ".dead_letter.jsonl"))
+    try:
+        if precision not in (None, "fp32", "bf16"):
+            raise ValueError(f"precision {precision!r}: choose fp32 or bf16")
+        report = score_file(model_dir, data, out, fmt, id_column, dead=dead, precision=precision)
+    finally:
+        dead.close()
+    return {**report, "rejected_rows": dead.count}
+
+
+def online(
+    config: JobConfig | str | Path,
+    source: str | Path,
+    out: str | Path,
+    *,
+    actions: str | Path | None = None,
+    group: str = "default",
+    stop_when_idle: float | None = None,
+    init_model: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train online from the stream `source` into the run directory `out` (predict first,
+    then learn; deltas for the server). With `actions`, `source` is the impressions stream and
+    the two are joined (`online.join`). Under torchrun rank 0 reads the stream and every rank
+    trains a slice. → the final status (rank 0; {} elsewhere)."""
+    cfg = as_config(config)
+    if init_model is not None:
+        cfg.online.init_model = str(init_model)
+
+    def open_stream() -> StreamSource:
+        stream: StreamSource = LocalLogSource(source, group)
+        if actions is not None:
+            j = cfg.online.join
+            stream = JoinedSource(
+                stream,
+                LocalLogSource(actions, group),
+                OnlineJoiner(j.tasks, j.window_seconds, j.allowed_lateness, j.max_pending),
+            )
+        return stream
+
+    if world_from_env() > 1:
+        return run_distributed_online(cfg, open_stream, out, stop_when_idle, log)
+    stream = open_stream()
+    try:
+        return OnlineTrainer(cfg, stream, out, log=log).run(stop_when_idle)
+    finally:
+        stream.close()  # the client's threads end here, not at interpreter teardown

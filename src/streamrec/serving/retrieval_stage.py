@@ -1,0 +1,108 @@
+"""The retrieval stage of POST /v1/recommend: user features → user tower → the nearest items
+of the faiss index (N = retrieval.candidates, minus `exclude`) → those items' catalog rows.
+
+The app composes it with the ranking stage (`serving/app.py`): the ranker scores the N items
+with the user as context and each item's catalog features as the candidate, and the top k by
+score are returned. Retrieval itself (`streamrec.retrieval`) knows nothing of the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamrec.retrieval.model_dir import find_retrieval_dir, load_retrieval_model
+from streamrec.serving.request import RequestError, rows_table
+
+
+@dataclass
+class RecommendRequest:
+    """{"user": {feature: value(s)}, "k": 10, "exclude": [item, …]}, checked."""
+
+    user: dict[str, Any]
+    k: int
+    exclude: set[int]
+
+    @classmethod
+    def parse(cls, body: Any) -> RecommendRequest:
+        if not isinstance(body, dict) or not isinstance(body.get("user"), dict):
+            raise RequestError(422, "the body must be {'user': {...}, 'k': n, 'exclude': [...]}")
+        k = body.get("k", 10)
+        exclude = body.get("exclude", [])
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
+            raise RequestError(422, "'k' must be an integer in [1, 1000]")
+        if not isinstance(exclude, list) or not all(isinstance(i, int) for i in exclude):
+            raise RequestError(422, "'exclude' must be a list of item ids")
+        return cls(body["user"], k, set(exclude))
+
+
+class RetrievalStage:
+    def __init__(self, directory: Path) -> None:
+        loaded = load_retrieval_model(directory)
+        self.model = loaded.model
+        self.schema = loaded.config.schema
+        self.kinds = loaded.kinds
+        self.retriever = loaded.retriever
+        self.catalog = loaded.catalog
+        self.candidates = loaded.config.retrieval.candidates
+        self.version = loaded.version
+        self.path = loaded.path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RetrievalStage:
+        """The retrieval stage in `path` (a run or model directory); FileNotFoundError if it
+        holds no retrieval model."""
+        directory = find_retrieval_dir(path)
+        if directory is None:
+            raise FileNotFoundError(f"{path}: no retrieval model (retrieval/index.faiss)")
+        return cls(directory)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_version": self.version,
+            "items": self.retriever.size,
+            "index": self.retriever.params.kind,
+            "candidates": self.candidates,
+            "user_features": self.model.user_features,
+            "path": str(self.path),
+        }
+
+    @torch.inference_mode()
+    def user_vector(self, user: dict[str, Any]) -> np.ndarray:
+        """float32 [1, dim]; RequestError (422) for an unknown feature or a wrong type."""
+        kinds = self.kinds
+        for name in user:
+            if name not in kinds:
+                raise RequestError(
+                    422, f"unknown user feature {name!r}; the retriever reads {sorted(kinds)}"
+                )
+        table = rows_table(user, [{}], kinds)
+        return self.model.user_vectors(self.schema.encode(table, with_labels=False)).numpy()
+
+    def retrieve(self, request: RecommendRequest) -> list[int]:
+        """The ids of the nearest max(candidates, k) items, nearest first."""
+        ids, _ = self.retriever.search(
+            self.user_vector(request.user),
+            max(self.candidates, request.k),
+            exclude=[request.exclude],
+        )
+        return [int(i) for i in ids[0] if i >= 0]
+
+    def item_rows(self, items: list[int], features: list[str]) -> list[dict[str, Any]]:
+        """Each item's catalog values of `features` (those it has)."""
+        rows = [self.catalog[i] for i in items]
+        return [{f: row[f] for f in features if f in row} for row in rows]
+
+    def add_items(self, rows: list[dict[str, Any]]) -> None:
+        """Index new (or changed) items from their features, without a rebuild."""
+        table = rows_table({}, rows, self.kinds)
+        with torch.inference_mode():
+            vectors = self.model.item_vectors(self.schema.encode(table, with_labels=False))
+        ids = np.array([r["item_id"] for r in rows], np.int64)
+        self.retriever.add(ids, vectors.numpy())
+        for r in rows:
+            self.catalog[int(r["item_id"])] = r

@@ -1,0 +1,41 @@
+"""The metrics of a saved ranking model on a file, or on its config's validation split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from streamrec.data.errors import DeadLetter
+from streamrec.data.formats import read_records
+from streamrec.data.loader import BatchLoader
+from streamrec.data.splits import open_splits
+from streamrec.models.persistence import load_model
+from streamrec.train.trainer import Trainer
+
+
+def evaluate_model_dir(
+    path: str | Path, data: str | None = None, fmt: str | None = None, progress: bool = False
+) -> dict:
+    """Metrics of a saved model on `data` (default: the validation split of its config)."""
+    loaded = load_model(path)
+    config = loaded.config
+    kinds = loaded.manifest.get("input_kinds") or {}  # read files as the model was trained
+    dead = DeadLetter()
+    source: Callable | None
+    if data is not None:
+
+        def source():  # noqa: ANN202
+            return read_records(
+                data, fmt or config.data.format, dead, kinds=kinds, fields=config.data.fields
+            )
+    else:
+        source = open_splits(config.data, dead, kinds).valid
+        if source is None:
+            raise ValueError("the model's config names no validation data: pass --data")
+    trainer = Trainer(loaded.model, config, None, progress=progress)
+    metrics = trainer.evaluate(BatchLoader(source, config.schema, 4096))
+    return {
+        "metrics": metrics,
+        "model_version": loaded.manifest.get("model_version"),
+        "rejected_rows": dead.count,
+    }

@@ -1,0 +1,106 @@
+"""What every training job does around `Trainer.fit`, on one process or N ranks: seed, fit the
+schema on a sample or take a checkpoint's state (`Start`), and feed the epochs' batches."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamrec.batch import Batch
+from streamrec.config import JobConfig
+from streamrec.data.loader import BatchLoader, shuffle_blocks
+from streamrec.data.splits import DatasetSplits
+from streamrec.models.base import RankingModel
+from streamrec.models.registry import build_model
+from streamrec.schema import input_kinds
+from streamrec.store import read_manifest
+from streamrec.train.checkpoint import load_checkpoint
+from streamrec.train.trainer import Trainer, TrainResult, build_dense_optimizer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Start:
+    """Where a job starts: a fresh model (no optimizer, no position) or a checkpoint's state.
+
+    kinds: input column → value kind (int / float / string / list<…>), as the model reads it.
+    """
+
+    model: RankingModel
+    config: JobConfig
+    kinds: dict[str, str]
+    optimizer: torch.optim.Optimizer | None = None
+    position: dict | None = None
+
+    @property
+    def resumed(self) -> bool:
+        return self.position is not None
+
+
+def fresh_start(config: JobConfig, splits: DatasetSplits) -> Start:
+    """A model built from a copy of `config` whose schema holds statistics learnt on the
+    training sample (identical on every rank: every rank reads the same sample)."""
+    fitted = config.model_copy(deep=True)
+    sample = splits.sample()
+    fitted.schema_ = config.schema.fit(sample)
+    kinds = input_kinds(sample, fitted.schema_.input_columns(with_labels=False))
+    return Start(build_model(fitted.model, fitted.schema_, fitted.table_configs()), fitted, kinds)
+
+
+def checkpoint_start(path: Path, config: JobConfig) -> Start:
+    """The state saved in the checkpoint directory `path`; the schedule (`train.epochs`) is
+    the one asked for now, so `--epochs` can extend a finished run."""
+    model, saved, optimizer, position = load_checkpoint(
+        path, lambda m: build_dense_optimizer(m, config.train)
+    )
+    saved.train.epochs = config.train.epochs
+    kinds = read_manifest(path).get("input_kinds", {})
+    return Start(model, saved, kinds, optimizer, position)
+
+
+def training_rows(config: JobConfig, source: Callable, epoch: int) -> Callable:
+    """The training split's record batches for `epoch`: shuffled when `data.shuffle_rows`."""
+    block = config.data.shuffle_rows
+    if not block:
+        return source
+    seed = config.train.seed * 1_000_003 + epoch
+    return lambda: shuffle_blocks(source(), block, seed)
+
+
+def fit(
+    trainer: Trainer,
+    start: Start,
+    splits: DatasetSplits,
+    local: Callable[[Batch], Batch] = lambda batch: batch,
+) -> TrainResult:
+    """Train `start` through its remaining epochs (continuing at its position when resumed);
+    `local` cuts each global training batch to this rank's share."""
+    config = start.config
+    schema, batch_size = config.schema, config.data.batch_size
+    trainer.extra_manifest = {"input_kinds": start.kinds}
+    start_epoch = skip = 0
+    if start.position is not None:
+        start_epoch, skip = start.position["epoch"], start.position["step_in_epoch"]
+        trainer.restore_position(start.position)
+
+    def train_batches(epoch: int) -> Iterator[Batch]:
+        rows = training_rows(config, splits.train, epoch)
+        return (local(batch) for batch in BatchLoader(rows, schema, batch_size))
+
+    valid_batches = None
+    if splits.valid is not None:
+
+        def valid_batches() -> BatchLoader:
+            return BatchLoader(splits.valid, schema, 4096)
+
+    return trainer.fit(train_batches, valid_batches, start_epoch, skip)
