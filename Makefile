@@ -19,6 +19,7 @@ demo: setup
 	$(BIN)/streamrec demo
 
 test: setup
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: setup

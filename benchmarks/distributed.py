@@ -34,14 +34,14 @@ from streamrec.train.distributed import local_slice
 from streamrec.train.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train import BATCH, DIM, dlrm_config  # noqa: E402 - the same DLRM as benchmarks/train.py
+from train import BATCH, DIM, dlrm_config
 
 
-def _config(exchange: str):  # noqa: ANN202
+def _config(exchange: str):
     return dlrm_config(exchange=exchange)
 
 
-def _batches(cfg, n: int):  # noqa: ANN001, ANN202
+def _batches(cfg, n: int):
     import pyarrow as pa
 
     gen = SyntheticCriteo(seed=0)

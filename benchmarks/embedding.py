@@ -40,13 +40,13 @@ BATCH = 2048
 NUM_TABLES = 26
 
 
-def _timed(fn) -> float:  # noqa: ANN001
+def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def interleave(ours, peer, repeats: int, warmup: int = 2, block: int = 1) -> dict:  # noqa: ANN001
+def interleave(ours, peer, repeats: int, warmup: int = 2, block: int = 1) -> dict:
     """Run ours/peer alternately, `block` calls at a time; median seconds of each and median
     of the per-block ratios of median times.
 
@@ -114,7 +114,7 @@ def _collection(dim: int, optimizer: str = "rowwise_adagrad") -> tuple[Embedding
     return EmbeddingCollection(schema, tables), schema
 
 
-def _batches(schema: Schema, ids: list[list[np.ndarray]]):  # noqa: ANN202
+def _batches(schema: Schema, ids: list[list[np.ndarray]]):
     return [
         schema.encode(pa.table({f"C{i + 1}": b[i] for i in range(NUM_TABLES)}), with_labels=False)
         for b in ids

@@ -28,13 +28,13 @@ from streamrec.data.errors import DeadLetter
 from streamrec.data.movielens import per_user_time_split
 from streamrec.data.splits import open_splits
 from streamrec.retrieval.evaluate import popularity_recommendations, ranking_metrics, user_items
-from streamrec.retrieval.index import KINDS, IndexParams, Retriever
+from streamrec.retrieval.index import INDEX_TYPES, IndexParams, Retriever
 from streamrec.train.two_tower import train_two_tower
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def two_tower_config(dataset: str):  # noqa: ANN201
+def two_tower_config(dataset: str):
     cfg = load_config(REPO / "examples" / "ml100k_two_tower.yaml")
     if dataset == "ml-small":
         cfg.data.format, cfg.data.train = "ml-latest-small", "../shared/data/ml-latest-small"
@@ -116,9 +116,13 @@ def index_benchmark(n: int, dim: int = 64, queries: int = 500) -> dict:
     ids = np.arange(n, dtype=np.int64)
     results = {}
     exact_ids = None
-    for kind in ("flat",) + tuple(k for k in KINDS if k != "flat"):
+    for kind in ("flat",) + tuple(k for k in INDEX_TYPES if k != "flat"):
         params = IndexParams(
-            kind=kind, nlist=int(4 * np.sqrt(n)), nprobe=16, ef_search=256, ef_construction=200
+            index_type=kind,
+            nlist=int(4 * np.sqrt(n)),
+            nprobe=16,
+            ef_search=256,
+            ef_construction=200,
         )
         r = Retriever(dim, params)
         t0 = time.perf_counter()

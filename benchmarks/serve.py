@@ -92,7 +92,7 @@ def max_qps(url: str, levels: list[float], seconds: float, candidates: int) -> t
     return best, trace
 
 
-def _churn(run_dir: str, tmp: str, seconds: float, ready, go, finished) -> None:  # noqa: ANN001
+def _churn(run_dir: str, tmp: str, seconds: float, ready, go, finished) -> None:
     """In its own process: stage the next full model (written before the load window, as a
     trainer on another machine would), then on `go` write 10 deltas 0.1·seconds apart and
     swap the staged model in; exit only on `finished` (after the window: an exiting Python

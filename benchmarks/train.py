@@ -39,7 +39,7 @@ def make_tables(num_batches: int, seed: int = 0) -> list[pa.Table]:
     return [pa.Table.from_batches([b]) for b in gen.record_batches(num_batches * BATCH, BATCH)]
 
 
-def dlrm_config(precision: str = "fp32", exchange: str = "fp32"):  # noqa: ANN201
+def dlrm_config(precision: str = "fp32", exchange: str = "fp32"):
     """The benchmark DLRM: 26 tables (dim 16, row-wise Adagrad), MLPs 512-256-16 / 512-256-1."""
     return parse_config(
         {
@@ -60,7 +60,7 @@ def dlrm_config(precision: str = "fp32", exchange: str = "fp32"):  # noqa: ANN20
     )
 
 
-def ours(tables: list[pa.Table], precision: str = "fp32"):  # noqa: ANN201
+def ours(tables: list[pa.Table], precision: str = "fp32"):
     cfg = dlrm_config(precision=precision)
     model = build_model(cfg.model, cfg.schema, cfg.table_configs())
     trainer = Trainer(model, cfg, progress=False)
@@ -74,7 +74,7 @@ def ours(tables: list[pa.Table], precision: str = "fp32"):  # noqa: ANN201
     return step
 
 
-def torchrec(tables: list[pa.Table]):  # noqa: ANN201
+def torchrec(tables: list[pa.Table]):
     import torchrec
     from torchrec.models.dlrm import DLRM
     from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection

@@ -42,7 +42,7 @@ from streamrec.train.two_tower import evaluate_retrieval_dir, train_two_tower
 class TrainReport:
     """What a training job produced.
 
-    kind:       "ranking" or "retrieval" (a two-tower model with its index)
+    model_type: "ranking" or "retrieval" (a two-tower model with its index)
     metrics:    ranking: {task: {auc, gauc, logloss, ne, calibration}};
                 retrieval: {"recall@10": …, "recall@50": …, "ndcg@10": …, …}
     model_dir:  the saved model (serve it, eval it)
@@ -50,7 +50,7 @@ class TrainReport:
     details:    the job's whole report (samples/s, epochs, history …), as JSON
     """
 
-    kind: str
+    model_type: str
     metrics: dict[str, Any]
     model_dir: Path
     samples_per_s: float
@@ -94,7 +94,9 @@ def train(
 def evaluate(model_dir: str | Path, data: str | None = None, fmt: str | None = None) -> dict:
     """Metrics of a saved model: a ranker on `data` (default: its validation split), a
     retriever (recall@k, NDCG) on its config's test split."""
-    if read_manifest(model_dir).get("kind") == "retrieval":
+    manifest = read_manifest(model_dir)
+    # models saved before the field was named `model_type` call it `kind`
+    if manifest.get("model_type", manifest.get("kind")) == "retrieval":
         return evaluate_retrieval_dir(model_dir)
     return evaluate_model_dir(model_dir, data, fmt)
 

@@ -164,7 +164,7 @@ class Batch:
     def __len__(self) -> int:
         return self.size
 
-    def _map_optional(self, t: torch.Tensor | None, fn) -> torch.Tensor | None:  # noqa: ANN001
+    def _map_optional(self, t: torch.Tensor | None, fn) -> torch.Tensor | None:
         return None if t is None else fn(t)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:

@@ -121,7 +121,7 @@ def data_convert(
         typer.echo(f"wrote {rows:,} rows to {dst} ({dead.count} malformed rows skipped)")
 
 
-def _load_config(path: Path):  # noqa: ANN202
+def _load_config(path: Path):
     from streamrec.config import ConfigError, load_config
 
     try:
@@ -167,9 +167,9 @@ def train(
     if as_json:
         _print_json(report.to_json())
         return
-    if report.kind == "retrieval":
+    if report.model_type == "retrieval":
         typer.echo("  ".join(f"{k} {v:.4f}" for k, v in report.metrics.items()))
-    for task, m in report.metrics.items() if report.kind == "ranking" else ():
+    for task, m in report.metrics.items() if report.model_type == "ranking" else ():
         typer.echo(
             f"{task}: AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}  NE {m['ne']:.4f}  "
             f"calibration {m['calibration']:.3f}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def _free_port() -> int:
 
 
 class _ServerThread(threading.Thread):
-    def __init__(self, app, port: int) -> None:  # noqa: ANN001
+    def __init__(self, app, port: int) -> None:
         import uvicorn
 
         from streamrec.serving.http import server_config
@@ -56,7 +57,7 @@ class _ServerThread(threading.Thread):
 def run_demo(
     workdir: str | Path,
     progress: bool = True,
-    log=print,  # noqa: ANN001
+    log: Callable[[str], None] = print,
     events_per_second: float = 2500.0,
 ) -> dict[str, Any]:
     import pyarrow as pa

@@ -31,19 +31,26 @@ def _rotl(x: np.uint64, r: np.uint64) -> np.uint64:
 
 
 @numba.njit(inline="always")
-def _read64(data: np.ndarray, i: int) -> np.uint64:
+def _read_le(data: np.ndarray, i: int, nbytes: int) -> np.uint64:
+    """The `nbytes` bytes at data[i:] as a little-endian unsigned integer."""
     v = np.uint64(0)
-    for k in range(8):
+    for k in range(nbytes):
         v |= np.uint64(data[i + k]) << np.uint64(8 * k)
     return v
 
 
 @numba.njit(inline="always")
-def _read32(data: np.ndarray, i: int) -> np.uint64:
-    v = np.uint64(0)
-    for k in range(4):
-        v |= np.uint64(data[i + k]) << np.uint64(8 * k)
-    return v
+def avalanche(
+    h: np.uint64, s1: int, m1: np.uint64, s2: int, m2: np.uint64, s3: int
+) -> np.uint64:
+    """h ^= h >> s1; h *= m1; h ^= h >> s2; h *= m2; h ^= h >> s3 — the finaliser of both
+    xxHash64 (strings → fids) and splitmix64 (fids → hash-map slots, owners, sketches)."""
+    h ^= h >> np.uint64(s1)
+    h *= m1
+    h ^= h >> np.uint64(s2)
+    h *= m2
+    h ^= h >> np.uint64(s3)
+    return h
 
 
 @numba.njit(inline="always")
@@ -70,10 +77,10 @@ def _xxh64(data: np.ndarray, start: int, end: int, seed: np.uint64) -> np.uint64
         v4 = seed - _P1
         limit = end - 32
         while i <= limit:
-            v1 = _round(v1, _read64(data, i))
-            v2 = _round(v2, _read64(data, i + 8))
-            v3 = _round(v3, _read64(data, i + 16))
-            v4 = _round(v4, _read64(data, i + 24))
+            v1 = _round(v1, _read_le(data, i, 8))
+            v2 = _round(v2, _read_le(data, i + 8, 8))
+            v3 = _round(v3, _read_le(data, i + 16, 8))
+            v4 = _round(v4, _read_le(data, i + 24, 8))
             i += 32
         h = (
             _rotl(v1, np.uint64(1))
@@ -89,23 +96,18 @@ def _xxh64(data: np.ndarray, start: int, end: int, seed: np.uint64) -> np.uint64
         h = seed + _P5
     h += np.uint64(n)
     while i + 8 <= end:
-        h ^= _round(_U0, _read64(data, i))
+        h ^= _round(_U0, _read_le(data, i, 8))
         h = _rotl(h, np.uint64(27)) * _P1 + _P4
         i += 8
     if i + 4 <= end:
-        h ^= _read32(data, i) * _P1
+        h ^= _read_le(data, i, 4) * _P1
         h = _rotl(h, np.uint64(23)) * _P2 + _P3
         i += 4
     while i < end:
         h ^= np.uint64(data[i]) * _P5
         h = _rotl(h, np.uint64(11)) * _P1
         i += 1
-    h ^= h >> np.uint64(33)
-    h *= _P2
-    h ^= h >> np.uint64(29)
-    h *= _P3
-    h ^= h >> np.uint64(32)
-    return h
+    return avalanche(h, 33, _P2, 29, _P3, 32)
 
 
 @numba.njit(nogil=True, cache=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class TableConfig(BaseModel):
@@ -53,12 +53,20 @@ class TableConfig(BaseModel):
     seed: int = Field(0, description="row initialisation seed")
     chunk_rows: int = Field(
         1 << 16, gt=0,
-        description="storage layout: rows per allocation chunk (growth never copies old rows)",
+        description="storage layout: rows per allocation chunk, a power of two (growth never "
+        "copies old rows)",
     )
     shard_bits: int = Field(
         8, ge=0, le=16,
         description="storage layout: the id hash map is split into 2^shard_bits shards",
     )
+
+    @field_validator("chunk_rows")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("chunk_rows must be a power of two")
+        return value
 
     @model_validator(mode="after")
     def _one_admission_rule(self) -> TableConfig:

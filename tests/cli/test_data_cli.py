@@ -75,9 +75,3 @@ def test_convert_to_parquet_and_bad_input_messages(tmp_path, criteo_train):
     assert strict.returncode == 2 and "bad.tsv:1: expected 40 fields, found 2" in strict.stderr
     lenient = _run("data", "inspect", str(bad), "--format", "criteo", "--json")
     assert json.loads(lenient.stdout)["rejected_rows"] == 1
-
-
-def test_help_explains_every_command():
-    result = _run("--help")
-    assert result.returncode == 0 and "data" in result.stdout
-    assert "inspect" in _run("data", "--help").stdout

@@ -35,7 +35,7 @@ def test_train_criteo_then_eval_gives_the_same_auc(tmp_path, data_dir):
     plot = _run("report", str(out))
     assert plot.returncode == 0 and (out / "curves.png").stat().st_size > 10_000
     header = (out / "metrics.csv").read_text().splitlines()[0]
-    assert header.startswith("kind,epoch,step,samples,loss,auc")
+    assert header.startswith("phase,epoch,step,samples,loss,auc")
 
 
 def test_config_and_model_errors_are_one_line_messages(tmp_path):

@@ -105,9 +105,9 @@ def _hybrid_worker(rank: int, world: int, init: str, out: str, staleness: int) -
         target = torch.from_numpy(((mine % 13) / 13.0).astype(np.float32))[:, None]
         (rows[torch.from_numpy(inverse)] * target).sum().backward()
         table.apply_gradients(rows.grad, handle)
-        in_flight.append(table._group.in_flight)
+        in_flight.append(table.in_flight)
     table.flush()
-    assert table._group.in_flight == 0
+    assert table.in_flight == 0
     live = table.local.live_rows()
     fids = table.local.state_dict()["fid"].numpy()[live]
     np.savez(f"{out}/{rank}.npz", fids=fids, rows=table.local.gather_rows(live),

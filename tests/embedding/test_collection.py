@@ -128,8 +128,9 @@ def test_training_forward_counts_every_occurrence_of_every_table():
         fids, expected = np.unique(columns[n], return_counts=True)
         rows = t.resolve(fids, insert=False)
         assert (rows >= 0).all()
-        assert np.array_equal(t._count.gather(rows)[:, 0], expected)
-        assert (t._seen.gather(rows)[:, 0] == 1234).all()
+        state = t.state_dict()
+        assert np.array_equal(state["count"].numpy()[rows], expected)
+        assert (state["last_seen"].numpy()[rows] == 1234).all()
 
 
 def test_collection_sees_a_table_reloaded_in_place():

@@ -16,7 +16,7 @@ DIM = 4
 LR = 0.1
 
 
-def _reference_step(name, w, state, g, touched, t):  # noqa: ANN001
+def _reference_step(name, w, state, g, touched, t):
     """Dense numpy reference; w [V, DIM], g [V, DIM] summed grads, touched bool [V]."""
     for r in np.flatnonzero(touched):
         if name == "sgd":

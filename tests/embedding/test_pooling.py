@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from streamrec.batch import JaggedIds
-from streamrec.embedding.pooling import FeaturePooling, _pool_row_major
+from streamrec.embedding.pooling import FeaturePooling, pool_row_major
 from streamrec.schema import EmbeddingFeature
 
 
@@ -45,7 +45,7 @@ def test_cpu_pooling_kernel_matches_the_row_major_embedding_bag_path(exclusive, 
     w_ours = torch.randn(n_rows, dim, requires_grad=True)
     w_ref = w_ours.detach().clone().requires_grad_(True)
     ours = FeaturePooling(features)(w_ours, inverse_t, parts, torch.device("cpu"))
-    ref = _pool_row_major(
+    ref = pool_row_major(
         w_ref,
         inverse_t,
         torch.stack([p.offsets for p in parts]),

@@ -24,7 +24,7 @@ VALUES = {"int": INT64, "string": TEXT, "float": FLOAT}
 
 
 @st.composite
-def schema_and_rows(draw):  # noqa: ANN001, ANN201
+def schema_and_rows(draw):
     kinds = draw(st.lists(st.sampled_from(["int", "string", "float"]), min_size=1, max_size=5))
     columns = {f"c{i}": k for i, k in enumerate(kinds)}
     rows = draw(st.lists(
@@ -44,7 +44,7 @@ def _schema(columns: dict[str, str]) -> Schema:
     )
 
 
-def _row_bytes(batch, row: int) -> dict[str, np.ndarray]:  # noqa: ANN001
+def _row_bytes(batch, row: int) -> dict[str, np.ndarray]:
     out = {"dense": batch.dense[row].numpy()}
     for name, ids in batch.sparse.items():
         lo, hi = int(ids.offsets[row]), int(ids.offsets[row + 1])
@@ -52,7 +52,7 @@ def _row_bytes(batch, row: int) -> dict[str, np.ndarray]:  # noqa: ANN001
     return out
 
 
-def _csv(path, columns: dict[str, str], rows: list[dict]) -> None:  # noqa: ANN001
+def _csv(path, columns: dict[str, str], rows: list[dict]) -> None:
     """Written by hand, unquoted, as a user's file would be."""
     names = [*columns, "label"]
     with open(path, "w") as fh:

@@ -72,10 +72,12 @@ def test_a_user_model_is_a_subclass_with_a_forward(batches):
             )
 
     register_model("mean_dot", MeanDot)
-    tables = {t: TableConfig(dim=4) for t in SCHEMA.tables()}
-    model = build_model(ModelConfig(name="mean_dot"), SCHEMA, tables)
-    assert model(batches[0]).shape == (500, 2)
-    MODELS.pop("mean_dot")
+    try:
+        tables = {t: TableConfig(dim=4) for t in SCHEMA.tables()}
+        model = build_model(ModelConfig(name="mean_dot"), SCHEMA, tables)
+        assert model(batches[0]).shape == (500, 2)
+    finally:  # the registry is process-wide: leave it as found
+        MODELS.pop("mean_dot", None)
 
 
 def test_bad_model_configs_are_clear():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from streamrec.retrieval.evaluate import ranking_metrics
-from streamrec.retrieval.index import KINDS, IndexParams, Retriever, recall_against_exact
+from streamrec.retrieval.index import INDEX_TYPES, IndexParams, Retriever, recall_against_exact
 
 
 def _data(n=3000, dim=16, seed=0):
@@ -11,10 +11,10 @@ def _data(n=3000, dim=16, seed=0):
     return np.arange(100, 100 + n, dtype=np.int64), x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_every_kind_searches_adds_removes_and_round_trips(kind):
+@pytest.mark.parametrize("kind", INDEX_TYPES)
+def test_every_index_type_searches_adds_removes_and_round_trips(kind):
     ids, x = _data()
-    r = Retriever(16, IndexParams(kind=kind, nlist=32, nprobe=8, pq_m=4))
+    r = Retriever(16, IndexParams(index_type=kind, nlist=32, nprobe=8, pq_m=4))
     r.build(ids, x)
     found, scores = r.search(x[:5], 10)
     assert found.shape == (5, 10) and len(set(found[0])) == 10
@@ -29,13 +29,13 @@ def test_every_kind_searches_adds_removes_and_round_trips(kind):
     assert 7 in r.search(new, 5)[0][0]
     excluded = r.search(x[2:3], 10, exclude=[{int(ids[2])}])[0][0]
     assert ids[2] not in excluded
-    clone = Retriever.from_bytes(r.to_bytes(), 16, r.params, sorted(r._tombstones))
+    clone = Retriever.from_bytes(r.to_bytes(), 16, r.params, r.tombstones)
     assert np.array_equal(clone.search(x[:3], 10)[0], r.search(x[:3], 10)[0])
 
 
 def test_bad_kind_and_metrics():
-    with pytest.raises(ValueError, match="index kind"):
-        Retriever(8, IndexParams(kind="lsh"))
+    with pytest.raises(ValueError, match="index type"):
+        Retriever(8, IndexParams(index_type="lsh"))
     m = ranking_metrics({1: [5, 6, 7], 2: [9]}, {1: {6, 100}, 2: {9}}, ks=(1, 3))
     assert m["recall@1"] == pytest.approx((0 + 1) / 2)
     assert m["recall@3"] == pytest.approx((0.5 + 1) / 2)

@@ -51,7 +51,7 @@ def test_a_corrupt_delta_is_quarantined_later_ones_apply_and_a_new_model_heals(
     exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
     items = loaded.model.dynamic_tables()["item_id"]
 
-    def move(item: int):  # noqa: ANN202
+    def move(item: int):
         items.apply_gradients(torch.tensor([item]), torch.full((1, items.dim), -5.0))
         return exporter.export()
 

@@ -2,6 +2,6 @@
 directory mechanics rather than of a model."""
 
 
-def model_manifest(**extra) -> dict:  # noqa: ANN003
+def model_manifest(**extra) -> dict:
     return {"created": 0.0, "model_version": 1, "config": {}, "schema": {}, "tables": {},
             **extra}

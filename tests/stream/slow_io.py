@@ -10,8 +10,8 @@ import time
 DELAY_S = float(os.environ.get("SLOW_IO_SECONDS", "0.02"))
 
 
-def _slowed(fn):  # noqa: ANN001, ANN202
-    def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+def _slowed(fn):
+    def slow(*args, **kwargs):
         time.sleep(DELAY_S)
         result = fn(*args, **kwargs)
         time.sleep(DELAY_S)

@@ -152,7 +152,7 @@ def _parse(
     return pa.RecordBatch.from_arrays(columns, names=names)
 
 
-def _reject(lines, tokens, bad_label, row, ok, outside, bad_rows, path, first_line, dead):  # noqa: ANN001, PLR0913
+def _reject(lines, tokens, bad_label, row, ok, outside, bad_rows, path, first_line, dead):
     """Dead-letter each bad line with its first problem (bad lines are few: a loop is fine)."""
     if bad_rows.size == 0:
         return

@@ -92,34 +92,40 @@ def _read_recbole(path: Path) -> pa.Table:
     return table.rename_columns([c.split(":")[0] for c in table.column_names])
 
 
+def _cast_columns(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+    return pa.table({name: table[name].cast(t) for name, t in types.items()})
+
+
+def _items(table: pa.Table, id_column: str, genres_column: str, separator: str) -> pa.Table:
+    """item_id (int64) and genres (list<string>, split from one text column)."""
+    genres = pc.split_pattern(table[genres_column].cast(pa.string()), separator)
+    return pa.table({"item_id": table[id_column].cast(pa.int64()), "genres": genres})
+
+
+def _ratings(table: pa.Table, user_column: str, item_column: str) -> pa.Table:
+    """user_id, item_id, rating (float32), timestamp (int64 seconds)."""
+    return pa.table(
+        {
+            "user_id": table[user_column].cast(pa.int64()),
+            "item_id": table[item_column].cast(pa.int64()),
+            "rating": table["rating"].cast(pa.float32()),
+            "timestamp": table["timestamp"].cast(pa.int64()),
+        }
+    )
+
+
 def load_ml100k(path: str | Path | None = None) -> pa.Table:
     folder = ml100k_dir(path)
     inter = _read_recbole(folder / "ml-100k.inter")
     users = _read_recbole(folder / "ml-100k.user")
     items = _read_recbole(folder / "ml-100k.item")
-    items = pa.table(
-        {
-            "item_id": items["item_id"].cast(pa.int64()),
-            "genres": pc.split_pattern(items["class"].cast(pa.string()), " "),
-        }
+    items = _items(items, "item_id", "class", " ")
+    number, text = pa.int64(), pa.string()
+    users = _cast_columns(
+        users,
+        {"user_id": number, "age": number, "gender": text, "occupation": text, "zip_code": text},
     )
-    users = pa.table(
-        {
-            "user_id": users["user_id"].cast(pa.int64()),
-            "age": users["age"].cast(pa.int64()),
-            "gender": users["gender"].cast(pa.string()),
-            "occupation": users["occupation"].cast(pa.string()),
-            "zip_code": users["zip_code"].cast(pa.string()),
-        }
-    )
-    log = pa.table(
-        {
-            "user_id": inter["user_id"].cast(pa.int64()),
-            "item_id": inter["item_id"].cast(pa.int64()),
-            "rating": inter["rating"].cast(pa.float32()),
-            "timestamp": inter["timestamp"].cast(pa.int64()),
-        }
-    )
+    log = _ratings(inter, "user_id", "item_id")
     log = _left_join(log, items, "item_id")
     log = _left_join(log, users, "user_id")
     return _finish(log, ["age", "gender", "occupation", "zip_code"])
@@ -136,20 +142,8 @@ def load_ml_latest_small(path: str | Path) -> pa.Table:
     if not expected <= set(ratings.column_names):
         raise DataError(f"{ratings_file}: expected columns {sorted(expected)}")
     movies = pacsv.read_csv(movies_file)
-    movies = pa.table(
-        {
-            "item_id": movies["movieId"].cast(pa.int64()),
-            "genres": pc.split_pattern(movies["genres"].cast(pa.string()), "|"),
-        }
-    )
-    log = pa.table(
-        {
-            "user_id": ratings["userId"].cast(pa.int64()),
-            "item_id": ratings["movieId"].cast(pa.int64()),
-            "rating": ratings["rating"].cast(pa.float32()),
-            "timestamp": ratings["timestamp"].cast(pa.int64()),
-        }
-    )
+    movies = _items(movies, "movieId", "genres", "|")
+    log = _ratings(ratings, "userId", "movieId")
     log = _left_join(log, movies, "item_id")
     return _finish(log, [])
 
@@ -219,7 +213,7 @@ def add_history(
 
 
 @numba.njit(cache=True)
-def _history(users, items, keep, length):  # noqa: ANN001, ANN202
+def _history(users, items, keep, length):
     n = users.shape[0]
     order = np.argsort(users, kind="mergesort")  # stable: keeps the log order per user
     counts = np.zeros(n, np.int64)

@@ -70,7 +70,7 @@ def _invalid_row_handler(path: Path, dead: DeadLetter, lines: _LineTracker):
     An exception raised in here would be swallowed by pyarrow, so strict mode returns "error"
     and leaves the message in `lines.strict_error` for `_batches` to raise."""
 
-    def handle(row) -> str:  # noqa: ANN001 - pyarrow's InvalidRow
+    def handle(row) -> str:
         reason = f"expected {row.expected_columns} fields, found {row.actual_columns}"
         if dead.strict:
             try:
@@ -142,7 +142,7 @@ def read_criteo(
             yield batch
 
 
-def _convert_criteo(raw: pa.RecordBatch):  # noqa: ANN202
+def _convert_criteo(raw: pa.RecordBatch):
     """Cast a string batch; returns (batch, bad_mask or None, reasons for the bad rows)."""
     try:
         label = pc.cast(raw.column("label"), pa.int8())
@@ -178,7 +178,7 @@ def _find_bad_criteo_rows(raw: pa.RecordBatch) -> tuple[np.ndarray, list[str]]:
     return bad, [str(r) for r in reason[bad]]
 
 
-def _open_csv(path: Path, lines: _LineTracker, **options) -> pacsv.CSVStreamingReader:  # noqa: ANN003
+def _open_csv(path: Path, lines: _LineTracker, **options) -> pacsv.CSVStreamingReader:
     try:  # opening parses the first block, so errors can surface here already
         return pacsv.open_csv(path, **options)
     except pa.ArrowInvalid as e:

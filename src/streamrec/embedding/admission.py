@@ -53,15 +53,6 @@ def sketch_add(sketch: np.ndarray, fid: np.int64, count: int) -> int:
 
 
 @numba.njit(nogil=True, cache=True)
-def sketch_estimate(sketch: np.ndarray, fid: np.int64) -> int:
-    mask = np.uint64(sketch.shape[1] - 1)
-    est = 65535
-    for d in range(sketch.shape[0]):
-        est = min(est, int(sketch[d, mix64(np.uint64(fid) ^ _SEEDS[d]) & mask]))
-    return est
-
-
-@numba.njit(nogil=True, cache=True)
 def admit_draw(fid: np.int64, counter: np.uint64, count: int, p: float) -> bool:
     """True with probability 1 − (1 − p)^count, deterministically from (fid, counter)."""
     u = (mix64(np.uint64(fid) ^ mix64(counter)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)

@@ -116,7 +116,6 @@ class EmbeddingCollection(nn.Module):
                     FeaturePooling([self.features[f] for f in features]),
                 )
             )
-        self._table_of = {f.name: f.table_name for f in schema.embeddings}
         self.now: float | None = None  # event time for admission / expiry; set by the trainer
 
     def replace_lookups(self, make: Callable[[list[DynamicTable]], RowLookup]) -> None:

@@ -14,7 +14,7 @@ _FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd
 
 
 @numba.njit(nogil=True, inline="always", cache=True)
-def dedup_range(fids, lo, hi, unique, inverse, counts):  # noqa: ANN001, ANN201
+def dedup_range(fids, lo, hi, unique, inverse, counts):
     """De-duplicate fids[lo:hi] into unique[lo:lo+u] (first-occurrence order), counts[lo:lo+u]
     and inverse[lo:hi] (index within the range's uniques); returns u.
 
@@ -52,7 +52,7 @@ def dedup_range(fids, lo, hi, unique, inverse, counts):  # noqa: ANN001, ANN201
 
 
 @numba.njit(nogil=True, cache=True)
-def _dedup(fids):  # noqa: ANN001, ANN202
+def _dedup(fids):
     n = fids.shape[0]
     unique = np.empty(n, np.int64)
     counts = np.empty(n, np.int64)

@@ -189,7 +189,7 @@ def _dedup_resolve(
     slot_ptrs,
     caps,
     shard_bits,
-    count_ptrs,  # noqa: ANN001, ANN202, PLR0913
+    count_ptrs,
     seen_ptrs,
     shift,
     mask,
@@ -207,24 +207,11 @@ def _dedup_resolve(
     local_inverse = np.empty(n, np.int64)
     n_unique = np.zeros(n_tables, np.int64)
     for t in numba.prange(n_tables):
-        n_unique[t] = _resolve_table(
-            fids,
-            segments[t],
-            segments[t + 1],
-            slot_ptrs[t],
-            caps[t],
-            shard_bits,
-            count_ptrs[t],
-            seen_ptrs[t],
-            shift,
-            mask,
-            now,
-            insert,
-            local_fid,
-            local_row,
-            local_count,
-            local_inverse,
-        )
+        # fmt: off
+        n_unique[t] = _resolve_table(fids, segments[t], segments[t + 1], slot_ptrs[t], caps[t],
+                                     shard_bits, count_ptrs[t], seen_ptrs[t], shift, mask, now,
+                                     insert, local_fid, local_row, local_count, local_inverse)
+        # fmt: on
     base = np.zeros(n_tables + 1, np.int64)
     for t in range(n_tables):
         base[t + 1] = base[t] + n_unique[t]
@@ -248,24 +235,10 @@ def _dedup_resolve(
 
 
 @numba.njit(nogil=True, inline="never", cache=True)
-def _resolve_table(
-    fids,
-    lo,
-    hi,
-    slot_ptrs,
-    caps,
-    shard_bits,
-    count_ptrs,  # noqa: ANN001, ANN202, PLR0913
-    seen_ptrs,
-    shift,
-    mask,
-    now,
-    insert,
-    local_fid,
-    local_row,
-    local_count,
-    local_inverse,
-):
+# fmt: off
+def _resolve_table(fids, lo, hi, slot_ptrs, caps, shard_bits, count_ptrs, seen_ptrs, shift, mask,
+                   now, insert, local_fid, local_row, local_count, local_inverse):
+    # fmt: on
     """One table's part of `_dedup_resolve` → its number of unique fids. Never inlined: the
     count / last-seen stores go through `carray` views, which numba's parfor pass would drop
     as dead code inside a prange body, but cannot see into a call."""
@@ -293,7 +266,7 @@ def _resolve_table(
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
-def _gather(tabs, rows, w_ptrs, shift, mask, dim, out):  # noqa: ANN001, ANN202
+def _gather(tabs, rows, w_ptrs, shift, mask, dim, out):
     n_chunk = mask + 1
     n = rows.shape[0]
     for i in numba.prange(n):

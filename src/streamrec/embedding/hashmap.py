@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from streamrec.embedding.views import address, i32_1d, prefetch, storage_moved
+from streamrec.fid import avalanche
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -28,12 +29,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 @numba.njit(inline="always")
 def mix64(x: np.uint64) -> np.uint64:
     """splitmix64's finaliser: a bijective, well-spread 64-bit mix."""
-    x ^= x >> np.uint64(30)
-    x *= _M1
-    x ^= x >> np.uint64(27)
-    x *= _M2
-    x ^= x >> np.uint64(31)
-    return x
+    return avalanche(x, 30, _M1, 27, _M2, 31)
 
 
 @numba.njit(inline="always")
@@ -50,36 +46,40 @@ _LOW32 = np.int64(0xFFFFFFFF)
 
 
 @numba.njit(inline="always")
-def _key(v, i):  # noqa: ANN001, ANN202
+def _key(v, i):
     """The fid in slot i of a shard viewed as int32 words [3·cap]."""
     return (np.int64(v[3 * i + 1]) << 32) | (np.int64(v[3 * i]) & _LOW32)
 
 
 @numba.njit(inline="always")
-def _row(v, i):  # noqa: ANN001, ANN202
+def _row(v, i):
     return np.int64(v[3 * i + 2])
 
 
 @numba.njit(inline="always")
-def _set(v, i, fid, row) -> None:  # noqa: ANN001
+def _set(v, i, fid, row) -> None:
     v[3 * i] = np.int32(np.uint32(fid & _LOW32))
     v[3 * i + 1] = np.int32(fid >> 32)
     v[3 * i + 2] = row
 
 
 @numba.njit(inline="always")
-def _shard_slots(slot_ptrs, caps, s):  # noqa: ANN001, ANN202
+def _shard_slots(slot_ptrs, caps, s):
     return i32_1d(slot_ptrs[s], 3 * caps[s])
 
 
-@numba.njit(nogil=True, inline="always", cache=True)
-def map_find(slot_ptrs, caps, shard_bits: int, fid: np.int64) -> np.int64:  # noqa: ANN001
-    """Row of `fid`, or −1 when absent."""
+@numba.njit(inline="always")
+def _home(slot_ptrs, caps, shard_bits, fid):
+    """(the slots of fid's shard, the shard's slot mask, fid's home slot, the shard)."""
     h = fid_hash(fid)
     s = shard_of(h, shard_bits)
-    v = _shard_slots(slot_ptrs, caps, s)
-    mask = np.uint64(caps[s] - 1)
-    i = h & mask
+    return _shard_slots(slot_ptrs, caps, s), np.uint64(caps[s] - 1), h & np.uint64(caps[s] - 1), s
+
+
+@numba.njit(nogil=True, inline="always", cache=True)
+def map_find(slot_ptrs, caps, shard_bits: int, fid: np.int64) -> np.int64:
+    """Row of `fid`, or −1 when absent."""
+    v, mask, i, s = _home(slot_ptrs, caps, shard_bits, fid)
     while True:
         r = _row(v, i)
         if r < 0:
@@ -90,7 +90,7 @@ def map_find(slot_ptrs, caps, shard_bits: int, fid: np.int64) -> np.int64:  # no
 
 
 @numba.njit(nogil=True, inline="always", cache=True)
-def map_prefetch(slot_ptrs, caps, shard_bits: int, fid: np.int64) -> None:  # noqa: ANN001
+def map_prefetch(slot_ptrs, caps, shard_bits: int, fid: np.int64) -> None:
     """Start loading the cache line of `fid`'s home slot (see `views.prefetch`)."""
     h = fid_hash(fid)
     s = shard_of(h, shard_bits)
@@ -98,13 +98,9 @@ def map_prefetch(slot_ptrs, caps, shard_bits: int, fid: np.int64) -> None:  # no
 
 
 @numba.njit(nogil=True, cache=True)
-def map_insert(slot_ptrs, caps, sizes, shard_bits: int, fid: np.int64, row: int) -> None:  # noqa: ANN001
+def map_insert(slot_ptrs, caps, sizes, shard_bits: int, fid: np.int64, row: int) -> None:
     """Insert a fid known to be absent, into a shard `reserve` made room in."""
-    h = fid_hash(fid)
-    s = shard_of(h, shard_bits)
-    v = _shard_slots(slot_ptrs, caps, s)
-    mask = np.uint64(caps[s] - 1)
-    i = h & mask
+    v, mask, i, s = _home(slot_ptrs, caps, shard_bits, fid)
     while _row(v, i) >= 0:
         i = (i + np.uint64(1)) & mask
     _set(v, i, fid, row)
@@ -112,13 +108,9 @@ def map_insert(slot_ptrs, caps, sizes, shard_bits: int, fid: np.int64, row: int)
 
 
 @numba.njit(nogil=True, cache=True)
-def map_delete(slot_ptrs, caps, sizes, shard_bits: int, fid: np.int64) -> np.int64:  # noqa: ANN001
+def map_delete(slot_ptrs, caps, sizes, shard_bits: int, fid: np.int64) -> np.int64:
     """Remove `fid`; returns its row (−1 if absent). Backward-shift deletion, no tombstones."""
-    h = fid_hash(fid)
-    s = shard_of(h, shard_bits)
-    v = _shard_slots(slot_ptrs, caps, s)
-    mask = np.uint64(caps[s] - 1)
-    i = h & mask
+    v, mask, i, s = _home(slot_ptrs, caps, shard_bits, fid)
     while True:
         if _row(v, i) < 0:
             return np.int64(-1)
@@ -211,7 +203,7 @@ class ShardedMap:
 
 
 @numba.njit(nogil=True, cache=True)
-def _shard_counts(fids, shard_bits, n_shards):  # noqa: ANN001, ANN202
+def _shard_counts(fids, shard_bits, n_shards):
     counts = np.zeros(n_shards, np.int64)
     for i in range(fids.shape[0]):
         counts[shard_of(fid_hash(fids[i]), shard_bits)] += 1
@@ -219,7 +211,7 @@ def _shard_counts(fids, shard_bits, n_shards):  # noqa: ANN001, ANN202
 
 
 @numba.njit(nogil=True, cache=True)
-def _rehash(old, new):  # noqa: ANN001, ANN202
+def _rehash(old, new):
     mask = np.uint64(new.shape[0] // 3 - 1)
     for j in range(old.shape[0] // 3):
         if _row(old, j) >= 0:
@@ -231,18 +223,18 @@ def _rehash(old, new):  # noqa: ANN001, ANN202
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
-def _find_many(slot_ptrs, caps, shard_bits, fids, out):  # noqa: ANN001, ANN202
+def _find_many(slot_ptrs, caps, shard_bits, fids, out):
     for i in numba.prange(fids.shape[0]):
         out[i] = map_find(slot_ptrs, caps, shard_bits, fids[i])
 
 
 @numba.njit(nogil=True, cache=True)
-def _insert_many(slot_ptrs, caps, sizes, shard_bits, fids, new_rows):  # noqa: ANN001, ANN202
+def _insert_many(slot_ptrs, caps, sizes, shard_bits, fids, new_rows):
     for i in range(fids.shape[0]):
         map_insert(slot_ptrs, caps, sizes, shard_bits, fids[i], new_rows[i])
 
 
 @numba.njit(nogil=True, cache=True)
-def _delete_many(slot_ptrs, caps, sizes, shard_bits, fids, out):  # noqa: ANN001, ANN202
+def _delete_many(slot_ptrs, caps, sizes, shard_bits, fids, out):
     for i in range(fids.shape[0]):
         out[i] = map_delete(slot_ptrs, caps, sizes, shard_bits, fids[i])

@@ -91,27 +91,14 @@ def apply_rows(
     the threads, each taking a contiguous range of the rows, never write the same memory.
     """
     parts = numba.get_num_threads() if rows.shape[0] >= _PARALLEL_MIN_ROWS else 1
-    _apply_parallel(
-        parts,
-        rows.shape[0],
-        code,
-        hp,
-        tables,
-        rows,
-        grads,
-        w_ptrs,
-        s_ptrs,
-        ver_ptrs,
-        versions,
-        dim,
-        state_width,
-        shift,
-        mask,
-    )
+    # fmt: off
+    _apply_parallel(parts, rows.shape[0], code, hp, tables, rows, grads,
+                    w_ptrs, s_ptrs, ver_ptrs, versions, dim, state_width, shift, mask)
+    # fmt: on
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
-def _apply_parallel(parts, n, *kernel_args):  # noqa: ANN001, ANN202
+def _apply_parallel(parts, n, *kernel_args):
     """Thread p steps rows [p·per, (p+1)·per): `_apply_range` with the same arguments."""
     per = (n + parts - 1) // parts
     for p in numba.prange(parts):
@@ -130,7 +117,7 @@ def _apply_range(
     w_ptrs,
     s_ptrs,
     ver_ptrs,
-    versions,  # noqa: ANN001, ANN202, PLR0913
+    versions,
     dim,
     state_width,
     shift,

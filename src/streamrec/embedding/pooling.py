@@ -66,7 +66,7 @@ class FeaturePooling:
                 weights, inverse, stacked.numpy(), starts, psw, self.exclusive
             )
         else:
-            pooled = _pool_row_major(weights, inverse, stacked, psw, device)
+            pooled = pool_row_major(weights, inverse, stacked, psw, device)
         pooled = pooled.view(batch_size, n_features, weights.shape[1])
         if self.scaled:
             n = (stacked[:, 1:] - stacked[:, :-1]).T.to(device).clamp(min=1).float()  # [B, F]
@@ -109,7 +109,7 @@ class _FeaturePool(torch.autograd.Function):
     per_sample_weights [n] or None → [B, F, dim]. Backward scatters into the U rows only."""
 
     @staticmethod
-    def forward(ctx, weights, inverse, offsets, starts, per_sample_weights, exclusive):  # noqa: ANN001, ANN205
+    def forward(ctx, weights, inverse, offsets, starts, per_sample_weights, exclusive):
         batch = offsets.shape[1] - 1
         out = torch.empty(batch, offsets.shape[0], weights.shape[1])
         psw = _NO_WEIGHTS if per_sample_weights is None else per_sample_weights.numpy()
@@ -120,7 +120,7 @@ class _FeaturePool(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+    def backward(ctx, grad_out):
         inverse, psw = ctx.saved_tensors
         offsets, starts, num_rows, exclusive = ctx.layout
         grad_w = torch.zeros(num_rows, grad_out.shape[2])
@@ -151,7 +151,7 @@ def _unit_last_stride(grad: torch.Tensor) -> torch.Tensor:
 
 
 @numba.njit(nogil=True, inline="always", cache=True)
-def _one_id_per_bag(offsets, f, b0, b1):  # noqa: ANN001, ANN202
+def _one_id_per_bag(offsets, f, b0, b1):
     """Do bags b0‥b1-1 of feature f hold exactly one id each (a single-valued feature)?"""
     single = True
     for b in range(b0, b1):
@@ -160,7 +160,7 @@ def _one_id_per_bag(offsets, f, b0, b1):  # noqa: ANN001, ANN202
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
-def _pool_features(weights, inverse, offsets, starts, psw, out):  # noqa: ANN001, ANN202
+def _pool_features(weights, inverse, offsets, starts, psw, out):
     """out[b, f] = Σ psw[i] · weights[inverse[i]] over the ids i of feature f in row b.
 
     Threads take blocks of rows; within a block, feature by feature, so each feature's offsets
@@ -199,7 +199,7 @@ def _pool_features(weights, inverse, offsets, starts, psw, out):  # noqa: ANN001
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
-def _unpool_features(grad_out, inverse, offsets, starts, psw, parts, grad_w):  # noqa: ANN001, ANN202
+def _unpool_features(grad_out, inverse, offsets, starts, psw, parts, grad_w):
     """grad_w[inverse[i]] += psw[i] · grad_out[b, f] for every id i of feature f in row b;
     thread p takes features p, p + parts, … (parts > 1 only when they write distinct rows).
 
@@ -221,7 +221,7 @@ def _unpool_features(grad_out, inverse, offsets, starts, psw, parts, grad_w):  #
                         grad_w[r, j] += w * g[j]
 
 
-def _pool_row_major(
+def pool_row_major(
     weights: torch.Tensor,
     inverse: torch.Tensor,
     stacked: torch.Tensor,
@@ -241,7 +241,7 @@ def _pool_row_major(
 
 
 @numba.njit(nogil=True, cache=True)
-def _row_major(offsets):  # noqa: ANN001, ANN202
+def _row_major(offsets):
     """offsets [F, B+1] of F features' ids laid out feature after feature → (order [n]: the
     positions of the ids in row-major (b, f) order, lengths [B·F] of the bags in that order)."""
     n_features, batch = offsets.shape[0], offsets.shape[1] - 1
@@ -270,7 +270,7 @@ class _SumPool(torch.autograd.Function):
     per_sample_weights [n] or None → [bags, dim]."""
 
     @staticmethod
-    def forward(ctx, weights, inverse, offsets, lengths, per_sample_weights):  # noqa: ANN001, ANN205
+    def forward(ctx, weights, inverse, offsets, lengths, per_sample_weights):
         out = F.embedding_bag(
             inverse, weights, offsets, mode="sum", per_sample_weights=per_sample_weights
         )
@@ -279,7 +279,7 @@ class _SumPool(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+    def backward(ctx, grad_out):
         inverse, lengths, psw = ctx.saved_tensors
         bag_of = torch.repeat_interleave(
             torch.arange(lengths.numel(), device=lengths.device), lengths

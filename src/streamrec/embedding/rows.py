@@ -12,7 +12,7 @@ import numba
 import numpy as np
 import torch
 
-from streamrec.embedding.views import address, f32_2d, i64_2d, storage_moved
+from streamrec.embedding.views import address, storage_moved, voidptr
 
 DEFAULT_CHUNK_ROWS = 1 << 16
 _TORCH_DTYPES = {
@@ -36,6 +36,10 @@ class ChunkedRows:
     ) -> None:
         if chunk_rows & (chunk_rows - 1):
             raise ValueError("chunk_rows must be a power of two")
+        if np.dtype(dtype) not in _TORCH_DTYPES:
+            raise ValueError(
+                f"rows of {np.dtype(dtype)} are not supported; use one of {list(_TORCH_DTYPES)}"
+            )
         self.width = width
         self.dtype = np.dtype(dtype)
         self.chunk_rows = chunk_rows
@@ -86,13 +90,7 @@ class ChunkedRows:
             out = torch.empty((rows.shape[0], self.width), dtype=_TORCH_DTYPES[self.dtype]).numpy()
         if self.width == 0:
             return out
-        if self.dtype == np.float32:
-            _gather_f32(self.ptrs, self.shift, self.mask, self._stored_width, rows, out)
-        elif self.dtype == np.int64:
-            _gather_i64(self.ptrs, self.shift, self.mask, self._stored_width, rows, out)
-        else:
-            out[:] = self.to_array(self.capacity)[np.maximum(rows, 0)]
-            out[rows < 0] = 0
+        _gather(self.ptrs, self.shift, self.mask, self._stored_width, rows, out)
         return out
 
     def scatter(self, rows: np.ndarray, values: np.ndarray) -> None:
@@ -100,25 +98,14 @@ class ChunkedRows:
         if self.width == 0 or rows.shape[0] == 0:
             return
         values = np.ascontiguousarray(values, self.dtype).reshape(rows.shape[0], self.width)
-        if self.dtype == np.float32:
-            _scatter_f32(self.ptrs, self.shift, self.mask, self._stored_width, rows, values)
-        elif self.dtype == np.int64:
-            _scatter_i64(self.ptrs, self.shift, self.mask, self._stored_width, rows, values)
-        else:
-            for k in np.unique(rows >> self.shift):
-                sel = (rows >> self.shift) == k
-                self.chunks[k][rows[sel] & self.mask, : self.width] = values[sel]
+        _scatter(self.ptrs, self.shift, self.mask, self._stored_width, rows, values)
 
     def to_array(self, n: int) -> np.ndarray:
         """The first n rows as one [n, width] array (a copy)."""
         whole = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
         return whole[:n, : self.width].copy()
 
-    def load_array(self, arr: np.ndarray) -> None:
-        """Replace the first len(arr) rows with `arr` [n, width]."""
-        self.load_rows(lambda lo, hi: arr[lo:hi], arr.shape[0])
-
-    def load_rows(self, read, n: int) -> None:  # noqa: ANN001
+    def load_rows(self, read, n: int) -> None:
         """Replace the first n rows, chunk by chunk, with `read(lo, hi)` → [hi − lo, width]:
         a large table loads from a file without a second whole copy in memory."""
         self.reserve(n)
@@ -133,7 +120,9 @@ class ChunkedRows:
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
-def _gather_f32(ptrs, shift, mask, width, rows, out):  # noqa: ANN001, ANN202
+def _gather(ptrs, shift, mask, width, rows, out):
+    """out[i] = row rows[i] of the chunks at `ptrs` (zeros for a negative row); out's dtype
+    is the storage's."""
     n_cols = out.shape[1]
     for i in numba.prange(rows.shape[0]):
         r = rows[i]
@@ -141,37 +130,20 @@ def _gather_f32(ptrs, shift, mask, width, rows, out):  # noqa: ANN001, ANN202
             for j in range(n_cols):
                 out[i, j] = 0
         else:
-            src = f32_2d(ptrs[r >> shift], mask + 1, width)
+            src = numba.carray(voidptr(ptrs[r >> shift]), (mask + 1, width), out.dtype)
             o = r & mask
             for j in range(n_cols):
                 out[i, j] = src[o, j]
 
 
 @numba.njit(nogil=True, cache=True)
-def _scatter_f32(ptrs, shift, mask, width, rows, values):  # noqa: ANN001, ANN202
-    # Serial: numba's parfor pass would drop these stores into carray views as dead code.
+def _scatter(ptrs, shift, mask, width, rows, values):
+    """Row rows[i] = values[i]. Serial: numba's parfor pass would drop these stores into
+    carray views as dead code."""
     n_cols = values.shape[1]
     for i in range(rows.shape[0]):
         r = rows[i]
-        dst = f32_2d(ptrs[r >> shift], mask + 1, width)
+        dst = numba.carray(voidptr(ptrs[r >> shift]), (mask + 1, width), values.dtype)
         o = r & mask
         for j in range(n_cols):
             dst[o, j] = values[i, j]
-
-
-@numba.njit(nogil=True, cache=True)
-def _gather_i64(ptrs, shift, mask, width, rows, out):  # noqa: ANN001, ANN202
-    for i in range(rows.shape[0]):
-        r = rows[i]
-        src = i64_2d(ptrs[max(r, 0) >> shift], mask + 1, width)
-        for j in range(out.shape[1]):
-            out[i, j] = src[r & mask, j] if r >= 0 else 0
-
-
-@numba.njit(nogil=True, cache=True)
-def _scatter_i64(ptrs, shift, mask, width, rows, values):  # noqa: ANN001, ANN202
-    for i in range(rows.shape[0]):
-        r = rows[i]
-        dst = i64_2d(ptrs[r >> shift], mask + 1, width)
-        for j in range(values.shape[1]):
-            dst[r & mask, j] = values[i, j]

@@ -206,6 +206,11 @@ class ShardedTable:
         self._group.flush()
 
     @property
+    def in_flight(self) -> int:
+        """Gradient exchanges started but not yet applied (hybrid mode)."""
+        return self._group.in_flight
+
+    @property
     def bytes_sent(self) -> int:
         return self._group.bytes_sent
 

@@ -422,7 +422,7 @@ class DynamicTable:
                 f"dim {self.dim}"
             )
 
-        def rows(name: str, dtype: np.dtype):  # noqa: ANN202
+        def rows(name: str, dtype: np.dtype):
             if lazy:
                 return lambda lo, hi: state.slice(name, lo, hi).numpy().astype(dtype, copy=False)
             full = state[name].numpy()
@@ -456,7 +456,7 @@ class DynamicTable:
         chunk by chunk: the map is sized once for all live rows, then filled."""
         size = self._fid.chunk_rows
 
-        def live_chunks():  # noqa: ANN202
+        def live_chunks():
             for k in range((n + size - 1) // size):
                 lo = k * size
                 hi = min(n, lo + size)
@@ -485,7 +485,7 @@ def _seconds(now: float | None) -> int:
 
 
 @numba.njit(nogil=True, cache=True)
-def _touch_each(rows, now, count_ptrs, seen_ptrs, shift, mask):  # noqa: ANN001, ANN202
+def _touch_each(rows, now, count_ptrs, seen_ptrs, shift, mask):
     """Serial write pass of `lookup`: one count per occurrence (rows may repeat); → misses."""
     n_chunk = mask + 1
     misses = 0
@@ -502,11 +502,11 @@ def _touch_each(rows, now, count_ptrs, seen_ptrs, shift, mask):  # noqa: ANN001,
 
 
 @numba.njit(nogil=True, cache=True)
-def _touch(rows, counts, now, count_ptrs, seen_ptrs, shift, mask):  # noqa: ANN001, ANN202
-    """count += occurrences, last_seen = now, for stored rows.
-
-    Serial on purpose: numba's parfor pass drops stores into `carray` views made inside a
-    prange loop (it takes them for dead local arrays), so every writing kernel is serial."""
+def _touch(rows, counts, now, count_ptrs, seen_ptrs, shift, mask):
+    """count += occurrences, last_seen = now, for stored rows (one table's ids: the grouped
+    path, `grouped._resolve_table`, does this per table in parallel). Serial: a prange body
+    here would lose its stores — numba's parfor pass takes `carray` views made inside it for
+    dead local arrays; parallel writers call a never-inlined kernel instead."""
     for i in range(rows.shape[0]):
         r = rows[i]
         if r >= 0:
@@ -517,7 +517,7 @@ def _touch(rows, counts, now, count_ptrs, seen_ptrs, shift, mask):  # noqa: ANN0
 
 
 @numba.njit(nogil=True, cache=True)
-def _init_row(out_row, fid, seed, scale):  # noqa: ANN001, ANN202
+def _init_row(out_row, fid, seed, scale):
     """Deterministic uniform(±scale) row from (fid, seed): a splitmix64 stream."""
     state = mix64(np.uint64(fid) ^ seed)
     for j in range(out_row.shape[0]):
@@ -534,7 +534,7 @@ def _admit_kernel(
     slot_ptrs,
     caps,
     sizes,
-    shard_bits,  # noqa: ANN001, ANN202, PLR0913
+    shard_bits,
     w_ptrs,
     s_ptrs,
     fid_ptrs,
@@ -605,7 +605,7 @@ def _release_kernel(
     caps,
     sizes,
     shard_bits,
-    count_ptrs,  # noqa: ANN001, ANN202
+    count_ptrs,
     shift,
     mask,
     free,

@@ -40,10 +40,10 @@ def storage_clock() -> int:
 
 
 @intrinsic
-def _voidptr(typingctx, address):  # noqa: ANN001, ANN202
+def voidptr(typingctx, address):
     sig = types.voidptr(types.int64)
 
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+    def codegen(context, builder, signature, args):
         return builder.inttoptr(args[0], cgutils.voidptr_t)
 
     return sig, codegen
@@ -53,12 +53,12 @@ PREFETCH_AHEAD = 8  # items between a prefetch and the work that needs the line
 
 
 @intrinsic
-def prefetch(typingctx, address):  # noqa: ANN001, ANN202
+def prefetch(typingctx, address):
     """Ask the CPU to start loading the cache line at `address` (for writing): kernels that
     walk rows in random order issue it a few rows ahead, so the misses overlap."""
     sig = types.void(types.int64)
 
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+    def codegen(context, builder, signature, args):
         i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
@@ -84,36 +84,22 @@ def address(arr: np.ndarray) -> int:
     return int(arr.ctypes.data)
 
 
-@numba.njit(inline="always")
-def f32_1d(ptr: int, n: int) -> np.ndarray:
-    return numba.carray(_voidptr(ptr), (n,), np.float32)
+def _views_of(dtype: type) -> tuple:
+    """(view_1d(ptr, n), view_2d(ptr, rows, width)): raw memory at `ptr` as a numba array of
+    `dtype`, inlined into the kernels that use them."""
+
+    @numba.njit(inline="always")
+    def view_1d(ptr: int, n: int) -> np.ndarray:
+        return numba.carray(voidptr(ptr), (n,), dtype)
+
+    @numba.njit(inline="always")
+    def view_2d(ptr: int, rows: int, width: int) -> np.ndarray:
+        return numba.carray(voidptr(ptr), (rows, width), dtype)
+
+    return view_1d, view_2d
 
 
-@numba.njit(inline="always")
-def f32_2d(ptr: int, rows: int, width: int) -> np.ndarray:
-    return numba.carray(_voidptr(ptr), (rows, width), np.float32)
-
-
-@numba.njit(inline="always")
-def i64_2d(ptr: int, rows: int, width: int) -> np.ndarray:
-    return numba.carray(_voidptr(ptr), (rows, width), np.int64)
-
-
-@numba.njit(inline="always")
-def i32_2d(ptr: int, rows: int, width: int) -> np.ndarray:
-    return numba.carray(_voidptr(ptr), (rows, width), np.int32)
-
-
-@numba.njit(inline="always")
-def u32_2d(ptr: int, rows: int, width: int) -> np.ndarray:
-    return numba.carray(_voidptr(ptr), (rows, width), np.uint32)
-
-
-@numba.njit(inline="always")
-def i64_1d(ptr: int, n: int) -> np.ndarray:
-    return numba.carray(_voidptr(ptr), (n,), np.int64)
-
-
-@numba.njit(inline="always")
-def i32_1d(ptr: int, n: int) -> np.ndarray:
-    return numba.carray(_voidptr(ptr), (n,), np.int32)
+f32_1d, f32_2d = _views_of(np.float32)
+i32_1d, i32_2d = _views_of(np.int32)
+i64_2d = _views_of(np.int64)[1]
+u32_2d = _views_of(np.uint32)[1]

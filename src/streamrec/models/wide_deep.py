@@ -74,7 +74,7 @@ def cross(a: JaggedIds, b: JaggedIds) -> JaggedIds:
 
 
 @numba.njit(nogil=True, cache=True)
-def _cross(av, ao, bv, bo):  # noqa: ANN001, ANN202
+def _cross(av, ao, bv, bo):
     rows = ao.shape[0] - 1
     lengths = np.empty(rows, np.int64)
     total = 0

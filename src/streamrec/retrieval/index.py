@@ -1,6 +1,6 @@
 """Retriever: one interface over faiss indexes of item vectors (inner product).
 
-kinds: "flat" (exact), "ivf_flat", "ivf_pq", "hnsw", "sq8" (8-bit scalar quantisation).
+index types: "flat" (exact), "ivf_flat", "ivf_pq", "hnsw", "sq8" (8-bit scalar quantisation).
 Items are addressed by their int64 ids. `add` inserts or replaces items and `remove` deletes
 them without a rebuild — new items from online training become retrievable at once. HNSW cannot
 delete in place, so removed ids are kept as tombstones and filtered out of results (the search
@@ -15,12 +15,14 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw", "sq8")
+INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw", "sq8")
 
 
 @dataclass
 class IndexParams:
-    kind: str = "hnsw"
+    """How the faiss index is built (`retrieval:` in the job config; stored in the manifest)."""
+
+    index_type: str = "hnsw"
     nlist: int = 256  # IVF: number of clusters
     nprobe: int = 16  # IVF: clusters searched
     pq_m: int = 16  # IVF-PQ: sub-quantisers (must divide the dim)
@@ -28,27 +30,37 @@ class IndexParams:
     ef_construction: int = 80
     ef_search: int = 128
 
+    @classmethod
+    def from_manifest(cls, saved: dict) -> IndexParams:
+        """Models saved before the field was named `index_type` call it `kind`."""
+        saved = dict(saved)
+        if "kind" in saved:
+            saved["index_type"] = saved.pop("kind")
+        return cls(**saved)
+
 
 class Retriever:
     def __init__(self, dim: int, params: IndexParams | None = None) -> None:
         self.params = params or IndexParams()
-        if self.params.kind not in KINDS:
-            raise ValueError(f"index kind must be one of {KINDS}, got {self.params.kind!r}")
+        if self.params.index_type not in INDEX_TYPES:
+            raise ValueError(
+                f"index type must be one of {INDEX_TYPES}, got {self.params.index_type!r}"
+            )
         self.dim = dim
         self.index = self._new_index()
         self._tombstones: set[int] = set()
 
     def _new_index(self) -> faiss.Index:
         p, d, ip = self.params, self.dim, faiss.METRIC_INNER_PRODUCT
-        if p.kind == "flat":
+        if p.index_type == "flat":
             inner = faiss.IndexFlatIP(d)
-        elif p.kind == "ivf_flat":
+        elif p.index_type == "ivf_flat":
             inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, p.nlist, ip)
             inner.nprobe = p.nprobe
-        elif p.kind == "ivf_pq":
+        elif p.index_type == "ivf_pq":
             inner = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, p.nlist, p.pq_m, 8, ip)
             inner.nprobe = p.nprobe
-        elif p.kind == "hnsw":
+        elif p.index_type == "hnsw":
             inner = faiss.IndexHNSWFlat(d, p.hnsw_m, ip)
             inner.hnsw.efConstruction = p.ef_construction
             inner.hnsw.efSearch = p.ef_search
@@ -67,7 +79,7 @@ class Retriever:
         self._tombstones.clear()
         x = np.ascontiguousarray(vectors, np.float32)
         if not self._inner.is_trained:
-            if self.params.kind.startswith("ivf"):
+            if self.params.index_type.startswith("ivf"):
                 self._inner.nlist = min(self.params.nlist, max(1, len(x) // 39))
                 self._inner.nprobe = min(self.params.nprobe, self._inner.nlist)
             self._inner.train(x)
@@ -76,7 +88,7 @@ class Retriever:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert items, replacing any that are already indexed."""
         ids = np.ascontiguousarray(ids, np.int64)
-        if self.params.kind != "hnsw":
+        if self.params.index_type != "hnsw":
             self.index.remove_ids(ids)
         # HNSW keeps a replaced item's old node too; `search` keeps each id's best hit once.
         self._tombstones.difference_update(ids.tolist())
@@ -84,7 +96,7 @@ class Retriever:
 
     def remove(self, ids: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, np.int64)
-        if self.params.kind == "hnsw":
+        if self.params.index_type == "hnsw":
             present = [i for i in ids.tolist() if self._has(i)]
             self._tombstones.update(present)
         else:
@@ -107,7 +119,7 @@ class Retriever:
             max((len(e) for e in exclude), default=0) if exclude else 0
         )
         fetch = min(k + extra, max(int(self.index.ntotal), 1))
-        if self.params.kind == "hnsw":  # HNSW returns at most efSearch results
+        if self.params.index_type == "hnsw":  # HNSW returns at most efSearch results
             self._inner.hnsw.efSearch = max(self.params.ef_search, fetch)
         scores, ids = self.index.search(q, fetch)
         out_ids = np.full((len(q), k), -1, np.int64)
@@ -128,6 +140,12 @@ class Retriever:
     def to_bytes(self) -> bytes:
         return faiss.serialize_index(self.index).tobytes()
 
+    @property
+    def tombstones(self) -> list[int]:
+        """Ids removed but still in the faiss index (filtered out of results), sorted: what
+        `from_bytes` needs beside the index bytes to restore the same retriever."""
+        return sorted(self._tombstones)
+
     @classmethod
     def from_bytes(
         cls, data: bytes, dim: int, params: IndexParams, tombstones: list[int] | None = None
@@ -135,9 +153,9 @@ class Retriever:
         r = cls(dim, params)
         r.index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
         r._inner = faiss.downcast_index(r.index.index)
-        if params.kind == "hnsw":
+        if params.index_type == "hnsw":
             r._inner.hnsw.efSearch = params.ef_search
-        elif params.kind.startswith("ivf"):
+        elif params.index_type.startswith("ivf"):
             r._inner.nprobe = params.nprobe
         r._tombstones = set(tombstones or [])
         return r
@@ -147,7 +165,7 @@ def recall_against_exact(
     retriever: Retriever, ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, k: int
 ) -> float:
     """Fraction of the exact top-k that the retriever returns (averaged over queries)."""
-    exact = Retriever(retriever.dim, IndexParams(kind="flat"))
+    exact = Retriever(retriever.dim, IndexParams(index_type="flat"))
     exact.build(ids, vectors)
     truth, _ = exact.search(queries, k)
     got, _ = retriever.search(queries, k)

@@ -49,7 +49,7 @@ def load_retrieval_model(directory: Path) -> RetrievalModel:
     retriever = Retriever.from_bytes(
         read_file(directory, INDEX_FILE, manifest),
         meta["dim"],
-        IndexParams(**meta["index"]),
+        IndexParams.from_manifest(meta["index"]),
         meta.get("tombstones"),
     )
     catalog = pq.read_table(io.BytesIO(read_file(directory, CATALOG_FILE, manifest)))

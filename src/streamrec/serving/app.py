@@ -20,10 +20,11 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -32,55 +33,12 @@ from starlette.routing import Route
 from streamrec.config import ServingConfig
 from streamrec.serving.batcher import DynamicBatcher, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
+from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.request import CandidateRows, RequestError, parse_json
 from streamrec.serving.retrieval_stage import RecommendRequest, RetrievalStage
 from streamrec.serving.snapshot import Snapshot
 from streamrec.serving.watcher import Watcher
 from streamrec.store import find_deltas_dir, find_model_dir
-
-
-class ServerMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "streamrec_requests", "HTTP requests", ["endpoint", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "streamrec_request_seconds",
-            "request latency",
-            ["endpoint"],
-            registry=r,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5),
-        )
-        self.batch_rows = Histogram(
-            "streamrec_batch_rows",
-            "rows per inference batch",
-            registry=r,
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
-        )
-        self.batch_seconds = Histogram(
-            "streamrec_batch_seconds", "inference time per batch", registry=r
-        )
-        self.queue_rows = Gauge("streamrec_queue_rows", "rows waiting for inference", registry=r)
-        self.cache_hits = Counter("streamrec_cache_hits", "rows served from the cache", registry=r)
-        self.cache_misses = Counter("streamrec_cache_misses", "rows computed", registry=r)
-        self.deltas = Counter("streamrec_deltas_applied", "deltas applied in place", registry=r)
-        self.reloads = Counter("streamrec_model_reloads", "full model swaps", registry=r)
-        self.quarantined = Counter(
-            "streamrec_deltas_quarantined", "deltas skipped as corrupt or unreadable", registry=r
-        )
-        self.degraded = Gauge(
-            "streamrec_degraded",
-            "1 while the served model may be stale (a quarantined delta, a model that failed "
-            "to load)",
-            registry=r,
-        )
-        self.delta_lag = Gauge(
-            "streamrec_delta_lag_seconds",
-            "seconds from a delta's creation to its application",
-            registry=r,
-        )
 
 
 @dataclass
@@ -106,8 +64,8 @@ def create_app(
     watch: bool = True,
     retriever_dir: str | Path | None = None,
     guard_health: bool = False,
-    **overrides,
-) -> Starlette:  # noqa: ANN003
+    **overrides: Any,
+) -> Starlette:
     """Build the ASGI app. `overrides` replace fields of the model's `serving:` settings
     (e.g. max_batch_rows=1, max_delay_ms=0 to switch batching off). With a `token`, every
     endpoint but the health probes needs it (`guard_health=True`: those too)."""
@@ -147,7 +105,7 @@ def create_app(
     state.retriever = RetrievalStage.load(retriever_dir) if retriever_dir is not None else None
 
     @asynccontextmanager
-    async def lifespan(app: Starlette):  # noqa: ANN202
+    async def lifespan(app: Starlette):
         batcher.start()
         if watcher is not None:
             watcher.check_deltas()  # apply what is already on disk before serving
@@ -181,7 +139,7 @@ def _authorized(state: ServerState, name: str, request: Request) -> bool:
     return hmac.compare_digest(given, f"Bearer {state.token}".encode())  # constant time
 
 
-def _endpoint(state: ServerState, name: str, handler):  # noqa: ANN001, ANN202
+def _endpoint(state: ServerState, name: str, handler):
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
         if not _authorized(state, name, request):

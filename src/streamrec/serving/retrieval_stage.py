@@ -65,7 +65,7 @@ class RetrievalStage:
         return {
             "model_version": self.version,
             "items": self.retriever.size,
-            "index": self.retriever.params.kind,
+            "index": self.retriever.params.index_type,
             "candidates": self.candidates,
             "user_features": self.model.user_features,
             "path": str(self.path),

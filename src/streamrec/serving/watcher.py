@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from streamrec.serving.batcher import DynamicBatcher, use_compute_threads
+from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.snapshot import Snapshot
 from streamrec.store import CorruptModelError, find_model_dir, read_manifest
 from streamrec.store.delta import list_deltas, read_delta, read_delta_manifest
@@ -83,8 +84,8 @@ class Watcher(threading.Thread):
         model_path: Path,
         deltas_dir: Path | None,
         poll_seconds: float = 0.5,
-        metrics=None,
-    ) -> None:  # noqa: ANN001
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         super().__init__(name="streamrec-watcher", daemon=True)
         self.batcher = batcher
         self.model_path = model_path  # as given: a run directory's newest model is found anew

@@ -59,7 +59,7 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def _renameat2():  # noqa: ANN202
+def _renameat2():
     name = ctypes.util.find_library("c")
     try:
         fn = ctypes.CDLL(name, use_errno=True).renameat2

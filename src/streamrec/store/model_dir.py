@@ -189,7 +189,7 @@ class TensorFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = open(path, "rb")  # noqa: SIM115 - lives as long as this object
+        self._fh = open(path, "rb")
         (size,) = struct.unpack("<Q", self._fh.read(8))
         header = json.loads(self._fh.read(size))
         header.pop("__metadata__", None)

@@ -8,6 +8,7 @@ RNG state. Resuming restores all of it, so the losses that follow equal an unint
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,9 @@ def save_checkpoint(
     return save_model(path, model, config, manifest, tensors_files)
 
 
-def load_checkpoint(path: str | Path, optimizer_factory) -> tuple:  # noqa: ANN001
+def load_checkpoint(
+    path: str | Path, optimizer_factory: Callable[[torch.nn.Module], torch.optim.Optimizer]
+) -> tuple:
     """→ (model, config, optimizer, position). `optimizer_factory(model)` builds an optimizer
     of the right kind, whose state is then restored."""
     loaded = load_model(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 
@@ -81,7 +82,7 @@ class DistributedTrainer(Trainer):
             save_sharded_checkpoint(self, self.checkpoint_root, metrics, epoch_done)
 
     @torch.no_grad()
-    def evaluate(self, batches) -> dict[str, dict[str, float]]:  # noqa: ANN001
+    def evaluate(self, batches: Iterable[Batch]) -> dict[str, dict[str, float]]:
         self.flush_sparse()
         self.model.eval()
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -140,8 +141,8 @@ def dist_timeout() -> timedelta:
 def shard_for_training(
     trainer: Trainer,
     config: JobConfig,
-    exchange,
-    timeout: timedelta,  # noqa: ANN001
+    exchange: object,
+    timeout: timedelta,
 ) -> None:
     """Shard the trainer's embedding collections over `exchange` and put the dense part under
     DDP. Collective: in hybrid mode (`train.sparse_staleness`) every rank opens the group the

@@ -19,6 +19,7 @@ on N ranks, with the same guarantees as one process.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,9 @@ class DistributedOnlineTrainer(OnlineTrainer):
         config: JobConfig,
         source: StreamSource | None,
         out: str | Path,
-        exchange_group=None,  # noqa: ANN001
+        exchange_group: object = None,
         timeout: timedelta | None = None,
-        log=None,  # noqa: ANN001
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self._exchange_group, self._timeout = exchange_group, timeout or dist_timeout()
@@ -78,16 +79,16 @@ class DistributedOnlineTrainer(OnlineTrainer):
             )
             manifest = read_manifest(step_dir / "rank-000")  # the stream position is rank 0's
             trainer, config, state = self._resumed(model, config, optimizer, position, manifest)
-            self.resumed_from = step_dir
         else:
             model, config = self._initial_model(config)
-            if self.cfg.init_model:  # a single-process model: keep only the rows this rank owns
+            if (
+                self.online_config.init_model
+            ):  # a single-process model: keep only the rows this rank owns
                 for table in model.dynamic_tables().values():
                     table.load_state_dict(
                         reshard(table.settings, [table.state_dict()], self.world)[self.rank]
                     )
             trainer, state = DistributedTrainer(model, config, None, progress=False), {}
-            self.resumed_from = None
         shard_for_training(trainer, config, self._exchange_group, self._timeout)
         return trainer, config, state
 
@@ -102,14 +103,14 @@ class DistributedOnlineTrainer(OnlineTrainer):
             order: dict[str, Any] | None = None
             if self.rank == 0:
                 order = self._next_order(batch_size, stop_when_idle, max_events, idle_since)
-                if order["kind"] == "step":
+                if order["action"] == "step":
                     idle_since = time.monotonic()
             box = [order]
             dist.broadcast_object_list(box, src=0)
             order = box[0]
-            if order["kind"] == "step":
+            if order["action"] == "step":
                 self._step_everywhere(order)
-            elif order["kind"] == "sync":
+            elif order["action"] == "sync":
                 self.sync()
             if order.get("stop"):
                 break
@@ -146,7 +147,7 @@ class DistributedOnlineTrainer(OnlineTrainer):
             self._drain_source_rejects()
             consumed = self.events_consumed + len(messages)
             return {
-                "kind": "step",
+                "action": "step",
                 "table": self.decode(messages),
                 "events_consumed": consumed,
                 "next_offset": messages[-1].offset + 1,
@@ -154,25 +155,25 @@ class DistributedOnlineTrainer(OnlineTrainer):
                 "sync": self._due(
                     self._batches_since_delta + 1,
                     self._last_delta,
-                    self.cfg.sync_every_batches,
-                    self.cfg.sync_interval_seconds,
+                    self.online_config.sync_every_batches,
+                    self.online_config.sync_interval_seconds,
                 ),
                 "checkpoint": self._due(
                     self._batches_since_checkpoint + 1,
                     self._last_checkpoint,
-                    self.cfg.checkpoint_every_batches,
-                    self.cfg.checkpoint_interval_seconds,
+                    self.online_config.checkpoint_every_batches,
+                    self.online_config.checkpoint_interval_seconds,
                 ),
                 "stop": max_events is not None and consumed >= max_events,
             }
         if stop_when_idle is not None and time.monotonic() - idle_since >= stop_when_idle:
-            return {"kind": "stop", "stop": True}
-        if not self.cfg.deterministic and (
+            return {"action": "stop", "stop": True}
+        if not self.online_config.deterministic and (
             self._pending_consumed_at
-            and time.monotonic() - self._last_delta >= self.cfg.sync_interval_seconds
+            and time.monotonic() - self._last_delta >= self.online_config.sync_interval_seconds
         ):
-            return {"kind": "sync"}
-        return {"kind": "idle"}
+            return {"action": "sync"}
+        return {"action": "idle"}
 
     def _step_everywhere(self, order: dict[str, Any]) -> None:
         self.events_consumed = order["events_consumed"]
@@ -258,12 +259,13 @@ def _concat(parts: list[TableDelta]) -> TableDelta:
 
 def run_distributed_online(
     config: JobConfig,
-    open_source,  # noqa: ANN001 - () -> StreamSource, called on rank 0 only
+    open_source: Callable[[], StreamSource],
     out: str | Path,
     stop_when_idle: float | None = None,
-    log=None,  # noqa: ANN001
+    log: Callable[[str], None] | None = None,
 ) -> dict:
-    """The body of `torchrun … -m streamrec online`: → rank 0's final status ({} elsewhere)."""
+    """The body of `torchrun … -m streamrec online`: → rank 0's final status ({} elsewhere).
+    `open_source` is called on rank 0 only."""
     timeout = dist_timeout()
     init_process_group(timeout)
     try:

@@ -24,7 +24,7 @@ def evaluate_model_dir(
     source: Callable | None
     if data is not None:
 
-        def source():  # noqa: ANN202
+        def source():
             return read_records(
                 data, fmt or config.data.format, dead, kinds=kinds, fields=config.data.fields
             )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +60,15 @@ class OnlineTrainer:
         source: StreamSource,
         out: str | Path,
         progress: bool = True,
-        log=None,
-    ) -> None:  # noqa: ANN001
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.out = Path(out)
         self.run_dir = RunDir(self.out)
         if self._writes_run_dir():
             self.run_dir.open()
         self.source = source
         self.log = log or (lambda message: None)
-        self.cfg = config.online
+        self.online_config = config.online
         self.checkpoint_version = 0  # the newest checkpoint written or resumed from
         self.trainer, config, state = self._load_or_build(config)
         if state and source is not None:
@@ -90,15 +91,17 @@ class OnlineTrainer:
             self.dead.rewind(int(state.get("dead_letter_bytes", 0)))
         self.next_offset = int(state.get("next_offset", 0))
         self.metrics = MetricAccumulator(
-            self.schema.task_names or ["label"], window=self.cfg.metrics_window, keep_lifetime=False
+            self.schema.task_names or ["label"],
+            window=self.online_config.metrics_window,
+            keep_lifetime=False,
         )
         self.exporter = DeltaExporter(
             self.model,
             self.out / "deltas",
             self.base_version,
-            self.cfg.delta_precision,
-            self.cfg.dense_every,
-            self.cfg.snapshot_every_deltas,
+            self.online_config.delta_precision,
+            self.online_config.dense_every,
+            self.online_config.snapshot_every_deltas,
         )
         self.delta_latencies: list[float] = []
         # Called after each delta with (version, wall times its events were consumed at).
@@ -132,7 +135,7 @@ class OnlineTrainer:
     def _trainer_class(self) -> type:
         return Trainer
 
-    def _resumed(self, model, config, optimizer, position, manifest) -> tuple:  # noqa: ANN001
+    def _resumed(self, model, config, optimizer, position, manifest) -> tuple:
         state = manifest.get("online", {})
         base = state.get("base_model_version")
         self.base_version = int(base) if base is not None else None
@@ -142,8 +145,8 @@ class OnlineTrainer:
 
     def _initial_model(self, config: JobConfig) -> tuple:
         """`online.init_model` (a trained model directory), or a fresh model from the config."""
-        if self.cfg.init_model:
-            loaded = load_model(self.cfg.init_model)
+        if self.online_config.init_model:
+            loaded = load_model(self.online_config.init_model)
             self.kinds = loaded.manifest.get("input_kinds", {})
             self.base_version = int(loaded.manifest.get("model_version", 0))
             return loaded.model, loaded.config.model_copy(
@@ -183,15 +186,16 @@ class OnlineTrainer:
         unknown = [c for c in inputs if c not in self.kinds]
         voted = majority_kinds(first_values, unknown) if unknown else {}
         if voted:
-            self.log(f"input kinds from the stream's majority (declare `kind:` to fix them): "
-                     f"{voted}")
+            self.log(
+                f"input kinds from the stream's majority (declare `kind:` to fix them): {voted}"
+            )
             self.kinds.update(voted)
         self._unknown_kinds = [c for c in unknown if c not in voted]
         self._decoder = StreamRecordDecoder(
             {c: self.kinds[c] for c in inputs if c in self.kinds},
             self.schema.labels,
             self.schema.timestamp,
-            self.cfg.max_message_bytes,
+            self.online_config.max_message_bytes,
         )
         return self._decoder
 
@@ -222,20 +226,20 @@ class OnlineTrainer:
         if self._due(
             self._batches_since_delta,
             self._last_delta,
-            self.cfg.sync_every_batches,
-            self.cfg.sync_interval_seconds,
+            self.online_config.sync_every_batches,
+            self.online_config.sync_interval_seconds,
         ):
             self.sync()
         if self._due(
             self._batches_since_checkpoint,
             self._last_checkpoint,
-            self.cfg.checkpoint_every_batches,
-            self.cfg.checkpoint_interval_seconds,
+            self.online_config.checkpoint_every_batches,
+            self.online_config.checkpoint_interval_seconds,
         ):
             self.checkpoint()
 
     def _due(self, batches: int, since: float, every_batches: int, every_seconds: float) -> bool:
-        if self.cfg.deterministic:
+        if self.online_config.deterministic:
             return batches >= every_batches
         return time.monotonic() - since >= every_seconds
 
@@ -323,9 +327,9 @@ class OnlineTrainer:
                     break
             elif stop_when_idle is not None and time.monotonic() - idle_since >= stop_when_idle:
                 break
-            elif not self.cfg.deterministic and (
+            elif not self.online_config.deterministic and (
                 self._pending_consumed_at
-                and time.monotonic() - self._last_delta >= self.cfg.sync_interval_seconds
+                and time.monotonic() - self._last_delta >= self.online_config.sync_interval_seconds
             ):
                 self.sync()
         self.sync()

@@ -19,11 +19,12 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
 
-    def series(kind: str, key: str) -> tuple[list[float], list[float]]:
+    def series(phase: str, key: str) -> tuple[list[float], list[float]]:
         pts = [
             (float(r["samples"]), float(r[key]))
             for r in rows
-            if r["kind"] == kind and r.get(key) not in ("", None)
+            # runs written before the column was named `phase` call it `kind`
+            if r.get("phase", r.get("kind")) == phase and r.get(key) not in ("", None)
         ]
         return [p[0] for p in pts], [p[1] for p in pts]
 

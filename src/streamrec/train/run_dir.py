@@ -24,7 +24,7 @@ from streamrec.store import CorruptModelError
 from streamrec.store.atomic import recover_dir, remove_temporaries
 from streamrec.store.delta import list_deltas, read_delta_manifest
 from streamrec.store.model_dir import MANIFEST
-from streamrec.store.versions import load_newest, newest_version, write_version
+from streamrec.store.versions import load_newest, write_version
 
 T = TypeVar("T")
 
@@ -82,12 +82,6 @@ class RunDir:
     def save_checkpoint(self, write: Callable[[Path], Path], keep: int = 2) -> Path:
         """`write(path)` a checkpoint as the next version; the newest `keep` are kept."""
         return write_version(self.checkpoints, write, keep)
-
-    def newest_checkpoint(self) -> Path | None:
-        newest = newest_version(self.checkpoints)
-        if newest is None and (self.checkpoints / MANIFEST).exists():
-            return self.checkpoints  # written by streamrec before versioned checkpoints
-        return newest
 
     def load_checkpoint(self, load: Callable[[Path], T]) -> T | None:
         """`load` the newest readable checkpoint; None for a run with no earlier state.

@@ -28,6 +28,7 @@ from streamrec.embedding.reshard import load_resharded_tables
 from streamrec.store import read_manifest
 from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import load_checkpoint
+from streamrec.train.trainer import Trainer
 
 LATEST = "latest"
 WORLD = "world.json"
@@ -38,7 +39,9 @@ def _step_name(global_step: int, epoch_done: bool) -> str:
     return f"step-{global_step:09d}" + ("-end" if epoch_done else "")
 
 
-def save_sharded_checkpoint(trainer, root: Path, metrics: dict | None, epoch_done: bool) -> Path:  # noqa: ANN001
+def save_sharded_checkpoint(
+    trainer: Trainer, root: Path, metrics: dict | None, epoch_done: bool
+) -> Path:
     """Collective: every rank writes its directory, then rank 0 publishes the step."""
     rank, world = dist.get_rank(), dist.get_world_size()
     step_dir = root / _step_name(trainer.global_step, epoch_done)

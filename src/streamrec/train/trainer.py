@@ -32,7 +32,7 @@ from streamrec.train.run_dir import RunDir
 from streamrec.train.sampling import downsample_negatives
 
 METRIC_COLUMNS = [
-    "kind",
+    "phase",
     "epoch",
     "step",
     "samples",
@@ -91,9 +91,9 @@ class Trainer:
     ) -> None:
         self.model = model
         self.config = config
-        self.cfg = config.train
+        self.train_config = config.train
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.optimizer = optimizer or build_dense_optimizer(model, self.cfg)
+        self.optimizer = optimizer or build_dense_optimizer(model, self.train_config)
         self.progress = progress
         self.tasks = config.schema.task_names or ["label"]
         self.global_step = 0
@@ -107,28 +107,33 @@ class Trainer:
         self.extra_manifest: dict = {}  # saved with every checkpoint (e.g. input kinds)
         self.resumed_from_step: int | None = None
         self._samples_at_start = 0  # samples_trained when this process's fit() began
-        self.model.negative_sampling_rate.fill_(self.cfg.negative_sampling_rate)
+        self.model.negative_sampling_rate.fill_(self.train_config.negative_sampling_rate)
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ one step
     def _lr_scale(self) -> float:
-        if self.cfg.warmup_steps <= 0:
+        if self.train_config.warmup_steps <= 0:
             return 1.0
-        return min(1.0, (self.global_step + 1) / self.cfg.warmup_steps)
+        return min(1.0, (self.global_step + 1) / self.train_config.warmup_steps)
 
     def train_step(self, batch: Batch) -> float:
         batch = downsample_negatives(
-            batch, self.cfg.negative_sampling_rate, self.cfg.seed, self.global_step
+            batch,
+            self.train_config.negative_sampling_rate,
+            self.train_config.seed,
+            self.global_step,
         )
         self.model.train()
         if batch.timestamps is not None and batch.timestamps.numel():
             self._event_time = float(batch.timestamps.max())
         self.model.set_event_time(self._event_time)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.dense_lr * self._lr_scale()
+            group["lr"] = self.train_config.dense_lr * self._lr_scale()
         with torch.autocast(
-            batch.dense.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
+            batch.dense.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.train_config.precision == "bf16",
         ):
             logits = self.forward_module(batch)
         logits = logits.float()
@@ -138,12 +143,14 @@ class Trainer:
             loss = logits.sum() * 0.0
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # row optimizers run here, inside backward
-        if self.cfg.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
+        if self.train_config.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.train_config.grad_clip_norm
+            )
         self.optimizer.step()
         self.global_step += 1
         self.samples_trained += batch.size
-        if self.global_step % self.cfg.evict_every_steps == 0:
+        if self.global_step % self.train_config.evict_every_steps == 0:
             self.evict()
         self._last_logits = logits.detach()
         self._last_labels = batch.labels
@@ -178,7 +185,7 @@ class Trainer:
             loss = self.train_step(batch)
             self.train_seconds += time.perf_counter() - t0
             self.step_in_epoch = i + 1
-            every = self.cfg.checkpoint_every_steps
+            every = self.train_config.checkpoint_every_steps
             if every and self.global_step % every == 0:
                 self.save_progress()
             losses.append(loss)
@@ -186,7 +193,7 @@ class Trainer:
             recent_scores.append(self._last_logits[:, 0].numpy())
             del recent_labels[:-20], recent_scores[:-20]
             bar.update(batch.size)
-            if self.global_step % self.cfg.log_every_steps == 0:
+            if self.global_step % self.train_config.log_every_steps == 0:
                 running_auc = auc(np.concatenate(recent_labels), np.concatenate(recent_scores))
                 speed = (self.samples_trained - self._samples_at_start) / max(
                     self.train_seconds, 1e-9
@@ -198,7 +205,7 @@ class Trainer:
                 )
                 self._log(
                     {
-                        "kind": "train",
+                        "phase": "train",
                         "epoch": self.epoch + 1,
                         "step": self.global_step,
                         "samples": self.samples_trained,
@@ -238,7 +245,7 @@ class Trainer:
         history = []
         self.epoch = start_epoch
         self._samples_at_start = self.samples_trained
-        for epoch in range(start_epoch, self.cfg.epochs):
+        for epoch in range(start_epoch, self.train_config.epochs):
             self.epoch = epoch
             loss = self.train_epoch(train(epoch), skip=skip_steps if epoch == start_epoch else 0)
             self.step_in_epoch = 0
@@ -249,7 +256,7 @@ class Trainer:
                 entry.update({f"valid_{k}": v for k, v in first.items()})
                 self._log(
                     {
-                        "kind": "valid",
+                        "phase": "valid",
                         "epoch": epoch + 1,
                         "step": self.global_step,
                         "samples": self.samples_trained,
@@ -259,17 +266,17 @@ class Trainer:
                 score = first["auc"]
                 if score > best:
                     best, best_epoch, bad_epochs = score, epoch + 1, 0
-                    if self.cfg.early_stopping_patience and self.run_dir is not None:
+                    if self.train_config.early_stopping_patience and self.run_dir is not None:
                         self.checkpoint(self.run_dir / "best", metrics)
                 else:
                     bad_epochs += 1
             history.append(entry)
             self.save_progress(metrics, epoch_done=True)
-            patience = self.cfg.early_stopping_patience
+            patience = self.train_config.early_stopping_patience
             if patience and bad_epochs >= patience:
                 break
         if (
-            self.cfg.early_stopping_patience
+            self.train_config.early_stopping_patience
             and self.run_dir is not None
             and (self.run_dir / "best").exists()
             and best_epoch != self.epoch + 1

@@ -47,7 +47,7 @@ from streamrec.train.run_dir import RunDir
 def index_params(config: JobConfig) -> IndexParams:
     r = config.retrieval
     return IndexParams(
-        kind=r.index,
+        index_type=r.index,
         nlist=r.nlist,
         nprobe=r.nprobe,
         pq_m=r.pq_m,
@@ -180,7 +180,7 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
         {
             "metrics": metrics,
             "input_kinds": kinds,
-            "kind": "retrieval",
+            "model_type": "retrieval",
             "retrieval": {
                 "index": params.__dict__,
                 "dim": int(vectors.shape[1]),

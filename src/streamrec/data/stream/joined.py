@@ -46,7 +46,7 @@ class JoinedSource:
             try:
                 record = json.loads(m.value)
                 t = float(record["event_time"])
-                record["request_id"], record["item_id"]  # noqa: B018 - must exist
+                record["request_id"], record["item_id"]
             except (ValueError, KeyError, TypeError) as e:
                 self.bad_messages.append((name, m.offset, f"cannot join: {e!r}"[:200]))
                 continue
