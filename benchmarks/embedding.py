@@ -178,6 +178,7 @@ def bench_train_step(dim: int, repeats: int) -> dict:
         b = batches[it["ours"] % len(batches)]
         it["ours"] += 1
         coll(b).stacked(names).sum().backward()  # [B, 26, dim], like TBE's [B, 26·dim]
+        coll.apply_row_gradients()  # the row-wise Adagrad step (TBE fuses it into backward)
 
     results = {"dim": dim}
     try:

@@ -14,12 +14,12 @@ message that says what to do, except RunDirBusy, a RuntimeError).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamrec.config import JobConfig, load_config
+from streamrec.config import JobConfig, load_config, parse_config, with_overrides
 from streamrec.data.errors import DeadLetter
 from streamrec.data.stream import LocalLogSource, StreamSource
 from streamrec.data.stream.joined import JoinedSource
@@ -61,8 +61,14 @@ class TrainReport:
         return {**self.details, "model_dir": str(self.model_dir)}
 
 
-def as_config(config: JobConfig | str | Path) -> JobConfig:
-    return config if isinstance(config, JobConfig) else load_config(config)
+def as_config(config: JobConfig | str | Path, overrides: Sequence[str] = ()) -> JobConfig:
+    """A JobConfig from a config object or YAML path, with `overrides` (`key.path=value`, as
+    `--set` takes them) applied and validated."""
+    if not isinstance(config, JobConfig):
+        return load_config(config, overrides)
+    if not overrides:
+        return config
+    return parse_config(with_overrides(config.to_dict(), overrides), source="--set")
 
 
 def train(
@@ -70,11 +76,12 @@ def train(
     out: str | Path,
     resume: bool = False,
     progress: bool = True,
+    overrides: Sequence[str] = (),
 ) -> TrainReport:
     """Train what `config` describes into the run directory `out`: a two-tower retriever
     (`model.name: two_tower`), the sharded job when launched by torchrun with several ranks (or
     resuming from a sharded checkpoint), else the single-process job."""
-    cfg = as_config(config)
+    cfg = as_config(config, overrides)
     if cfg.model.name == "two_tower":
         details, model_dir = train_two_tower(cfg, out, progress=progress)
         return TrainReport(
@@ -132,12 +139,13 @@ def online(
     stop_when_idle: float | None = None,
     init_model: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train online from the stream `source` into the run directory `out` (predict first,
     then learn; deltas for the server). With `actions`, `source` is the impressions stream and
     the two are joined (`online.join`). Under torchrun rank 0 reads the stream and every rank
     trains a slice. → the final status (rank 0; {} elsewhere)."""
-    cfg = as_config(config)
+    cfg = as_config(config, overrides)
     if init_model is not None:
         cfg.online.init_model = str(init_model)
 

@@ -121,11 +121,19 @@ def data_convert(
         typer.echo(f"wrote {rows:,} rows to {dst} ({dead.count} malformed rows skipped)")
 
 
-def _load_config(path: Path):
+SET_HELP = (
+    "Override a config key, validated like the file: --set train.epochs=3 --set "
+    "default_table.lr=0.01 (repeatable; values read as YAML)."
+)
+SEED_HELP = "Override train.seed (initialisation, shuffling, sampling)."
+
+
+def _load_config(path: Path, overrides: list[str] | None = None, seed: int | None = None):
     from streamrec.config import ConfigError, load_config
 
+    sets = list(overrides or []) + ([f"train.seed={seed}"] if seed is not None else [])
     try:
-        return load_config(path)
+        return load_config(path, sets)
     except ConfigError as e:
         _fail(str(e))
 
@@ -137,6 +145,8 @@ def train(
         None, "--out", "-o", help="Run directory (default: runs/<name>-<time>)."
     ),
     epochs: int | None = typer.Option(None, help="Override train.epochs."),
+    seed: int | None = typer.Option(None, help=SEED_HELP),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     resume: bool = typer.Option(
         False,
         help="Continue from OUT/checkpoint if it exists (workers that torchrun restarts after "
@@ -154,7 +164,7 @@ def train(
     from streamrec.store import CorruptModelError
     from streamrec.train.run_dir import RunDirBusy
 
-    cfg = _load_config(config)
+    cfg = _load_config(config, overrides, seed)
     if epochs is not None:
         cfg.train.epochs = epochs
     out = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -251,7 +261,8 @@ def export(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Write a serving copy of a model: no optimizer state, optionally no all-zero rows."""
+    """Write a serving copy of a model: no optimizer state and no admission sketches (what
+    serving never reads), optionally no all-zero rows."""
     from streamrec.models.persistence import export_for_serving
     from streamrec.store import CorruptModelError
 
@@ -438,6 +449,8 @@ def online(
         "the two are joined into labelled examples (online.join in the config).",
     ),
     group: str = typer.Option("default", help="Consumer group (committed offsets)."),
+    seed: int | None = typer.Option(None, help=SEED_HELP),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
 ) -> None:
     """Train online from a stream: predict first, then learn; deltas for the server."""
@@ -446,7 +459,7 @@ def online(
     from streamrec.store import CorruptModelError
     from streamrec.train.run_dir import RunDirBusy
 
-    cfg = _load_config(config)
+    cfg = _load_config(config, overrides, seed)
     try:
         status = api.online(
             cfg,

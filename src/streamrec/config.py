@@ -11,12 +11,21 @@ silently ignored).
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from streamrec.schema import Schema
 from streamrec.table_config import TableConfig
@@ -99,11 +108,30 @@ class TrainConfig(_Strict):
     )
     dense_lr: float = Field(1e-3, gt=0, description="its learning rate")
     dense_weight_decay: float = Field(0.0, description="its weight decay")
-    grad_clip_norm: float | None = Field(None, description="clip the dense gradient norm to this")
+    grad_clip_norm: float | None = Field(
+        None,
+        description="clip the global gradient norm (dense parameters and embedding rows together) "
+        "to this",
+    )
+    grad_accumulation_steps: int = Field(
+        1, ge=1,
+        description="sum the gradients of this many batches (dense and embedding rows) before "
+        "one optimizer step",
+    )
+    skip_nonfinite_steps: bool = Field(
+        True,
+        description="skip (and count) an optimizer step whose gradients hold a NaN or inf, so it "
+        "never reaches a table",
+    )
     warmup_steps: int = Field(0, description="linear learning-rate warm-up")
+    early_stopping_metric: Literal["auc", "logloss", "ne"] = Field(
+        "auc",
+        description="the validation metric of the first task that picks the best epoch (the "
+        "one the model directory holds) and early stopping",
+    )
     early_stopping_patience: int | None = Field(
         None,
-        description="stop after this many epochs without a better validation AUC",
+        description="stop after this many epochs without a better `early_stopping_metric`",
     )
     negative_sampling_rate: float = Field(
         1.0, gt=0, le=1,
@@ -129,6 +157,17 @@ class TrainConfig(_Strict):
         description="torchrun only: let embedding-gradient exchanges lag up to N steps behind "
         "(hybrid mode: sparse asynchronous, dense synchronous); 0 = fully synchronous",
     )
+
+    @model_validator(mode="after")
+    def _checkpoints_between_steps(self) -> TrainConfig:
+        every, accumulate = self.checkpoint_every_steps, self.grad_accumulation_steps
+        if every % accumulate:
+            raise ValueError(
+                f"checkpoint_every_steps ({every}) must be a multiple of "
+                f"grad_accumulation_steps ({accumulate}): a checkpoint cannot hold gradients "
+                "waiting for a step"
+            )
+        return self
 
 
 class ServingConfig(_Strict):
@@ -269,7 +308,9 @@ class JobConfig(_Strict):
         return self.model_dump(mode="json", by_alias=True)
 
 
-def load_config(path: str | Path) -> JobConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
+    """The config file at `path`, with `overrides` (`key.path=value`, as `--set` takes them)
+    set before it is validated — an override is checked exactly like the file."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: no such config file")
@@ -279,7 +320,39 @@ def load_config(path: str | Path) -> JobConfig:
         raise ConfigError(f"{p}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
-    return parse_config(raw, base_dir=p.parent, source=str(p))
+    source = str(p) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return parse_config(with_overrides(raw, overrides), base_dir=p.parent, source=source)
+
+
+PATH_KEYS = ("data.train", "data.valid", "data.dead_letter", "online.init_model")
+
+
+def with_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of the raw config with each `key.path=value` set; the value is read as YAML
+    (`3`, `0.5`, `true`, `[a, b]`, `{dim: 8}`, text). A relative path given for a file key is
+    relative to the working directory, as on any command line."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item}: write it as key.path=value (e.g. train.epochs=3)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({e})") from None
+        if key in PATH_KEYS and value is not None:
+            absolute = lambda v: os.path.abspath(v) if isinstance(v, str) else v  # noqa: E731
+            value = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
+        node = out
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"--set {item}: {where} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
 
 
 def _resolve_paths(cfg: JobConfig, base_dir: Path) -> None:

@@ -254,8 +254,15 @@ class Schema(_Strict):
 
     # ----------------------------------------------------------------------------- fit
     def fit(self, data: pa.Table | pa.RecordBatch) -> Schema:
-        """Learn standardisation, quantiles and vocabularies from a sample; returns a copy."""
+        """Learn standardisation, quantiles and vocabularies from a sample, and the kind of
+        every id column the schema leaves undeclared (`kind`: int ids stay ids, strings are
+        hashed), so a fitted schema says how every reader must read each input; returns a
+        copy."""
         fitted = self.model_copy(deep=True)
+        names = data.schema.names
+        for f in (*fitted.encodings, *fitted.embeddings):
+            if f.kind is None and f.name in names:
+                f.kind = value_kind(data.schema.field(f.name).type)
         for f in fitted.dense:
             values = _dense_values(_column(data, f.name), f.name)
             present = values[~np.isnan(values)]

@@ -58,6 +58,7 @@ def test_export_drops_optimizer_state_and_keeps_predictions(tmp_path, ml100k):
     cfg = load_config(REPO / "examples" / "ml100k_deepfm.yaml")
     cfg.train.epochs = 1
     cfg.default_table.optimizer = "adam"
+    cfg.default_table.admit_min_count = 2  # an 8 MB sketch per table, whatever its size
     run_training(cfg, tmp_path / "run", progress=False)
     result = _run("export", str(tmp_path / "run"), "--out", str(tmp_path / "serving"), "--json")
     assert result.returncode == 0, result.stderr
@@ -69,3 +70,27 @@ def test_export_drops_optimizer_state_and_keeps_predictions(tmp_path, ml100k):
     assert torch.equal(a.model.predict(batch), b.model.predict(batch))
     assert b.config.default_table.optimizer == "sgd"
     assert all(t.memory_bytes()["optimizer_state"] == 0 for t in b.model.dynamic_tables().values())
+    # what serving reads: weights, fids and per-row metadata (count, last seen, version)
+    needed = sum(
+        len(t) * (4 * t.dim + 8 + 4 + 8 + 8) for t in b.model.dynamic_tables().values()
+    )
+    files = sum(p.stat().st_size for p in (b.path / "tables").iterdir())
+    assert files <= 1.1 * needed, (files, needed)
+
+
+def test_set_and_seed_override_the_config_and_are_validated_like_it(tmp_path):
+    config = str(REPO / "examples" / "criteo_dcnv2.yaml")
+    typo = _run("train", config, "--set", "train.epoch=2")
+    assert typo.returncode == 2 and "train.epoch: Extra inputs are not permitted" in typo.stderr
+    bad = _run("train", config, "--set", "default_table.dim=-1")
+    assert bad.returncode == 2 and "default_table.dim" in bad.stderr
+    shape = _run("train", config, "--set", "train")
+    assert shape.returncode == 2 and "key.path=value" in shape.stderr
+    runs = []
+    for seed in (1, 1, 2):
+        out = tmp_path / f"run{len(runs)}"
+        args = ["--seed", str(seed), "--set", "data.batch_size=1024", "--json", "-q"]
+        result = _run("train", config, "--out", str(out), *args)
+        assert result.returncode == 0, result.stderr
+        runs.append(json.loads(result.stdout)["metrics"]["label"]["auc"])
+    assert runs[0] == runs[1] != runs[2]  # the seed is the config's train.seed

@@ -48,12 +48,17 @@ def test_pooling_matches_a_manual_computation():
         assert torch.allclose(out["hist"], expected, atol=1e-7)
 
 
-def test_backward_updates_only_the_rows_of_the_batch():
+def test_the_step_updates_only_the_rows_of_the_batch_and_backward_none():
     coll, batch, table = _setup()
     table.lookup(torch.tensor([1, 2, 3, 4, 99]), now=0)  # 99: a row the batch does not touch
     before = table.lookup(torch.tensor([1, 2, 3, 4, 99]), insert=False)
     out = coll(batch).pooled
     (out["item"].sum() + out["hist"].sum()).backward()
+    after_backward = table.lookup(torch.tensor([1, 2, 3, 4, 99]), insert=False)
+    assert torch.equal(after_backward, before)  # rows wait for the optimizer step
+    assert len(coll.row_gradients) == 1
+    coll.apply_row_gradients()
+    assert coll.row_gradients == []
     after = table.lookup(torch.tensor([1, 2, 3, 4, 99]), insert=False)
     # d/dw of the sum: item 1 → 1 (item) + 1 (hist w=1); item 2 → 1 + 0.5 + 2 + 1; 3 → 1; 4 → 1
     expected_grad = torch.tensor([2.0, 4.5, 1.0, 1.0, 0.0])[:, None].expand(5, 4)
@@ -107,6 +112,7 @@ def test_one_id_per_row_features_pool_and_train_like_bags():
     expected = torch.stack([torch.stack([e[x], e[y]]) for x, y in [(5, 6), (6, 7), (5, 5)]])
     assert torch.equal(stacked, expected) and torch.equal(emb.pooled["b"], expected[:, 1])
     stacked.sum().backward()
+    coll.apply_row_gradients()
     after = {i: table.lookup(torch.tensor([i]), insert=False)[0] for i in (5, 6, 7)}
     for fid, times in {5: 3, 6: 2, 7: 1}.items():
         assert torch.allclose(e[fid] - after[fid], torch.full((3,), float(times)))

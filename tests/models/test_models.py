@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from streamrec.config import ModelConfig, TableConfig
 from streamrec.data.movielens import add_history
+from streamrec.embedding.sparse_optimizer import SparseOptimizer
 from streamrec.models import MODELS, RankingModel, build_model, register_model
 from streamrec.schema import EmbeddingFeature, Label, Schema
 
@@ -43,6 +44,7 @@ def test_model_learns_on_real_rows(name, params, batches):
     tables = {t: TableConfig(dim=8, optimizer="adagrad", lr=0.05) for t in SCHEMA.tables()}
     model = build_model(ModelConfig(name=name, params=params), SCHEMA, tables)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sparse = SparseOptimizer(model)
     model.eval()
     with torch.no_grad():
         before = [F.binary_cross_entropy_with_logits(model(b), b.labels).item() for b in batches]
@@ -53,6 +55,7 @@ def test_model_learns_on_real_rows(name, params, batches):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sparse.step()
     model.eval()
     with torch.no_grad():
         after = [F.binary_cross_entropy_with_logits(model(b), b.labels).item() for b in batches]

@@ -18,10 +18,10 @@ RAW = {
     "schema": {
         "labels": [{"name": "label"}],
         "embeddings": [
-            {"name": "user_id"},
-            {"name": "item_id"},
-            {"name": "genres", "pooling": "mean"},
-            {"name": "occupation"},
+            {"name": "user_id", "kind": "int"},
+            {"name": "item_id", "kind": "int"},
+            {"name": "genres", "pooling": "mean", "kind": "list<string>"},
+            {"name": "occupation", "kind": "string"},
         ],
     },
     "default_table": {"dim": 8, "optimizer": "adagrad", "lr": 0.05, "admit_min_count": 1},

@@ -10,14 +10,17 @@ Tables with the same dim and row optimizer form a group; per group and batch, fo
   3. pools every feature of the group in one kernel over W (`pooling.py`: sum, then a per-bag
      scale for mean / sqrtn; per-id weights) → {feature: [B, dim]}; features with
      `max_length` also come back padded [B, L, dim] with a mask.
-In backward, W's gradient [U, dim] goes straight to the row optimizer of every table in the
-group (fused into backward through a tensor hook, via the lookup), so only the unique rows of
-the batch are touched; dense parameters are left to torch.optim.
+In backward, W's gradient [U, dim] is kept beside the collection (`row_gradients`, through a
+tensor hook) — no row changes during backward. The optimizer step (`SparseOptimizer`) applies
+it with each table's row optimizer, after clipping and a finiteness check, so only the unique
+rows of the batch are touched; dense parameters are left to torch.optim.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +30,7 @@ from torch import nn
 
 from streamrec.batch import Batch
 from streamrec.embedding.grouped import TableGroup
-from streamrec.embedding.lookup import RowLookup
+from streamrec.embedding.lookup import RowGradient, RowLookup
 from streamrec.embedding.pooling import FeaturePooling
 from streamrec.embedding.table import DynamicTable
 from streamrec.schema import EmbeddingFeature, Schema
@@ -83,6 +86,22 @@ class Embedded:
         return torch.stack([self.pooled[n] for n in names], dim=1)
 
 
+_dense_only = threading.local()
+
+
+@contextmanager
+def tables_left_out() -> Iterator[None]:
+    """Within this block (on this thread), `state_dict()` / `load_state_dict()` of a model skip
+    its tables: the model directory stores them apart, chunk by chunk, and a copy of every
+    row just to drop it would cost a table's memory."""
+    before = getattr(_dense_only, "on", False)
+    _dense_only.on = True
+    try:
+        yield
+    finally:
+        _dense_only.on = before
+
+
 @dataclass
 class _GroupPlan:
     lookup: RowLookup
@@ -117,6 +136,7 @@ class EmbeddingCollection(nn.Module):
                 )
             )
         self.now: float | None = None  # event time for admission / expiry; set by the trainer
+        self.row_gradients: list[RowGradient] = []  # left by backward, applied by the step
 
     def replace_lookups(self, make: Callable[[list[DynamicTable]], RowLookup]) -> None:
         """Give every group of tables the lookup `make(tables)` builds (e.g. a sharded one):
@@ -133,6 +153,23 @@ class EmbeddingCollection(nn.Module):
         for plan in self._plans:
             plan.lookup.flush()
 
+    def apply_row_gradients(self) -> None:
+        """One row-optimizer step from the gradients backward left (then forgets them). Several
+        backward passes (accumulated micro-batches) are summed per row first where the lookup
+        can merge them (a local group); a sharded one applies them in turn."""
+        pending: dict[int, list[RowGradient]] = {}
+        for g in self.row_gradients:
+            pending.setdefault(id(g.lookup), []).append(g)
+        self.row_gradients = []
+        for grads in pending.values():
+            lookup = grads[0].lookup
+            if len(grads) > 1 and hasattr(lookup, "merge"):
+                handle, grad = lookup.merge([g.handle for g in grads], [g.grad for g in grads])
+                lookup.apply_gradients(handle, grad)
+                continue
+            for g in grads:
+                lookup.apply_gradients(g.handle, g.grad)
+
     def dim(self, feature: str) -> int:
         return self.tables[self.features[feature].table_name].dim
 
@@ -140,6 +177,45 @@ class EmbeddingCollection(nn.Module):
     def feature_order(self) -> list[str]:
         """Embedding features in the order the groups stack them (use with `stacked`)."""
         return [f for plan in self._plans for f in plan.features]
+
+    # `state_dict()` holds every table as tensors, under `tables.<name>.<field>` (fids, weights,
+    # optimizer state, metadata: `DynamicTable.state_dict`), so torch.save / torch.load
+    # (weights_only=True) round-trip a whole model.
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if getattr(_dense_only, "on", False):
+            return
+        for name, table in self.tables.items():
+            for key, tensor in table.state_dict().items():
+                destination[f"{prefix}tables.{name}.{key}"] = tensor
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        ours = f"{prefix}tables."
+        unexpected_keys[:] = [k for k in unexpected_keys if not k.startswith(ours)]
+        if getattr(_dense_only, "on", False):
+            return
+        for name, table in self.tables.items():
+            fields = f"{prefix}tables.{name}."
+            state = {k[len(fields) :]: v for k, v in state_dict.items() if k.startswith(fields)}
+            if not state:
+                missing_keys.append(f"{fields}*")
+                continue
+            try:
+                table.load_state_dict(state)
+            except (KeyError, ValueError) as e:
+                error_msgs.append(f"table {name!r}: {e}")
 
     def forward(self, batch: Batch) -> Embedded:
         out = Embedded()
@@ -166,15 +242,14 @@ class EmbeddingCollection(nn.Module):
         weights = weights.to(device)
         if self.training and torch.is_grad_enabled():
             weights.requires_grad_(True)
-            weights.register_hook(_row_update_hook(plan.lookup, handle))
+            weights.register_hook(self._keep_row_gradient(plan.lookup, handle))
         inverse = torch.from_numpy(inverse_np).to(device)
         pooled = plan.pooling(weights, inverse, parts, device)
         out.add_group(plan.features, pooled)
         out.sequences.update(plan.pooling.pad_sequences(weights, inverse, parts, device))
 
+    def _keep_row_gradient(self, lookup: RowLookup, handle: Any) -> Callable[[torch.Tensor], None]:
+        def keep(grad: torch.Tensor) -> None:
+            self.row_gradients.append(RowGradient(lookup, handle, grad))
 
-def _row_update_hook(lookup: RowLookup, handle: Any) -> Callable[[torch.Tensor], None]:
-    def apply(grad: torch.Tensor) -> None:
-        lookup.apply_gradients(handle, grad)
-
-    return apply
+        return keep

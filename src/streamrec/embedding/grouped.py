@@ -133,7 +133,23 @@ class TableGroup:
         return self.gather(resolved), resolved.inverse, resolved
 
     def flush(self) -> None:
-        """Nothing is ever in flight: gradients are applied in backward."""
+        """Nothing is ever in flight: gradients are applied when the step hands them over."""
+
+    def merge(
+        self, handles: list[Resolved], grads: list[torch.Tensor]
+    ) -> tuple[Resolved, torch.Tensor]:
+        """Several lookups' gradients (accumulated micro-batches) as one: each stored row once,
+        with its gradients summed. → (a handle for `apply_gradients`, grads [U', dim])."""
+        tables = np.concatenate([h.tables for h in handles])
+        rows = np.concatenate([h.rows for h in handles])
+        grad = torch.cat([g.detach().cpu().float() for g in grads])
+        stored = np.flatnonzero(rows >= 0)
+        key = (tables[stored] << 32) | rows[stored]  # rows < 2^31 per table
+        unique, inverse = np.unique(key, return_inverse=True)
+        summed = torch.zeros(unique.shape[0], grad.shape[1])
+        summed.index_add_(0, torch.from_numpy(inverse), grad[torch.from_numpy(stored)])
+        merged = Resolved(unique >> 32, np.empty(0, np.int64), unique & 0xFFFFFFFF, inverse)
+        return merged, summed
 
     def gather(self, resolved: Resolved) -> torch.Tensor:
         """FloatTensor [U, dim]: the rows of the unique ids (zeros where not stored)."""

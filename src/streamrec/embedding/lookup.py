@@ -5,7 +5,7 @@ input-dist → lookup → output-dist split, with the dists folded into the look
 
     weights, inverse, handle = lookup.lookup(fids, segments, now, insert)
     … pool `weights` [U, dim] by `inverse` [n] …
-    lookup.apply_gradients(handle, grad)          # in backward, grad [U, dim]
+    lookup.apply_gradients(handle, grad)          # at the optimizer step, grad [U, dim]
 
 `TableGroup` (grouped.py) answers from this process's tables; `ShardedGroup` (sharded.py) sends
 each id to the rank that owns it and brings the rows back.
@@ -13,6 +13,7 @@ each id to the rank that owns it and brings the rows back.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,3 +41,14 @@ class RowLookup(Protocol):
     def flush(self) -> None:
         """Apply every gradient still in flight (before the tables are read as a whole)."""
         ...
+
+
+@dataclass
+class RowGradient:
+    """What backward leaves beside a group of tables: the gradient `grad` [U, dim] of the
+    unique rows a `lookup` returned (`handle`), waiting for the optimizer step
+    (`SparseOptimizer`, sparse_optimizer.py) to clip, check and apply it."""
+
+    lookup: RowLookup
+    handle: Any
+    grad: torch.Tensor

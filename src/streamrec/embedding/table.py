@@ -384,6 +384,12 @@ class DynamicTable:
         self._state = ChunkedRows(0, np.float32, self._weights.chunk_rows)
         self._state.reserve(self._weights.capacity)
 
+    def drop_admission_state(self) -> None:
+        """Serving never admits an id: free the count-min sketch (4 × sketch_width counters,
+        8 MB by default, whatever the table's size). A table loaded from such a copy for
+        training again starts its admission counts afresh."""
+        self._sketch = np.zeros((1, 1), np.uint16)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue bit-exactly: weights, optimizer state, metadata, free
         list, sketch and counters. Plain tensors (safetensors-ready, no pickle)."""
@@ -444,6 +450,8 @@ class DynamicTable:
         fresh._alloc[:] = (n, top)
         fresh._draws[0] = np.int64(draws).view(np.uint64)
         sketch = state["sketch"].numpy().view(np.uint16)
+        if fresh.admit_min_count and sketch.shape != fresh._sketch.shape:  # a serving copy's
+            sketch = fresh._sketch  # dropped sketch: admission counts start afresh
         fresh._sketch = sketch.copy()
         fresh.version = version
         dv = state["deleted_versions"].numpy()

@@ -10,16 +10,16 @@ A model is built from the schema and the table settings; `forward(batch)` return
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.embedding.collection import Embedded, EmbeddingCollection
 from streamrec.embedding.table import DynamicTable
+from streamrec.models.with_tables import WithTables
 from streamrec.schema import Schema
 
 
-class RankingModel(nn.Module):
+class RankingModel(WithTables):
     def __init__(
         self, schema: Schema, tables: dict[str, TableConfig], with_embeddings: bool = True
     ) -> None:
@@ -38,19 +38,6 @@ class RankingModel(nn.Module):
         # Negative down-sampling rate w used in training; predictions are re-calibrated with
         # q = p / (p + (1 − p) / w) (He et al. 2014) so that calibration stays ≈ 1.
         self.register_buffer("negative_sampling_rate", torch.ones(()))
-
-    def dynamic_tables(self) -> dict[str, DynamicTable]:
-        """Every DynamicTable the model reads (its embedding tables and any helper tables)."""
-        out: dict[str, DynamicTable] = {}
-        for module in self.modules():
-            if isinstance(module, EmbeddingCollection):
-                out.update(module.tables)
-        return out
-
-    def set_event_time(self, now: float | None) -> None:
-        for module in self.modules():
-            if isinstance(module, EmbeddingCollection):
-                module.now = now
 
     def embed(self, batch: Batch) -> Embedded:
         if self.embeddings is None:

@@ -68,10 +68,9 @@ class LinearTerm(nn.Module):
         lin = linear_schema(schema)
         own = {}
         for name, cfg in tables.items():
-            params = cfg.model_dump() | {"dim": 1, "init_scale": 0.0}
-            if lr is not None:
-                params["lr"] = lr
-            own[f"{name}@linear"] = DynamicTable(**params, name=f"{name}@linear")
+            linear = {"dim": 1, "init_scale": 0.0} | ({"lr": lr} if lr is not None else {})
+            settings = cfg.model_copy(update=linear)
+            own[f"{name}@linear"] = DynamicTable.from_config(settings, name=f"{name}@linear")
         self.ids = EmbeddingCollection(lin, own) if schema.embeddings else None
         self.dense = nn.Linear(schema.dense_width, num_tasks) if schema.dense_width else None
         self.bias = nn.Parameter(torch.zeros(num_tasks))

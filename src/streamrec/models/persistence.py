@@ -19,6 +19,7 @@ import torch
 from streamrec.config import JobConfig, parse_config
 from streamrec.models.base import RankingModel
 from streamrec.models.registry import build_model
+from streamrec.schema import Schema
 from streamrec.store import read_manifest, read_tensors, write_model_dir
 from streamrec.store.model_dir import open_tensors
 
@@ -33,7 +34,7 @@ class LoadedModel:
 
 def model_files(model: RankingModel) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
     """(manifest fragment, tensor files) describing the model's dense part and tables."""
-    files: dict[str, dict[str, torch.Tensor]] = {"dense.safetensors": model.state_dict()}
+    files: dict[str, dict[str, torch.Tensor]] = {"dense.safetensors": model.dense_state_dict()}
     tables = {}
     for i, (name, table) in enumerate(sorted(model.dynamic_tables().items())):
         rel = f"tables/{i:03d}.safetensors"
@@ -48,6 +49,19 @@ def model_files(model: RankingModel) -> tuple[dict[str, Any], dict[str, dict[str
     return {"tables": tables}, files
 
 
+def schema_kinds(schema: Schema) -> dict[str, str]:
+    """Every input column's kind, as the schema declares it (a fitted schema: all of them)."""
+    kinds = schema.declared_kinds()
+    unknown = [c for c in schema.input_columns(with_labels=False) if c not in kinds]
+    if unknown:
+        raise ValueError(
+            f"the schema does not say how to read {unknown} (int ids, or strings to hash): "
+            "declare `kind:` on those features, or fit the schema on a data sample "
+            "(Schema.fit) before saving"
+        )
+    return {c: kinds[c] for c in schema.input_columns(with_labels=False)}
+
+
 def save_model(
     path: str | Path,
     model: RankingModel,
@@ -56,6 +70,9 @@ def save_model(
     extra_tensor_files: dict[str, dict[str, torch.Tensor]] | None = None,
     extra_files: dict[str, bytes] | None = None,
 ) -> Path:
+    """Write a model directory. Its `input_kinds` (how every reader reads each input column)
+    come from `extra_manifest`, else from the schema — a fitted schema declares every one;
+    a schema that leaves some undeclared is refused rather than served with guessed types."""
     fragment, files = model_files(model)
     manifest = {
         "created": time.time(),
@@ -65,6 +82,8 @@ def save_model(
         **fragment,
         **(extra_manifest or {}),
     }
+    if not manifest.get("input_kinds"):
+        manifest["input_kinds"] = schema_kinds(model.schema)
     files.update(extra_tensor_files or {})
     return write_model_dir(path, manifest, files, extra_files)
 
@@ -83,7 +102,7 @@ def load_model(path: str | Path, pause: Callable[[], None] | None = None) -> Loa
     config.schema_ = config.schema_.model_validate(manifest["schema"])
     model = build_model(config.model, config.schema_, config.table_configs())
     step()
-    model.load_state_dict(read_tensors(directory, "dense.safetensors", manifest))
+    model.load_dense_state_dict(read_tensors(directory, "dense.safetensors", manifest))
     step()
     tables = model.dynamic_tables()
     for name, entry in manifest["tables"].items():
@@ -99,8 +118,9 @@ def export_for_serving(
     src: str | Path, dst: str | Path, drop_zero_rows: bool = False
 ) -> dict[str, Any]:
     """A serving copy of a model directory: no optimizer state (tables switch to SGD, which
-    keeps none) and, optionally, without rows that are exactly zero (FTRL with L1 leaves many;
-    a missing id reads the zero default row, so scores do not change). → a size report."""
+    keeps none), no admission sketches, and, optionally, without rows that are exactly zero
+    (FTRL with L1 leaves many; a missing id reads the zero default row, so scores do not
+    change). → a size report."""
     loaded = load_model(src)
     before = after = 0
     dropped = 0
@@ -112,6 +132,7 @@ def export_for_serving(
             dropped += int(zero.size)
             table.remove_rows(zero)
         table.drop_optimizer_state()
+        table.drop_admission_state()
         after += sum(table.memory_bytes().values())
     config = loaded.config.model_copy(deep=True)
     config.default_table.optimizer = "sgd"
@@ -120,7 +141,7 @@ def export_for_serving(
     extra = {
         k: v
         for k, v in loaded.manifest.items()
-        if k in ("input_kinds", "metrics", "kind", "retrieval")
+        if k in ("input_kinds", "metrics", "model_type", "kind", "retrieval")
     }
     extra["exported_from"] = {
         "path": str(loaded.path),

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.embedding.table import DynamicTable
 from streamrec.models.layers import MLP
+from streamrec.models.with_tables import WithTables
 from streamrec.schema import Schema
 
 
-class TwoTower(nn.Module):
+class TwoTower(WithTables):
     def __init__(
         self,
         schema: Schema,
@@ -50,12 +50,6 @@ class TwoTower(nn.Module):
         self.item_mlp = MLP(dim(self.item_features), hidden, out=out_dim)
         self.temperature = temperature
         self.out_dim = out_dim
-
-    def dynamic_tables(self) -> dict[str, DynamicTable]:
-        return dict(self.embeddings.tables)
-
-    def set_event_time(self, now: float | None) -> None:
-        self.embeddings.now = now
 
     def towers(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.embeddings(batch).pooled

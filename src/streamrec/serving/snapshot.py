@@ -72,7 +72,7 @@ class Snapshot:
             if delta.fids.numel():
                 table.upsert(delta.fids.numpy(), delta.weights().numpy())
         if dense is not None:
-            self.model.load_state_dict(dense)
+            self.model.load_dense_state_dict(dense)
         self.delta_version = int(manifest["version"])
         self.delta_applied_at = time.time()
 

@@ -76,7 +76,7 @@ class DeltaExporter:
         full = self.is_snapshot(self.version)
         dense = None
         if full or force_dense or self.version % self.dense_every == 0:
-            dense = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            dense = {k: v.detach().clone() for k, v in self.model.dense_state_dict().items()}
         manifest = {
             "base_model_version": self.base_model_version,
             "created": time.time(),

@@ -64,6 +64,7 @@ class DistributedTrainer(Trainer):
     and whose checkpoints are sharded (`train/sharded_checkpoint.py`)."""
 
     checkpoint_root: Path | None = None
+    best_root: Path | None = None  # the best epoch's sharded checkpoint (see save_best)
     sharded: list = []  # the model's EmbeddingCollections, their tables sharded
 
     def flush_sparse(self) -> None:
@@ -75,6 +76,32 @@ class DistributedTrainer(Trainer):
     def evict(self) -> int:
         self.flush_sparse()
         return super().evict()
+
+    def save_best(self, metrics: dict) -> None:
+        if self.best_root is not None:
+            self.flush_sparse()
+            save_sharded_checkpoint(self, self.best_root, metrics, epoch_done=True)
+
+    def restore_best(self) -> bool:
+        step_dir = latest_checkpoint(self.best_root) if self.best_root is not None else None
+        if step_dir is None:
+            return False
+        best, *_ = load_sharded_checkpoint(
+            step_dir,
+            dist.get_rank(),
+            dist.get_world_size(),
+            lambda m: build_dense_optimizer(m, self.train_config),
+        )
+        self.model.load_state_dict(best.state_dict())  # this rank's shard of every table
+        return True
+
+    def agreed_norm(self, norm: torch.Tensor) -> torch.Tensor:
+        """The largest norm over the ranks: each rank holds its own rows' gradients, and every
+        rank must clip alike and skip the same steps (a skipped exchange would hang the rest)."""
+        agreed = norm.detach().reshape(1).float()
+        agreed = torch.where(torch.isfinite(agreed), agreed, torch.inf)  # NaN never wins a max
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        return agreed[0]
 
     def save_progress(self, metrics: dict | None = None, epoch_done: bool = False) -> None:
         if self.checkpoint_root is not None:
@@ -192,6 +219,7 @@ def run_distributed_training(
         else:
             if rank == 0:  # a fresh run: checkpoints of an earlier run in OUT are not ours
                 shutil.rmtree(out / "checkpoint", ignore_errors=True)
+                shutil.rmtree(out / "best", ignore_errors=True)
             start = fresh_start(config, splits)  # same sample on every rank → same schema
         pinned.update(start.kinds)
         trainer = DistributedTrainer(
@@ -199,6 +227,7 @@ def run_distributed_training(
         )
         shard_for_training(trainer, start.config, exchange, timeout)
         trainer.checkpoint_root = out / "checkpoint"
+        trainer.best_root = out / "best"
         result = fit(trainer, start, splits, lambda batch: local_slice(batch, rank, world))
         trainer.flush_sparse()
         dead.close()

@@ -232,6 +232,9 @@ class DistributedOnlineTrainer(OnlineTrainer):
 
     def checkpoint(self) -> None:
         """Collective: every rank's shard, then rank 0 publishes the step and commits."""
+        kinds = [self.kinds]  # learnt from the stream, which only rank 0 reads
+        dist.broadcast_object_list(kinds, src=0)
+        self.kinds = kinds[0]
         self.trainer.extra_manifest = {
             "input_kinds": self.kinds,
             "online": self._online_state() if self.rank == 0 else {},

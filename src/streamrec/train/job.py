@@ -53,6 +53,7 @@ def _train(
     if start is None:
         if not resume:  # a fresh run: checkpoints of an earlier run in OUT are not ours
             shutil.rmtree(run.checkpoints, ignore_errors=True)
+            shutil.rmtree(out / "best", ignore_errors=True)
         start = fresh_start(config, splits)
     pinned.update(start.kinds)  # validation files, later epochs: read as the model saw its sample
     trainer = Trainer(start.model, start.config, out, start.optimizer, progress=progress)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from streamrec.batch import Batch
 from streamrec.config import JobConfig, TrainConfig
+from streamrec.embedding.sparse_optimizer import SparseOptimizer, clip_grad_norm_
 from streamrec.models.base import RankingModel
 from streamrec.train.checkpoint import save_checkpoint
 from streamrec.train.metrics import MetricAccumulator, auc
@@ -68,6 +70,7 @@ class TrainResult:
     steps: int
     history: list[dict] = field(default_factory=list)
     resumed_from_step: int | None = None  # the checkpoint's global step, when resumed
+    skipped_steps: int = 0  # optimizer steps skipped for a NaN or inf gradient
 
     def to_json(self) -> dict:
         return {
@@ -77,6 +80,7 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "steps": self.steps,
             "resumed_from_step": self.resumed_from_step,
+            "skipped_steps": self.skipped_steps,
         }
 
 
@@ -106,6 +110,12 @@ class Trainer:
         self.forward_module: torch.nn.Module = model  # e.g. a DistributedDataParallel wrapper
         self.extra_manifest: dict = {}  # saved with every checkpoint (e.g. input kinds)
         self.resumed_from_step: int | None = None
+        self.sparse = SparseOptimizer(model)  # the embedding half of every optimizer step
+        self.optimizer_steps = 0  # steps taken (applied or skipped); batches / accumulation
+        self.skipped_steps = 0  # steps whose gradients held a NaN or inf
+        self.best_epoch = 0  # the best validation epoch so far (1-based; 0: none yet)
+        self.best_score: float | None = None
+        self._micro = 0  # batches whose gradients wait for the next step
         self._samples_at_start = 0  # samples_trained when this process's fit() began
         self.model.negative_sampling_rate.fill_(self.train_config.negative_sampling_rate)
         if self.run_dir is not None:
@@ -141,21 +151,43 @@ class Trainer:
             loss = F.binary_cross_entropy_with_logits(logits, batch.labels[:, : logits.shape[1]])
         else:  # a rank's empty share of a tiny global batch: still joins the exchanges
             loss = logits.sum() * 0.0
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # row optimizers run here, inside backward
-        if self.train_config.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), self.train_config.grad_clip_norm
-            )
-        self.optimizer.step()
+        accumulate = self.train_config.grad_accumulation_steps
+        (loss / accumulate if accumulate > 1 else loss).backward()  # no row changes here
+        self._micro += 1
+        if self._micro == accumulate:
+            self.optimizer_step()
+            if self.optimizer_steps % self.train_config.evict_every_steps == 0:
+                self.evict()
         self.global_step += 1
         self.samples_trained += batch.size
-        if self.global_step % self.train_config.evict_every_steps == 0:
-            self.evict()
         self._last_logits = logits.detach()
         self._last_labels = batch.labels
         self.losses.append(float(loss.detach()))
         return self.losses[-1]
+
+    def optimizer_step(self) -> bool:
+        """One step of every gradient waiting — dense parameters and embedding rows together:
+        clipped to one global norm (`train.grad_clip_norm`), skipped and counted when that norm
+        is not finite (`train.skip_nonfinite_steps`). → whether it was applied."""
+        cfg = self.train_config
+        self._micro = 0
+        self.optimizer_steps += 1
+        applied = True
+        if cfg.grad_clip_norm or cfg.skip_nonfinite_steps:
+            norm = self.agreed_norm(clip_grad_norm_(self.model, cfg.grad_clip_norm, self.sparse))
+            applied = not cfg.skip_nonfinite_steps or bool(torch.isfinite(norm))
+        if applied:
+            self.sparse.step()
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
+            self.sparse.zero_grad()
+        self.optimizer.zero_grad(set_to_none=True)
+        return applied
+
+    def agreed_norm(self, norm: torch.Tensor) -> torch.Tensor:
+        """The gradient norm every process decides on (one process: its own)."""
+        return norm
 
     def evict(self) -> int:
         evicted = 0
@@ -215,6 +247,8 @@ class Trainer:
                         "lr": self.optimizer.param_groups[0]["lr"],
                     }
                 )
+        if self._micro:  # the epoch's last batches, fewer than grad_accumulation_steps
+            self.optimizer_step()
         bar.close()
         self._epoch_seconds = time.perf_counter() - start
         return float(np.mean(losses)) if losses else float("nan")
@@ -240,7 +274,7 @@ class Trainer:
         skip_steps: int = 0,
     ) -> TrainResult:
         """`train(epoch)` yields the epoch's batches; `valid()` the validation batches."""
-        best, best_epoch, bad_epochs = -math.inf, 0, 0
+        bad_epochs = 0
         metrics: dict[str, dict[str, float]] = {}
         history = []
         self.epoch = start_epoch
@@ -263,11 +297,10 @@ class Trainer:
                         **{k: first.get(k) for k in ("auc", "logloss", "ne", "calibration")},
                     }
                 )
-                score = first["auc"]
-                if score > best:
-                    best, best_epoch, bad_epochs = score, epoch + 1, 0
-                    if self.train_config.early_stopping_patience and self.run_dir is not None:
-                        self.checkpoint(self.run_dir / "best", metrics)
+                if self._improves(first):
+                    self.best_epoch, self.best_score = epoch + 1, self._score(first)
+                    bad_epochs = 0
+                    self.save_best(metrics)
                 else:
                     bad_epochs += 1
             history.append(entry)
@@ -275,13 +308,7 @@ class Trainer:
             patience = self.train_config.early_stopping_patience
             if patience and bad_epochs >= patience:
                 break
-        if (
-            self.train_config.early_stopping_patience
-            and self.run_dir is not None
-            and (self.run_dir / "best").exists()
-            and best_epoch != self.epoch + 1
-        ):
-            self._restore_best()
+        if self.best_epoch and self.best_epoch != self.epoch + 1 and self.restore_best():
             metrics = self.evaluate(valid()) if valid is not None else metrics
         if not metrics and valid is not None:  # resumed after the last epoch: nothing trained
             metrics = self.evaluate(valid())
@@ -291,35 +318,60 @@ class Trainer:
             metrics,
             speed,
             self.epoch + 1,
-            best_epoch or self.epoch + 1,
+            self.best_epoch or self.epoch + 1,
             self.global_step,
             history,
             self.resumed_from_step,
+            self.skipped_steps,
         )
 
-    def _restore_best(self) -> None:
+    def _score(self, metrics: dict[str, float]) -> float:
+        """The first task's `train.early_stopping_metric`, larger = better."""
+        metric = self.train_config.early_stopping_metric
+        value = metrics[metric]
+        return value if metric == "auc" else -value
+
+    def _improves(self, metrics: dict[str, float]) -> bool:
+        score = self._score(metrics)
+        return not math.isnan(score) and (self.best_score is None or score > self.best_score)
+
+    def save_best(self, metrics: dict) -> None:
+        """Keep the model of the best epoch so far (RUN_DIR/best), for `restore_best`."""
+        if self.run_dir is not None:
+            self.checkpoint(self.run_dir / "best", metrics)
+
+    def restore_best(self) -> bool:
+        """Put the best epoch's weights and tables back into the model (the last epoch's stay in
+        the checkpoint, for `--resume`). → False when no best model was kept."""
+        if self.run_dir is None or not (self.run_dir / "best").exists():
+            return False
         from streamrec.models.persistence import load_model
 
-        best = load_model(self.run_dir / "best").model
-        self.model.load_state_dict(best.state_dict())
-        mine = self.model.dynamic_tables()
-        for name, table in best.dynamic_tables().items():
-            mine[name].load_state_dict(table.state_dict())
+        self.model.load_state_dict(load_model(self.run_dir / "best").model.state_dict())
+        return True
 
     # ------------------------------------------------------------------ persistence
-    def position(self, epoch_done: bool = False) -> dict[str, int]:
+    def position(self, epoch_done: bool = False) -> dict[str, Any]:
         return {
             "epoch": self.epoch + 1 if epoch_done else self.epoch,
             "step_in_epoch": 0 if epoch_done else self.step_in_epoch,
             "global_step": self.global_step,
+            "optimizer_steps": self.optimizer_steps,
+            "skipped_steps": self.skipped_steps,
             "samples": self.samples_trained,
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
         }
 
     def restore_position(self, position: dict) -> None:
-        """Continue the step and sample counts of the checkpoint `position` came from."""
+        """Continue the counts and the best epoch of the checkpoint `position` came from."""
         self.global_step = position["global_step"]
         self.samples_trained = position["samples"]
         self.resumed_from_step = position["global_step"]
+        self.optimizer_steps = position.get("optimizer_steps", self.global_step)
+        self.skipped_steps = position.get("skipped_steps", 0)
+        self.best_epoch = position.get("best_epoch", 0)
+        self.best_score = position.get("best_score")
 
     def save_progress(self, metrics: dict | None = None, epoch_done: bool = False) -> None:
         """The checkpoint that `--resume` continues from (the next version in RUN_DIR/checkpoint):

@@ -28,6 +28,7 @@ from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.data.loader import BatchLoader
 from streamrec.data.splits import open_splits
+from streamrec.embedding.sparse_optimizer import SparseOptimizer
 from streamrec.models.persistence import save_model
 from streamrec.models.registry import build_model
 from streamrec.models.two_tower import TwoTower
@@ -131,6 +132,7 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
     if not isinstance(model, TwoTower):
         raise ValueError("train_two_tower needs model.name: two_tower")
     opt = torch.optim.Adam(model.parameters(), lr=config.train.dense_lr)
+    sparse = SparseOptimizer(model)  # the tables' row optimizers: the embedding half of a step
     counts = pc.value_counts(train["item_id"].combine_chunks())
     order = np.argsort(counts.field("values").to_numpy())
     known_items = counts.field("values").to_numpy()[order]
@@ -157,6 +159,7 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sparse.step()
             steps += 1
             if steps % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
