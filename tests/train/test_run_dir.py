@@ -129,9 +129,12 @@ def test_start_up_removes_what_killed_writers_left(tmp_path):
                  run / "deltas" / ".000000000042.tmp-5-6"]
     for p in leftovers:
         p.mkdir(parents=True) if "status" not in p.name else p.write_text("x")
+    (run / ".best.old-7-8").mkdir()  # killed between the two renames that replace RUN/best
+    (run / ".best.old-7-8" / "manifest.json").write_text("{}")
     before = time.time()
     RunDir(run).open().release()
     assert not any(p.exists() for p in leftovers)
+    assert (run / "best" / "manifest.json").exists()  # put back, not lost
     assert os.path.getmtime(run / ".lock") >= before - 1
 
 

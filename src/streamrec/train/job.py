@@ -15,7 +15,7 @@ from streamrec.data.errors import DeadLetter
 from streamrec.data.splits import DatasetSplits, check_columns, open_splits
 from streamrec.models.persistence import save_model
 from streamrec.train.preparation import checkpoint_start, fit, fresh_start, seed_everything
-from streamrec.train.run_dir import RunDir
+from streamrec.train.run_dir import BEST, RunDir
 from streamrec.train.trainer import Trainer, TrainResult
 
 
@@ -53,7 +53,7 @@ def _train(
     if start is None:
         if not resume:  # a fresh run: checkpoints of an earlier run in OUT are not ours
             shutil.rmtree(run.checkpoints, ignore_errors=True)
-            shutil.rmtree(out / "best", ignore_errors=True)
+            shutil.rmtree(out / BEST, ignore_errors=True)
         start = fresh_start(config, splits)
     pinned.update(start.kinds)  # validation files, later epochs: read as the model saw its sample
     trainer = Trainer(start.model, start.config, out, start.optimizer, progress=progress)

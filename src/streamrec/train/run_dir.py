@@ -33,6 +33,8 @@ CHECKPOINTS = "checkpoint"
 DELTAS = "deltas"
 
 
+BEST = "best"  # the best validation epoch's model (Trainer.save_best)
+
 class RunDirBusy(RuntimeError):
     """Another process is training into this run directory."""
 
@@ -47,7 +49,7 @@ class RunDir:
     def open(self) -> RunDir:
         """Take the writer lock, then tidy what a killed writer left. → self."""
         self.lock()
-        for name in (CHECKPOINTS, "model"):
+        for name in (CHECKPOINTS, "model", BEST):
             recover_dir(self.path / name)  # killed between the two renames of a replacement
         for folder in (self.path, self.checkpoints, self.deltas):
             remove_temporaries(folder)

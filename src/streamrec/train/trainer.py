@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from streamrec.embedding.sparse_optimizer import SparseOptimizer, clip_grad_norm
 from streamrec.models.base import RankingModel
 from streamrec.train.checkpoint import save_checkpoint
 from streamrec.train.metrics import MetricAccumulator, auc
-from streamrec.train.run_dir import RunDir
+from streamrec.train.run_dir import BEST, RunDir
 from streamrec.train.sampling import downsample_negatives
 
 METRIC_COLUMNS = [
@@ -308,8 +309,17 @@ class Trainer:
             patience = self.train_config.early_stopping_patience
             if patience and bad_epochs >= patience:
                 break
-        if self.best_epoch and self.best_epoch != self.epoch + 1 and self.restore_best():
-            metrics = self.evaluate(valid()) if valid is not None else metrics
+        if self.best_epoch and self.best_epoch != self.epoch + 1:
+            if self.restore_best():
+                metrics = self.evaluate(valid()) if valid is not None else metrics
+            else:  # no copy of it (no run directory, or deleted): report what is kept
+                if self.run_dir is not None:
+                    print(
+                        f"warning: the model of the best epoch ({self.best_epoch}) is missing "
+                        f"from {self.run_dir / BEST}; keeping epoch {self.epoch + 1}",
+                        file=sys.stderr,
+                    )
+                self.best_epoch = self.epoch + 1
         if not metrics and valid is not None:  # resumed after the last epoch: nothing trained
             metrics = self.evaluate(valid())
         trained_now = self.samples_trained - self._samples_at_start  # a resumed run's own work
@@ -338,16 +348,16 @@ class Trainer:
     def save_best(self, metrics: dict) -> None:
         """Keep the model of the best epoch so far (RUN_DIR/best), for `restore_best`."""
         if self.run_dir is not None:
-            self.checkpoint(self.run_dir / "best", metrics)
+            self.checkpoint(self.run_dir / BEST, metrics)
 
     def restore_best(self) -> bool:
         """Put the best epoch's weights and tables back into the model (the last epoch's stay in
         the checkpoint, for `--resume`). → False when no best model was kept."""
-        if self.run_dir is None or not (self.run_dir / "best").exists():
+        if self.run_dir is None or not (self.run_dir / BEST).exists():
             return False
         from streamrec.models.persistence import load_model
 
-        self.model.load_state_dict(load_model(self.run_dir / "best").model.state_dict())
+        self.model.load_state_dict(load_model(self.run_dir / BEST).model.state_dict())
         return True
 
     # ------------------------------------------------------------------ persistence
