@@ -26,9 +26,12 @@ class TableConfig(BaseModel):
     initial_accumulator: float = Field(0.0, description="Adagrad's starting accumulator")
     beta1: float = Field(0.9, description="Adam's first-moment decay")
     beta2: float = Field(0.999, description="Adam's second-moment decay")
-    ftrl_l1: float = Field(0.0, description="FTRL L1 strength (sparsifies rows)")
+    ftrl_l1: float = Field(
+        0.0, description="FTRL L1 strength (sparsifies rows); FTRL's lr, β, λ1 and λ2 are per "
+        "example, as in McMahan et al. 2013, at any batch size",
+    )
     ftrl_l2: float = Field(0.0, description="FTRL L2 strength")
-    ftrl_beta: float = Field(1.0, description="FTRL beta")
+    ftrl_beta: float = Field(1.0, description="FTRL β (the per-coordinate rate is lr / (β + √n))")
     weight_decay: float = Field(0.0, description="decoupled weight decay on touched rows")
     init_scale: float = Field(0.01, ge=0, description="rows start uniform in ±init_scale")
     admit_min_count: int | None = Field(

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from streamrec.config import ModelConfig, TableConfig
+from streamrec.config import ConfigError, ModelConfig, TableConfig, parse_config
 from streamrec.data.movielens import add_history
 from streamrec.embedding.sparse_optimizer import SparseOptimizer
 from streamrec.models import MODELS, RankingModel, build_model, register_model
@@ -55,7 +55,7 @@ def test_model_learns_on_real_rows(name, params, batches):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            sparse.step()
+            sparse.step(examples=b.size)
     model.eval()
     with torch.no_grad():
         after = [F.binary_cross_entropy_with_logits(model(b), b.labels).item() for b in batches]
@@ -93,3 +93,44 @@ def test_bad_model_configs_are_clear():
         build_model(ModelConfig(name="deepfm", params={"hiden": [8]}), SCHEMA, tables)
     with pytest.raises(ConfigError, match="sequence feature 'nope'"):
         build_model(ModelConfig(name="din", params={"sequence": "nope"}), SCHEMA, tables)
+
+
+def test_lr_defaults_to_per_id_ftrl_and_its_own_bias_rate():
+    """LR's defaults (models/lr.py): FTRL-Proximal on the per-id weights whatever the config's
+    default_table says, the bias and dense weights at 0.05 while train.dense_lr stays the
+    deep models' 1e-3 — and `row_optimizer: {}` hands the ids back to the table settings."""
+    from streamrec.models.lr import FTRL_DEFAULTS
+    from streamrec.train.trainer import build_dense_optimizer
+
+    raw = {
+        "name": "t",
+        "schema": {
+            "labels": [{"name": "label"}],
+            "dense": [{"name": "x"}],
+            "embeddings": [{"name": "user"}],
+        },
+        "default_table": {"dim": 8, "optimizer": "adagrad", "lr": 0.01},
+        "model": {"name": "lr"},
+        "train": {"dense_lr": 0.001},
+    }
+    config = parse_config(raw)
+    model = build_model(config.model, config.schema, config.table_configs())
+    (table,) = model.dynamic_tables().values()
+    for key, value in FTRL_DEFAULTS.items():
+        assert getattr(table.settings, key) == value
+    assert table.dim == 1
+    (group,) = build_dense_optimizer(model, config.train).param_groups
+    assert group["lr"] == group["base_lr"] == 0.05
+
+    raw["model"] = {"name": "lr", "params": {"row_optimizer": {}, "dense_lr": None}}
+    config = parse_config(raw)
+    model = build_model(config.model, config.schema, config.table_configs())
+    (table,) = model.dynamic_tables().values()
+    assert (table.settings.optimizer, table.settings.lr) == ("adagrad", 0.01)
+    (group,) = build_dense_optimizer(model, config.train).param_groups
+    assert group["lr"] == 0.001
+
+    raw["model"] = {"name": "lr", "params": {"row_optimizer": {"ftrl_lambda": 1.0}}}
+    config = parse_config(raw)
+    with pytest.raises(ConfigError, match="ftrl_lambda"):
+        build_model(config.model, config.schema, config.table_configs())

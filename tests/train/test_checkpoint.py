@@ -114,3 +114,19 @@ def test_lazy_table_files_load_exactly_what_was_saved(tmp_path):
     clone.load_state_dict(lazy)
     for key, value in t.state_dict().items():
         assert np.array_equal(value.numpy(), clone.state_dict()[key].numpy()), key
+
+
+def test_resume_takes_the_dense_rates_from_todays_config(batches):
+    """A checkpoint keeps the dense optimizer's moments, not its rates: resuming with a new
+    train.dense_lr trains at the new rate (each group's base_lr comes from the config)."""
+    from streamrec.train.checkpoint import optimizer_tensors, restore_optimizer
+
+    cfg, model = _fresh()
+    old = build_dense_optimizer(model, cfg.train.model_copy(update={"dense_lr": 0.01}))
+    trainer = Trainer(model, cfg, optimizer=old, progress=False)
+    trainer.train_step(batches[0])
+    tensors, settings = optimizer_tensors(old)
+    new = build_dense_optimizer(model, cfg.train.model_copy(update={"dense_lr": 0.02}))
+    restore_optimizer(new, tensors, settings)
+    assert [g["base_lr"] for g in new.param_groups] == [0.02]
+    assert new.state_dict()["state"].keys() == old.state_dict()["state"].keys()

@@ -164,3 +164,55 @@ def test_a_model_saved_from_a_users_own_loop_serves_ints_as_ints(tmp_path):
     model = build_model(config.model, config.schema, config.table_configs())
     with pytest.raises(ValueError, match=r"\['user', 'item'\].*declare `kind:`"):
         save_model(tmp_path / "unfitted", model, config)
+
+
+def _one_id_trainer(optimizer: str, batch_size: int, **train: object) -> tuple[Trainer, object]:
+    """An LR over one feature whose every row holds id 7: the id's gradient is the batch-mean
+    of identical per-example gradients."""
+    raw = {
+        "name": "t",
+        "schema": {"labels": [{"name": "label"}], "embeddings": [{"name": "user"}]},
+        "default_table": {"dim": 1, "optimizer": "adagrad"},
+        "model": {
+            "name": "lr",
+            "params": {"row_optimizer": {"optimizer": optimizer, "lr": 0.5, "ftrl_l2": 2.0}},
+        },
+        "train": {"dense_optimizer": "sgd", "dense_lr": 1e-9, **train},
+    }
+    config = parse_config(raw)
+    rows = pa.table({"label": [1.0] * batch_size, "user": [7] * batch_size})
+    config.schema_ = config.schema.fit(rows)
+    model = build_model(config.model, config.schema, config.table_configs())
+    return Trainer(model, config, progress=False), config.schema.encode(rows)
+
+
+def _weight_of_the_id(trainer: Trainer) -> float:
+    (table,) = trainer.model.dynamic_tables().values()
+    return float(table.state_dict()["weights"][0, 0])
+
+
+@pytest.mark.parametrize("batch_size", [1, 16, 256])
+def test_ftrl_takes_per_example_gradients_at_any_batch_size(batch_size):
+    """FTRL-Proximal's β and λ2 are per-example quantities: B identical examples must move the
+    weight as the paper's closed form does for their summed gradient −B/2 (p = ½ at w = 0,
+    label 1), not for the batch mean −½ — so one setting means the same at any batch size."""
+    trainer, batch = _one_id_trainer("ftrl", batch_size)
+    trainer.train_step(batch)
+    g = -0.5 * batch_size  # Σ over the batch of dloss/dw = p − y
+    alpha, beta, l2 = 0.5, 1.0, 2.0
+    expected = -g / ((beta + abs(g)) / alpha + l2)  # w = −z / ((β + √n) / α + λ2), z = g, n = g²
+    assert _weight_of_the_id(trainer) == pytest.approx(expected, rel=1e-5)
+
+
+def test_ftrl_per_example_scale_survives_accumulation_and_leaves_adagrad_alone():
+    """Two accumulated micro-batches of 8 are one step over 16 examples (the FTRL closed form
+    for Σg = −8); Adagrad is scale-free, so its first step is lr · sign(g) either way."""
+    trainer, batch = _one_id_trainer("ftrl", 8, grad_accumulation_steps=2)
+    trainer.train_step(batch)
+    assert _weight_of_the_id(trainer) == 0.0  # nothing applied before the second micro-batch
+    trainer.train_step(batch)
+    g = -0.5 * 16
+    assert _weight_of_the_id(trainer) == pytest.approx(-g / ((1 + abs(g)) / 0.5 + 2.0), rel=1e-5)
+    adagrad, batch = _one_id_trainer("adagrad", 64)
+    adagrad.train_step(batch)
+    assert _weight_of_the_id(adagrad) == pytest.approx(0.5, rel=1e-5)

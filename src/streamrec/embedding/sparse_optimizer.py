@@ -6,12 +6,20 @@ Backward changes no embedding row: each EmbeddingCollection keeps its groups' ro
     loss.backward()                                  # rows unchanged
     norm = clip_grad_norm_(model, 1.0, sparse)       # one global norm, embeddings included
     if torch.isfinite(norm):                         # a NaN never reaches a table
-        sparse.step(); dense.step()
+        sparse.step(examples=batch_size); dense.step()
     sparse.zero_grad(); dense.zero_grad()
 
 — and gradients of several micro-batches accumulate (summed per row) until `step()`. The math of
 each table's update is its row optimizer (its `TableConfig`), as before (Persia's
 `TrainCtx.backward` + `_check_finite`, TorchRec's fused optimizer made explicit).
+
+FTRL-Proximal's β, λ1 and λ2 are defined on per-example gradients (McMahan et al. 2013 update
+one example at a time), while a batch-mean loss gives row gradients ∝ 1/B: with the same
+settings, a batch of 256 would be regularised 256× harder than the paper's. `step(examples)`
+therefore hands FTRL tables the gradient of the summed loss (the batch-mean gradient × the
+number of terms the loss averaged over), so their settings mean the same at any batch size.
+The other rules see the batch-mean gradient unchanged (Adagrad and Adam are scale-free; SGD's lr
+stays a per-batch-mean rate, as torch's).
 """
 
 from __future__ import annotations
@@ -31,9 +39,17 @@ class SparseOptimizer:
         scaling them in place scales what `step` applies)."""
         return [g.grad for c in self.collections for g in c.row_gradients]
 
-    def step(self) -> None:
-        """Apply every waiting row gradient with its table's row optimizer, then forget it."""
+    def step(self, examples: int) -> None:
+        """Apply every waiting row gradient with its table's row optimizer, then forget it.
+
+        examples: how many terms the loss averaged over since the last step (batch size ×
+        tasks, summed over accumulated micro-batches; under torchrun, this rank's terms × the
+        world size, since the exchange averages over ranks). FTRL tables scale their gradient
+        by it (module docstring)."""
         for collection in self.collections:
+            for pending in collection.row_gradients:
+                if pending.lookup.tables[0].optimizer.name == "ftrl":
+                    pending.grad.mul_(examples)
             collection.apply_row_gradients()
 
     def zero_grad(self) -> None:

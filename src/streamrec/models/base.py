@@ -9,6 +9,8 @@ A model is built from the schema and the table settings; `forward(batch)` return
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from streamrec.batch import Batch
@@ -54,6 +56,12 @@ class RankingModel(WithTables):
 
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def dense_param_groups(self, dense_lr: float) -> list[dict[str, Any]]:
+        """The dense optimizer's parameter groups, each with its own base "lr" (warm-up scales
+        every group alike). Default: every trainable parameter at `train.dense_lr`; a model
+        whose parts want different rates (LR's bias) overrides this."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": dense_lr}]
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> torch.Tensor:

@@ -123,7 +123,7 @@ def _learns(model: RankingModel, batch: Batch) -> None:
         if dense is not None:
             dense.step()
             dense.zero_grad()
-        sparse.step()
+        sparse.step(examples=logits.numel())
     assert torch.isfinite(model.predict(batch)).all(), "learns: scores are not finite"
     assert sum(len(t) for t in model.dynamic_tables().values()) > 0, "learns: no row admitted"
 

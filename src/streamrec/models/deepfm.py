@@ -7,7 +7,7 @@ import torch
 from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.models.base import RankingModel
-from streamrec.models.layers import MLP, LinearTerm, fm_interaction
+from streamrec.models.layers import MLP, LinearTerm, fm_interaction, linear_settings
 from streamrec.schema import Schema
 
 
@@ -23,7 +23,7 @@ class DeepFM(RankingModel):
         super().__init__(schema, tables)
         if len(set(self.embedding_dims)) > 1:
             raise ValueError("DeepFM needs every embedding feature at one dim")
-        self.linear = LinearTerm(schema, tables, self.num_tasks, linear_lr)
+        self.linear = LinearTerm(schema, tables, self.num_tasks, linear_settings(linear_lr))
         in_dim = sum(self.embedding_dims) + self.dense_width
         self.deep = MLP(in_dim, hidden, out=self.num_tasks, dropout=dropout)
 

@@ -7,7 +7,7 @@ import torch
 from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.models.base import RankingModel
-from streamrec.models.layers import LinearTerm, fm_interaction
+from streamrec.models.layers import LinearTerm, fm_interaction, linear_settings
 from streamrec.schema import Schema
 
 
@@ -18,7 +18,7 @@ class FM(RankingModel):
         super().__init__(schema, tables)
         if len(set(self.embedding_dims)) > 1:
             raise ValueError("FM needs every embedding feature at one dim")
-        self.linear = LinearTerm(schema, tables, self.num_tasks, linear_lr)
+        self.linear = LinearTerm(schema, tables, self.num_tasks, linear_settings(linear_lr))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         stacked = self.embed(batch).stacked(self.features)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,6 +52,11 @@ def linear_schema(schema: Schema) -> Schema:
     return copy
 
 
+def linear_settings(linear_lr: float | None) -> dict[str, Any] | None:
+    """A model's `linear_lr` parameter as LinearTerm settings (None: the tables' own lr)."""
+    return None if linear_lr is None else {"lr": linear_lr}
+
+
 class LinearTerm(nn.Module):
     """Σ over features and ids of a per-id scalar weight, + a linear map of the dense input.
     → [B, num_tasks]."""
@@ -60,17 +66,20 @@ class LinearTerm(nn.Module):
         schema: Schema,
         tables: dict[str, TableConfig],
         num_tasks: int,
-        lr: float | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
-        """`lr`: the per-id weights' learning rate (default: the table's). One-hot weights see
-        one id per row, so they often want a larger rate than the embeddings."""
+        """`settings`: TableConfig fields that replace the tables' own for the per-id weights
+        (e.g. {"lr": 0.1}: one-hot weights see one id per row, so they often want a larger
+        rate than the embeddings; LR's FTRL defaults). Width and initialisation are fixed:
+        one scalar per id, starting at 0."""
         super().__init__()
         lin = linear_schema(schema)
         own = {}
         for name, cfg in tables.items():
-            linear = {"dim": 1, "init_scale": 0.0} | ({"lr": lr} if lr is not None else {})
-            settings = cfg.model_copy(update=linear)
-            own[f"{name}@linear"] = DynamicTable.from_config(settings, name=f"{name}@linear")
+            linear = (settings or {}) | {"dim": 1, "init_scale": 0.0}
+            own[f"{name}@linear"] = DynamicTable.from_config(
+                TableConfig.model_validate(cfg.model_dump() | linear), name=f"{name}@linear"
+            )
         self.ids = EmbeddingCollection(lin, own) if schema.embeddings else None
         self.dense = nn.Linear(schema.dense_width, num_tasks) if schema.dense_width else None
         self.bias = nn.Parameter(torch.zeros(num_tasks))

@@ -43,7 +43,12 @@ def restore_optimizer(
         state.setdefault(int(idx), {})[key] = value
     for idx, entry in settings.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(entry)
+    base_lrs = [group.get("base_lr") for group in opt.param_groups]
     opt.load_state_dict({"state": state, "param_groups": settings["param_groups"]})
+    if len(base_lrs) == len(opt.param_groups):  # the rates come from today's config, not the
+        for group, base_lr in zip(opt.param_groups, base_lrs, strict=True):  # checkpoint's
+            if base_lr is not None:
+                group["base_lr"] = base_lr
 
 
 def save_checkpoint(

@@ -77,6 +77,12 @@ class DistributedTrainer(Trainer):
         self.flush_sparse()
         return super().evict()
 
+    def step_examples(self) -> int:
+        """This rank's loss terms × the world size: the exchange divides each rank's row
+        gradients by the world size before the owner sums them, so scaling by this gives
+        every example's gradient summed, however unevenly the batch was sliced."""
+        return super().step_examples() * dist.get_world_size()
+
     def save_best(self, metrics: dict) -> None:
         if self.best_root is not None:
             self.flush_sparse()

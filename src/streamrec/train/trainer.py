@@ -50,16 +50,20 @@ METRIC_COLUMNS = [
 
 
 def build_dense_optimizer(model: RankingModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:  # a model with no dense parameters still gets a (no-op) optimizer
-        params = [torch.nn.Parameter(torch.zeros(1))]
+    """`train.dense_optimizer` over the model's `dense_param_groups`; each group remembers its
+    base rate as "base_lr" (what warm-up scales)."""
+    groups = [g for g in model.dense_param_groups(cfg.dense_lr) if g["params"]]
+    if not groups:  # a model with no dense parameters still gets a (no-op) optimizer
+        groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": cfg.dense_lr}]
+    for group in groups:
+        group["base_lr"] = group["lr"]
     kinds = {
         "adam": torch.optim.Adam,
         "adamw": torch.optim.AdamW,
         "sgd": torch.optim.SGD,
         "adagrad": torch.optim.Adagrad,
     }
-    return kinds[cfg.dense_optimizer](params, lr=cfg.dense_lr, weight_decay=cfg.dense_weight_decay)
+    return kinds[cfg.dense_optimizer](groups, lr=cfg.dense_lr, weight_decay=cfg.dense_weight_decay)
 
 
 @dataclass
@@ -117,6 +121,7 @@ class Trainer:
         self.best_epoch = 0  # the best validation epoch so far (1-based; 0: none yet)
         self.best_score: float | None = None
         self._micro = 0  # batches whose gradients wait for the next step
+        self._loss_terms = 0  # Σ logits.numel() over those batches (see step_examples)
         self._samples_at_start = 0  # samples_trained when this process's fit() began
         self.model.negative_sampling_rate.fill_(self.train_config.negative_sampling_rate)
         if self.run_dir is not None:
@@ -140,7 +145,7 @@ class Trainer:
             self._event_time = float(batch.timestamps.max())
         self.model.set_event_time(self._event_time)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.train_config.dense_lr * self._lr_scale()
+            group["lr"] = group.get("base_lr", self.train_config.dense_lr) * self._lr_scale()
         with torch.autocast(
             batch.dense.device.type,
             dtype=torch.bfloat16,
@@ -155,6 +160,7 @@ class Trainer:
         accumulate = self.train_config.grad_accumulation_steps
         (loss / accumulate if accumulate > 1 else loss).backward()  # no row changes here
         self._micro += 1
+        self._loss_terms += logits.numel()
         if self._micro == accumulate:
             self.optimizer_step()
             if self.optimizer_steps % self.train_config.evict_every_steps == 0:
@@ -171,20 +177,31 @@ class Trainer:
         clipped to one global norm (`train.grad_clip_norm`), skipped and counted when that norm
         is not finite (`train.skip_nonfinite_steps`). → whether it was applied."""
         cfg = self.train_config
-        self._micro = 0
+        examples = self.step_examples()
+        self._micro = self._loss_terms = 0
         self.optimizer_steps += 1
         applied = True
         if cfg.grad_clip_norm or cfg.skip_nonfinite_steps:
             norm = self.agreed_norm(clip_grad_norm_(self.model, cfg.grad_clip_norm, self.sparse))
             applied = not cfg.skip_nonfinite_steps or bool(torch.isfinite(norm))
         if applied:
-            self.sparse.step()
+            self.sparse.step(examples)
             self.optimizer.step()
         else:
             self.skipped_steps += 1
             self.sparse.zero_grad()
         self.optimizer.zero_grad(set_to_none=True)
         return applied
+
+    def step_examples(self) -> int:
+        """How many loss terms (examples × tasks) the waiting gradients average over: each
+        micro-batch's loss is a mean divided by grad_accumulation_steps, so the step's gradient
+        is the mean over accumulate × (mean micro-batch size) terms — exact for a short tail
+        of an epoch too. FTRL tables scale by it (`SparseOptimizer.step`)."""
+        if not self._micro:
+            return 0
+        accumulate = self.train_config.grad_accumulation_steps
+        return round(accumulate * self._loss_terms / self._micro)
 
     def agreed_norm(self, norm: torch.Tensor) -> torch.Tensor:
         """The gradient norm every process decides on (one process: its own)."""

@@ -159,7 +159,7 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            sparse.step()
+            sparse.step(examples=batch.size)
             steps += 1
             if steps % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
