@@ -21,7 +21,9 @@ from typing import Any
 
 from streamrec.config import JobConfig, load_config, parse_config, with_overrides
 from streamrec.data.errors import DeadLetter
-from streamrec.data.stream import LocalLogSource, StreamSource
+from streamrec.data.stream import StreamSource
+from streamrec.data.stream.address import parse_stream_address
+from streamrec.data.stream.connect import open_source
 from streamrec.data.stream.joined import JoinedSource
 from streamrec.data.stream.joiner import OnlineJoiner
 from streamrec.serving.batch_scoring import score_file
@@ -142,20 +144,25 @@ def online(
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train online from the stream `source` into the run directory `out` (predict first,
-    then learn; deltas for the server). With `actions`, `source` is the impressions stream and
+    then learn; deltas for the server). A stream is a local log folder, kafka://HOST:PORT/TOPIC
+    (every partition) or redis://HOST:PORT/STREAM (`data/stream/address.py`), with client
+    settings from `online.source`. With `actions`, `source` is the impressions stream and
     the two are joined (`online.join`). Under torchrun rank 0 reads the stream and every rank
     trains a slice. → the final status (rank 0; {} elsewhere)."""
     cfg = as_config(config, overrides)
     if init_model is not None:
         cfg.online.init_model = str(init_model)
 
+    addresses = [parse_stream_address(a) for a in (source, actions) if a is not None]
+    settings = dict(cfg.online.source) or None
+
     def open_stream() -> StreamSource:
-        stream: StreamSource = LocalLogSource(source, group)
+        stream = open_source(addresses[0], group, settings)
         if actions is not None:
             j = cfg.online.join
             stream = JoinedSource(
                 stream,
-                LocalLogSource(actions, group),
+                open_source(addresses[1], group, settings),
                 OnlineJoiner(j.tasks, j.window_seconds, j.allowed_lateness, j.max_pending),
             )
         return stream

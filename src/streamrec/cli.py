@@ -125,6 +125,11 @@ SET_HELP = (
     "Override a config key, validated like the file: --set train.epochs=3 --set "
     "default_table.lr=0.01 (repeatable; values read as YAML)."
 )
+STREAM_HELP = (
+    "A stream: a local folder (see `stream produce`), kafka://HOST:PORT/TOPIC (every "
+    "partition) or redis://HOST:PORT/STREAM; client settings (e.g. SASL) from the config's "
+    "online.source."
+)
 SEED_HELP = "Override train.seed (initialisation, shuffling, sampling)."
 
 
@@ -431,7 +436,7 @@ def bench_serve(
 @app.command("online")
 def online(
     config: Path = typer.Argument(..., help="Job config (YAML), with an `online:` section."),
-    source: Path = typer.Option(..., help="A local stream directory (see `stream produce`)."),
+    source: str = typer.Option(..., help=STREAM_HELP),
     out: Path = typer.Option(
         ...,
         "--out",
@@ -443,12 +448,17 @@ def online(
         None, help="Stop after this many seconds without new events (default: run forever)."
     ),
     init_model: Path | None = typer.Option(None, help="Start from this trained model."),
-    actions: Path | None = typer.Option(
+    actions: str | None = typer.Option(
         None,
-        help="A stream of user actions: --source is then the impressions stream, and "
-        "the two are joined into labelled examples (online.join in the config).",
+        help="A stream of user actions (same forms as --source): --source is then the "
+        "impressions stream, and the two are joined into labelled examples (online.join in "
+        "the config).",
     ),
-    group: str = typer.Option("default", help="Consumer group (committed offsets)."),
+    group: str = typer.Option(
+        "default",
+        help="Consumer group: whose committed offsets (Kafka, local log) or pending entries "
+        "(Redis) a start without a checkpoint continues from.",
+    ),
     seed: int | None = typer.Option(None, help=SEED_HELP),
     overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
@@ -456,6 +466,7 @@ def online(
     """Train online from a stream: predict first, then learn; deltas for the server."""
     from streamrec import api
     from streamrec.config import ConfigError
+    from streamrec.data.stream.address import StreamAddressError
     from streamrec.store import CorruptModelError
     from streamrec.train.run_dir import RunDirBusy
 
@@ -471,7 +482,15 @@ def online(
             init_model=init_model,
             log=lambda m: typer.echo(m, err=True),
         )
-    except (FileNotFoundError, DataError, ConfigError, CorruptModelError, RunDirBusy) as e:
+    except (
+        FileNotFoundError,
+        DataError,
+        ConfigError,
+        CorruptModelError,
+        RunDirBusy,
+        StreamAddressError,
+        ImportError,
+    ) as e:
         _fail(str(e))
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -514,27 +533,45 @@ app.add_typer(stream_app, name="stream")
 @stream_app.command("produce")
 def stream_produce(
     dataset: str = typer.Argument(..., help="A data file or folder (as for `data inspect`)."),
-    to: Path = typer.Option(..., help="The local stream directory to append to."),
+    to: str = typer.Option(..., help=STREAM_HELP),
     fmt: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
+    key: str | None = typer.Option(
+        None,
+        help="A column whose value keys each message: Kafka keeps one key's messages in one "
+        "partition, in order (e.g. the user id). Default: no key (spread over partitions).",
+    ),
+    config: Path | None = typer.Option(
+        None,
+        help="A job config whose online.source client settings (e.g. Kafka SASL) to use.",
+    ),
     speed: float = typer.Option(
         0.0,
         help="Replay at this multiple of real time (by the "
         "records' timestamps); 0 = as fast as possible.",
     ),
     timestamp: str = typer.Option("timestamp", help="The time column, for --speed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Replay a time-ordered dataset into a local stream, one JSON record per message."""
+    """Replay a time-ordered dataset into a stream, one JSON record per message."""
     import json as _json
     import time as _time
 
     from streamrec.data.formats import read_records
-    from streamrec.data.stream import LocalLog
+    from streamrec.data.stream.address import StreamAddressError, parse_stream_address
+    from streamrec.data.stream.connect import open_sink
 
-    log = LocalLog(to)
-    sent = 0
+    try:
+        address = parse_stream_address(to)
+        settings = dict(_load_config(config, None, None).online.source) if config else None
+        sink = open_sink(address, settings)
+    except (StreamAddressError, ImportError, ValueError) as e:
+        _fail(str(e))
     first_ts = started = None
     try:
         for batch in read_records(dataset, fmt):
+            if key is not None and key not in batch.schema.names:
+                columns = ", ".join(batch.schema.names)
+                raise DataError(f"--key {key}: {dataset} has no such column ({columns})")
             for record in batch.to_pylist():
                 if speed > 0 and record.get(timestamp) is not None:
                     ts = float(record[timestamp])
@@ -542,15 +579,18 @@ def stream_produce(
                         first_ts, started = ts, _time.monotonic()
                     wait = (ts - first_ts) / speed - (_time.monotonic() - started)
                     if wait > 0:
-                        log.flush()
+                        sink.flush()
                         _time.sleep(wait)
-                log.append_raw(_json.dumps(record, separators=(",", ":")).encode())
-                sent += 1
-    except DataError as e:
-        _fail(str(e))
-    finally:
-        log.close()
-    typer.echo(f"appended {sent:,} messages to {to} (next offset {log.next_offset:,})")
+                value = _json.dumps(record, separators=(",", ":")).encode()
+                message_key = None if key is None else str(record[key]).encode()
+                sink.append_raw(value, message_key)
+        sink.close()
+    except (DataError, RuntimeError, OSError) as e:
+        _fail(f"{e} ({sink.sent:,} messages appended to {address} before)")
+    if as_json:
+        _print_json({"stream": str(address), "messages": sink.sent})
+    else:
+        typer.echo(f"appended {sink.sent:,} messages to {address}")
 
 
 def main() -> None:

@@ -245,6 +245,18 @@ class OnlineConfig(_Strict):
         default_factory=JoinConfig,
         description="joining impressions with actions (`--actions`)",
     )
+    source: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="client settings for kafka:// and redis:// streams (`--source`, "
+        "`--actions`, `stream produce --to`): librdkafka names for Kafka (e.g. "
+        "security.protocol, sasl.mechanism, sasl.username, sasl.password), redis-py Redis() "
+        "keywords for Redis (e.g. password, username)",
+    )
+    stall_seconds: float = Field(
+        60.0, gt=0,
+        description="report the source as stalled (log, status.json) when nothing was read "
+        "for this long while new messages arrived",
+    )
 
 
 class RetrievalConfig(_Strict):

@@ -182,3 +182,22 @@ def test_chaos_kill_9_inside_writes_and_restart_equals_an_uninterrupted_run(
         assert torch.equal(ours[key], ref[key]), key
     leftovers = [p for p in run.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
     assert leftovers == []
+
+
+def test_a_run_that_sees_no_good_record_ends_cleanly_without_a_checkpoint(tmp_path):
+    """Nothing but junk (or nothing at all) before the stop: the input kinds are still unknown,
+    so there is no model to save — the run ends with rc 0 and says why, instead of failing in
+    its final checkpoint; a restart re-reads the junk and dead-letters it identically."""
+    log = LocalLog(tmp_path / "log")
+    log.append_raw(b"{broken")
+    log.close()
+    lines: list[str] = []
+    for _ in range(2):
+        status = OnlineTrainer(
+            parse_config(CONFIG), LocalLogSource(tmp_path / "log"), tmp_path / "run",
+            progress=False, log=lines.append,
+        ).run(stop_when_idle=0.3)
+        assert status["events_consumed"] == 1 and status["dead_lettered"] == 1
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    assert any("no checkpoint yet" in line and "user_id" in line for line in lines)
+    assert len((tmp_path / "run" / "dead_letter.jsonl").read_text().splitlines()) == 1

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from streamrec.train.delta_export import DeltaExporter
 from streamrec.train.metrics import MetricAccumulator, json_ready
 from streamrec.train.preparation import seed_everything
 from streamrec.train.run_dir import RunDir
+from streamrec.train.stall_watch import StallWatch
 from streamrec.train.trainer import Trainer, build_dense_optimizer
 
 
@@ -109,7 +111,9 @@ class OnlineTrainer:
         self._pending_consumed_at: list[float] = []
         self._batches_since_delta = 0
         self._batches_since_checkpoint = 0
-        self._last_delta = self._last_checkpoint = time.monotonic()
+        self._last_delta = self._last_checkpoint = self._last_status = time.monotonic()
+        self.stall_watch = StallWatch(self.online_config.stall_seconds)
+        self._consumed_at_status = -1  # events_consumed at the last status (see stream_lag)
 
     def _writes_run_dir(self) -> bool:
         """Whether this process owns the run directory's lock and tidies it (rank 0)."""
@@ -168,7 +172,10 @@ class OnlineTrainer:
         for i, reason in rejects:
             m = messages[i]
             self.dead.reject(
-                f"offset {m.offset}", None, reason, m.value[:500].decode("utf-8", "replace")
+                m.where or f"offset {m.offset}",
+                None,
+                reason,
+                m.value[:500].decode("utf-8", "replace"),
             )
         return table
 
@@ -204,8 +211,8 @@ class OnlineTrainer:
         """Messages a composite source could not use (e.g. unjoinable) are dead-lettered too."""
         bad = getattr(self.source, "bad_messages", None)
         while bad:
-            stream, offset, reason = bad.pop(0)
-            self.dead.reject(f"{stream} offset {offset}", None, reason)
+            stream, where, reason = bad.pop(0)
+            self.dead.reject(f"{stream} {where}", None, reason)
 
     def step(self, messages: list[Message]) -> None:
         self._drain_source_rejects()
@@ -237,6 +244,9 @@ class OnlineTrainer:
             self.online_config.checkpoint_interval_seconds,
         ):
             self.checkpoint()
+
+    def _idle_status_seconds(self) -> float:
+        return min(self.online_config.sync_interval_seconds, self.online_config.stall_seconds / 4)
 
     def _due(self, batches: int, since: float, every_batches: int, every_seconds: float) -> bool:
         if self.online_config.deterministic:
@@ -277,6 +287,22 @@ class OnlineTrainer:
         return online
 
     def checkpoint(self) -> None:
+        """Model, optimizer and stream position, then the commit. Until a good record has
+        said how to read the inputs (kinds neither declared nor resumed), there is nothing a
+        model directory could record, so no checkpoint is written: a restart then re-reads
+        from the last one, and any dead letters are rewritten identically."""
+        declared = self.schema.declared_kinds()
+        unknown = [
+            c
+            for c in self.schema.input_columns(with_labels=False)
+            if c not in self.kinds and c not in declared
+        ]
+        if unknown:
+            self.log(
+                f"no checkpoint yet: no good record has shown how to read {unknown} "
+                "(declare `kind:` on those features to checkpoint from the start)"
+            )
+            return
         # A server that reloads this checkpoint needs only the deltas written after it.
         self.trainer.extra_manifest = {
             "input_kinds": self.kinds,
@@ -289,6 +315,31 @@ class OnlineTrainer:
         self._batches_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
 
+    def stream_lag(self) -> dict[str, Any]:
+        """Per-partition position, head, lag (messages and seconds) and the stall state. A
+        source that cannot answer (a broker down) is reported, never raised: status must not
+        stop training."""
+        try:
+            flowing = self.events_consumed != self._consumed_at_status
+            self._consumed_at_status = self.events_consumed
+            partitions = [asdict(p) for p in self.source.partition_lag(fresh=not flowing)]
+        except Exception as e:  # any client error is a status to report, not a crash
+            partitions, error = None, f"{type(e).__name__}: {e}"[:300]
+        else:
+            error = None
+        head = None if partitions is None else self.next_offset + sum(p["lag"] for p in partitions)
+        change = self.stall_watch.observe(self.events_consumed, head, time.time())
+        if change is not None:
+            self.log(change)
+        seconds = [p["lag_seconds"] for p in partitions or [] if p["lag_seconds"] is not None]
+        return {
+            "lag": None if head is None else head - self.next_offset,
+            "lag_seconds": max(seconds) if seconds else None,
+            "partitions": partitions,
+            "lag_error": error,
+            "stalled": self.stall_watch.stalled,
+        }
+
     def status(self) -> dict[str, Any]:
         lat = np.array(self.delta_latencies) if self.delta_latencies else None
         return {
@@ -296,7 +347,7 @@ class OnlineTrainer:
             "events_trained": self.events_trained,
             "dead_lettered": self.dead.count,
             "next_offset": self.next_offset,
-            "lag": max(0, self.source.head() - self.next_offset),
+            **self.stream_lag(),
             "last_delta_version": self.exporter.version,
             "event_to_delta_seconds": None
             if lat is None
@@ -308,6 +359,7 @@ class OnlineTrainer:
     def write_status(self) -> None:
         status = json.dumps(json_ready(self.status()), indent=1, allow_nan=False)
         write_atomic(self.out / "status.json", status)
+        self._last_status = time.monotonic()
 
     def close(self) -> None:
         """Let go of the run directory without a final checkpoint (`run` ends with one): what
@@ -332,6 +384,8 @@ class OnlineTrainer:
                 and time.monotonic() - self._last_delta >= self.online_config.sync_interval_seconds
             ):
                 self.sync()
+            elif time.monotonic() - self._last_status >= self._idle_status_seconds():
+                self.write_status()  # idle: lag and stalls are still watched
         self.sync()
         self.checkpoint()
         self.write_status()

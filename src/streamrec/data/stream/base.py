@@ -16,6 +16,19 @@ from typing import Protocol
 class Message:
     offset: int  # position in the stream; the next message has offset + 1
     value: bytes  # the encoded record (JSON)
+    where: str = ""  # the backend's own name for it, e.g. "partition 3 offset 17" (dead letters)
+
+
+@dataclass
+class PartitionLag:
+    """How far one partition (a Kafka partition, a Redis stream, a local log) is behind."""
+
+    partition: str
+    offset: int  # the next message this consumer will read
+    head: int  # the offset the next produced message will get
+    lag: int  # messages produced but not yet consumed (head − offset)
+    lag_seconds: float | None  # age of the last message consumed while behind; 0 when caught
+    # up; None when unknown (the backend has no timestamps, or nothing was consumed yet)
 
 
 class StreamSource(Protocol):
@@ -31,5 +44,24 @@ class StreamSource(Protocol):
 
     def head(self) -> int:
         """Offset the next produced message will get (lag = head − position)."""
+
+    def partition_lag(self, fresh: bool = True) -> list[PartitionLag]:
+        """Position, head and lag of each partition this source reads (status.json).
+        fresh=False may answer from what the client already knows (no round trip)."""
+
+    def close(self) -> None: ...
+
+
+class StreamSink(Protocol):
+    """Where `stream produce` writes: a local log, a Kafka topic, a Redis stream."""
+
+    sent: int  # messages appended so far
+
+    def append_raw(self, value: bytes, key: bytes | None = None) -> None:
+        """Append one encoded record; `key` keeps one key's messages in order (Kafka: one
+        partition per key)."""
+
+    def flush(self) -> None:
+        """Return once every appended message is durable at the backend (or raise)."""
 
     def close(self) -> None: ...

@@ -20,8 +20,22 @@ import json
 from collections import deque
 from typing import Any
 
-from streamrec.data.stream.base import Message, StreamSource
+from streamrec.data.stream.base import Message, PartitionLag, StreamSource
 from streamrec.data.stream.joiner import OnlineJoiner
+
+
+def _position(source: StreamSource) -> Any:
+    """An input's resumable position: its `state()` where it has one (a multi-partition Kafka
+    topic), else its offset."""
+    state = getattr(source, "state", None)
+    return state() if state is not None else source.position  # type: ignore[attr-defined]
+
+
+def _resume(source: StreamSource, position: Any) -> None:
+    if isinstance(position, dict):
+        source.restore(position)  # type: ignore[attr-defined]
+    else:
+        source.seek(int(position))
 
 
 class JoinedSource:
@@ -32,10 +46,10 @@ class JoinedSource:
         self.actions = actions
         self.joiner = joiner
         self.position = 0
-        self.bad_messages: list[tuple[str, int, str]] = []  # (stream, offset, reason)
+        self.bad_messages: list[tuple[str, str, str]] = []  # (stream, where, reason)
         self._ready: deque[bytes] = deque()
         self._buffers: dict[str, deque] = {"impressions": deque(), "actions": deque()}
-        self._committable: tuple[int, int] | None = None
+        self._committable: tuple[int, int] | None = None  # input offsets at the last state()
         self._idle_polls = 0
 
     def _read(
@@ -48,7 +62,8 @@ class JoinedSource:
                 t = float(record["event_time"])
                 record["request_id"], record["item_id"]
             except (ValueError, KeyError, TypeError) as e:
-                self.bad_messages.append((name, m.offset, f"cannot join: {e!r}"[:200]))
+                where = m.where or f"offset {m.offset}"
+                self.bad_messages.append((name, where, f"cannot join: {e!r}"[:200]))
                 continue
             out.append((t, record))
         return out
@@ -92,8 +107,8 @@ class JoinedSource:
     def state(self) -> dict[str, Any]:
         self._committable = (self.impressions.position, self.actions.position)
         return {
-            "impressions": self.impressions.position,
-            "actions": self.actions.position,
+            "impressions": _position(self.impressions),
+            "actions": _position(self.actions),
             "joiner": self.joiner.state_dict(),
             "position": self.position,
             "ready": [r.decode() for r in self._ready],
@@ -101,8 +116,8 @@ class JoinedSource:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.impressions.seek(int(state["impressions"]))
-        self.actions.seek(int(state["actions"]))
+        _resume(self.impressions, state["impressions"])
+        _resume(self.actions, state["actions"])
         self.joiner.load_state_dict(state["joiner"])
         self.position = int(state["position"])
         self._ready = deque(r.encode() for r in state["ready"])
@@ -115,6 +130,15 @@ class JoinedSource:
 
     def head(self) -> int:
         return self.position + len(self._ready)
+
+    def partition_lag(self, fresh: bool = True) -> list[PartitionLag]:
+        """The inputs' partitions, named "impressions/…" and "actions/…"."""
+        out = []
+        for name, source in (("impressions", self.impressions), ("actions", self.actions)):
+            for lag in source.partition_lag(fresh):
+                lag.partition = f"{name}/{lag.partition}"
+                out.append(lag)
+        return out
 
     def close(self) -> None:
         self.impressions.close()

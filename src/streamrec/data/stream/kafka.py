@@ -1,71 +1,251 @@
-"""Kafka as a stream source (confluent-kafka), one partition per consumer.
+"""Kafka as a stream source and sink (confluent-kafka): every partition of a topic, one trainer.
 
-Offsets are Kafka's own. Nothing is auto-committed: `commit(offset)` stores the group's offset
-only after the trainer's checkpoint covering the messages before it is on disk, and a restart
-seeks to the offset saved in that checkpoint. Tested against librdkafka's mock cluster
-(`test.mock.num.brokers`), which opens a real Kafka listener on 127.0.0.1.
-Multi-partition topics need one trainer (or one source) per partition for now.
+One consumer is assigned every partition of the topic (no consumer-group rebalancing: the
+trainer, not the broker, owns the position). Nothing is auto-committed. The position is one
+next-offset per partition; `state()` returns it as JSON for the trainer's checkpoint and
+`restore()` seeks every partition back to it, so a restart after `kill -9` re-reads exactly the
+messages after the last checkpoint. `commit(n)` stores the group's offsets as they were when the
+checkpoint covering the first n messages took its `state()` — never ahead of a checkpoint.
+
+Messages from different partitions interleave in arrival order (each partition in its own
+order). Their `offset` is this source's running count of delivered messages (for a
+one-partition topic, Kafka's own offset, as before), and `where` names the partition and Kafka
+offset, for dead letters. Partitions added to the topic are found every `refresh_seconds` and
+read from their start. Tested against librdkafka's mock cluster (`test.mock.num.brokers`), a
+real Kafka listener on 127.0.0.1.
 """
 
 from __future__ import annotations
 
-from streamrec.data.stream.base import Message
+import time
+from collections import deque
+from typing import Any
+
+from streamrec.data.stream.base import Message, PartitionLag
+
+
+def _client() -> Any:
+    try:
+        import confluent_kafka
+    except ImportError as e:  # optional extra
+        raise ImportError("Kafka needs confluent-kafka: pip install 'streamrec[kafka]'") from e
+    return confluent_kafka
 
 
 class KafkaSource:
     def __init__(
         self,
-        bootstrap_servers: str,
+        servers: str,
         topic: str,
         group: str = "streamrec",
-        partition: int = 0,
-        extra: dict | None = None,
+        settings: dict[str, Any] | None = None,
+        refresh_seconds: float = 10.0,
     ) -> None:
-        try:
-            import confluent_kafka as ck
-        except ImportError as e:  # optional extra
-            raise ImportError("Kafka needs confluent-kafka: pip install 'streamrec[kafka]'") from e
+        """settings: extra librdkafka settings (e.g. security.protocol, sasl.*)."""
+        ck = _client()
         self._ck = ck
-        self.topic, self.partition = topic, partition
+        self.topic = topic
+        self.refresh_seconds = refresh_seconds
+        self._client_settings = {"bootstrap.servers": servers, **(settings or {})}
+        self._admin: Any = None  # for lag queries (`_query_heads`), made on first use
         self.consumer = ck.Consumer(
             {
-                "bootstrap.servers": bootstrap_servers,
+                "bootstrap.servers": servers,
                 "group.id": group,
                 "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                **(extra or {}),
+                "enable.partition.eof": False,
+                **(settings or {}),
             }
         )
-        committed = self.consumer.committed([ck.TopicPartition(topic, partition)], timeout=10)
-        start = committed[0].offset if committed and committed[0].offset >= 0 else 0
-        self.seek(start)
+        self.position = 0  # messages delivered so far (Message.offset of the next one)
+        self.next_offsets: dict[int, int] = {}  # partition → next Kafka offset to deliver
+        self._last_timestamp: dict[int, float] = {}  # partition → last delivered (s)
+        self._snapshots: deque[tuple[int, dict[int, int]]] = deque(maxlen=64)
+        self._refreshed = 0.0
+        self.last_error: str | None = None  # the last non-fatal error a poll met
+        self._discover(from_group=True)
 
+    # -------------------------------------------------------------- partitions
+    def _partitions(self) -> list[int]:
+        meta = self.consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if meta is None or meta.error is not None:
+            return []  # not created yet: picked up by a later refresh
+        return sorted(meta.partitions)
+
+    def _discover(self, from_group: bool = False) -> None:
+        """Assign every partition; ones not seen before start at the group's committed offset
+        (at start-up) or at their beginning (a partition added while running)."""
+        self._refreshed = time.monotonic()
+        new = [p for p in self._partitions() if p not in self.next_offsets]
+        if not new:
+            return
+        start = {p: 0 for p in new}
+        if from_group:
+            tps = [self._ck.TopicPartition(self.topic, p) for p in new]
+            for tp in self.consumer.committed(tps, timeout=10):
+                if tp.offset >= 0:
+                    start[tp.partition] = tp.offset
+        for p in new:
+            low, _ = self.consumer.get_watermark_offsets(
+                self._ck.TopicPartition(self.topic, p), timeout=10
+            )
+            self.next_offsets[p] = max(start[p], low)  # retention may have deleted the start
+        if from_group and len(self.next_offsets) == 1:
+            self.position = next(iter(self.next_offsets.values()))
+        self._assign()
+
+    def _assign(self) -> None:
+        self.consumer.assign(
+            [self._ck.TopicPartition(self.topic, p, o) for p, o in self.next_offsets.items()]
+        )
+
+    # -------------------------------------------------------------- StreamSource
     def seek(self, offset: int) -> None:
+        """A bare offset is a position only on a one-partition topic (checkpoints from before
+        multi-partition support); otherwise the checkpoint's `state()` is needed."""
+        if len(self.next_offsets) > 1:
+            raise ValueError(
+                f"kafka topic {self.topic!r} has {len(self.next_offsets)} partitions: a single "
+                "offset cannot say where to resume (the checkpoint has no source state)"
+            )
         self.position = offset
-        self.consumer.assign([self._ck.TopicPartition(self.topic, self.partition, offset)])
+        self.next_offsets = {0: offset}
+        self._assign()
 
     def poll(self, max_messages: int, timeout: float = 0.0) -> list[Message]:
+        if time.monotonic() - self._refreshed >= self.refresh_seconds:
+            self._discover()
         out = []
         for m in self.consumer.consume(num_messages=max_messages, timeout=max(timeout, 0.01)):
-            if m.error() is not None:
-                if m.error().code() == self._ck.KafkaError._PARTITION_EOF:
-                    continue
-                raise RuntimeError(f"kafka: {m.error()}")
-            out.append(Message(m.offset(), m.value() or b""))
-            self.position = m.offset() + 1
+            if m.error() is not None:  # retried by librdkafka unless fatal; a stall shows it
+                if m.error().fatal():
+                    raise RuntimeError(f"kafka {self.topic}: {m.error()}")
+                self.last_error = str(m.error())
+                continue
+            p, o = m.partition(), m.offset()
+            if o < self.next_offsets.get(p, 0):
+                continue  # fetched before a re-assignment: already delivered
+            single = len(self.next_offsets) == 1
+            out.append(Message(o if single else self.position, m.value() or b"",
+                               f"partition {p} offset {o}"))
+            self.position = o + 1 if single else self.position + 1
+            self.next_offsets[p] = o + 1
+            kind, ms = m.timestamp()
+            if kind != self._ck.TIMESTAMP_NOT_AVAILABLE:
+                self._last_timestamp[p] = ms / 1000.0
         return out
 
+    def state(self) -> dict[str, Any]:
+        """The position as JSON (for the checkpoint); remembered for `commit`."""
+        snapshot = dict(self.next_offsets)
+        self._snapshots.append((self.position, snapshot))
+        return {
+            "topic": self.topic,
+            "position": self.position,
+            "partitions": {str(p): o for p, o in snapshot.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state.get("topic", self.topic) != self.topic:
+            raise ValueError(
+                f"the checkpoint read kafka topic {state['topic']!r}, not {self.topic!r}"
+            )
+        self.position = int(state["position"])
+        saved = {int(p): int(o) for p, o in state["partitions"].items()}
+        self.next_offsets = {p: saved.get(p, 0) for p in set(self.next_offsets) | set(saved)}
+        self._snapshots.clear()
+        self._assign()
+
     def commit(self, offset: int) -> None:
-        self.consumer.commit(
-            offsets=[self._ck.TopicPartition(self.topic, self.partition, offset)],
-            asynchronous=False,
-        )
+        """Commit the per-partition offsets of the latest `state()` taken at or before the
+        first `offset` messages (conservative: never past a checkpoint)."""
+        snapshot = None
+        for position, offsets in self._snapshots:
+            if position <= offset:
+                snapshot = offsets
+        if snapshot is None and offset == self.position:
+            snapshot = dict(self.next_offsets)
+        if snapshot:
+            self.consumer.commit(
+                offsets=[self._ck.TopicPartition(self.topic, p, o) for p, o in snapshot.items()],
+                asynchronous=False,
+            )
+
+    def _query_heads(self, partitions: list[int]) -> dict[int, int]:
+        """The brokers' high watermarks, one ListOffsets request on a connection of its own
+        (the consumer's would queue it behind a waiting fetch, up to fetch.wait.max.ms)."""
+        if self._admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            self._admin = AdminClient(self._client_settings)
+        from confluent_kafka.admin import OffsetSpec
+
+        asked = {self._ck.TopicPartition(self.topic, p): OffsetSpec.latest() for p in partitions}
+        answers = self._admin.list_offsets(asked, request_timeout=10)
+        return {tp.partition: future.result().offset for tp, future in answers.items()}
+
+    def partition_lag(self, fresh: bool = True) -> list[PartitionLag]:
+        """fresh=False reads the high watermarks the last fetches brought (no request: what
+        the trainer uses while messages flow); fresh=True, or a partition not fetched yet,
+        asks the brokers (what shows a stall: a partition no longer fetched keeps its cached
+        head)."""
+        heads = {}
+        if not fresh:
+            for p in self.next_offsets:
+                tp = self._ck.TopicPartition(self.topic, p)
+                heads[p] = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+        unknown = [p for p in self.next_offsets if heads.get(p, -1) < 0]
+        if unknown:
+            heads.update(self._query_heads(unknown))
+        now = time.time()
+        out = []
+        for p, o in sorted(self.next_offsets.items()):
+            last = self._last_timestamp.get(p)
+            lag = max(0, heads[p] - o)
+            seconds = (now - last) if lag and last is not None else (0.0 if not lag else None)
+            out.append(PartitionLag(str(p), o, heads[p], lag, seconds))
+        return out
 
     def head(self) -> int:
-        _, high = self.consumer.get_watermark_offsets(
-            self._ck.TopicPartition(self.topic, self.partition), timeout=10
-        )
-        return high
+        return self.position + sum(p.lag for p in self.partition_lag())
 
     def close(self) -> None:
         self.consumer.close()
+
+
+class KafkaSink:
+    """Appends messages to a topic (keyed messages keep their order within a partition)."""
+
+    def __init__(self, servers: str, topic: str, settings: dict[str, Any] | None = None) -> None:
+        ck = _client()
+        self.topic = topic
+        self.sent = 0
+        self.failed: list[str] = []
+        self.producer = ck.Producer(
+            {"bootstrap.servers": servers, "linger.ms": 20, **(settings or {})}
+        )
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None and len(self.failed) < 5:
+            self.failed.append(str(err))
+
+    def append_raw(self, value: bytes, key: bytes | None = None) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, value=value, key=key, on_delivery=self._delivered)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+        self.sent += 1
+
+    def flush(self) -> None:
+        left = self.producer.flush(60)
+        if left or self.failed:
+            raise RuntimeError(
+                f"kafka {self.topic}: {left} messages not delivered"
+                + (f" ({'; '.join(self.failed)})" if self.failed else "")
+            )
+
+    def close(self) -> None:
+        self.flush()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamrec.data.stream.base import Message
+from streamrec.data.stream.base import Message, PartitionLag
 from streamrec.store.atomic import write_atomic
 
 SEGMENT_MESSAGES = 100_000
@@ -33,7 +33,7 @@ class LocalLog:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.segment_messages = segment_messages
-        self._next = count_messages(self.path)
+        self._next = self._start = count_messages(self.path)
         self._fh = None
         self._fh_first = -1
 
@@ -44,7 +44,14 @@ class LocalLog:
     def append(self, record: dict[str, Any]) -> int:
         return self.append_raw(json.dumps(record, separators=(",", ":")).encode())
 
-    def append_raw(self, value: bytes) -> int:
+    @property
+    def sent(self) -> int:
+        """Messages appended by this writer."""
+        return self._next - self._start
+
+    def append_raw(self, value: bytes, key: bytes | None = None) -> int:
+        """→ the message's offset. `key` is accepted for the StreamSink protocol: one log
+        keeps every message in order anyway."""
         if b"\n" in value:
             raise ValueError("a message cannot contain a newline")
         first = self._next - self._next % self.segment_messages
@@ -153,6 +160,11 @@ class LocalLogSource:
 
     def head(self) -> int:
         return count_messages(self.path)
+
+    def partition_lag(self, fresh: bool = True) -> list[PartitionLag]:
+        head = self.head()
+        lag = max(0, head - self.position)
+        return [PartitionLag(self.path.name, self.position, head, lag, 0.0 if not lag else None)]
 
     def close(self) -> None:
         self._close_reader()

@@ -10,20 +10,47 @@ Each record is the field `data` of a stream entry (`RedisStreamSource.produce` w
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from typing import Any
 
-from streamrec.data.stream.base import Message
+from streamrec.data.stream.base import Message, PartitionLag
+
+
+def _connect(url: str, settings: dict[str, Any] | None) -> Any:
+    try:
+        import redis
+    except ImportError as e:  # optional extra
+        raise ImportError("Redis Streams need redis-py: pip install 'streamrec[redis]'") from e
+    return redis.Redis.from_url(url, **(settings or {}))
+
+
+def _entry_key(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id "<milliseconds>-<sequence>" as a comparable pair."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _entry_seconds(entry_id: bytes | str) -> float:
+    """A stream entry id is "<milliseconds>-<sequence>": when the entry was added."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0]) / 1000.0
 
 
 class RedisStreamSource:
     def __init__(
-        self, url: str, stream: str, group: str = "streamrec", consumer: str = "trainer-0"
+        self,
+        url: str,
+        stream: str,
+        group: str = "streamrec",
+        consumer: str = "trainer-0",
+        settings: dict[str, Any] | None = None,
     ) -> None:
-        try:
-            import redis
-        except ImportError as e:  # optional extra
-            raise ImportError("Redis Streams need redis-py: pip install 'streamrec[redis]'") from e
-        self.redis = redis.Redis.from_url(url)
+        """settings: extra redis-py `Redis(...)` keywords (password, username, ssl_*)."""
+        import redis
+
+        self.redis = _connect(url, settings)
         self.stream, self.group, self.consumer = stream, group, consumer
         try:
             self.redis.xgroup_create(stream, group, id="0", mkstream=True)
@@ -33,31 +60,64 @@ class RedisStreamSource:
         self.position = 0
         self._unacked: deque[tuple[int, bytes]] = deque()
         self._pending_first = True  # read our own unacknowledged entries before new ones
+        self._pending_after: bytes | str = "0"  # the pending list is read from after this id
+        self._covered: tuple[int, int] | None = None  # entries ≤ this are in the checkpoint
+        self._last_id: str | None = None  # the last entry delivered
+        self._last_added: float | None = None  # when the last delivered entry was added (s)
 
     def seek(self, offset: int) -> None:
         """Offsets are local counters: the group's pending list is the durable position."""
         self.position = offset
         self._unacked.clear()
-        self._pending_first = True
+        self._pending_first, self._pending_after = True, "0"
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint's position: our counter and the last entry it covers. A kill
+        between the checkpoint and its XACK leaves covered entries pending; `restore` makes
+        the next start acknowledge them instead of training them twice."""
+        return {"stream": self.stream, "position": self.position, "last_id": self._last_id}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state.get("stream", self.stream) != self.stream:
+            raise ValueError(
+                f"the checkpoint read redis stream {state['stream']!r}, not {self.stream!r}"
+            )
+        self.seek(int(state["position"]))
+        self._last_id = state.get("last_id")
+        self._covered = None if self._last_id is None else _entry_key(self._last_id)
 
     def poll(self, max_messages: int, timeout: float = 0.0) -> list[Message]:
-        start = "0" if self._pending_first else ">"
-        block = None if start == "0" else max(1, int(timeout * 1000))
+        pending = self._pending_first
+        start = self._pending_after if pending else ">"
+        block = None if pending else max(1, int(timeout * 1000))
         reply = self.redis.xreadgroup(
             self.group, self.consumer, {self.stream: start}, count=max_messages, block=block
         )
         entries = reply[0][1] if reply else []
-        if start == "0" and not entries:
+        if pending and not entries:
             self._pending_first = False
             return self.poll(max_messages, timeout)
+        if pending:
+            self._pending_after = entries[-1][0]
+            covered = [e for e, _ in entries if self._is_covered(e)]
+            if covered:  # trained before the kill, in the checkpoint: acknowledge, skip
+                self.redis.xack(self.stream, self.group, *covered)
+                entries = [(e, f) for e, f in entries if not self._is_covered(e)]
+                if not entries:
+                    return self.poll(max_messages, timeout)
         out = []
         for entry_id, fields in entries:
-            out.append(Message(self.position, fields.get(b"data", b"")))
+            value = fields.get(b"data", b"")
+            out.append(Message(self.position, value, f"entry {entry_id.decode()}"))
             self._unacked.append((self.position, entry_id))
             self.position += 1
-        if start == "0" and len(entries) < max_messages:
-            self._pending_first = False
+        if entries:
+            self._last_id = entries[-1][0].decode()
+            self._last_added = _entry_seconds(entries[-1][0])
         return out
+
+    def _is_covered(self, entry_id: bytes) -> bool:
+        return self._covered is not None and _entry_key(entry_id) <= self._covered
 
     def commit(self, offset: int) -> None:
         ids = []
@@ -68,12 +128,52 @@ class RedisStreamSource:
 
     def head(self) -> int:
         """Our position plus the entries not yet delivered to the group."""
+        return self.position + self._undelivered()
+
+    def _undelivered(self) -> int:
         groups = self.redis.xinfo_groups(self.stream)
         lag = next((g.get("lag") or 0 for g in groups if g["name"].decode() == self.group), 0)
-        return self.position + int(lag)
+        return int(lag)
+
+    def partition_lag(self, fresh: bool = True) -> list[PartitionLag]:
+        lag = self._undelivered()
+        seconds = 0.0 if not lag else None
+        if lag and self._last_added is not None:
+            seconds = max(0.0, time.time() - self._last_added)
+        return [PartitionLag(self.stream, self.position, self.position + lag, lag, seconds)]
 
     def produce(self, value: bytes) -> None:
         self.redis.xadd(self.stream, {"data": value})
 
     def close(self) -> None:
+        self.redis.close()
+
+
+class RedisStreamSink:
+    """Appends messages to a stream (field `data`), pipelined in groups of `batch`."""
+
+    def __init__(
+        self, url: str, stream: str, settings: dict[str, Any] | None = None, batch: int = 500
+    ) -> None:
+        self.redis = _connect(url, settings)
+        self.stream, self.batch = stream, batch
+        self.sent = 0
+        self._pipe = self.redis.pipeline(transaction=False)
+        self._queued = 0
+
+    def append_raw(self, value: bytes, key: bytes | None = None) -> None:
+        """`key` is ignored: a stream is one ordered sequence."""
+        self._pipe.xadd(self.stream, {"data": value})
+        self._queued += 1
+        self.sent += 1
+        if self._queued >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._queued:
+            self._pipe.execute()
+            self._queued = 0
+
+    def close(self) -> None:
+        self.flush()
         self.redis.close()
