@@ -104,7 +104,10 @@ def test_a_request_with_a_bad_value_fails_alone_in_its_batch(trained_run):
     snapshot = Snapshot.load(trained_run)
     batches: list[int] = []
     batcher = DynamicBatcher(
-        snapshot, max_batch_rows=1000, max_delay_ms=100, on_batch=lambda n, s: batches.append(n)
+        snapshot,
+        max_batch_rows=1000,
+        max_delay_ms=100,
+        on_batch=lambda n, s: batches.append(n),
     )
     batcher.start()
     good = CandidateRows.from_dicts(

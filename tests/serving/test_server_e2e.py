@@ -123,3 +123,41 @@ def test_metrics_expose_requests_latency_batches_and_cache(server):
         "streamrec_deltas_applied_total",
     ):
         assert name in text
+
+
+def _metric(text: str, name: str) -> float:
+    """The value of an unlabelled sample line `name value` in Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_metrics_expose_model_version_scores_unknown_ids_and_503_reasons(server):
+    """The model info metric names the versions /v1/model reports; every served score lands in
+    the score histogram; ids the model never saw count toward the unknown-id rate."""
+    before = server.get("/metrics").text
+    known = {"context": CONTEXT, "candidates": _candidates([1, 2, 3])}
+    unseen_items = [{"item_id": 10**9 + i} for i in range(4)]
+    unseen = {"context": {"user_id": 10**9}, "candidates": unseen_items}
+    assert server.post("/v1/rank", json=known).status_code == 200
+    assert server.post("/v1/rank", json=unseen).status_code == 200
+    text = server.get("/metrics").text
+    info = server.get("/v1/model").json()
+    line = next(x for x in text.splitlines() if x.startswith("streamrec_model_info{"))
+    assert f'serving_version="{info["serving_version"]}"' in line and 'model="deepfm"' in line
+    scored = _metric(text, "streamrec_predicted_score_count") - _metric(
+        before, "streamrec_predicted_score_count"
+    )
+    assert scored == 7  # 3 + 4 candidates, one task
+    bounded = _metric(text, 'streamrec_predicted_score_bucket{le="+Inf"}')
+    assert bounded == _metric(text, "streamrec_predicted_score_count")
+    looked_up = _metric(text, "streamrec_ids_looked_up_total") - _metric(
+        before, "streamrec_ids_looked_up_total"
+    )
+    unknown = _metric(text, "streamrec_ids_unknown_total") - _metric(
+        before, "streamrec_ids_unknown_total"
+    )
+    assert looked_up > 0 and unknown >= 5  # the unseen user and its 4 unseen items at least
+    assert unknown < looked_up
+    assert "streamrec_unavailable_total" in text or "# HELP streamrec_unavailable" in text

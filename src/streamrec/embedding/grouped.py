@@ -77,6 +77,8 @@ class TableGroup:
         self.dim = first.dim
         self._hp = np.stack([t.optimizer.hyperparameters() for t in tables])
         self._layout_clock = -1
+        self.ids_looked_up = 0  # out of training: ids looked up …
+        self.ids_unknown = 0  # … and those without a row
         self._layout: dict[str, np.ndarray] = {}
 
     def layout(self) -> dict[str, np.ndarray]:
@@ -128,8 +130,13 @@ class TableGroup:
     def lookup(
         self, fids: np.ndarray, segments: np.ndarray, now: float | None, insert: bool
     ) -> tuple[torch.Tensor, np.ndarray, Resolved]:
-        """`RowLookup.lookup` (lookup.py) from this process's tables."""
+        """`RowLookup.lookup` (lookup.py) from this process's tables. Out of training, counts
+        the ids looked up and those with no row (`ids_looked_up`, `ids_unknown`: the
+        server's unknown-id rate)."""
         resolved = self.resolve(fids, segments, now, insert)
+        if not insert:
+            self.ids_looked_up += resolved.inverse.shape[0]
+            self.ids_unknown += int(np.count_nonzero(resolved.rows[resolved.inverse] < 0))
         return self.gather(resolved), resolved.inverse, resolved
 
     def flush(self) -> None:

@@ -27,15 +27,21 @@ import numpy as np
 from prometheus_client import generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from streamrec.config import ServingConfig
 from streamrec.serving.batcher import DynamicBatcher, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
 from streamrec.serving.metrics import ServerMetrics
+from streamrec.serving.openapi import DOCS_PAGE, openapi_document
 from streamrec.serving.request import CandidateRows, RequestError, parse_json
-from streamrec.serving.retrieval_stage import RecommendRequest, RetrievalStage
+from streamrec.serving.retrieval_stage import (
+    ItemsBody,
+    RecommendRequest,
+    RetrievalStage,
+    check_body,
+)
 from streamrec.serving.snapshot import Snapshot
 from streamrec.serving.watcher import Watcher
 from streamrec.store import find_deltas_dir, find_model_dir
@@ -75,8 +81,12 @@ def create_app(
     metrics = ServerMetrics()
 
     def on_batch(rows: int, seconds: float) -> None:
+        """In the batcher's worker, right after the batch's inference."""
         metrics.batch_rows.observe(rows)
         metrics.batch_seconds.observe(seconds)
+        looked_up, unknown = batcher.snapshot.take_id_counts()
+        metrics.ids_looked_up.inc(looked_up)
+        metrics.ids_unknown.inc(unknown)
 
     batcher = DynamicBatcher(
         snapshot,
@@ -123,6 +133,8 @@ def create_app(
         Route("/healthz", _endpoint(state, "healthz", _healthz), methods=["GET"]),
         Route("/readyz", _endpoint(state, "readyz", _readyz), methods=["GET"]),
         Route("/metrics", _endpoint(state, "metrics", _metrics), methods=["GET"]),
+        Route("/openapi.json", _endpoint(state, "openapi", _openapi), methods=["GET"]),
+        Route("/docs", _endpoint(state, "docs", _docs), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = state
@@ -135,6 +147,8 @@ _PROBES = ("healthz", "readyz")
 def _authorized(state: ServerState, name: str, request: Request) -> bool:
     if state.token is None or (name in _PROBES and not state.guard_health):
         return True  # orchestrators' probes carry no token
+    if name == "docs":
+        return True  # a static page: it asks for the token to fetch /openapi.json
     given = request.headers.get("authorization", "").encode()
     return hmac.compare_digest(given, f"Bearer {state.token}".encode())  # constant time
 
@@ -151,6 +165,7 @@ def _endpoint(state: ServerState, name: str, handler):
                 response = _error(e.status, e.message)
             except Overloaded:
                 response = _error(503, "overloaded: too many rows queued", {"Retry-After": "1"})
+                state.metrics.unavailable.labels("overloaded").inc()
             except ClientDisconnect:  # closed mid-body (gone, or cut off as too slow)
                 response = _error(400, "the client closed the connection before its body ended")
         state.metrics.requests.labels(name, str(response.status_code)).inc()
@@ -183,7 +198,14 @@ async def _read_body(state: ServerState, request: Request) -> object:
 
 
 async def score_rows(state: ServerState, rows: CandidateRows) -> tuple[np.ndarray, str]:
-    """Scores [rows, tasks] through cache → batcher; returns (scores, version)."""
+    """Scores [rows, tasks] through cache → batcher; returns (scores, version). Every score
+    served, cached or computed, goes into the score histogram."""
+    scores, version = await _cached_scores(state, rows)
+    state.metrics.scores.observe_many(scores)
+    return scores, version
+
+
+async def _cached_scores(state: ServerState, rows: CandidateRows) -> tuple[np.ndarray, str]:
     snapshot = state.batcher.snapshot
     version = snapshot.serving_version
     cache = state.cache
@@ -300,13 +322,8 @@ async def _add_items(state: ServerState, request: Request) -> Response:
     if state.retriever is None:
         raise RequestError(404, "this server has no retrieval stage")
     body = await _read_body(state, request)
-    items = body.get("items") if isinstance(body, dict) else None
-    if (
-        not isinstance(items, list)
-        or not items
-        or not all(isinstance(i, dict) and isinstance(i.get("item_id"), int) for i in items)
-    ):
-        raise RequestError(422, "'items' must be a non-empty list of objects with an int item_id")
+    check_body(body, ItemsBody, "items")  # the features ride along in the plain dicts
+    items = body["items"]
     await asyncio.to_thread(state.retriever.add_items, items)
     return JSONResponse({"indexed": len(items), "items_in_index": state.retriever.retriever.size})
 
@@ -333,6 +350,23 @@ async def _model(state: ServerState, request: Request) -> Response:
     return JSONResponse(info)
 
 
+async def _openapi(state: ServerState, request: Request) -> Response:
+    snapshot = state.batcher.snapshot
+    document = openapi_document(
+        snapshot.request_reader.body_type,
+        snapshot.schema.task_names or ["label"],
+        {"name": snapshot.config.model.name, "version": snapshot.serving_version},
+        retrieval=state.retriever is not None,
+        token=state.token is not None,
+        token_guards_health=state.guard_health,
+    )
+    return JSONResponse(document)
+
+
+async def _docs(state: ServerState, request: Request) -> Response:
+    return HTMLResponse(DOCS_PAGE)
+
+
 async def _healthz(state: ServerState, request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -343,9 +377,20 @@ async def _readyz(state: ServerState, request: Request) -> Response:
     alive = state.batcher.alive
     reasons = state.watcher.degraded_reasons() if state.watcher is not None else []
     body = {"ready": alive, "status": "degraded" if reasons else "ok", "degraded": reasons}
+    if not alive:
+        state.metrics.unavailable.labels("not_ready").inc()
     return JSONResponse(body, status_code=200 if alive else 503)
 
 
 async def _metrics(state: ServerState, request: Request) -> Response:
     state.metrics.queue_rows.set(state.batcher.queued_rows)
+    snapshot = state.batcher.snapshot
+    state.metrics.model.info(
+        {
+            "model": snapshot.config.model.name,
+            "model_version": str(snapshot.model_version),
+            "delta_version": str(snapshot.delta_version),
+            "serving_version": str(snapshot.serving_version),
+        }
+    )
     return Response(generate_latest(state.metrics.registry), media_type="text/plain; version=0.0.4")

@@ -82,6 +82,8 @@ class DynamicBatcher:
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
         self.on_batch = on_batch
+        self.on_batch_errors = 0  # metrics callbacks that raised (the worker went on)
+        self.last_on_batch_error: str | None = None
         self._queue: queue.Queue[_Pending] = queue.Queue()
         self._control: queue.Queue = queue.Queue()
         self._queued_rows = 0
@@ -194,7 +196,11 @@ class DynamicBatcher:
         for loop, items in results.items():
             loop.call_soon_threadsafe(_resolve_all, items)
         if self.on_batch is not None:
-            self.on_batch(rows, time.perf_counter() - started)
+            try:
+                self.on_batch(rows, time.perf_counter() - started)
+            except Exception as e:  # bookkeeping must never stop the worker
+                self.on_batch_errors += 1
+                self.last_on_batch_error = f"{type(e).__name__}: {e}"
 
 
 def _resolve_all(items: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:

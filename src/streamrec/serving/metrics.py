@@ -2,7 +2,40 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import HistogramMetricFamily
+
+SCORE_BUCKETS = np.array(
+    [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+)
+
+
+class ScoreHistogram:
+    """A Prometheus histogram of predicted scores, filled a batch at a time with numpy (the
+    client's Histogram.observe is one Python call per value: too slow per served row)."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(len(SCORE_BUCKETS) + 1, np.int64)  # last: above every bound
+        self.total = 0.0
+
+    def observe_many(self, scores: np.ndarray) -> None:
+        """scores: any shape of probabilities (every task's score counts once)."""
+        flat = np.asarray(scores, np.float64).ravel()
+        self.counts += np.bincount(
+            np.searchsorted(SCORE_BUCKETS, flat, side="left"), minlength=self.counts.size
+        )
+        self.total += float(flat.sum())
+
+    def collect(self):  # the registry's collector protocol
+        cumulative = np.cumsum(self.counts)
+        buckets = [(f"{b:g}", int(c)) for b, c in zip(SCORE_BUCKETS, cumulative, strict=False)]
+        buckets.append(("+Inf", int(cumulative[-1])))
+        family = HistogramMetricFamily(
+            "streamrec_predicted_score", "predicted probabilities served (every task)"
+        )
+        family.add_metric([], buckets, self.total)
+        yield family
 
 
 class ServerMetrics:
@@ -40,6 +73,27 @@ class ServerMetrics:
             "streamrec_degraded",
             "1 while the served model may be stale (a quarantined delta, a model that failed "
             "to load)",
+            registry=r,
+        )
+        self.model = Info(
+            "streamrec_model", "the served model: name and versions (base, delta, serving)",
+            registry=r,
+        )
+        self.scores = ScoreHistogram()
+        r.register(self.scores)
+        self.ids_looked_up = Counter(
+            "streamrec_ids_looked_up", "embedding ids looked up for requests", registry=r
+        )
+        self.ids_unknown = Counter(
+            "streamrec_ids_unknown",
+            "of those, ids the model has no row for (read as zeros): rate() of the two is the "
+            "unknown-id rate",
+            registry=r,
+        )
+        self.unavailable = Counter(
+            "streamrec_unavailable",
+            "503 answers by reason (overloaded: queue full; not_ready: no model serving)",
+            ["reason"],
             registry=r,
         )
         self.delta_lag = Gauge(

@@ -150,6 +150,7 @@ class RankRequestReader:
             forbid_unknown_fields=True,
             gc=False,  # no cycles: keep the collector's work per request down
         )
+        self.body_type = body  # the request's type: what /openapi.json describes
         self._decoder = msgspec.json.Decoder(body)
         self._fields = [(n, a, operator.attrgetter(a)) for n, a in zip(names, attrs, strict=True)]
 

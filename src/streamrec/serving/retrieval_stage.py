@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 import torch
 
@@ -19,9 +20,38 @@ from streamrec.retrieval.model_dir import find_retrieval_dir, load_retrieval_mod
 from streamrec.serving.request import RequestError, rows_table
 
 
+class RecommendBody(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /v1/recommend: the user's features (as the user tower reads them), how many items
+    to return, and items never to return."""
+
+    user: dict[str, Any]
+    k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    exclude: list[int] = []
+
+
+class IndexedItem(msgspec.Struct):
+    """One item for POST /v1/items: its id and its features (any other fields)."""
+
+    item_id: int
+
+
+class ItemsBody(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /v1/items: new or changed items, indexed without a rebuild."""
+
+    items: Annotated[list[IndexedItem], msgspec.Meta(min_length=1)]
+
+
+def check_body(body: Any, body_type: type, what: str) -> Any:
+    """`body` (decoded JSON) as `body_type`, or a 422 naming the offending value's path."""
+    try:
+        return msgspec.convert(body, body_type)
+    except msgspec.ValidationError as e:
+        raise RequestError(422, f"invalid {what} request: {e}") from None
+
+
 @dataclass
 class RecommendRequest:
-    """{"user": {feature: value(s)}, "k": 10, "exclude": [item, …]}, checked."""
+    """A checked RecommendBody."""
 
     user: dict[str, Any]
     k: int
@@ -29,15 +59,8 @@ class RecommendRequest:
 
     @classmethod
     def parse(cls, body: Any) -> RecommendRequest:
-        if not isinstance(body, dict) or not isinstance(body.get("user"), dict):
-            raise RequestError(422, "the body must be {'user': {...}, 'k': n, 'exclude': [...]}")
-        k = body.get("k", 10)
-        exclude = body.get("exclude", [])
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
-            raise RequestError(422, "'k' must be an integer in [1, 1000]")
-        if not isinstance(exclude, list) or not all(isinstance(i, int) for i in exclude):
-            raise RequestError(422, "'exclude' must be a list of item ids")
-        return cls(body["user"], k, set(exclude))
+        checked = check_body(body, RecommendBody, "recommend")
+        return cls(checked.user, checked.k, set(checked.exclude))
 
 
 class RetrievalStage:

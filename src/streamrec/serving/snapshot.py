@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.models.persistence import LoadedModel, load_model
 from streamrec.serving.request import RankRequestReader
 from streamrec.store.delta import TableDelta
@@ -52,6 +53,18 @@ class Snapshot:
         """Calibrated probabilities [rows, tasks]."""
         batch = self.schema.encode(table, with_labels=False)
         return self.model.predict(batch).numpy()
+
+    def take_id_counts(self) -> tuple[int, int]:
+        """(ids looked up, ids with no row) since the last call — the unknown-id rate of
+        what the server was asked. Call from the thread that predicts."""
+        looked_up = unknown = 0
+        for collection in self.model.modules():
+            if isinstance(collection, EmbeddingCollection):
+                for lookup in collection.lookups:
+                    looked_up += getattr(lookup, "ids_looked_up", 0)
+                    unknown += getattr(lookup, "ids_unknown", 0)
+                    lookup.ids_looked_up = lookup.ids_unknown = 0  # type: ignore[attr-defined]
+        return looked_up, unknown
 
     def apply_delta(
         self,
