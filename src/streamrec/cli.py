@@ -287,7 +287,9 @@ def export(
 
 @app.command("report")
 def report(
-    run_dir: Path = typer.Argument(..., help="A training run directory (holds metrics.csv)."),
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory of train, two-tower or online training (holds metrics.csv)."
+    ),
     out: Path | None = typer.Option(None, help="PNG path (default: RUN_DIR/curves.png)."),
 ) -> None:
     """Plot the training loss / AUC and validation AUC curves of a run to a PNG."""

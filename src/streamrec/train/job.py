@@ -54,6 +54,8 @@ def _train(
         if not resume:  # a fresh run: checkpoints of an earlier run in OUT are not ours
             shutil.rmtree(run.checkpoints, ignore_errors=True)
             shutil.rmtree(out / BEST, ignore_errors=True)
+            shutil.rmtree(out / "tb", ignore_errors=True)  # nor are its curves
+            (out / "metrics.csv").unlink(missing_ok=True)
         start = fresh_start(config, splits)
     pinned.update(start.kinds)  # validation files, later epochs: read as the model saw its sample
     trainer = Trainer(start.model, start.config, out, start.optimizer, progress=progress)

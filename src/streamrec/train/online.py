@@ -51,6 +51,7 @@ from streamrec.train.delta_export import DeltaExporter
 from streamrec.train.metrics import MetricAccumulator, json_ready
 from streamrec.train.preparation import seed_everything
 from streamrec.train.run_dir import RunDir
+from streamrec.train.run_metrics import RunMetrics
 from streamrec.train.stall_watch import StallWatch
 from streamrec.train.trainer import Trainer, build_dense_optimizer
 
@@ -113,6 +114,10 @@ class OnlineTrainer:
         self._batches_since_checkpoint = 0
         self._last_delta = self._last_checkpoint = self._last_status = time.monotonic()
         self.stall_watch = StallWatch(self.online_config.stall_seconds)
+        self._history_step = -1  # events_trained at the last metrics.csv row
+        self._started = time.monotonic()
+        self._trained_at_start = self.events_trained
+        self.run_metrics: RunMetrics | None = None  # metrics.csv + RUN/tb, from the first status
         self._consumed_at_status = -1  # events_consumed at the last status (see stream_lag)
 
     def _writes_run_dir(self) -> bool:
@@ -357,9 +362,41 @@ class OnlineTrainer:
         }
 
     def write_status(self) -> None:
-        status = json.dumps(json_ready(self.status()), indent=1, allow_nan=False)
-        write_atomic(self.out / "status.json", status)
+        status = self.status()
+        write_atomic(
+            self.out / "status.json", json.dumps(json_ready(status), indent=1, allow_nan=False)
+        )
         self._last_status = time.monotonic()
+        self._history(status)
+
+    def _history(self, status: dict[str, Any]) -> None:
+        """What status.json says now, kept: a metrics.csv row (phase "online": the windowed
+        metrics of the first task) and TensorBoard scalars under RUN/tb (every task's windowed
+        metrics, lag, freshness), at step = events trained. Only when training moved, so an
+        idle run does not repeat itself."""
+        step = status["events_trained"]
+        if step == self._history_step:
+            return
+        self._history_step = step
+        first = next(iter(status["windowed"].values()), {})
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        row = {"phase": "online", "epoch": 0, "step": step, "samples": step, **first}
+        row["samples_per_s"] = (step - self._trained_at_start) / elapsed
+        if self.run_metrics is None:
+            self.run_metrics = RunMetrics(self.out, self._trained_at_start or None, self.log)
+        self.run_metrics.row(row)
+        for task, metrics in status["windowed"].items():
+            self.run_metrics.scalars(f"online_{task}", metrics, step)
+        freshness = status["event_to_delta_seconds"] or {}
+        stream = {
+            "lag": status["lag"],
+            "lag_seconds": status["lag_seconds"],
+            "event_to_delta_p50": freshness.get("p50"),
+            "event_to_delta_p99": freshness.get("p99"),
+            "dead_lettered": status["dead_lettered"],
+        }
+        self.run_metrics.scalars("stream", stream, step)
+        self.run_metrics.flush()
 
     def close(self) -> None:
         """Let go of the run directory without a final checkpoint (`run` ends with one): what

@@ -1,9 +1,26 @@
-"""`streamrec report`: training and validation curves of a run, from its metrics.csv, as PNG."""
+"""`streamrec report`: a run's curves from its metrics.csv, as PNG — batch training (running train
+loss/AUC, validation loss/AUC per epoch), two-tower (softmax loss) and online runs (windowed
+log loss / AUC as events are trained). Titled with the model and the config's name."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
+
+_X = "samples"
+
+
+def _title(run_dir: Path) -> str:
+    """"model — config name" from the run's model or checkpoint manifest; else the folder."""
+    for candidate in ("model", "checkpoint/latest", "checkpoint"):
+        manifest = run_dir / candidate / "manifest.json"
+        try:
+            config = json.loads(manifest.read_text())["config"]
+            return f"{config['model']['name']} — {config.get('name') or run_dir.name}"
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return run_dir.name
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -15,13 +32,15 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     path = run_dir / "metrics.csv"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no metrics.csv — is this a training run directory?")
+        raise FileNotFoundError(
+            f"{path}: no metrics.csv — is this a run directory of `train` or `online`?"
+        )
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
 
     def series(phase: str, key: str) -> tuple[list[float], list[float]]:
         pts = [
-            (float(r["samples"]), float(r[key]))
+            (float(r[_X]), float(r[key]))
             for r in rows
             # runs written before the column was named `phase` call it `kind`
             if r.get("phase", r.get("kind")) == phase and r.get(key) not in ("", None)
@@ -29,17 +48,25 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(*series("train", "loss"), label="train loss (running)")
-    ax_loss.set_xlabel("samples")
+    curves = [
+        (ax_loss, "train", "loss", "-", "train loss (running)"),
+        (ax_loss, "valid", "logloss", "o-", "validation log loss"),
+        (ax_loss, "online", "logloss", "-", "online log loss (windowed, progressive)"),
+        (ax_auc, "train", "auc", "-", "train AUC (running)"),
+        (ax_auc, "valid", "auc", "o-", "validation AUC"),
+        (ax_auc, "online", "auc", "-", "online AUC (windowed, progressive)"),
+    ]
+    for ax, phase, key, style, label in curves:
+        x, y = series(phase, key)
+        if x:
+            ax.plot(x, y, style, label=label)
     ax_loss.set_ylabel("log loss")
-    ax_loss.legend()
-    ax_auc.plot(*series("train", "auc"), label="train AUC (running)", alpha=0.7)
-    x, y = series("valid", "auc")
-    ax_auc.plot(x, y, "o-", label="validation AUC")
-    ax_auc.set_xlabel("samples")
     ax_auc.set_ylabel("AUC")
-    ax_auc.legend()
-    fig.suptitle(run_dir.name)
+    for ax in (ax_loss, ax_auc):
+        ax.set_xlabel(_X)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(_title(run_dir))
     fig.tight_layout()
     out = Path(out) if out else run_dir / "curves.png"
     fig.savefig(out, dpi=110)

@@ -11,7 +11,6 @@ all seeded, so two runs — or a run and its resumption from a checkpoint — gi
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 import time
@@ -32,21 +31,8 @@ from streamrec.models.base import RankingModel
 from streamrec.train.checkpoint import save_checkpoint
 from streamrec.train.metrics import MetricAccumulator, auc
 from streamrec.train.run_dir import BEST, RunDir
+from streamrec.train.run_metrics import RunMetrics
 from streamrec.train.sampling import downsample_negatives
-
-METRIC_COLUMNS = [
-    "phase",
-    "epoch",
-    "step",
-    "samples",
-    "loss",
-    "auc",
-    "logloss",
-    "ne",
-    "calibration",
-    "samples_per_s",
-    "lr",
-]
 
 
 def build_dense_optimizer(model: RankingModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -118,6 +104,10 @@ class Trainer:
         self.sparse = SparseOptimizer(model)  # the embedding half of every optimizer step
         self.optimizer_steps = 0  # steps taken (applied or skipped); batches / accumulation
         self.skipped_steps = 0  # steps whose gradients held a NaN or inf
+        self.rows_evicted = 0  # by TTL / capacity, this process
+        self.last_grad_norm: float | None = None  # when clipping or the NaN check measures it
+        self.run_metrics: RunMetrics | None = None  # made at the first metrics row
+        self.note: Callable[[str], None] | None = None  # where one-time notes go (a log)
         self.best_epoch = 0  # the best validation epoch so far (1-based; 0: none yet)
         self.best_score: float | None = None
         self._micro = 0  # batches whose gradients wait for the next step
@@ -183,6 +173,7 @@ class Trainer:
         applied = True
         if cfg.grad_clip_norm or cfg.skip_nonfinite_steps:
             norm = self.agreed_norm(clip_grad_norm_(self.model, cfg.grad_clip_norm, self.sparse))
+            self.last_grad_norm = float(norm)
             applied = not cfg.skip_nonfinite_steps or bool(torch.isfinite(norm))
         if applied:
             self.sparse.step(examples)
@@ -212,6 +203,7 @@ class Trainer:
         for table in self.model.dynamic_tables().values():
             if table.ttl_seconds is not None or table.capacity is not None:
                 evicted += int(table.evict(now=self._event_time).numel())
+        self.rows_evicted += evicted
         return evicted
 
     # ------------------------------------------------------------------ epochs
@@ -341,6 +333,8 @@ class Trainer:
             metrics = self.evaluate(valid())
         trained_now = self.samples_trained - self._samples_at_start  # a resumed run's own work
         speed = trained_now / self.train_seconds if self.train_seconds else 0.0
+        if self.run_metrics is not None:
+            self.run_metrics.flush()
         return TrainResult(
             metrics,
             speed,
@@ -422,12 +416,18 @@ class Trainer:
         )
 
     def _log(self, row: dict) -> None:
+        """A metrics row (metrics.csv and TensorBoard, `train/run_metrics.py`); training rows
+        add table sizes, evictions, skipped steps and the gradient norm as scalars."""
         if self.run_dir is None:
             return
-        path = self.run_dir / "metrics.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        if self.run_metrics is None:
+            self.run_metrics = RunMetrics(self.run_dir, self.resumed_from_step, self.note)
+        self.run_metrics.row(row)
+        if row.get("phase") == "train":
+            step = int(row["step"])
+            tables = {n: len(t) for n, t in self.model.dynamic_tables().items()}
+            self.run_metrics.scalars("table_rows", tables, step)
+            counts = {"rows_evicted": self.rows_evicted, "skipped_steps": self.skipped_steps}
+            if self.last_grad_norm is not None:
+                counts["grad_norm"] = self.last_grad_norm
+            self.run_metrics.scalars("train", counts, step)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from streamrec.retrieval.model_dir import (
 from streamrec.schema import input_kinds
 from streamrec.train.preparation import seed_everything
 from streamrec.train.run_dir import RunDir
+from streamrec.train.run_metrics import RunMetrics
 
 
 def index_params(config: JobConfig) -> IndexParams:
@@ -137,6 +139,9 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
     order = np.argsort(counts.field("values").to_numpy())
     known_items = counts.field("values").to_numpy()[order]
     log_freq = np.log(counts.field("counts").to_numpy()[order] / float(train.num_rows))
+    (out / "metrics.csv").unlink(missing_ok=True)  # every two-tower run starts afresh
+    shutil.rmtree(out / "tb", ignore_errors=True)
+    log = RunMetrics(out)  # metrics.csv + RUN/tb: softmax loss, then recall@k
     started = time.perf_counter()
     steps = 0
     for epoch in range(config.train.epochs):
@@ -161,8 +166,22 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
             opt.step()
             sparse.step(examples=batch.size)
             steps += 1
-            if steps % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if steps % config.train.log_every_steps == 0:
+                value = float(loss.detach())
+                bar.set_postfix(loss=f"{value:.3f}")
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                samples = steps * config.data.batch_size
+                log.row(
+                    {
+                        "phase": "train",
+                        "epoch": epoch + 1,
+                        "step": steps,
+                        "samples": samples,
+                        "loss": value,
+                        "samples_per_s": samples / elapsed,
+                        "lr": config.train.dense_lr,
+                    }
+                )
     seconds = time.perf_counter() - started
     full_log = pa.concat_tables([train, test])
     catalog = item_catalog(full_log, model.item_features)
@@ -173,6 +192,8 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
     index_recall = recall_against_exact(retriever, ids, vectors, vectors[:200], 100)
     metrics = evaluate_retrieval(model, retriever, train, test, config.data.history_length or 50)
     metrics["index_recall@100_vs_exact"] = index_recall
+    log.scalars("valid", metrics, steps)
+    log.flush()
     catalog_bytes = io.BytesIO()
     pq.write_table(catalog, catalog_bytes)
     kinds = input_kinds(train, config.schema.input_columns(with_labels=False))
