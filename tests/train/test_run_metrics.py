@@ -80,3 +80,21 @@ def test_an_online_run_keeps_history_and_report_draws_it(tmp_path, ml_small_dir)
     assert scalars["stream/lag"][-1] == (3000, 0.0)
     png = plot_run(tmp_path / "run")
     assert png.stat().st_size > 10_000
+
+
+def test_a_half_written_row_from_a_killed_process_is_ended_not_merged(tmp_path):
+    """kill -9 in the middle of a metrics.csv row: the next row starts on a line of its own,
+    and `report` draws the good rows, skipping the half one."""
+    from streamrec.train.run_metrics import RunMetrics
+
+    log = RunMetrics(tmp_path)
+    for step in (20, 40):
+        log.row({"phase": "train", "epoch": 1, "step": step, "samples": step * 10, "loss": 0.6})
+    with (tmp_path / "metrics.csv").open("a") as fh:
+        fh.write("train,1,60,6")  # the process died here
+    log.row({"phase": "train", "epoch": 1, "step": 80, "samples": 800, "loss": 0.5})
+    with (tmp_path / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["step"] for r in rows] == ["20", "40", "60", "80"]
+    assert rows[-1]["loss"] == "0.5" and rows[2]["loss"] is None
+    assert plot_run(tmp_path).exists()

@@ -39,12 +39,15 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         rows = list(csv.DictReader(fh))
 
     def series(phase: str, key: str) -> tuple[list[float], list[float]]:
-        pts = [
-            (float(r[_X]), float(r[key]))
-            for r in rows
+        pts = []
+        for r in rows:
             # runs written before the column was named `phase` call it `kind`
-            if r.get("phase", r.get("kind")) == phase and r.get(key) not in ("", None)
-        ]
+            if r.get("phase", r.get("kind")) != phase:
+                continue
+            try:
+                pts.append((float(r[_X]), float(r[key])))
+            except (KeyError, TypeError, ValueError):
+                continue  # empty, or the half row of a killed process
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(11, 4))

@@ -42,6 +42,9 @@ class RunMetrics:
         """One metrics.csv row (columns METRIC_COLUMNS; `phase`: train | valid | online) and
         its numbers as `<phase>/<column>` scalars at `step`."""
         new = not self.path.exists()
+        with self.path.open("a+b") as raw:
+            if raw.tell() and (raw.seek(-1, 2), raw.read(1))[1] != b"\n":
+                raw.write(b"\n")  # a process killed mid-row left half a line: end it
         with self.path.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
             if new:
