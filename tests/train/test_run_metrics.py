@@ -98,3 +98,21 @@ def test_a_half_written_row_from_a_killed_process_is_ended_not_merged(tmp_path):
     assert [r["step"] for r in rows] == ["20", "40", "60", "80"]
     assert rows[-1]["loss"] == "0.5" and rows[2]["loss"] is None
     assert plot_run(tmp_path).exists()
+
+
+def test_without_tensorboard_installed_the_run_says_so_and_keeps_metrics_csv(
+    tmp_path, monkeypatch
+):
+    import sys
+
+    from streamrec.train.run_metrics import RunMetrics
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.warns(UserWarning, match="streamrec\\[tensorboard\\]"):
+        log = RunMetrics(tmp_path)
+    log.row({"phase": "train", "epoch": 1, "step": 20, "samples": 200, "loss": 0.6})
+    assert not log.tensorboard.enabled and not (tmp_path / "tb").exists()
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1].startswith("train,1,20,200")
+    lines: list[str] = []
+    RunMetrics(tmp_path / "online", note=lines.append)  # an online run: into its log
+    assert lines and "pip install" in lines[0]

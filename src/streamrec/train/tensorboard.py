@@ -13,6 +13,7 @@ the steps the killed process logged after the checkpoint it resumed from.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,11 @@ class TensorBoardLog:
         self._writer: Any = None
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
+        except ImportError:  # said once, never silently: to the run's log, else as a warning
             if log is not None:
                 log(_MISSING_NOTE)
+            else:
+                warnings.warn(_MISSING_NOTE, stacklevel=2)
             return
         self._writer = SummaryWriter(str(self.path), purge_step=resumed_step)
 

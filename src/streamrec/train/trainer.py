@@ -107,7 +107,6 @@ class Trainer:
         self.rows_evicted = 0  # by TTL / capacity, this process
         self.last_grad_norm: float | None = None  # when clipping or the NaN check measures it
         self.run_metrics: RunMetrics | None = None  # made at the first metrics row
-        self.note: Callable[[str], None] | None = None  # where one-time notes go (a log)
         self.best_epoch = 0  # the best validation epoch so far (1-based; 0: none yet)
         self.best_score: float | None = None
         self._micro = 0  # batches whose gradients wait for the next step
@@ -421,7 +420,7 @@ class Trainer:
         if self.run_dir is None:
             return
         if self.run_metrics is None:
-            self.run_metrics = RunMetrics(self.run_dir, self.resumed_from_step, self.note)
+            self.run_metrics = RunMetrics(self.run_dir, self.resumed_from_step)
         self.run_metrics.row(row)
         if row.get("phase") == "train":
             step = int(row["step"])
