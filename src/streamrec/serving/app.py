@@ -6,6 +6,8 @@
     GET  /healthz       the process is up
     GET  /readyz        a model is loaded and serving; `degraded` and why when it may be stale
     GET  /metrics       Prometheus: requests, latency, batch sizes, queue depth, cache, deltas
+    GET  /v1/status     what the status page shows, as JSON (recent traffic, freshness, …)
+    GET  /              the status page (HTML; polls /v1/status)
 
 Never imports training code: the model directory (`streamrec.store`) is the contract.
 """
@@ -18,7 +20,7 @@ import itertools
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from streamrec.serving.batcher import DynamicBatcher, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
 from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.openapi import DOCS_PAGE, openapi_document
+from streamrec.serving.recent_traffic import RecentTraffic
 from streamrec.serving.request import CandidateRows, RequestError, parse_json
 from streamrec.serving.retrieval_stage import (
     ItemsBody,
@@ -43,6 +46,7 @@ from streamrec.serving.retrieval_stage import (
     check_body,
 )
 from streamrec.serving.snapshot import Snapshot
+from streamrec.serving.status_page import STATUS_PAGE
 from streamrec.serving.watcher import Watcher
 from streamrec.store import find_deltas_dir, find_model_dir
 
@@ -57,6 +61,8 @@ class ServerState:
     token: str | None
     retriever: RetrievalStage | None = None
     guard_health: bool = False  # --token also on /healthz and /readyz
+    traffic: RecentTraffic = field(default_factory=RecentTraffic)  # the status page's chart
+    started_at: float = field(default_factory=time.time)
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -135,6 +141,8 @@ def create_app(
         Route("/metrics", _endpoint(state, "metrics", _metrics), methods=["GET"]),
         Route("/openapi.json", _endpoint(state, "openapi", _openapi), methods=["GET"]),
         Route("/docs", _endpoint(state, "docs", _docs), methods=["GET"]),
+        Route("/v1/status", _endpoint(state, "status", _status), methods=["GET"]),
+        Route("/", _endpoint(state, "page", _page), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = state
@@ -142,13 +150,15 @@ def create_app(
 
 
 _PROBES = ("healthz", "readyz")
+_STATIC_PAGES = ("docs", "page")
+_TRAFFIC = frozenset(("rank", "recommend", "items"))  # what the status page's chart counts
 
 
 def _authorized(state: ServerState, name: str, request: Request) -> bool:
     if state.token is None or (name in _PROBES and not state.guard_health):
         return True  # orchestrators' probes carry no token
-    if name == "docs":
-        return True  # a static page: it asks for the token to fetch /openapi.json
+    if name in _STATIC_PAGES:
+        return True  # static pages: they ask for the token to fetch their data
     given = request.headers.get("authorization", "").encode()
     return hmac.compare_digest(given, f"Bearer {state.token}".encode())  # constant time
 
@@ -168,8 +178,11 @@ def _endpoint(state: ServerState, name: str, handler):
                 state.metrics.unavailable.labels("overloaded").inc()
             except ClientDisconnect:  # closed mid-body (gone, or cut off as too slow)
                 response = _error(400, "the client closed the connection before its body ended")
+        elapsed = time.perf_counter() - started
         state.metrics.requests.labels(name, str(response.status_code)).inc()
-        state.metrics.latency.labels(name).observe(time.perf_counter() - started)
+        state.metrics.latency.labels(name).observe(elapsed)
+        if name in _TRAFFIC:
+            state.traffic.record(elapsed, response.status_code)
         return response
 
     return endpoint
@@ -365,6 +378,60 @@ async def _openapi(state: ServerState, request: Request) -> Response:
 
 async def _docs(state: ServerState, request: Request) -> Response:
     return HTMLResponse(DOCS_PAGE)
+
+
+async def _page(state: ServerState, request: Request) -> Response:
+    return HTMLResponse(STATUS_PAGE)
+
+
+async def _status(state: ServerState, request: Request) -> Response:
+    """Everything the status page shows, in one JSON object (for scripts too)."""
+    snapshot = state.batcher.snapshot
+    w = state.watcher
+    versions: dict[str, Any] = {
+        "model": snapshot.model_version,
+        "delta": snapshot.delta_version,
+        "serving": snapshot.serving_version,
+    }
+    if state.retriever is not None:
+        versions["retrieval"] = state.retriever.version
+    degraded = w.degraded_reasons() if w is not None else []
+    responses = [
+        {"endpoint": sample.labels["endpoint"], "status": sample.labels["status"],
+         "count": int(sample.value)}
+        for family in state.metrics.requests.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    ]
+    body = {
+        "model": snapshot.config.model.name,
+        "versions": versions,
+        "status": "degraded" if degraded else ("ok" if state.batcher.alive else "not ready"),
+        "degraded": degraded,
+        "uptime_s": time.time() - state.started_at,
+        "freshness": {
+            "event_to_served_s": w.event_to_served_s if w else None,
+            "delta_lag_s": w.delta_lag_s if w else None,
+            "last_delta_applied_at": snapshot.delta_applied_at,
+        },
+        "traffic": {
+            "bucket_seconds": state.traffic.bucket_seconds,
+            "last_minute": state.traffic.summary(60.0),
+            "series": [p.to_json() for p in state.traffic.series()],
+        },
+        "cache": {"hit_rate": state.cache.hit_rate(), "bytes": state.cache.bytes},
+        "queue_rows": state.batcher.queued_rows,
+        "deltas": {
+            "applied": w.deltas_applied if w else 0,
+            "skipped": w.deltas_skipped if w else 0,
+            "quarantined": len(w.quarantined) if w else 0,
+        },
+        "reloads": w.reloads if w else 0,
+        "last_reload": w.last_reload if w else None,
+        "training_health": w.training_health if w else [],
+        "responses": sorted(responses, key=lambda r: (r["endpoint"], r["status"])),
+    }
+    return JSONResponse(body)
 
 
 async def _healthz(state: ServerState, request: Request) -> Response:

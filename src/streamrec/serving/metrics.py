@@ -101,3 +101,9 @@ class ServerMetrics:
             "seconds from a delta's creation to its application",
             registry=r,
         )
+        self.event_to_served = Gauge(
+            "streamrec_event_to_served_seconds",
+            "the last delta: seconds from the trainer reading its oldest event to this server "
+            "applying it",
+            registry=r,
+        )

@@ -97,6 +97,11 @@ def openapi_document(
         ),
         "/v1/model": _get("The served model: versions, deltas, reloads, cache",
                           _json({"type": "object"}, "model description")),
+        "/v1/status": _get(
+            "What the status page (GET /) shows: versions, freshness, recent traffic, cache, "
+            "responses by status, degraded reasons, last reload, training health",
+            _json({"type": "object"}, "the server's status"),
+        ),
         "/healthz": _get("Liveness", _json({"type": "object"}, "alive"), token_guards_health),
         "/readyz": _get(
             "Readiness (200 also when degraded: the reasons say why)",

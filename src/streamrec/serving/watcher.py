@@ -93,6 +93,10 @@ class Watcher(threading.Thread):
         self.poll = poll_seconds
         self.metrics = metrics
         self.newest_delta_seen_at: float | None = None
+        self.delta_lag_s: float | None = None  # the last delta: created → applied, seconds
+        # The last delta: its oldest event's consumption by the trainer → applied here, seconds
+        self.event_to_served_s: float | None = None
+        self.training_health: list[dict] = []  # the warnings the last delta's trainer reported
         self.deltas_applied = 0
         self.deltas_skipped = 0
         self.reloads = 0
@@ -232,8 +236,32 @@ class Watcher(threading.Thread):
             self.deltas_applied += 1
             if manifest.get("full"):  # a full snapshot heals every gap before it
                 self._forget_quarantine_before(version)
-            if self.metrics is not None:
-                self.metrics.deltas.inc()
-                created = manifest.get("created")
-                if created:
-                    self.metrics.delta_lag.set(max(0.0, time.time() - float(created)))
+            self._note_freshness(manifest)
+
+    def _note_freshness(self, manifest: dict) -> None:
+        """What an applied delta says about staleness: created → applied (delta lag), its
+        oldest event consumed → applied (event → served), the trainer's health warnings."""
+        now = time.time()
+        self.delta_lag_s = _seconds_since(now, manifest.get("created"))
+        consumed = manifest.get("consumed_at")
+        self.event_to_served_s = _seconds_since(
+            now, consumed[0] if isinstance(consumed, list) and consumed else None
+        )
+        health = manifest.get("health")
+        self.training_health = [h for h in health if isinstance(h, dict)] if isinstance(
+            health, list
+        ) else []
+        if self.metrics is not None:
+            self.metrics.deltas.inc()
+            if self.delta_lag_s is not None:
+                self.metrics.delta_lag.set(self.delta_lag_s)
+            if self.event_to_served_s is not None:
+                self.metrics.event_to_served.set(self.event_to_served_s)
+
+
+def _seconds_since(now: float, then: object) -> float | None:
+    """now − then for a manifest's Unix time; None when absent or not a number (a delta from
+    an older trainer, or a hand-edited one: staleness unknown, not an error)."""
+    if isinstance(then, bool) or not isinstance(then, int | float):
+        return None
+    return max(0.0, now - float(then))

@@ -24,6 +24,13 @@ from streamrec.models.base import RankingModel
 from streamrec.store.delta import TableDelta, list_deltas, write_delta
 
 
+def consumed_range(consumed_at: list[float]) -> dict[str, Any]:
+    """The manifest field `consumed_at`: [first, last] wall time (Unix seconds) at which the
+    trainer read the events this delta learnt from. A server that applies the delta reports
+    now − first as its event → served freshness. Empty when the delta holds no new events."""
+    return {"consumed_at": [min(consumed_at), max(consumed_at)]} if consumed_at else {}
+
+
 class DeltaExporter:
     def __init__(
         self,

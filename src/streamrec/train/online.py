@@ -47,7 +47,7 @@ from streamrec.models.registry import build_model
 from streamrec.store import read_manifest
 from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import load_checkpoint
-from streamrec.train.delta_export import DeltaExporter
+from streamrec.train.delta_export import DeltaExporter, consumed_range
 from streamrec.train.metrics import MetricAccumulator, json_ready
 from streamrec.train.preparation import seed_everything
 from streamrec.train.run_dir import RunDir
@@ -264,6 +264,7 @@ class OnlineTrainer:
                 "offsets": {"next": self.next_offset},
                 "events_trained": self.events_trained,
                 "checkpoint_version": self.checkpoint_version,
+                **consumed_range(self._pending_consumed_at),
             }
         )
         now = time.time()
