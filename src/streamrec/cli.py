@@ -34,6 +34,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _health_stop(stop: Exception, out: Path | str) -> None:
+    """`train.health: stop` ended the run: say why and where it can continue (exit 3)."""
+    typer.echo(f"error: {stop}", err=True)
+    typer.echo(f"a checkpoint was saved in {out}; after fixing the cause, rerun with --resume",
+               err=True)
+    raise typer.Exit(3)
+
+
 def _print_json(obj: dict) -> None:
     """One strict JSON object: an undefined metric is null with the reason, never NaN."""
     from streamrec.train.metrics import json_ready
@@ -173,10 +181,14 @@ def train(
     if epochs is not None:
         cfg.train.epochs = epochs
     out = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from streamrec.train.health import HealthStop
+
     try:
         report = api.train(cfg, out, resume=resume, progress=not quiet)
     except (DataError, ConfigError, CorruptModelError, RunDirBusy, SchemaError, ValueError) as e:
         _fail(str(e))
+    except HealthStop as e:
+        _health_stop(e, out)
     if report.rank != 0:
         return
     if as_json:
@@ -470,6 +482,7 @@ def online(
     from streamrec.config import ConfigError
     from streamrec.data.stream.address import StreamAddressError
     from streamrec.store import CorruptModelError
+    from streamrec.train.health import HealthStop
     from streamrec.train.run_dir import RunDirBusy
 
     cfg = _load_config(config, overrides, seed)
@@ -494,6 +507,8 @@ def online(
         ImportError,
     ) as e:
         _fail(str(e))
+    except HealthStop as e:
+        _health_stop(e, out)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if as_json:

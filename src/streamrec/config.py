@@ -99,6 +99,69 @@ class ModelConfig(_Strict):
     )
 
 
+class HealthRulesConfig(_Strict):
+    """Thresholds of the training health rules (`train/health.py`, docs/operations.md)."""
+
+    check_every_steps: int = Field(
+        50, gt=0,
+        description="dead ReLUs, the dense gradient norm, embedding norms, admission and "
+        "calibration are checked every N steps (the loss and the global gradient norm every "
+        "step); a warning clears after N quiet steps",
+    )
+    loss_window_steps: int = Field(
+        1000, gt=1,
+        description="loss not decreasing: the mean loss of the last N steps is not below that "
+        "of the N before (by `loss_min_decrease`, relative); judged every N steps from 2N on",
+    )
+    loss_min_decrease: float = Field(
+        0.0, ge=0, lt=1, description="the relative decrease a window must show over the one before"
+    )
+    exploding_grad_norm: float = Field(
+        1e3, gt=0,
+        description="exploding gradient: the global L2 norm of a step's gradients (dense and "
+        "embedding rows) above this (judged every step)",
+    )
+    vanishing_grad_norm: float = Field(
+        1e-7, ge=0,
+        description="vanishing gradient: the dense gradients' L2 norm below this",
+    )
+    dead_relu_fraction: float = Field(
+        0.9, gt=0, le=1,
+        description="dead ReLU: this share of a layer's units output 0 for every example of a "
+        "checked batch",
+    )
+    overfit_gap: float = Field(
+        0.15, gt=0,
+        description="overfit: validation loss above the epoch's training loss by this share "
+        "of it, and the gap wider than at the previous evaluation `overfit_evaluations` times "
+        "running",
+    )
+    overfit_evaluations: int = Field(2, ge=1, description="see `overfit_gap`")
+    embedding_norm_growth: float = Field(
+        10.0, gt=1,
+        description="embedding norm growth: a table's mean row L2 norm grew this many times "
+        "since the run's first check",
+    )
+    calibration_drift: float = Field(
+        0.3, gt=0,
+        description="online runs: a task's windowed calibration (mean prediction / mean label) "
+        "off 1 by more than this",
+    )
+    calibration_min_positives: int = Field(
+        100, ge=1, description="…judged only on windows holding this many positive labels"
+    )
+    calibration_warmup_steps: int = Field(
+        100, ge=0,
+        description="…and only after this many steps (a fresh model starts uncalibrated)",
+    )
+    admission_starving: float = Field(
+        0.99, gt=0, le=1,
+        description="admission starving: this share of the new ids a table saw since the last "
+        "check was refused a row (judged over at least `admission_min_ids` new ids)",
+    )
+    admission_min_ids: int = Field(1000, ge=1, description="see `admission_starving`")
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(1, ge=1, description="passes over the training data")
     seed: int = Field(0, description="seed for initialisation, shuffling and sampling")
@@ -156,6 +219,15 @@ class TrainConfig(_Strict):
         ge=0,
         description="torchrun only: let embedding-gradient exchanges lag up to N steps behind "
         "(hybrid mode: sparse asynchronous, dense synchronous); 0 = fully synchronous",
+    )
+    health: Literal["warn", "stop", "off"] = Field(
+        "warn",
+        description="training health rules (`health_rules`): warn (log, status.json, "
+        "TensorBoard, the status page), stop (also end the run with a checkpoint and exit code "
+        "3), off",
+    )
+    health_rules: HealthRulesConfig = Field(
+        default_factory=HealthRulesConfig, description="the rules' thresholds"
     )
 
     @model_validator(mode="after")

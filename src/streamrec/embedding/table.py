@@ -96,6 +96,10 @@ class DynamicTable:
         )
         self.version = 0
         self._deleted: list[tuple[int, np.ndarray]] = []
+        # Ids that had no row when looked up for training, and of those the ones given a row:
+        # process-local counters behind the admission-starving health rule.
+        self.new_ids_seen = 0
+        self.new_ids_admitted = 0
 
     # ------------------------------------------------------------------------ sizes
     def __len__(self) -> int:
@@ -172,6 +176,7 @@ class DynamicTable:
         return rows
 
     def _admit(self, fids: np.ndarray, counts: np.ndarray, now_s: int) -> np.ndarray:
+        self.new_ids_seen += fids.shape[0]
         self._map.reserve(fids)
         self._reserve(int(self._alloc[0]) + fids.shape[0])
         self.version += 1
@@ -215,6 +220,7 @@ class DynamicTable:
             self._draws,
             out,
         )
+        self.new_ids_admitted += int(np.count_nonzero(out >= 0)) if mode != _ADMIT_ALL else len(out)
         return out
 
     def _reserve(self, rows: int) -> None:

@@ -101,6 +101,12 @@ class DistributedTrainer(Trainer):
         self.model.load_state_dict(best.state_dict())  # this rank's shard of every table
         return True
 
+    def agree_any(self, flag: bool) -> bool:
+        """Whether any rank says yes (a health stop: every rank must stop at the same step)."""
+        vote = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+        return bool(vote[0])
+
     def agreed_norm(self, norm: torch.Tensor) -> torch.Tensor:
         """The largest norm over the ranks: each rank holds its own rows' gradients, and every
         rank must clip alike and skip the same steps (a skipped exchange would hang the rest)."""

@@ -42,6 +42,7 @@ from streamrec.train.distributed import (
     merge_shards,
     shard_for_training,
 )
+from streamrec.train.health import HealthStop
 from streamrec.train.online import OnlineTrainer
 from streamrec.train.sharded_checkpoint import (
     latest_checkpoint,
@@ -98,6 +99,15 @@ class DistributedOnlineTrainer(OnlineTrainer):
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop_when_idle: float | None = None, max_events: int | None = None) -> dict:
+        stopped: HealthStop | None = None
+        try:
+            self._loop_everywhere(stop_when_idle, max_events)
+        except HealthStop as e:  # every rank decided it together (`Trainer.agree_any`)
+            stopped = e
+        self.sync()
+        return self._finish(stopped)
+
+    def _loop_everywhere(self, stop_when_idle: float | None, max_events: int | None) -> None:
         batch_size = self.config.data.batch_size
         idle_since = time.monotonic()
         while True:
@@ -115,7 +125,8 @@ class DistributedOnlineTrainer(OnlineTrainer):
                 self.sync()
             if order.get("stop"):
                 break
-        self.sync()
+
+    def _finish(self, stopped: HealthStop | None) -> dict:
         self.checkpoint()
         status = self.status() if self.rank == 0 else {}
         if self.rank == 0:
@@ -133,6 +144,8 @@ class DistributedOnlineTrainer(OnlineTrainer):
             )
         dist.barrier()
         self.dead.close()
+        if stopped is not None:
+            raise stopped
         return status
 
     def _next_order(
@@ -196,6 +209,9 @@ class DistributedOnlineTrainer(OnlineTrainer):
             self.trainer.train_step(mine)  # … then learn
             self.events_trained += batch.size
             self._pending_consumed_at.append(order["consumed_at"])
+            if self.rank == 0:
+                self._check_calibration()  # the gathered predictions are rank 0's
+            self.trainer.raise_if_health_stop()  # collective on check steps
         self._batches_since_delta += 1
         self._batches_since_checkpoint += 1
         if order["sync"]:
@@ -218,6 +234,7 @@ class DistributedOnlineTrainer(OnlineTrainer):
                 {
                     "offsets": {"next": self.next_offset},
                     "events_trained": self.events_trained,
+                    "health": self._health(),
                     **consumed_range(self._pending_consumed_at),
                 },
             )

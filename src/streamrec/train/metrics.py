@@ -105,13 +105,15 @@ def json_ready(obj: object) -> object:
 def ctr_metrics(
     labels: np.ndarray, preds: np.ndarray, groups: np.ndarray | None = None
 ) -> dict[str, float]:
-    """All metrics of one task: auc, logloss, ne, calibration (+ gauc with groups), count."""
+    """All metrics of one task: auc, logloss, ne, calibration (+ gauc with groups), count,
+    positives (labels ≥ 0.5: how much evidence the calibration rests on)."""
     out = {
         "auc": auc(labels, preds),
         "logloss": logloss(labels, preds),
         "ne": normalized_entropy(labels, preds),
         "calibration": calibration(labels, preds),
         "count": int(np.asarray(labels).size),
+        "positives": int(np.count_nonzero(np.asarray(labels) >= 0.5)),
     }
     if groups is not None:
         out["gauc"] = gauc(labels, preds, groups)

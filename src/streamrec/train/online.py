@@ -48,6 +48,7 @@ from streamrec.store import read_manifest
 from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import load_checkpoint
 from streamrec.train.delta_export import DeltaExporter, consumed_range
+from streamrec.train.health import HealthStop
 from streamrec.train.metrics import MetricAccumulator, json_ready
 from streamrec.train.preparation import seed_everything
 from streamrec.train.run_dir import RunDir
@@ -119,6 +120,7 @@ class OnlineTrainer:
         self._trained_at_start = self.events_trained
         self.run_metrics: RunMetrics | None = None  # metrics.csv + RUN/tb, from the first status
         self._consumed_at_status = -1  # events_consumed at the last status (see stream_lag)
+        self.trainer.on_health = self._on_health
 
     def _writes_run_dir(self) -> bool:
         """Whether this process owns the run directory's lock and tidies it (rank 0)."""
@@ -233,6 +235,8 @@ class OnlineTrainer:
             self.trainer.train_step(batch)  # … then learn
             self.events_trained += batch.size
             self._pending_consumed_at.append(consumed_at)
+            self._check_calibration()
+            self.trainer.raise_if_health_stop()
         self._batches_since_delta += 1
         self._batches_since_checkpoint += 1
         if self._due(
@@ -258,12 +262,38 @@ class OnlineTrainer:
             return batches >= every_batches
         return time.monotonic() - since >= every_seconds
 
+    def _check_calibration(self) -> None:
+        """On the trainer's check steps: each task's windowed calibration (health rule)."""
+        health = self.trainer.health
+        if health is None or not health.due(self.trainer.global_step):
+            return
+        for task, metrics in self.metrics.windowed().items():
+            health.check_calibration(
+                self.trainer.global_step, task, metrics["calibration"], metrics["positives"]
+            )
+        if fired := health.take_fired():
+            self.trainer.report_health(fired)
+
+    def _on_health(self, fired: list) -> None:
+        """Warnings that started firing: TensorBoard now; status.json and the next delta carry
+        the active ones (and from the delta, the server's status page)."""
+        if self.run_metrics is None:
+            self.run_metrics = RunMetrics(self.out, self._trained_at_start or None, self.log)
+        step = self.events_trained
+        self.run_metrics.scalars("health", {w.key: w.value for w in fired}, step)
+        self.run_metrics.flush()
+
+    def _health(self) -> list[dict[str, Any]]:
+        health = self.trainer.health
+        return health.active_json() if health is not None else []
+
     def sync(self) -> Path:
         path = self.exporter.export(
             {
                 "offsets": {"next": self.next_offset},
                 "events_trained": self.events_trained,
                 "checkpoint_version": self.checkpoint_version,
+                "health": self._health(),
                 **consumed_range(self._pending_consumed_at),
             }
         )
@@ -359,6 +389,7 @@ class OnlineTrainer:
             if lat is None
             else {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
             "windowed": self.metrics.windowed(),
+            "health": self._health(),
             "updated": time.time(),
         }
 
@@ -406,6 +437,21 @@ class OnlineTrainer:
         self.run_dir.release()
 
     def run(self, stop_when_idle: float | None = None, max_events: int | None = None) -> dict:
+        try:
+            self._loop(stop_when_idle, max_events)
+        except HealthStop:  # `train.health: stop`: end as a clean stop would, then say why
+            self.sync()
+            self.checkpoint()
+            self.write_status()
+            self.close()
+            raise
+        self.sync()
+        self.checkpoint()
+        self.write_status()
+        self.close()
+        return self.status()
+
+    def _loop(self, stop_when_idle: float | None, max_events: int | None) -> None:
         batch_size = self.config.data.batch_size
         idle_since = time.monotonic()
         while True:
@@ -424,8 +470,3 @@ class OnlineTrainer:
                 self.sync()
             elif time.monotonic() - self._last_status >= self._idle_status_seconds():
                 self.write_status()  # idle: lag and stalls are still watched
-        self.sync()
-        self.checkpoint()
-        self.write_status()
-        self.close()
-        return self.status()

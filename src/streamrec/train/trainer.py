@@ -3,7 +3,9 @@
 One step: (optionally down-sample negatives) → forward → BCE loss averaged over tasks →
 backward, during which every table's row optimizer updates the batch's unique rows →
 gradient clipping and the dense optimizer (with linear warm-up) on the dense parameters →
-every `evict_every_steps` steps, tables expire / evict rows by event time.
+every `evict_every_steps` steps, tables expire / evict rows by event time. Health rules
+(`train/health.py`) watch the loss every step and gradients, activations and tables every
+`train.health_rules.check_every_steps`.
 
 Runs are deterministic under `train.seed`: data order, dropout, sampling and table updates are
 all seeded, so two runs — or a run and its resumption from a checkpoint — give the same losses.
@@ -11,6 +13,7 @@ all seeded, so two runs — or a run and its resumption from a checkpoint — gi
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -28,8 +31,10 @@ from streamrec.batch import Batch
 from streamrec.config import JobConfig, TrainConfig
 from streamrec.embedding.sparse_optimizer import SparseOptimizer, clip_grad_norm_
 from streamrec.models.base import RankingModel
+from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import save_checkpoint
-from streamrec.train.metrics import MetricAccumulator, auc
+from streamrec.train.health import HealthRules, HealthStop, HealthWarning
+from streamrec.train.metrics import MetricAccumulator, auc, json_ready
 from streamrec.train.run_dir import BEST, RunDir
 from streamrec.train.run_metrics import RunMetrics
 from streamrec.train.sampling import downsample_negatives
@@ -112,6 +117,13 @@ class Trainer:
         self._micro = 0  # batches whose gradients wait for the next step
         self._loss_terms = 0  # Σ logits.numel() over those batches (see step_examples)
         self._samples_at_start = 0  # samples_trained when this process's fit() began
+        cfg = self.train_config
+        self.health = HealthRules(cfg.health_rules, cfg.health) if cfg.health != "off" else None
+        self.health_stops: list[HealthWarning] = []  # fired under `train.health: stop`
+        # Called with the warnings that started firing (an online run reports them its way);
+        # by default they go to RUN/status.json and TensorBoard.
+        self.on_health: Callable[[list[HealthWarning]], None] | None = None
+        self._check_gradients = False
         self.model.negative_sampling_rate.fill_(self.train_config.negative_sampling_rate)
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -135,12 +147,20 @@ class Trainer:
         self.model.set_event_time(self._event_time)
         for group in self.optimizer.param_groups:
             group["lr"] = group.get("base_lr", self.train_config.dense_lr) * self._lr_scale()
-        with torch.autocast(
-            batch.dense.device.type,
-            dtype=torch.bfloat16,
-            enabled=self.train_config.precision == "bf16",
-        ):
-            logits = self.forward_module(batch)
+        step = self.global_step + 1
+        check = self.health is not None and self.health.due(step)
+        if check:
+            self.health.watch_activations(self.model)
+        try:
+            with torch.autocast(
+                batch.dense.device.type,
+                dtype=torch.bfloat16,
+                enabled=self.train_config.precision == "bf16",
+            ):
+                logits = self.forward_module(batch)
+        finally:
+            if check:
+                self.health.unwatch(step)
         logits = logits.float()
         if batch.size:
             loss = F.binary_cross_entropy_with_logits(logits, batch.labels[:, : logits.shape[1]])
@@ -150,6 +170,7 @@ class Trainer:
         (loss / accumulate if accumulate > 1 else loss).backward()  # no row changes here
         self._micro += 1
         self._loss_terms += logits.numel()
+        self._check_gradients = check
         if self._micro == accumulate:
             self.optimizer_step()
             if self.optimizer_steps % self.train_config.evict_every_steps == 0:
@@ -159,7 +180,58 @@ class Trainer:
         self._last_logits = logits.detach()
         self._last_labels = batch.labels
         self.losses.append(float(loss.detach()))
+        if self.health is not None:
+            self._watch_health(check)
         return self.losses[-1]
+
+    def _watch_health(self, checked: bool) -> None:
+        """The loss every step; the tables on check steps; report what started firing."""
+        health = self.health
+        health.check_loss(self.global_step, self.losses[-1])
+        if checked:
+            health.check_tables(self.global_step, self.model.dynamic_tables())
+        fired = health.take_fired()
+        if fired:
+            self.report_health(fired)
+
+    def report_health(self, fired: list[HealthWarning]) -> None:
+        if self.health.stop_on_warning:
+            self.health_stops.extend(fired)
+        if self.on_health is not None:
+            self.on_health(fired)
+        elif self.run_dir is not None:
+            metrics = self._run_metrics()
+            metrics.scalars("health", {w.key: w.value for w in fired}, self.global_step)
+            metrics.flush()
+            status = {
+                "phase": "train",
+                "epoch": self.epoch + 1,
+                "step": self.global_step,
+                "health": self.health.active_json(),
+                "updated": time.time(),
+            }
+            write_atomic(self.run_dir / "status.json", json.dumps(json_ready(status), indent=1))
+
+    def raise_if_health_stop(self, now: bool = False) -> None:
+        """Under `train.health: stop`, end the run once a rule has fired: at the next check
+        step (where every rank of a torchrun job decides together), or `now` (all ranks are
+        at the same point, e.g. an epoch's end). The caller checkpoints first."""
+        health = self.health
+        if health is None or not health.stop_on_warning:
+            return
+        if not now and not health.due(self.global_step):
+            return
+        if self.agree_any(bool(self.health_stops)):
+            raise HealthStop(
+                self.health_stops[0]
+                if self.health_stops
+                else HealthWarning("other_rank", "", "a health rule fired on another rank",
+                                   float("nan"), self.global_step)
+            )
+
+    def agree_any(self, flag: bool) -> bool:
+        """Whether any process says yes (one process: itself)."""
+        return flag
 
     def optimizer_step(self) -> bool:
         """One step of every gradient waiting — dense parameters and embedding rows together:
@@ -169,11 +241,18 @@ class Trainer:
         examples = self.step_examples()
         self._micro = self._loss_terms = 0
         self.optimizer_steps += 1
+        measured = bool(cfg.grad_clip_norm or cfg.skip_nonfinite_steps)
+        if self._check_gradients:
+            self.health.check_gradients(
+                self.global_step + 1, self.model, self.sparse.gradients(), measured
+            )
         applied = True
-        if cfg.grad_clip_norm or cfg.skip_nonfinite_steps:
+        if measured:
             norm = self.agreed_norm(clip_grad_norm_(self.model, cfg.grad_clip_norm, self.sparse))
             self.last_grad_norm = float(norm)
             applied = not cfg.skip_nonfinite_steps or bool(torch.isfinite(norm))
+            if self.health is not None:
+                self.health.check_grad_norm(self.global_step + 1, self.last_grad_norm)
         if applied:
             self.sparse.step(examples)
             self.optimizer.step()
@@ -256,6 +335,7 @@ class Trainer:
                         "lr": self.optimizer.param_groups[0]["lr"],
                     }
                 )
+            self.raise_if_health_stop()
         if self._micro:  # the epoch's last batches, fewer than grad_accumulation_steps
             self.optimizer_step()
         bar.close()
@@ -290,7 +370,14 @@ class Trainer:
         self._samples_at_start = self.samples_trained
         for epoch in range(start_epoch, self.train_config.epochs):
             self.epoch = epoch
-            loss = self.train_epoch(train(epoch), skip=skip_steps if epoch == start_epoch else 0)
+            try:
+                loss = self.train_epoch(
+                    train(epoch), skip=skip_steps if epoch == start_epoch else 0
+                )
+            except HealthStop:
+                self.save_progress()  # `--resume` continues from the step it stopped at
+                self._flush_metrics()
+                raise
             self.step_in_epoch = 0
             entry = {"epoch": epoch + 1, "train_loss": loss}
             if valid is not None:
@@ -306,6 +393,10 @@ class Trainer:
                         **{k: first.get(k) for k in ("auc", "logloss", "ne", "calibration")},
                     }
                 )
+                if self.health is not None:
+                    self.health.check_generalization(self.global_step, loss, first["logloss"])
+                    if fired := self.health.take_fired():
+                        self.report_health(fired)
                 if self._improves(first):
                     self.best_epoch, self.best_score = epoch + 1, self._score(first)
                     bad_epochs = 0
@@ -314,6 +405,11 @@ class Trainer:
                     bad_epochs += 1
             history.append(entry)
             self.save_progress(metrics, epoch_done=True)
+            try:
+                self.raise_if_health_stop(now=True)
+            except HealthStop:
+                self._flush_metrics()
+                raise
             patience = self.train_config.early_stopping_patience
             if patience and bad_epochs >= patience:
                 break
@@ -332,8 +428,7 @@ class Trainer:
             metrics = self.evaluate(valid())
         trained_now = self.samples_trained - self._samples_at_start  # a resumed run's own work
         speed = trained_now / self.train_seconds if self.train_seconds else 0.0
-        if self.run_metrics is not None:
-            self.run_metrics.flush()
+        self._flush_metrics()
         return TrainResult(
             metrics,
             speed,
@@ -419,9 +514,7 @@ class Trainer:
         add table sizes, evictions, skipped steps and the gradient norm as scalars."""
         if self.run_dir is None:
             return
-        if self.run_metrics is None:
-            self.run_metrics = RunMetrics(self.run_dir, self.resumed_from_step)
-        self.run_metrics.row(row)
+        self._run_metrics().row(row)
         if row.get("phase") == "train":
             step = int(row["step"])
             tables = {n: len(t) for n, t in self.model.dynamic_tables().items()}
@@ -430,3 +523,12 @@ class Trainer:
             if self.last_grad_norm is not None:
                 counts["grad_norm"] = self.last_grad_norm
             self.run_metrics.scalars("train", counts, step)
+
+    def _run_metrics(self) -> RunMetrics:
+        if self.run_metrics is None:
+            self.run_metrics = RunMetrics(self.run_dir, self.resumed_from_step)
+        return self.run_metrics
+
+    def _flush_metrics(self) -> None:
+        if self.run_metrics is not None:
+            self.run_metrics.flush()
