@@ -37,8 +37,7 @@ def _fail(message: str) -> None:
 def _health_stop(stop: Exception, out: Path | str) -> None:
     """`train.health: stop` ended the run: say why and where it can continue (exit 3)."""
     typer.echo(f"error: {stop}", err=True)
-    typer.echo(f"a checkpoint was saved in {out}; after fixing the cause, rerun with --resume",
-               err=True)
+    typer.echo(f"{out}: {getattr(stop, 'saved', '')}", err=True)
     raise typer.Exit(3)
 
 

@@ -140,6 +140,25 @@ def test_lr_100_explodes_and_health_stop_ends_the_run_with_a_checkpoint(tmp_path
     events.Reload()
     scalars = events.Scalars("health/exploding_gradient")
     assert scalars and scalars[0].value > 1e3
+    tags = events.Tags()["scalars"]  # admission counts ride along with the training rows
+    assert any(t.startswith("ids_admitted/") for t in tags)
+    assert any(t.startswith("ids_refused/") for t in tags)
+
+
+def test_a_two_tower_run_reports_and_stops_too(tmp_path, ml100k):
+    out = tmp_path / "tt"
+    result = subprocess.run(
+        [sys.executable, "-m", "streamrec", "train", "examples/ml100k_two_tower.yaml", "--out",
+         str(out), "-q", "--set", "train.epochs=1", "--set", "train.health=stop",
+         "--set", "train.health_rules.exploding_grad_norm=0.000001"],  # any gradient is "too big"
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "two-tower runs do not resume" in result.stderr
+    status = json.loads((out / "status.json").read_text())
+    assert [w["rule"] for w in status["health"]] == ["exploding_gradient"]
+    assert status["step"] == 50  # the first check step: two-tower measures norms only there
+    assert (out / "model" / "manifest.json").exists()
 
 
 def test_biases_that_push_every_pre_activation_negative_fire_dead_relu(tmp_path, ml100k):

@@ -44,6 +44,7 @@ from streamrec.config import HealthRulesConfig
 log = logging.getLogger("streamrec.health")
 
 NORM_SAMPLE_ROWS = 4096  # rows per table behind its mean-norm estimate
+RESUMABLE = "a checkpoint was saved; after fixing the cause, rerun with --resume"
 
 
 @dataclass
@@ -78,13 +79,14 @@ class HealthWarning:
 class HealthStop(RuntimeError):
     """`train.health: stop` and a rule fired: the run ends (after a checkpoint)."""
 
-    def __init__(self, warning: HealthWarning) -> None:
+    def __init__(self, warning: HealthWarning, saved: str = RESUMABLE) -> None:
         super().__init__(
             f"training stopped by the health rule {warning.key} at step {warning.step}: "
             f"{warning.message} (train.health: stop; set it to warn to continue, or tune "
             f"train.health_rules)"
         )
         self.warning = warning
+        self.saved = saved  # what was kept, and how to continue
 
 
 class HealthRules:

@@ -517,8 +517,15 @@ class Trainer:
         self._run_metrics().row(row)
         if row.get("phase") == "train":
             step = int(row["step"])
-            tables = {n: len(t) for n, t in self.model.dynamic_tables().items()}
-            self.run_metrics.scalars("table_rows", tables, step)
+            own = self.model.dynamic_tables()
+            self.run_metrics.scalars("table_rows", {n: len(t) for n, t in own.items()}, step)
+            self.run_metrics.scalars(  # new ids given a row / refused one, this process
+                "ids_admitted", {n: t.new_ids_admitted for n, t in own.items()}, step
+            )
+            self.run_metrics.scalars(
+                "ids_refused", {n: t.new_ids_seen - t.new_ids_admitted for n, t in own.items()},
+                step,
+            )
             counts = {"rows_evicted": self.rows_evicted, "skipped_steps": self.skipped_steps}
             if self.last_grad_norm is not None:
                 counts["grad_norm"] = self.last_grad_norm

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
 from pathlib import Path
@@ -42,6 +43,9 @@ from streamrec.retrieval.model_dir import (
     load_retrieval_model,
 )
 from streamrec.schema import input_kinds
+from streamrec.store.atomic import write_atomic
+from streamrec.train.health import HealthRules, HealthStop
+from streamrec.train.metrics import json_ready
 from streamrec.train.preparation import seed_everything
 from streamrec.train.run_dir import RunDir
 from streamrec.train.run_metrics import RunMetrics
@@ -142,9 +146,18 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
     (out / "metrics.csv").unlink(missing_ok=True)  # every two-tower run starts afresh
     shutil.rmtree(out / "tb", ignore_errors=True)
     log = RunMetrics(out)  # metrics.csv + RUN/tb: softmax loss, then recall@k
+    (out / "status.json").unlink(missing_ok=True)
+    health = (
+        HealthRules(config.train.health_rules, config.train.health)
+        if config.train.health != "off"
+        else None
+    )
+    stopped: HealthStop | None = None
     started = time.perf_counter()
     steps = 0
     for epoch in range(config.train.epochs):
+        if stopped is not None:
+            break
         model.train()
         order = np.random.default_rng([config.train.seed, epoch]).permutation(train.num_rows)
         shuffled = train.take(pa.array(order))
@@ -160,12 +173,25 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
             items = batch.sparse["item_id"].values.numpy()
             at = np.clip(np.searchsorted(known_items, items), 0, len(known_items) - 1)
             log_q = torch.from_numpy(log_freq[at].astype(np.float32))
-            loss = model.loss(batch, log_q)
+            check = health is not None and health.due(steps + 1)
+            if check:
+                health.watch_activations(model)
+            try:
+                loss = model.loss(batch, log_q)
+            finally:
+                if check:
+                    health.unwatch(steps + 1)
             opt.zero_grad()
             loss.backward()
+            if check:
+                health.check_gradients(steps + 1, model, sparse.gradients(), measured=False)
             opt.step()
             sparse.step(examples=batch.size)
             steps += 1
+            if health is not None:
+                stopped = _watch_health(health, model, out, log, steps, float(loss.detach()), check)
+                if stopped is not None:
+                    break
             if steps % config.train.log_every_steps == 0:
                 value = float(loss.detach())
                 bar.set_postfix(loss=f"{value:.3f}")
@@ -217,6 +243,8 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
             CATALOG_FILE: catalog_bytes.getvalue(),
         },
     )
+    if stopped is not None:
+        raise stopped
     result = {
         "metrics": metrics,
         "steps": steps,
@@ -224,6 +252,34 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
         "samples_per_s": steps * config.data.batch_size / max(seconds, 1e-9),
     }
     return result, model_dir
+
+
+def _watch_health(
+    health: HealthRules,
+    model: TwoTower,
+    out: Path,
+    log: RunMetrics,
+    step: int,
+    loss: float,
+    checked: bool,
+) -> HealthStop | None:
+    """The health rules after one two-tower step: warnings to TensorBoard and status.json;
+    under `train.health: stop`, the HealthStop to end training with (the model trained so far
+    is still indexed and saved, for a look: two-tower runs restart from scratch)."""
+    health.check_loss(step, loss)
+    if checked:
+        health.check_tables(step, model.dynamic_tables())
+    fired = health.take_fired()
+    if not fired:
+        return None
+    log.scalars("health", {w.key: w.value for w in fired}, step)
+    status = {"phase": "train", "step": step, "health": health.active_json()}
+    write_atomic(out / "status.json", json.dumps(json_ready(status), indent=1))
+    if health.stop_on_warning:
+        return HealthStop(
+            fired[0], "the model trained so far was saved to model/ (two-tower runs do not resume)"
+        )
+    return None
 
 
 def evaluate_retrieval_dir(path: str | Path) -> dict:
