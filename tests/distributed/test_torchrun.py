@@ -141,3 +141,21 @@ def test_max_restarts_resumes_from_the_last_sharded_checkpoint_exactly(tmp_path,
     more = json.loads(one.stdout)
     assert more["resumed_from_step"] == expected["steps"]
     assert more["steps"] > expected["steps"] and more["metrics"]["label"]["auc"] > 0.6
+
+
+@pytest.mark.slow
+def test_a_health_stop_ends_every_rank_together_with_a_checkpoint(tmp_path, data_dir):
+    out = tmp_path / "run"
+    stopped = subprocess.run(
+        TORCHRUN + ["--nproc_per_node", "2", "-m", "streamrec", "train",
+                    "examples/criteo_dcnv2.yaml", "--out", str(out), "-q",
+                    "--set", "train.health=stop",
+                    "--set", "train.health_rules.exploding_grad_norm=0.000000001"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert stopped.returncode != 0  # torchrun reports the ranks' exit code 3 as a failure
+    assert stopped.stderr.count("stopped by the health rule exploding_gradient") == 2
+    status = json.loads((out / "status.json").read_text())  # rank 0 writes it
+    assert status["health"][0]["rule"] == "exploding_gradient"
+    assert status["step"] == 1  # the step it fired at (the ranks stop at the next check step)
+    assert any((out / "checkpoint").iterdir())  # the sharded checkpoint --resume continues from

@@ -101,6 +101,12 @@ class DistributedTrainer(Trainer):
         self.model.load_state_dict(best.state_dict())  # this rank's shard of every table
         return True
 
+    def status_dir(self) -> Path | None:
+        """Rank 0 writes the job's status.json (its own warnings; every rank logs its own)."""
+        if self.checkpoint_root is None or dist.get_rank() != 0:
+            return None
+        return self.checkpoint_root.parent
+
     def agree_any(self, flag: bool) -> bool:
         """Whether any rank says yes (a health stop: every rank must stop at the same step)."""
         vote = torch.tensor([1 if flag else 0], dtype=torch.int32)

@@ -199,10 +199,12 @@ class Trainer:
             self.health_stops.extend(fired)
         if self.on_health is not None:
             self.on_health(fired)
-        elif self.run_dir is not None:
+            return
+        if self.run_dir is not None:
             metrics = self._run_metrics()
             metrics.scalars("health", {w.key: w.value for w in fired}, self.global_step)
             metrics.flush()
+        if (status_dir := self.status_dir()) is not None:
             status = {
                 "phase": "train",
                 "epoch": self.epoch + 1,
@@ -210,7 +212,11 @@ class Trainer:
                 "health": self.health.active_json(),
                 "updated": time.time(),
             }
-            write_atomic(self.run_dir / "status.json", json.dumps(json_ready(status), indent=1))
+            write_atomic(status_dir / "status.json", json.dumps(json_ready(status), indent=1))
+
+    def status_dir(self) -> Path | None:
+        """Where this process writes the run's status.json (health warnings); None: nowhere."""
+        return self.run_dir
 
     def raise_if_health_stop(self, now: bool = False) -> None:
         """Under `train.health: stop`, end the run once a rule has fired: at the next check
