@@ -230,6 +230,9 @@ def evaluate(
             typer.echo(f"{task}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
         else:
             typer.echo(f"{task} {m:.4f}")
+    if "feature_importance" in report:  # a gated pre-ranker (COLD)
+        typer.echo("feature importance (mean gate): " + "  ".join(
+            f"{f} {g:.3f}" for f, g in report["feature_importance"].items()))
 
 
 @app.command("predict")
@@ -363,6 +366,12 @@ def serve(
     retriever: Path | None = typer.Option(
         None, help="A two-tower run/model directory: enables POST /v1/recommend."
     ),
+    preranker: Path | None = typer.Option(
+        None,
+        help="A pre-ranking run/model directory (e.g. model.name: cold): /v1/recommend then "
+        "pre-ranks the retrieved items and ranks only the best --prerank-keep.",
+    ),
+    prerank_keep: int = typer.Option(100, min=1, help="Items the pre-ranker passes on (K2)."),
     threads: int | None = typer.Option(
         None,
         help="Torch / numba threads of the inference worker (default: serving.threads, 1). "
@@ -398,9 +407,11 @@ def serve(
             deltas_dir=deltas,
             retriever_dir=retriever,
             guard_health=token_guards_health,
+            preranker_dir=preranker,
+            prerank_keep=prerank_keep,
             **overrides,
         )
-    except (CorruptModelError, FileNotFoundError) as e:
+    except (CorruptModelError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"serving {model_dir} on http://{host}:{port}", err=True)
     quiet_garbage_collector()

@@ -62,6 +62,50 @@ def test_an_item_added_online_becomes_retrievable_without_a_rebuild(
     assert 777_777 in items
 
 
+@pytest.fixture(scope="module")
+def preranker_run(tmp_path_factory, ml100k):
+    from streamrec.train.job import run_training
+
+    cfg = load_config(REPO / "examples" / "ml100k_cold.yaml")
+    cfg.train.epochs = 1
+    out = tmp_path_factory.mktemp("preranker") / "run"
+    run_training(cfg, out, progress=False)
+    return out
+
+
+def test_three_stages_retrieve_prerank_rank_with_counts_and_timings(
+    trained_run, retriever_run, preranker_run, start_server
+):
+    server = start_server(trained_run, "--retriever", str(retriever_run),
+                          "--preranker", str(preranker_run), "--prerank-keep", "50")
+    r = server.post("/v1/recommend", json={"user": USER, "k": 10, "debug": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["items"]) == 10 == len(set(body["items"]))
+    assert set(body["versions"]) == {"retrieval", "preranking", "ranking"}
+    debug = body["debug"]
+    assert (debug["retrieved"], debug["preranked"], debug["ranked"]) == (200, 50, 50)
+    assert set(debug["seconds"]) == {"retrieval", "preranking", "ranking"}
+    assert all(0 < t < 5 for t in debug["seconds"].values())
+    # The pre-ranker's 50 are its own top 50 of the 200 the retriever returned.
+    plain = server.post("/v1/recommend", json={"user": USER, "k": 200}).json()
+    assert "debug" not in plain and len(plain["items"]) == 50  # only 50 reach the ranker
+    assert server.get("/v1/model").json()["preranking"]["keep"] == 50
+    metrics = server.get("/metrics").text
+    assert 'streamrec_recommend_stage_seconds_count{stage="preranking"} 2.0' in metrics
+    wrong_type = server.post("/v1/recommend", json={"user": {**USER, "age": "old"}})
+    assert wrong_type.status_code == 422
+
+
+def test_a_preranker_without_a_retriever_is_refused_at_start(trained_run, preranker_run):
+    result = subprocess.run(
+        [sys.executable, "-m", "streamrec", "serve", str(trained_run), "--preranker",
+         str(preranker_run)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "add --retriever" in result.stderr
+
+
 @pytest.mark.slow
 def test_demo_runs_the_whole_system(tmp_path):
     result = subprocess.run(

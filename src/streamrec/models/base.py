@@ -57,6 +57,11 @@ class RankingModel(WithTables):
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def regularization(self) -> torch.Tensor | None:
+        """A term the trainer adds to the loss of the last forward (None: nothing). COLD's
+        cost-weighted feature-gate penalty is one."""
+        return None
+
     def dense_param_groups(self, dense_lr: float) -> list[dict[str, Any]]:
         """The dense optimizer's parameter groups, each with its own base "lr" (warm-up scales
         every group alike). Default: every trainable parameter at `train.dense_lr`; a model

@@ -6,6 +6,7 @@ import inspect
 
 from streamrec.config import ConfigError, ModelConfig, TableConfig
 from streamrec.models.base import RankingModel
+from streamrec.models.cold import COLD
 from streamrec.models.dcnv2 import DCNv2
 from streamrec.models.deepfm import DeepFM
 from streamrec.models.din import DIN
@@ -26,6 +27,7 @@ MODELS: dict[str, type] = {
     "dlrm": DLRM,
     "din": DIN,
     "mmoe": MMoE,
+    "cold": COLD,  # pre-ranking: few features, an SE gate of learned importance
     "two_tower": TwoTower,  # retrieval; trained by streamrec.train.two_tower
 }
 
@@ -46,7 +48,7 @@ def build_model(model: ModelConfig, schema: Schema, tables: dict[str, TableConfi
             f"model {model.name!r} has no parameter(s) {sorted(unknown)}; "
             f"it takes {sorted(accepted)}"
         )
-    keep_lists = {"crosses", "user_features", "item_features"}
+    keep_lists = {"crosses", "user_features", "item_features"}  # (dicts pass as they are)
     params = {
         k: tuple(v) if isinstance(v, list) and k not in keep_lists else v
         for k, v in model.params.items()

@@ -1,7 +1,7 @@
 """The model server: a Starlette app over one DynamicBatcher.
 
     POST /v1/rank       {"context": {...}, "candidates": [{...}, ...]} → calibrated scores per task
-    POST /v1/recommend  retrieval → ranking (when the model directory holds a retriever)
+    POST /v1/recommend  retrieval → (pre-ranking →) ranking, with --retriever (--preranker)
     GET  /v1/model      versions, features (context / candidate), tables and rows, delta lag
     GET  /healthz       the process is up
     GET  /readyz        a model is loaded and serving; `degraded` and why when it may be stale
@@ -37,6 +37,7 @@ from streamrec.serving.batcher import DynamicBatcher, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
 from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.openapi import DOCS_PAGE, openapi_document
+from streamrec.serving.prerank_stage import PreRankStage
 from streamrec.serving.recent_traffic import RecentTraffic
 from streamrec.serving.request import CandidateRows, RequestError, parse_json
 from streamrec.serving.retrieval_stage import (
@@ -60,6 +61,7 @@ class ServerState:
     watcher: Watcher | None
     token: str | None
     retriever: RetrievalStage | None = None
+    preranker: PreRankStage | None = None
     guard_health: bool = False  # --token also on /healthz and /readyz
     traffic: RecentTraffic = field(default_factory=RecentTraffic)  # the status page's chart
     started_at: float = field(default_factory=time.time)
@@ -76,6 +78,8 @@ def create_app(
     watch: bool = True,
     retriever_dir: str | Path | None = None,
     guard_health: bool = False,
+    preranker_dir: str | Path | None = None,
+    prerank_keep: int = 100,
     **overrides: Any,
 ) -> Starlette:
     """Build the ASGI app. `overrides` replace fields of the model's `serving:` settings
@@ -119,6 +123,10 @@ def create_app(
         guard_health=guard_health,
     )
     state.retriever = RetrievalStage.load(retriever_dir) if retriever_dir is not None else None
+    if preranker_dir is not None:
+        if state.retriever is None:
+            raise ValueError("a pre-ranker sits between retrieval and ranking: add --retriever")
+        state.preranker = PreRankStage.load(preranker_dir, prerank_keep)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -304,29 +312,49 @@ async def _rank(state: ServerState, request: Request) -> Response:
 
 
 async def _recommend(state: ServerState, request: Request) -> Response:
-    """The cascade: the retrieval stage picks N items, the ranking model scores them with the
-    user as context, the top k by score come back with both models' versions."""
+    """The cascade: the retrieval stage picks K1 items; with a pre-ranker, it keeps the best K2
+    of them; the ranking model scores those with the user as context; the top k by score come
+    back with every stage's model version (and, with "debug", each stage's count and time)."""
     stage = state.retriever
     if stage is None:
         raise RequestError(404, "this model directory has no retrieval stage")
     wanted = RecommendRequest.parse(await _read_body(state, request))
+    clock = [time.perf_counter()]
     items = stage.retrieve(wanted)
+    retrieved = len(items)
+    clock.append(time.perf_counter())
     snapshot = state.batcher.snapshot
     versions = {"retrieval": stage.version, "ranking": snapshot.serving_version}
-    if not items:
-        return JSONResponse({"items": [], "scores": [], "retrieved": 0, "versions": versions})
-    context = {f: v for f, v in wanted.user.items() if f in snapshot.context_features}
-    candidates = stage.item_rows(items, snapshot.candidate_features)
-    scores, _ = await score_rows(
-        state, CandidateRows.from_dicts(context, candidates, snapshot.kinds)
-    )
-    order = np.argsort(-scores[:, 0], kind="stable")[: wanted.k]
-    answer = {
-        "items": [items[j] for j in order],
-        "scores": [float(scores[j, 0]) for j in order],
-        "retrieved": len(items),
-        "versions": versions,
-    }
+    pre = state.preranker
+    if pre is not None:
+        versions["preranking"] = pre.version
+        if len(items) > pre.keep:
+            rows = stage.item_rows(items, pre.snapshot.candidate_features)
+            items = await asyncio.to_thread(pre.top, wanted.user, items, rows)
+    clock.append(time.perf_counter())
+    answer: dict[str, Any] = {"items": [], "scores": [], "retrieved": retrieved}
+    if items:
+        context = {f: v for f, v in wanted.user.items() if f in snapshot.context_features}
+        candidates = stage.item_rows(items, snapshot.candidate_features)
+        scores, _ = await score_rows(
+            state, CandidateRows.from_dicts(context, candidates, snapshot.kinds)
+        )
+        order = np.argsort(-scores[:, 0], kind="stable")[: wanted.k]
+        answer["items"] = [items[j] for j in order]
+        answer["scores"] = [float(scores[j, 0]) for j in order]
+    clock.append(time.perf_counter())
+    seconds = dict(zip(("retrieval", "preranking", "ranking"), np.diff(clock), strict=True))
+    for name, spent in seconds.items():
+        if name != "preranking" or pre is not None:
+            state.metrics.stage_seconds.labels(name).observe(spent)
+    answer["versions"] = versions
+    if wanted.debug:
+        answer["debug"] = {
+            "retrieved": retrieved,
+            "preranked": len(items) if pre is not None else None,
+            "ranked": len(items),
+            "seconds": {k: float(v) for k, v in seconds.items() if k != "preranking" or pre},
+        }
     return JSONResponse(answer)
 
 
@@ -360,6 +388,8 @@ async def _model(state: ServerState, request: Request) -> Response:
     info["cache"] = {"hit_rate": state.cache.hit_rate(), "bytes": state.cache.bytes}
     if state.retriever is not None:
         info["retrieval"] = state.retriever.describe()
+    if state.preranker is not None:
+        info["preranking"] = state.preranker.describe()
     return JSONResponse(info)
 
 
@@ -395,6 +425,8 @@ async def _status(state: ServerState, request: Request) -> Response:
     }
     if state.retriever is not None:
         versions["retrieval"] = state.retriever.version
+    if state.preranker is not None:
+        versions["preranking"] = state.preranker.version
     degraded = w.degraded_reasons() if w is not None else []
     responses = [
         {"endpoint": sample.labels["endpoint"], "status": sample.labels["status"],

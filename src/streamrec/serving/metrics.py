@@ -96,6 +96,13 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
+        self.stage_seconds = Histogram(
+            "streamrec_recommend_stage_seconds",
+            "POST /v1/recommend: seconds per cascade stage (retrieval, preranking, ranking)",
+            ["stage"],
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 1),
+        )
         self.delta_lag = Gauge(
             "streamrec_delta_lag_seconds",
             "seconds from a delta's creation to its application",

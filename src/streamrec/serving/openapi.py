@@ -132,6 +132,11 @@ def openapi_document(
                         "scores": {"type": "array", "items": {"type": "number"}},
                         "retrieved": {"type": "integer"},
                         "versions": {"type": "object"},
+                        "debug": {
+                            "type": "object",
+                            "description": "with \"debug\": true — items per stage "
+                            "(retrieved, preranked, ranked) and seconds per stage",
+                        },
                     },
                 },
                 "the top k items and their scores",

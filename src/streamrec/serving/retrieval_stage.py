@@ -27,6 +27,7 @@ class RecommendBody(msgspec.Struct, forbid_unknown_fields=True):
     user: dict[str, Any]
     k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     exclude: list[int] = []
+    debug: bool = False  # add each stage's item count and seconds to the answer
 
 
 class IndexedItem(msgspec.Struct):
@@ -56,11 +57,12 @@ class RecommendRequest:
     user: dict[str, Any]
     k: int
     exclude: set[int]
+    debug: bool = False
 
     @classmethod
     def parse(cls, body: Any) -> RecommendRequest:
         checked = check_body(body, RecommendBody, "recommend")
-        return cls(checked.user, checked.k, set(checked.exclude))
+        return cls(checked.user, checked.k, set(checked.exclude), checked.debug)
 
 
 class RetrievalStage:

@@ -102,6 +102,8 @@ function show(s){
   tiles.appendChild(tile('versions base · delta',s.versions.model+' · '+s.versions.delta));
   if(s.versions.retrieval!==undefined)
     tiles.appendChild(tile('retrieval version',s.versions.retrieval));
+  if(s.versions.preranking!==undefined)
+    tiles.appendChild(tile('pre-ranking version',s.versions.preranking));
   tiles.appendChild(tile('event → served',fmt(f.event_to_served_s,' s',2)));
   tiles.appendChild(tile('delta lag',fmt(f.delta_lag_s,' s',2)));
   tiles.appendChild(tile('last delta applied',ago(f.last_delta_applied_at)));

@@ -34,8 +34,27 @@ def evaluate_model_dir(
             raise ValueError("the model's config names no validation data: pass --data")
     trainer = Trainer(loaded.model, config, None, progress=progress)
     metrics = trainer.evaluate(BatchLoader(source, config.schema, 4096))
-    return {
+    result = {
         "metrics": metrics,
         "model_version": loaded.manifest.get("model_version"),
         "rejected_rows": dead.count,
     }
+    if hasattr(loaded.model, "gate_means"):  # COLD: which features earn their cost
+        result["feature_importance"] = feature_importance(
+            loaded.model, BatchLoader(source, config.schema, 4096)
+        )
+    return result
+
+
+def feature_importance(model, batches) -> dict[str, float]:
+    """A gated model's mean gate per feature group over `batches`, largest first."""
+    model.eval()
+    total, rows = None, 0
+    for batch in batches:
+        means = model.gate_means(batch) * batch.size
+        total = means if total is None else total + means
+        rows += batch.size
+    if total is None:
+        return {}
+    values = (total / max(rows, 1)).tolist()
+    return dict(sorted(zip(model.groups, values, strict=True), key=lambda kv: -kv[1]))

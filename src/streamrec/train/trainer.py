@@ -167,7 +167,9 @@ class Trainer:
         else:  # a rank's empty share of a tiny global batch: still joins the exchanges
             loss = logits.sum() * 0.0
         accumulate = self.train_config.grad_accumulation_steps
-        (loss / accumulate if accumulate > 1 else loss).backward()  # no row changes here
+        regularization = self.model.regularization()
+        objective = loss if regularization is None else loss + regularization
+        (objective / accumulate if accumulate > 1 else objective).backward()  # rows: not yet
         self._micro += 1
         self._loss_terms += logits.numel()
         self._check_gradients = check

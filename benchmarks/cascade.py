@@ -1,0 +1,177 @@
+"""The three-stage cascade (retrieve K1 → pre-rank → rank K2 → top k) vs ranking all K1.
+
+    .venv/bin/python benchmarks/cascade.py --json
+
+MovieLens-100k, per-user time split (as the demo): the DeepFM ranker, the two-tower retriever
+and COLD pre-rankers are trained on each user's first 80%; for every test user the retriever
+returns K1 = 1,000 unseen items, and the top 50 by
+
+  * full:     the ranker's score over all K1 items (the quality a cascade gives up), and
+  * cascade:  the pre-ranker's top K2 = 100 of the K1, then the ranker's order of those,
+
+are compared with the user's held-out items (recall@50, as the demo's retrieval figure).
+Compute per request, two ways: the wall time to encode and score the rows each stage scores,
+through the server's own path (`rows_table` → `Snapshot.predict`), summed per user; and the
+models' multiply-adds (every Linear layer's in × out, per row scored) — the measure that does
+not depend on how heavy the ranker is next to per-call overheads.
+Peer: the full ranker over K1 (two-stage serving today). Targets (issue 21): cascade recall
+≥ 0.98× full, at ≤ 1/5 of its compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from streamrec import api
+from streamrec.config import load_config
+from streamrec.data.errors import DeadLetter
+from streamrec.data.splits import open_splits
+from streamrec.retrieval.evaluate import ranking_metrics, user_items
+from streamrec.serving.prerank_stage import PreRankStage
+from streamrec.serving.request import rows_table
+from streamrec.serving.retrieval_stage import RecommendRequest, RetrievalStage
+from streamrec.serving.snapshot import Snapshot
+from streamrec.train.two_tower import user_queries
+
+REPO = Path(__file__).resolve().parents[1]
+USER_COLUMNS = ("user_id", "age", "gender", "occupation", "zip_code")
+
+
+def train_models(workdir: Path, seed: int, quiet: bool) -> dict[str, Path]:
+    """Ranker, retriever and two pre-rankers (every feature; the three it gates highest)."""
+    out = {}
+    for name, example, edit in (
+        ("ranker", "ml100k_deepfm", None),
+        ("retriever", "ml100k_two_tower", None),
+        ("cold", "ml100k_cold", None),
+        ("cold_small", "ml100k_cold", "small"),
+    ):
+        cfg = load_config(REPO / "examples" / f"{example}.yaml")
+        cfg.train.seed = seed
+        if edit == "small":  # COLD's second round: only the features the first gated highest
+            importance = api.evaluate(out["cold"])["feature_importance"]
+            keep = set(list(importance)[:3]) | {"user_id", "item_id"}
+            cfg.schema_.embeddings = [f for f in cfg.schema_.embeddings if f.name in keep]
+            cfg.serving.context_features = [f for f in cfg.serving.context_features if f in keep]
+            cfg.model.params = {"hidden": [32]}
+        report = api.train(cfg, workdir / name, progress=not quiet)
+        out[name] = report.model_dir
+    return out
+
+
+def users_and_truth(seed: int) -> tuple[list[dict], dict[int, set[int]], dict[int, set[int]]]:
+    """Each test user's features (the retriever's and the ranker's), held-out items, seen."""
+    cfg = load_config(REPO / "examples" / "ml100k_two_tower.yaml")
+    splits = open_splits(cfg.data, DeadLetter())
+    train = pa.Table.from_batches(list(splits.train()))
+    test = pa.Table.from_batches(list(splits.valid()))
+    user_features = cfg.model.params["user_features"]
+    queries = user_queries(train, user_features, cfg.data.history_length or 50).to_pylist()
+    last = {r["user_id"]: r for r in train.select(list(USER_COLUMNS)).to_pylist()}
+    seen = {u: set(v) for u, v in user_items(train).items()}
+    truth = {u: set(v) for u, v in user_items(test).items() if u in seen}
+    users = []
+    for q in queries:
+        if q["user_id"] in truth:
+            users.append({**last[q["user_id"]], **{f: q[f] for f in user_features}})
+    return users, truth, seen
+
+
+def multiply_adds_per_row(snapshot: Snapshot) -> int:
+    """Σ in × out over the model's Linear layers: its dense compute per row scored."""
+    return sum(
+        m.in_features * m.out_features
+        for m in snapshot.model.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+
+
+def score(snapshot: Snapshot, user: dict, rows: list[dict]) -> tuple[np.ndarray, float]:
+    """The model's first-task scores of `rows` for `user`, and the seconds it took."""
+    context = {f: v for f, v in user.items() if f in snapshot.context_features}
+    candidates = [{f: r[f] for f in snapshot.candidate_features if f in r} for r in rows]
+    start = time.perf_counter()
+    scores = snapshot.predict(rows_table(context, candidates, snapshot.kinds))[:, 0]
+    return scores, time.perf_counter() - start
+
+
+def run(workdir: Path, k1: int, k2: int, k: int, seed: int, quiet: bool) -> dict:
+    dirs = train_models(workdir, seed, quiet)
+    users, truth, seen = users_and_truth(seed)
+    retrieval = RetrievalStage.load(dirs["retriever"])
+    ranker = Snapshot.load(dirs["ranker"])
+    prerankers = {n: PreRankStage.load(dirs[n], k2) for n in ("cold", "cold_small")}
+    recs: dict[str, dict[int, list[int]]] = {"full": {}, "retrieval": {}}
+    seconds: dict[str, float] = {"full": 0.0}
+    for name in prerankers:
+        recs[name] = {}
+        seconds[name] = 0.0
+    for user in users:
+        uid = user["user_id"]
+        wanted = RecommendRequest(
+            {f: user[f] for f in retrieval.kinds if f in user}, k1, seen[uid]
+        )
+        items = retrieval.retrieve(wanted)[:k1]
+        rows = retrieval.item_rows(items, list(retrieval.catalog[items[0]].keys()))
+        recs["retrieval"][uid] = items[:k]
+        full, spent = score(ranker, user, rows)
+        seconds["full"] += spent
+        recs["full"][uid] = [items[i] for i in np.argsort(-full, kind="stable")[:k]]
+        for name, stage in prerankers.items():
+            pre, spent_pre = score(stage.snapshot, user, rows)
+            keep = np.argsort(-pre, kind="stable")[:k2]
+            ranked, spent_rank = score(ranker, user, [rows[i] for i in keep])
+            seconds[name] += spent_pre + spent_rank
+            recs[name][uid] = [items[keep[i]] for i in np.argsort(-ranked, kind="stable")[:k]]
+    quality = {name: ranking_metrics(r, truth)[f"recall@{k}"] for name, r in recs.items()}
+    per_request_ms = {name: 1000 * s / len(users) for name, s in seconds.items()}
+    ranker_macs = multiply_adds_per_row(ranker)
+    macs = {"full": k1 * ranker_macs}
+    for name, stage in prerankers.items():
+        macs[name] = k1 * multiply_adds_per_row(stage.snapshot) + k2 * ranker_macs
+    return {
+        "users": len(users),
+        "k1": k1,
+        "k2": k2,
+        "k": k,
+        f"recall@{k}": quality,
+        "model_ms_per_request": per_request_ms,
+        "recall_ratio_vs_full": {n: quality[n] / quality["full"] for n in prerankers},
+        "compute_ratio_vs_full": {
+            n: per_request_ms[n] / per_request_ms["full"] for n in prerankers
+        },
+        "multiply_adds_per_request": macs,
+        "multiply_add_ratio_vs_full": {n: macs[n] / macs["full"] for n in prerankers},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("runs/bench-cascade"))
+    parser.add_argument("--k1", type=int, default=1000, help="items retrieved per request")
+    parser.add_argument("--k2", type=int, default=100, help="items the pre-ranker passes on")
+    parser.add_argument("--k", type=int, default=50, help="items returned (recall@k)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = run(args.workdir, args.k1, args.k2, args.k, args.seed, quiet=args.json)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    k = args.k
+    print(f"{result['users']} users, K1 {args.k1} → K2 {args.k2} → top {k}")
+    for name, recall in result[f"recall@{k}"].items():
+        ms = result["model_ms_per_request"].get(name)
+        print(f"  {name:12s} recall@{k} {recall:.4f}" + (f"  model {ms:.2f} ms/request" if ms
+                                                          else ""))
+
+
+if __name__ == "__main__":
+    main()
