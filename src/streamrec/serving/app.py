@@ -353,7 +353,9 @@ async def _recommend(state: ServerState, request: Request) -> Response:
             "retrieved": retrieved,
             "preranked": len(items) if pre is not None else None,
             "ranked": len(items),
-            "seconds": {k: float(v) for k, v in seconds.items() if k != "preranking" or pre},
+            "seconds": {
+                k: float(v) for k, v in seconds.items() if k != "preranking" or pre is not None
+            },
         }
     return JSONResponse(answer)
 
