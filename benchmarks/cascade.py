@@ -102,7 +102,9 @@ def score(snapshot: Snapshot, user: dict, rows: list[dict]) -> tuple[np.ndarray,
     return scores, time.perf_counter() - start
 
 
-def run(workdir: Path, k1: int, k2: int, k: int, seed: int, quiet: bool) -> dict:
+def run(
+    workdir: Path, k1: int, k2: int, k: int, seed: int, quiet: bool, sweep: tuple[int, ...] = ()
+) -> dict:
     dirs = train_models(workdir, seed, quiet)
     users, truth, seen = users_and_truth(seed)
     retrieval = RetrievalStage.load(dirs["retriever"])
@@ -113,6 +115,11 @@ def run(workdir: Path, k1: int, k2: int, k: int, seed: int, quiet: bool) -> dict
     for name in prerankers:
         recs[name] = {}
         seconds[name] = 0.0
+    # K2 sweep: the ranker scores each item on its own, so ranking a kept subset is its full
+    # scores restricted to the subset — no extra model calls.
+    swept: dict[tuple[str, int], dict[int, list[int]]] = {
+        (n, size): {} for n in prerankers for size in sweep
+    }
     for user in users:
         uid = user["user_id"]
         wanted = RecommendRequest(
@@ -130,6 +137,10 @@ def run(workdir: Path, k1: int, k2: int, k: int, seed: int, quiet: bool) -> dict
             ranked, spent_rank = score(ranker, user, [rows[i] for i in keep])
             seconds[name] += spent_pre + spent_rank
             recs[name][uid] = [items[keep[i]] for i in np.argsort(-ranked, kind="stable")[:k]]
+            for size in sweep:
+                kept = np.argsort(-pre, kind="stable")[:size]
+                order = kept[np.argsort(-full[kept], kind="stable")[:k]]
+                swept[(name, size)][uid] = [items[i] for i in order]
     quality = {name: ranking_metrics(r, truth)[f"recall@{k}"] for name, r in recs.items()}
     per_request_ms = {name: 1000 * s / len(users) for name, s in seconds.items()}
     ranker_macs = multiply_adds_per_row(ranker)
@@ -148,6 +159,22 @@ def run(workdir: Path, k1: int, k2: int, k: int, seed: int, quiet: bool) -> dict
             n: per_request_ms[n] / per_request_ms["full"] for n in prerankers
         },
         "multiply_adds_per_request": macs,
+        "k2_sweep": {
+            name: {
+                size: {
+                    "recall_ratio_vs_full": ranking_metrics(swept[(name, size)], truth)[
+                        f"recall@{k}"
+                    ]
+                    / quality["full"],
+                    "multiply_add_ratio_vs_full": (
+                        k1 * multiply_adds_per_row(stage.snapshot) + size * ranker_macs
+                    )
+                    / macs["full"],
+                }
+                for size in sweep
+            }
+            for name, stage in prerankers.items()
+        },
         "multiply_add_ratio_vs_full": {n: macs[n] / macs["full"] for n in prerankers},
     }
 
@@ -159,9 +186,15 @@ def main() -> None:
     parser.add_argument("--k2", type=int, default=100, help="items the pre-ranker passes on")
     parser.add_argument("--k", type=int, default=50, help="items returned (recall@k)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sweep", type=int, nargs="*", default=[50, 100, 150, 200, 300],
+        help="also report recall and multiply-adds for these K2 (no extra model calls)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.workdir, args.k1, args.k2, args.k, args.seed, quiet=args.json)
+    result = run(
+        args.workdir, args.k1, args.k2, args.k, args.seed, quiet=args.json, sweep=tuple(args.sweep)
+    )
     if args.json:
         print(json.dumps(result, indent=1))
         return
