@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,44 @@ def test_three_stages_retrieve_prerank_rank_with_counts_and_timings(
     assert 'streamrec_recommend_stage_seconds_count{stage="preranking"} 2.0' in metrics
     wrong_type = server.post("/v1/recommend", json={"user": {**USER, "age": "old"}})
     assert wrong_type.status_code == 422
+
+
+def test_the_preranker_follows_its_own_deltas_and_reports_a_corrupt_one(
+    trained_run, retriever_run, preranker_run, start_server, tmp_path
+):
+    import shutil
+
+    import torch
+
+    from streamrec.models.persistence import load_model
+    from streamrec.train.delta_export import DeltaExporter
+
+    run = tmp_path / "cold"
+    shutil.copytree(preranker_run / "model", run / "model")
+    server = start_server(trained_run, "--retriever", str(retriever_run), "--preranker", str(run))
+    loaded = load_model(run)
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+    items = loaded.model.dynamic_tables()["item_id"]
+    body = {"user": USER, "k": 10, "debug": True}
+    before = server.post("/v1/recommend", json=body).json()
+    assert before["versions"]["preranking"].endswith(".0")
+    items.apply_gradients(torch.tensor([50]), torch.full((1, items.dim), -5.0))
+    exporter.export()
+    exporter.export()  # delta 2: no rows, then corrupted on disk below
+    manifest = run / "deltas" / "000000000002" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"version"', '"versio"'))
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        status = server.get("/v1/status").json()
+        if status["degraded"]:
+            break
+        time.sleep(0.2)
+    assert status["versions"]["preranking"].endswith(".2")  # delta 1 applied, 2 skipped
+    assert status["degraded"][0].startswith("pre-ranker: delta 2 quarantined")
+    assert server.get("/readyz").json()["status"] == "degraded"
+    assert server.get("/v1/model").json()["preranking"]["deltas_applied"] == 1
+    after = server.post("/v1/recommend", json=body)
+    assert after.status_code == 200 and after.json()["versions"]["preranking"].endswith(".2")
 
 
 def test_a_preranker_without_a_retriever_is_refused_at_start(trained_run, preranker_run):

@@ -62,6 +62,7 @@ class ServerState:
     token: str | None
     retriever: RetrievalStage | None = None
     preranker: PreRankStage | None = None
+    prerank_watcher: Watcher | None = None  # the pre-ranker's deltas and new models
     guard_health: bool = False  # --token also on /healthz and /readyz
     traffic: RecentTraffic = field(default_factory=RecentTraffic)  # the status page's chart
     started_at: float = field(default_factory=time.time)
@@ -127,16 +128,24 @@ def create_app(
         if state.retriever is None:
             raise ValueError("a pre-ranker sits between retrieval and ranking: add --retriever")
         state.preranker = PreRankStage.load(preranker_dir, prerank_keep)
+        if watch:
+            state.prerank_watcher = Watcher(
+                state.preranker,
+                Path(preranker_dir),
+                find_deltas_dir(preranker_dir),
+                settings.poll_seconds,
+            )
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
         batcher.start()
-        if watcher is not None:
-            watcher.check_deltas()  # apply what is already on disk before serving
-            watcher.start()
+        watchers = [w for w in (watcher, state.prerank_watcher) if w is not None]
+        for w in watchers:
+            w.check_deltas()  # apply what is already on disk before serving
+            w.start()
         yield
-        if watcher is not None:
-            watcher.stop()
+        for w in watchers:
+            w.stop()
         batcher.stop()
 
     routes = [
@@ -382,7 +391,7 @@ async def _model(state: ServerState, request: Request) -> Response:
         info["quarantined_deltas"] = [
             {"version": v, "reason": reason} for v, (reason, _) in sorted(w.quarantined.items())
         ]
-        info["degraded"] = w.degraded_reasons()
+        info["degraded"] = _degraded(state)
         if w.newest_delta_seen_at and info["last_delta_applied_at"]:
             info["seconds_behind_newest_delta"] = max(
                 0.0, w.newest_delta_seen_at - info["last_delta_applied_at"]
@@ -392,6 +401,9 @@ async def _model(state: ServerState, request: Request) -> Response:
         info["retrieval"] = state.retriever.describe()
     if state.preranker is not None:
         info["preranking"] = state.preranker.describe()
+        if (pw := state.prerank_watcher) is not None:
+            info["preranking"]["deltas_applied"] = pw.deltas_applied
+            info["preranking"]["reloads"] = pw.reloads
     return JSONResponse(info)
 
 
@@ -412,6 +424,14 @@ async def _docs(state: ServerState, request: Request) -> Response:
     return HTMLResponse(DOCS_PAGE)
 
 
+def _degraded(state: ServerState) -> list[str]:
+    """Why a served model may be stale: the ranker's reasons, then the pre-ranker's."""
+    reasons = state.watcher.degraded_reasons() if state.watcher is not None else []
+    if state.prerank_watcher is not None:
+        reasons += [f"pre-ranker: {r}" for r in state.prerank_watcher.degraded_reasons()]
+    return reasons
+
+
 async def _page(state: ServerState, request: Request) -> Response:
     return HTMLResponse(STATUS_PAGE)
 
@@ -429,7 +449,7 @@ async def _status(state: ServerState, request: Request) -> Response:
         versions["retrieval"] = state.retriever.version
     if state.preranker is not None:
         versions["preranking"] = state.preranker.version
-    degraded = w.degraded_reasons() if w is not None else []
+    degraded = _degraded(state)
     responses = [
         {"endpoint": sample.labels["endpoint"], "status": sample.labels["status"],
          "count": int(sample.value)}
@@ -476,7 +496,7 @@ async def _readyz(state: ServerState, request: Request) -> Response:
     """200 while a model serves — also when degraded (stale but answering: taking it out of
     rotation would not help); the reasons say what an operator should look at."""
     alive = state.batcher.alive
-    reasons = state.watcher.degraded_reasons() if state.watcher is not None else []
+    reasons = _degraded(state)
     body = {"ready": alive, "status": "degraded" if reasons else "ok", "degraded": reasons}
     if not alive:
         state.metrics.unavailable.labels("not_ready").inc()

@@ -4,19 +4,27 @@
 Retrieval returns K1 (~1,000) items, the ranker's cost grows with the rows it scores, and most
 of those items never make the top k; a pre-ranker at a fraction of the ranker's cost per row
 cuts the ranker's rows to K2 (~100). The stage is an ordinary model directory loaded as a
-`Snapshot` (the same encoding and input kinds as the ranker's), called on a worker thread.
+`Snapshot` (the same encoding and input kinds as the ranker's), called on a worker thread,
+and kept fresh like the ranker: a `Watcher` applies its run's deltas and swaps in its newer
+models, each change made under the stage's lock so that no scoring sees half of one.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from streamrec.serving.batcher import use_compute_threads
 from streamrec.serving.request import rows_table
 from streamrec.serving.snapshot import Snapshot
 from streamrec.store import find_model_dir
+
+_thread = threading.local()  # whether this worker thread has its OpenMP settings
 
 
 class PreRankStage:
@@ -25,6 +33,19 @@ class PreRankStage:
             raise ValueError(f"the pre-ranker must keep at least one item (got {keep})")
         self.snapshot = snapshot
         self.keep = keep
+        self.threads = 1
+        self.recent_tables: list[Any] = []  # the last rows scored: a reloaded model's warm-up
+        self._lock = threading.Lock()
+
+    def run_control(self, op: Callable[[], object]) -> Future:
+        """Run `op` (a delta, a model swap) between two scorings; → its finished future."""
+        done: Future = Future()
+        with self._lock:
+            try:
+                done.set_result(op())
+            except BaseException as e:  # the watcher reads it from the future
+                done.set_exception(e)
+        return done
 
     @classmethod
     def load(cls, path: str | Path, keep: int) -> PreRankStage:
@@ -53,10 +74,16 @@ class PreRankStage:
         """The `keep` items of `items` (each with its catalog row) the pre-ranker scores
         highest, best first. The user's features outside the model's context are ignored (the
         retriever may read more than the pre-ranker does); a wrong type is a 422."""
-        snap = self.snapshot
-        context = {f: v for f, v in user.items() if f in snap.context_features}
-        candidates = [{f: r[f] for f in snap.candidate_features if f in r} for r in catalog_rows]
-        scores = snap.predict(rows_table(context, candidates, snap.kinds))[:, 0]  # 422: bad type
+        if not getattr(_thread, "configured", False):  # a fresh asyncio worker thread
+            use_compute_threads(self.threads)
+            _thread.configured = True
+        with self._lock:
+            snap = self.snapshot
+            context = {f: v for f, v in user.items() if f in snap.context_features}
+            rows = [{f: r[f] for f in snap.candidate_features if f in r} for r in catalog_rows]
+            table = rows_table(context, rows, snap.kinds)  # a wrong type: RequestError (422)
+            scores = snap.predict(table)[:, 0]
+            self.recent_tables = [table.slice(0, min(table.num_rows, 256))]
         keep = min(self.keep, len(items))
         best = np.argpartition(-scores, keep - 1)[:keep]
         best = best[np.argsort(-scores[best], kind="stable")]

@@ -23,11 +23,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 
-from streamrec.serving.batcher import DynamicBatcher, use_compute_threads
+from streamrec.serving.batcher import use_compute_threads
 from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.snapshot import Snapshot
 from streamrec.store import CorruptModelError, find_model_dir, read_manifest
@@ -77,10 +79,22 @@ def _lower_thread_priority(niceness: int) -> None:
         log.info("could not lower the watcher thread's priority: %s", e)
 
 
+class ServedModel(Protocol):
+    """What a watcher keeps fresh: the ranker's `DynamicBatcher`, or a cascade stage such as
+    the pre-ranker (`serving/prerank_stage.py`). `run_control(op)` runs `op` where it cannot
+    overlap an inference with this model."""
+
+    snapshot: Snapshot
+    threads: int
+    recent_tables: list[Any]  # recently scored rows (pyarrow tables), to warm a new model up
+
+    def run_control(self, op: Callable[[], object]) -> Future: ...
+
+
 class Watcher(threading.Thread):
     def __init__(
         self,
-        batcher: DynamicBatcher,
+        batcher: ServedModel,
         model_path: Path,
         deltas_dir: Path | None,
         poll_seconds: float = 0.5,
