@@ -45,22 +45,26 @@ USER_COLUMNS = ("user_id", "age", "gender", "occupation", "zip_code")
 
 
 def train_models(workdir: Path, seed: int, quiet: bool) -> dict[str, Path]:
-    """Ranker, retriever and two pre-rankers (every feature; the three it gates highest)."""
+    """Ranker, retriever and three pre-rankers: every feature; the three it gates highest (+ ids);
+    the same, distilled from the ranker."""
     out = {}
     for name, example, edit in (
         ("ranker", "ml100k_deepfm", None),
         ("retriever", "ml100k_two_tower", None),
         ("cold", "ml100k_cold", None),
         ("cold_small", "ml100k_cold", "small"),
+        ("cold_small_distilled", "ml100k_cold", "distilled"),
     ):
         cfg = load_config(REPO / "examples" / f"{example}.yaml")
         cfg.train.seed = seed
-        if edit == "small":  # COLD's second round: only the features the first gated highest
+        if edit in ("small", "distilled"):  # COLD's second round: the features gated highest
             importance = api.evaluate(out["cold"])["feature_importance"]
             keep = set(list(importance)[:3]) | {"user_id", "item_id"}
             cfg.schema_.embeddings = [f for f in cfg.schema_.embeddings if f.name in keep]
             cfg.serving.context_features = [f for f in cfg.serving.context_features if f in keep]
             cfg.model.params = {"hidden": [32]}
+        if edit == "distilled":  # … trained on the ranker's probabilities instead of labels
+            cfg.train.distill_from = str(out["ranker"])
         report = api.train(cfg, workdir / name, progress=not quiet)
         out[name] = report.model_dir
     return out
@@ -109,7 +113,8 @@ def run(
     users, truth, seen = users_and_truth(seed)
     retrieval = RetrievalStage.load(dirs["retriever"])
     ranker = Snapshot.load(dirs["ranker"])
-    prerankers = {n: PreRankStage.load(dirs[n], k2) for n in ("cold", "cold_small")}
+    names = ("cold", "cold_small", "cold_small_distilled")
+    prerankers = {n: PreRankStage.load(dirs[n], k2) for n in names}
     recs: dict[str, dict[int, list[int]]] = {"full": {}, "retrieval": {}}
     seconds: dict[str, float] = {"full": 0.0}
     for name in prerankers:

@@ -149,6 +149,8 @@ class Batch:
     sparse:     {feature name: JaggedIds with batch_size B}
     group_ids:  LongTensor [B] or None   request / user id for GAUC
     timestamps: LongTensor [B] or None   event time, seconds since the epoch
+    targets:    FloatTensor [B, T] or None   soft training targets in [0, 1] (distillation,
+                `train.distill_from`): the loss uses them instead of labels; metrics do not
     """
 
     labels: torch.Tensor
@@ -156,6 +158,7 @@ class Batch:
     sparse: dict[str, JaggedIds] = field(default_factory=dict)
     group_ids: torch.Tensor | None = None
     timestamps: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -177,6 +180,7 @@ class Batch:
             {k: v.to(device, non_blocking) for k, v in self.sparse.items()},
             self._map_optional(self.group_ids, move),
             self._map_optional(self.timestamps, move),
+            self._map_optional(self.targets, move),
         )
 
     def pin_memory(self) -> Batch:
@@ -189,6 +193,7 @@ class Batch:
             {k: v.pin_memory() for k, v in self.sparse.items()},
             self._map_optional(self.group_ids, pin),
             self._map_optional(self.timestamps, pin),
+            self._map_optional(self.targets, pin),
         )
 
     def slice(self, start: int, stop: int) -> Batch:
@@ -201,6 +206,7 @@ class Batch:
             {k: v.slice(start, stop) for k, v in self.sparse.items()},
             self._map_optional(self.group_ids, cut),
             self._map_optional(self.timestamps, cut),
+            self._map_optional(self.targets, cut),
         )
 
     @staticmethod
@@ -219,4 +225,5 @@ class Batch:
             {k: JaggedIds.concat([p.sparse[k] for p in parts]) for k in first.sparse},
             cat_optional("group_ids"),
             cat_optional("timestamps"),
+            cat_optional("targets"),
         )

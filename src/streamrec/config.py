@@ -220,6 +220,16 @@ class TrainConfig(_Strict):
         description="torchrun only: let embedding-gradient exchanges lag up to N steps behind "
         "(hybrid mode: sparse asynchronous, dense synchronous); 0 = fully synchronous",
     )
+    distill_from: str | None = Field(
+        None,
+        description="a trained ranking model (run or model directory) to distil from: the "
+        "loss targets become distill_weight × its predicted probabilities + (1 − "
+        "distill_weight) × the labels (a pre-ranker learns the ranker's order); batch `train` "
+        "only",
+    )
+    distill_weight: float = Field(
+        1.0, ge=0, le=1, description="the teacher's share of the targets (see distill_from)"
+    )
     health: Literal["warn", "stop", "off"] = Field(
         "warn",
         description="training health rules (`health_rules`): warn (log, status.json, "
@@ -238,6 +248,11 @@ class TrainConfig(_Strict):
                 f"checkpoint_every_steps ({every}) must be a multiple of "
                 f"grad_accumulation_steps ({accumulate}): a checkpoint cannot hold gradients "
                 "waiting for a step"
+            )
+        if self.distill_from and self.negative_sampling_rate < 1:
+            raise ValueError(
+                "distill_from with negative_sampling_rate < 1: down-sampling is decided by the "
+                "hard labels and re-calibrates for them; use one or the other"
             )
         return self
 

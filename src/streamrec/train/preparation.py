@@ -4,7 +4,7 @@ schema on a sample or take a checkpoint's state (`Start`), and feed the epochs' 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from streamrec.batch import Batch
-from streamrec.config import JobConfig
+from streamrec.config import ConfigError, JobConfig
 from streamrec.data.loader import BatchLoader, shuffle_blocks
 from streamrec.data.splits import DatasetSplits
 from streamrec.models.base import RankingModel
@@ -93,9 +93,15 @@ def fit(
         start_epoch, skip = start.position["epoch"], start.position["step_in_epoch"]
         trainer.restore_position(start.position)
 
+    teacher = _teacher(config)
+
     def train_batches(epoch: int) -> Iterator[Batch]:
         rows = training_rows(config, splits.train, epoch)
-        return (local(batch) for batch in BatchLoader(rows, schema, batch_size))
+        batches = BatchLoader(rows, schema, batch_size)
+        if teacher is not None:  # the same rows in the same order, encoded for the teacher
+            again = BatchLoader(training_rows(config, splits.train, epoch), teacher[0], batch_size)
+            batches = _distilled(batches, again, teacher[1], config.train.distill_weight)
+        return (local(batch) for batch in batches)
 
     valid_batches = None
     if splits.valid is not None:
@@ -104,3 +110,36 @@ def fit(
             return BatchLoader(splits.valid, schema, 4096)
 
     return trainer.fit(train_batches, valid_batches, start_epoch, skip)
+
+
+def _teacher(config: JobConfig) -> tuple | None:
+    """(schema, model) of `train.distill_from`, or None; ConfigError when it cannot teach."""
+    if not config.train.distill_from:
+        return None
+    from streamrec.models.persistence import load_model
+    from streamrec.store import CorruptModelError
+
+    try:
+        loaded = load_model(config.train.distill_from)
+    except (CorruptModelError, FileNotFoundError) as e:
+        raise ConfigError(f"train.distill_from: {e}") from None
+    tasks = max(1, len(config.schema.labels))
+    if loaded.model.num_tasks < tasks:
+        raise ConfigError(
+            f"train.distill_from: the teacher predicts {loaded.model.num_tasks} task(s), this "
+            f"model trains {tasks}"
+        )
+    return loaded.config.schema, loaded.model.eval()
+
+
+def _distilled(
+    batches: Iterable[Batch], teacher_batches: Iterable[Batch], teacher, weight: float
+) -> Iterator[Batch]:
+    """Each batch with soft targets: weight × the teacher's probabilities + (1 − weight) ×
+    its labels. The two loaders read the same rows in the same order (same source, same
+    shuffle seed); a length mismatch means they did not, and is an error, not a silent skew."""
+    for batch, seen_by_teacher in zip(batches, teacher_batches, strict=True):
+        tasks = batch.labels.shape[1]
+        soft = teacher.predict(seen_by_teacher)[:, :tasks]
+        batch.targets = weight * soft + (1.0 - weight) * batch.labels
+        yield batch

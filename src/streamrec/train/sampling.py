@@ -44,4 +44,5 @@ def _take(batch: Batch, index: torch.Tensor) -> Batch:
         sparse,
         None if batch.group_ids is None else batch.group_ids[index],
         None if batch.timestamps is None else batch.timestamps[index],
+        None if batch.targets is None else batch.targets[index],
     )

@@ -163,7 +163,8 @@ class Trainer:
                 self.health.unwatch(step)
         logits = logits.float()
         if batch.size:
-            loss = F.binary_cross_entropy_with_logits(logits, batch.labels[:, : logits.shape[1]])
+            target = batch.labels if batch.targets is None else batch.targets
+            loss = F.binary_cross_entropy_with_logits(logits, target[:, : logits.shape[1]])
         else:  # a rank's empty share of a tiny global batch: still joins the exchanges
             loss = logits.sum() * 0.0
         accumulate = self.train_config.grad_accumulation_steps
