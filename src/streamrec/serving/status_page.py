@@ -15,7 +15,8 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.2em auto;max-width:72em;color:#
 h1{font-size:1.3em;margin:.2em 0}.sub{color:#666;margin-bottom:1em}
 .tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(13em,1fr));gap:.6em}
 .tile{border:1px solid #ddd;border-radius:6px;padding:.5em .8em}
-.tile .k{color:#666;font-size:.85em}.tile .v{font-size:1.35em;font-weight:600}
+.tile .k{color:#666;font-size:.85em}
+.tile .v{font-size:1.35em;font-weight:600;overflow-wrap:anywhere}
 .bad{background:#fff1f0;border-color:#f5a3a3}.ok{background:#f3fbf3}
 table{border-collapse:collapse;margin-top:.4em}td,th{padding:.15em .8em .15em 0;text-align:left}
 #chart{width:100%;height:240px;border:1px solid #ddd;border-radius:6px;margin-top:.8em}
