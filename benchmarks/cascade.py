@@ -130,7 +130,7 @@ def run(
         wanted = RecommendRequest(
             {f: user[f] for f in retrieval.kinds if f in user}, k1, seen[uid]
         )
-        items = retrieval.retrieve(wanted)[:k1]
+        items = retrieval.retrieve(wanted)[0][:k1]
         rows = retrieval.item_rows(items, list(retrieval.catalog[items[0]].keys()))
         recs["retrieval"][uid] = items[:k]
         full, spent = score(ranker, user, rows)

@@ -29,6 +29,19 @@ FORMAT_HELP = (
 )
 
 
+def _read_mapping(path: Path) -> dict:
+    """A YAML (or JSON) file holding one mapping, or a CLI error naming the file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        _fail(f"{path}: {e}")
+    if not isinstance(data, dict):
+        _fail(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -372,6 +385,64 @@ def serve(
         "pre-ranks the retrieved items and ranks only the best --prerank-keep.",
     ),
     prerank_keep: int = typer.Option(100, min=1, help="Items the pre-ranker passes on (K2)."),
+    retrieve: int | None = typer.Option(
+        None,
+        min=1,
+        help="Items /v1/recommend retrieves (K1; default: the retriever's "
+        "retrieval.candidates).",
+    ),
+    slo_ms: float | None = typer.Option(
+        None,
+        min=1,
+        help="Turn on compute allocation (DCAF) for /v1/recommend with this p99 latency "
+        "target: each request gets a level of work (K1 retrieved, K2 ranked) by its value, "
+        "and a controller shrinks work as load rises instead of answering 503. Levels: "
+        "serving.compute_allocation in the model's config.",
+    ),
+    capacity_qps: float | None = typer.Option(
+        None,
+        min=0.001,
+        help="With --slo-ms: requests/s the server answers within the SLO doing the most work "
+        "(measure it: benchmarks/overload.py); corrected online from latency.",
+    ),
+    allocation_file: Path | None = typer.Option(
+        None,
+        "--allocation",
+        help="A YAML/JSON file of serving.compute_allocation fields (e.g. levels measured by "
+        "benchmarks/overload.py) replacing the model's; turns compute allocation on.",
+    ),
+    variant: list[str] = typer.Option(
+        [],
+        help="NAME=DIR: another ranking model (run or model directory) served beside the first, "
+        "following its own deltas. Repeat for more. Every response says which answered.",
+    ),
+    name: str = typer.Option("main", help="The first model's variant name."),
+    split: str | None = typer.Option(
+        None,
+        help="Traffic weights, e.g. main=90,new=10 (default: all to the first; with "
+        "--policy thompson: where the bandit starts from is irrelevant).",
+    ),
+    sticky: bool = typer.Option(
+        False, help="Route by a hash of the user (user_id): a user keeps their variant."
+    ),
+    shadow: list[str] = typer.Option(
+        [],
+        help="A --variant that scores every ranking call after it is answered: compared, "
+        "logged (GET /v1/variants), never returned. Repeat for more.",
+    ),
+    policy: str = typer.Option(
+        "weights",
+        help="weights: the --split; thompson: Thompson sampling on each variant's click rate "
+        "(needs --actions).",
+    ),
+    actions: str | None = typer.Option(
+        None,
+        help="The action stream (local log folder, kafka://…, redis://…) whose clicks, "
+        "joined to the requests by request_id, reward the variant that answered.",
+    ),
+    reward_action: list[str] = typer.Option(
+        ["click"], help="Action types that count as a reward. Repeat for more."
+    ),
     threads: int | None = typer.Option(
         None,
         help="Torch / numba threads of the inference worker (default: serving.threads, 1). "
@@ -400,6 +471,32 @@ def serve(
         }.items()
         if v is not None
     }
+    from streamrec.serving.variants import VariantOptions, parse_split
+
+    variants = None
+    if variant or shadow or split or policy != "weights" or actions:
+        if policy not in ("weights", "thompson"):
+            _fail(f"--policy is weights or thompson, not {policy!r}")
+        if policy == "thompson" and actions is None:
+            _fail("--policy thompson learns from clicks: add --actions STREAM")
+        others = {}
+        for spec in variant:
+            other, sep, path = spec.partition("=")
+            if not sep or not other or not path:
+                _fail(f"--variant wants NAME=DIR; got {spec!r}")
+            others[other] = Path(path)
+        try:
+            weights = parse_split(split) if split else None
+        except ValueError as e:
+            _fail(str(e))
+        variants = VariantOptions(
+            others, name, weights, tuple(shadow), policy, sticky, actions, tuple(reward_action)
+        )
+    allocation = None
+    if slo_ms is not None or capacity_qps is not None or allocation_file is not None:
+        allocation = _read_mapping(allocation_file) if allocation_file is not None else {}
+        changes = {"enabled": True, "slo_ms": slo_ms, "capacity_qps": capacity_qps}
+        allocation.update({k: v for k, v in changes.items() if v is not None})
     try:
         api = create_app(
             model_dir,
@@ -409,9 +506,12 @@ def serve(
             guard_health=token_guards_health,
             preranker_dir=preranker,
             prerank_keep=prerank_keep,
+            retrieve=retrieve,
+            allocation=allocation,
+            variants=variants,
             **overrides,
         )
-    except (CorruptModelError, FileNotFoundError, ValueError) as e:
+    except (CorruptModelError, FileNotFoundError, ValueError) as e:  # pydantic's too
         _fail(str(e))
     typer.echo(f"serving {model_dir} on http://{host}:{port}", err=True)
     quiet_garbage_collector()
@@ -419,6 +519,74 @@ def serve(
     server.run()
     if not server.started:  # e.g. the port is taken: uvicorn has logged why
         raise typer.Exit(1)
+
+
+variants_app = typer.Typer(
+    help="Model variants of a running server (serve --variant): look, promote, roll back.",
+    no_args_is_help=True,
+)
+app.add_typer(variants_app, name="variants")
+
+
+def _variants_call(method: str, path: str, url: str, token: str | None, body=None) -> dict:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.request(method, url.rstrip("/") + path, json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as e:
+        _fail(f"{url}: {e}")
+    if r.status_code != 200:
+        try:
+            reason = r.json().get("error", r.text)
+        except ValueError:
+            reason = r.text
+        _fail(f"{url}{path}: HTTP {r.status_code}: {reason}")
+    return r.json()
+
+
+_URL = typer.Option("http://127.0.0.1:8080", help="The server's base URL.")
+_TOKEN = typer.Option(None, envvar="STREAMREC_TOKEN", help="Its --token (or $STREAMREC_TOKEN).")
+
+
+@variants_app.command("show")
+def variants_show(
+    url: str = _URL,
+    token: str | None = _TOKEN,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Each variant: version, role, share of traffic, clicks, whether it is in rotation."""
+    body = _variants_call("GET", "/v1/variants", url, token)
+    if as_json:
+        _print_json(body)
+        return
+    typer.echo(f"policy {body['policy']}, weights {body['weights']}")
+    for v in body["variants"]:
+        state = "in rotation" if v["in_rotation"] else f"OUT: {v['out_reason']}"
+        if v["role"] == "shadow":
+            state = f"shadow, mean |Δscore| {v['shadow_mean_abs_diff']}"
+        typer.echo(
+            f"  {v['name']:12s} {v['version']:>16s}  {100 * v['share']:5.1f}% of "
+            f"{v['served']} served, {v['clicks']} clicked  {state}"
+        )
+
+
+@variants_app.command("promote")
+def variants_promote(
+    variant: str = typer.Argument(..., help="The variant to give all traffic."),
+    url: str = _URL,
+    token: str | None = _TOKEN,
+) -> None:
+    """All traffic to one variant; the previous split is kept for `variants rollback`."""
+    body = _variants_call("POST", "/v1/variants/promote", url, token, {"variant": variant})
+    typer.echo(f"promoted {variant}: weights {body['weights']}")
+
+
+@variants_app.command("rollback")
+def variants_rollback(url: str = _URL, token: str | None = _TOKEN) -> None:
+    """Back to the split (and policy) before the last promotion."""
+    body = _variants_call("POST", "/v1/variants/rollback", url, token)
+    typer.echo(f"rolled back: weights {body['weights']}, policy {body['policy']}")
 
 
 bench_app = typer.Typer(help="Load generators and measurements.", no_args_is_help=True)

@@ -257,6 +257,79 @@ class TrainConfig(_Strict):
         return self
 
 
+class ComputeLevelConfig(_Strict):
+    """One way to answer POST /v1/recommend, from most to least work (DCAF's actions)."""
+
+    k1: int = Field(..., ge=1, description="items retrieved (and pre-ranked)")
+    k2: int = Field(
+        ..., ge=0,
+        description="of those, items the ranker scores; 0 = no ranking (the pre-ranker's "
+        "order, or retrieval's without a pre-ranker)",
+    )
+    gain: float = Field(
+        ..., gt=0, le=1,
+        description="expected quality next to the first level (e.g. its recall@k ratio on "
+        "logged traffic: benchmarks/overload.py measures it)",
+    )
+    cost: float = Field(..., gt=0, description="compute per request next to the first level")
+    preranked: bool = Field(True, description="run the pre-ranker (when there is one)")
+
+    @model_validator(mode="after")
+    def _ranks_what_it_retrieves(self) -> ComputeLevelConfig:
+        if self.k2 > self.k1:
+            raise ValueError(f"k2 ({self.k2}) cannot exceed the k1 ({self.k1}) items retrieved")
+        return self
+
+
+def _default_levels() -> list[ComputeLevelConfig]:
+    """Measured on MovieLens-100k (benchmarks/overload.py): the share of the first level's top
+    50 each level also returns, and the server's CPU time per request at that level next to
+    the first level's."""
+    return [
+        ComputeLevelConfig(k1=1000, k2=100, gain=1.0, cost=1.0),
+        ComputeLevelConfig(k1=500, k2=50, gain=0.55, cost=0.74),
+        ComputeLevelConfig(k1=300, k2=0, gain=0.41, cost=0.37),
+        ComputeLevelConfig(k1=100, k2=0, gain=0.09, cost=0.21, preranked=False),
+    ]
+
+
+class ComputeAllocationConfig(_Strict):
+    """DCAF (`serving/compute_allocation.py`): per request, the level maximising value × gain
+    − λ × cost; λ the smallest price that fits recent arrivals into the server's capacity,
+    which a controller corrects from latency — so /v1/recommend stays under the SLO as load
+    rises, and work shrinks before any request is shed."""
+
+    enabled: bool = Field(False, description="allocate compute per request (serve --slo-ms)")
+    slo_ms: float = Field(50.0, gt=0, description="p99 latency target of /v1/recommend")
+    capacity_qps: float = Field(
+        50.0, gt=0,
+        description="requests/s the server answers within the SLO at the first level (e.g. "
+        "benchmarks/overload.py's ladder); the controller corrects it from latency",
+    )
+    setpoint: float = Field(
+        0.8, gt=0, le=1,
+        description="the controller steers recent p99 latency (plus event-loop lag) to this "
+        "fraction of the SLO",
+    )
+    levels: list[ComputeLevelConfig] = Field(
+        default_factory=_default_levels, min_length=1,
+        description="from the most work to the least",
+    )
+    ki: float = Field(
+        0.5, gt=0,
+        description="capacity correction: log-capacity per second per unit of relative "
+        "latency error",
+    )
+    release: float = Field(
+        0.2, gt=0, le=1,
+        description="under the setpoint, capacity grows back at this fraction of the rate it "
+        "shrinks at",
+    )
+    value_half_life_s: float = Field(
+        3600.0, gt=0, description="a user's activity (their request value) halves this fast"
+    )
+
+
 class ServingConfig(_Strict):
     context_features: list[str] = Field(
         default_factory=list,
@@ -279,6 +352,10 @@ class ServingConfig(_Strict):
     cache_bytes: int = Field(32 << 20, ge=0, description="prediction cache budget; 0 = off")
     poll_seconds: float = Field(0.5, gt=0, description="how often to look for deltas / models")
     threads: int = Field(1, ge=1, description="torch / numba threads of the inference worker")
+    compute_allocation: ComputeAllocationConfig = Field(
+        default_factory=ComputeAllocationConfig,
+        description="DCAF: /v1/recommend's work per request by value, under a latency SLO",
+    )
 
 
 class JoinConfig(_Strict):

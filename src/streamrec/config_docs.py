@@ -55,6 +55,8 @@ def _default(field: Any) -> str:
         value = field.default_factory()
         if isinstance(value, BaseModel):
             return "(section)"
+        if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            return "`" + json.dumps([v.model_dump() for v in value]) + "`"
         return f"`{json.dumps(value)}`"
     if field.default is PydanticUndefined:
         return "required"

@@ -8,21 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.config import load_config
-from streamrec.train.two_tower import train_two_tower
-
 REPO = Path(__file__).resolve().parents[2]
 USER = {"user_id": 5, "age": 33, "gender": "F", "occupation": "other"}
-
-
-@pytest.fixture(scope="module")
-def retriever_run(tmp_path_factory, ml100k):
-    cfg = load_config(REPO / "examples" / "ml100k_two_tower.yaml")
-    cfg.train.epochs = 1
-    out = tmp_path_factory.mktemp("retriever") / "run"
-    result, _ = train_two_tower(cfg, out, progress=False)
-    assert result["metrics"]["recall@50"] > result["metrics"]["baseline_recall@50"]
-    return out
 
 
 def test_recommend_returns_k_distinct_items_and_honours_exclude(
@@ -61,17 +48,6 @@ def test_an_item_added_online_becomes_retrievable_without_a_rebuild(
             break
         seen += items
     assert 777_777 in items
-
-
-@pytest.fixture(scope="module")
-def preranker_run(tmp_path_factory, ml100k):
-    from streamrec.train.job import run_training
-
-    cfg = load_config(REPO / "examples" / "ml100k_cold.yaml")
-    cfg.train.epochs = 1
-    out = tmp_path_factory.mktemp("preranker") / "run"
-    run_training(cfg, out, progress=False)
-    return out
 
 
 def test_three_stages_retrieve_prerank_rank_with_counts_and_timings(

@@ -236,3 +236,27 @@ def test_health_probes_need_no_token_by_default(server):
     assert httpx.get(server.url + "/v1/model").status_code == 401
     wrong = {"Authorization": server.headers["Authorization"] + "x"}
     assert httpx.get(server.url + "/v1/model", headers=wrong).status_code == 401
+
+
+def test_non_finite_scores_are_refused_with_503_never_served_as_null(trained_run, tmp_path):
+    """A delta that puts NaN into item rows (no variant to fall back on): the requests that
+    touch them get 503 naming the cause; the rest are answered; nothing is cached."""
+    from starlette.testclient import TestClient
+
+    from streamrec.serving.app import create_app
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "model", run / "model")
+    loaded = load_model(run)
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+    items = loaded.model.dynamic_tables()["item_id"]
+    items.apply_gradients(torch.tensor([10]), torch.full((1, items.dim), float("nan")))
+    exporter.export()
+    with TestClient(create_app(run)) as client:  # the delta is applied before serving
+        poisoned = {"context": CONTEXT, "candidates": [{"item_id": 10}, {"item_id": 20}]}
+        for _ in range(2):  # the second time too: a NaN is never cached
+            r = client.post("/v1/rank", json=poisoned)
+            assert r.status_code == 503 and "non-finite scores" in r.json()["error"]
+        fine = client.post("/v1/rank", json={"context": CONTEXT, "candidates": [{"item_id": 20}]})
+        assert fine.status_code == 200
+        assert 'streamrec_unavailable_total{reason="non_finite"} 2.0' in client.get("/metrics").text

@@ -7,6 +7,8 @@
     GET  /readyz        a model is loaded and serving; `degraded` and why when it may be stale
     GET  /metrics       Prometheus: requests, latency, batch sizes, queue depth, cache, deltas
     GET  /v1/status     what the status page shows, as JSON (recent traffic, freshness, …)
+    GET  /v1/variants   model variants (--variant): split, policy, health, clicks, shadows
+    POST /v1/variants/promote, /v1/variants/rollback   routing changes (need --token)
     GET  /              the status page (HTML; polls /v1/status)
 
 Never imports training code: the model directory (`streamrec.store`) is the contract.
@@ -35,6 +37,8 @@ from starlette.routing import Route
 from streamrec.config import ServingConfig
 from streamrec.serving.batcher import DynamicBatcher, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
+from streamrec.serving.compute_allocation import ComputeAllocator, ComputeLevel
+from streamrec.serving.feedback import FeedbackReader, ServedRequests
 from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.openapi import DOCS_PAGE, openapi_document
 from streamrec.serving.prerank_stage import PreRankStage
@@ -48,6 +52,13 @@ from streamrec.serving.retrieval_stage import (
 )
 from streamrec.serving.snapshot import Snapshot
 from streamrec.serving.status_page import STATUS_PAGE
+from streamrec.serving.variants import (
+    PromoteBody,
+    Variant,
+    VariantOptions,
+    VariantSet,
+    build_variants,
+)
 from streamrec.serving.watcher import Watcher
 from streamrec.store import find_deltas_dir, find_model_dir
 
@@ -64,6 +75,11 @@ class ServerState:
     preranker: PreRankStage | None = None
     prerank_watcher: Watcher | None = None  # the pre-ranker's deltas and new models
     guard_health: bool = False  # --token also on /healthz and /readyz
+    allocator: ComputeAllocator | None = None  # DCAF: K1 / K2 per request under the SLO
+    variants: VariantSet | None = None  # several ranking models, traffic split among them
+    served: ServedRequests | None = None  # request → variant, for clicks from the action stream
+    feedback: FeedbackReader | None = None
+    background: set = field(default_factory=set)  # shadow scorings in flight
     traffic: RecentTraffic = field(default_factory=RecentTraffic)  # the status page's chart
     started_at: float = field(default_factory=time.time)
 
@@ -81,14 +97,25 @@ def create_app(
     guard_health: bool = False,
     preranker_dir: str | Path | None = None,
     prerank_keep: int = 100,
+    retrieve: int | None = None,
+    allocation: dict[str, Any] | None = None,
+    variants: VariantOptions | None = None,
     **overrides: Any,
 ) -> Starlette:
     """Build the ASGI app. `overrides` replace fields of the model's `serving:` settings
-    (e.g. max_batch_rows=1, max_delay_ms=0 to switch batching off). With a `token`, every
+    (e.g. max_batch_rows=1, max_delay_ms=0 to switch batching off), `allocation` fields of its
+    `serving.compute_allocation` (e.g. {"enabled": True, "slo_ms": 50}); `retrieve` the items
+    /v1/recommend retrieves (default: the retriever's `retrieval.candidates`); `variants` other
+    ranking models served beside this one (`serving/variants.py`). With a `token`, every
     endpoint but the health probes needs it (`guard_health=True`: those too)."""
     directory = find_model_dir(model_dir)
     snapshot = Snapshot.load(directory)
     settings = snapshot.config.serving.model_copy(update=overrides)
+    if allocation:
+        checked = type(settings.compute_allocation).model_validate(
+            {**settings.compute_allocation.model_dump(), **allocation}
+        )
+        settings = settings.model_copy(update={"compute_allocation": checked})
     metrics = ServerMetrics()
 
     def on_batch(rows: int, seconds: float) -> None:
@@ -124,6 +151,8 @@ def create_app(
         guard_health=guard_health,
     )
     state.retriever = RetrievalStage.load(retriever_dir) if retriever_dir is not None else None
+    if retrieve is not None and state.retriever is not None:
+        state.retriever.candidates = retrieve
     if preranker_dir is not None:
         if state.retriever is None:
             raise ValueError("a pre-ranker sits between retrieval and ranking: add --retriever")
@@ -136,16 +165,55 @@ def create_app(
                 settings.poll_seconds,
             )
 
+    if variants is not None:
+        main = Variant(variants.main_name, str(directory), batcher, state.cache, watcher)
+        state.variants = build_variants(variants, main, settings, watch)
+        if variants.actions is not None:
+            from streamrec.data.stream.connect import open_source
+
+            state.served = ServedRequests()
+            state.feedback = FeedbackReader(
+                open_source(variants.actions, group="streamrec-serve-feedback"),
+                state.served,
+                frozenset(variants.reward_actions),
+            )
+    if settings.compute_allocation.enabled:
+        if state.retriever is None:
+            raise ValueError("compute allocation sizes /v1/recommend's stages: add --retriever")
+        state.allocator = ComputeAllocator(settings.compute_allocation)
+
+    others = list(state.variants.variants.values())[1:] if state.variants else []
+
     @asynccontextmanager
     async def lifespan(app: Starlette):
         batcher.start()
+        for v in others:
+            v.batcher.start()
+        if state.allocator is not None:
+            state.allocator.start()
         watchers = [w for w in (watcher, state.prerank_watcher) if w is not None]
+        watchers += [v.watcher for v in others if v.watcher is not None]
         for w in watchers:
             w.check_deltas()  # apply what is already on disk before serving
             w.start()
+        health = (
+            asyncio.get_running_loop().create_task(_watch_variants(state.variants))
+            if state.variants is not None
+            else None
+        )
+        if state.feedback is not None:
+            state.feedback.start()
         yield
+        if health is not None:
+            health.cancel()
+        if state.feedback is not None:
+            state.feedback.stop()
         for w in watchers:
             w.stop()
+        if state.allocator is not None:
+            await state.allocator.stop()
+        for v in others:
+            v.batcher.stop()
         batcher.stop()
 
     routes = [
@@ -159,6 +227,13 @@ def create_app(
         Route("/openapi.json", _endpoint(state, "openapi", _openapi), methods=["GET"]),
         Route("/docs", _endpoint(state, "docs", _docs), methods=["GET"]),
         Route("/v1/status", _endpoint(state, "status", _status), methods=["GET"]),
+        Route("/v1/variants", _endpoint(state, "variants", _variants), methods=["GET"]),
+        Route(
+            "/v1/variants/promote", _endpoint(state, "promote", _promote), methods=["POST"]
+        ),
+        Route(
+            "/v1/variants/rollback", _endpoint(state, "rollback", _rollback), methods=["POST"]
+        ),
         Route("/", _endpoint(state, "page", _page), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
@@ -193,6 +268,9 @@ def _endpoint(state: ServerState, name: str, handler):
             except Overloaded:
                 response = _error(503, "overloaded: too many rows queued", {"Retry-After": "1"})
                 state.metrics.unavailable.labels("overloaded").inc()
+            except NonFiniteScores as e:  # never served as null: the model is broken
+                response = _error(503, str(e))
+                state.metrics.unavailable.labels("non_finite").inc()
             except ClientDisconnect:  # closed mid-body (gone, or cut off as too slow)
                 response = _error(400, "the client closed the connection before its body ended")
         elapsed = time.perf_counter() - started
@@ -227,22 +305,98 @@ async def _read_body(state: ServerState, request: Request) -> object:
     return parse_json(await _body_bytes(state, request), state.settings.max_body_bytes)
 
 
-async def score_rows(state: ServerState, rows: CandidateRows) -> tuple[np.ndarray, str]:
+class NonFiniteScores(Exception):
+    """The model returned NaN or infinite scores (e.g. a delta that poisoned its weights)."""
+
+
+async def rank_rows(
+    state: ServerState, rows: CandidateRows, user: object | None
+) -> tuple[np.ndarray, str, Variant | None]:
+    """Scores [rows, tasks], the model version and the variant that served them. With
+    variants, the split picks one (`user` keys sticky routing); if its inference fails, it is
+    taken out of rotation and the next variant answers — the caller never sees its failure.
+    Shadows then score the same rows in the background."""
+    vs = state.variants
+    if vs is None:
+        scores, version = await score_rows(state, rows, state.batcher, state.cache)
+        return scores, version, None
+    chosen = vs.choose(user)
+    failure: Exception | None = None
+    for variant in (chosen, *vs.others(chosen)):
+        try:
+            scores, version = await score_rows(state, rows, variant.batcher, variant.cache)
+        except (RequestError, Overloaded):
+            raise  # the request's fault, or the server's load: not the variant's
+        except Exception as e:
+            variant.failures += 1
+            state.metrics.variant_failures.labels(variant.name).inc()
+            vs.take_out(variant, f"inference failed: {type(e).__name__}: {e}")
+            failure = e
+            continue
+        variant.served += 1
+        state.metrics.variant_requests.labels(variant.name).inc()
+        for shadow in vs.shadows():
+            task = asyncio.get_running_loop().create_task(
+                _shadow_score(state, shadow, rows, scores, variant.name)
+            )
+            state.background.add(task)
+            task.add_done_callback(state.background.discard)
+        return scores, version, variant
+    raise failure  # every variant failed
+
+
+async def _shadow_score(
+    state: ServerState, shadow: Variant, rows: CandidateRows, served: np.ndarray, by: str
+) -> None:
+    """Score `rows` on a shadow and log how it differs from what `by` served."""
+    try:
+        scores = await _infer(state, shadow.batcher, rows, None)
+    except Exception as e:  # a failing shadow leaves rotation; the answer has gone already
+        shadow.failures += 1
+        state.variants.take_out(shadow, f"inference failed: {type(e).__name__}: {e}")
+        return
+    diff = np.abs(scores[:, 0] - served[:, 0])
+    shadow.shadow_scored += 1
+    shadow.shadow_rows += rows.num_rows
+    shadow.shadow_abs_diff += float(diff.sum())
+    state.metrics.shadow_requests.labels(shadow.name).inc()
+    state.variants.shadow_log.append({
+        "at": time.time(),
+        "shadow": shadow.name,
+        "served_by": by,
+        "rows": rows.num_rows,
+        "mean_abs_diff": float(diff.mean()),
+        "same_top": int(np.argmax(scores[:, 0])) == int(np.argmax(served[:, 0])),
+    })
+
+
+async def _watch_variants(variants: VariantSet) -> None:
+    """Health checks of every variant, twice a second (out of rotation within a second of a
+    problem its watcher or worker reports)."""
+    while True:
+        variants.check_health()
+        await asyncio.sleep(0.5)
+
+
+async def score_rows(
+    state: ServerState, rows: CandidateRows, batcher: DynamicBatcher, cache: PredictionCache
+) -> tuple[np.ndarray, str]:
     """Scores [rows, tasks] through cache → batcher; returns (scores, version). Every score
     served, cached or computed, goes into the score histogram."""
-    scores, version = await _cached_scores(state, rows)
+    scores, version = await _cached_scores(state, rows, batcher, cache)
     state.metrics.scores.observe_many(scores)
     return scores, version
 
 
-async def _cached_scores(state: ServerState, rows: CandidateRows) -> tuple[np.ndarray, str]:
-    snapshot = state.batcher.snapshot
+async def _cached_scores(
+    state: ServerState, rows: CandidateRows, batcher: DynamicBatcher, cache: PredictionCache
+) -> tuple[np.ndarray, str]:
+    snapshot = batcher.snapshot
     version = snapshot.serving_version
-    cache = state.cache
     n = rows.num_rows
     if not cache.enabled:  # every row computed: no per-row bookkeeping
         state.metrics.cache_misses.inc(n)
-        return await _infer(state, rows, None), version
+        return await _infer(state, batcher, rows, None), version
     results: list[np.ndarray | None] = [None] * n
     waiting: list[tuple[int, asyncio.Future]] = []  # rows another request is computing
     copies: list[tuple[int, int]] = []  # (row, earlier row of this request with the same key)
@@ -265,7 +419,7 @@ async def _cached_scores(state: ServerState, rows: CandidateRows) -> tuple[np.nd
     state.metrics.cache_misses.inc(len(to_compute))
     if to_compute:
         try:
-            scores = await _infer(state, rows, to_compute)
+            scores = await _infer(state, batcher, rows, to_compute)
         except BaseException as e:
             for i in to_compute:
                 cache.finish(keys[i], None, e)
@@ -280,10 +434,20 @@ async def _cached_scores(state: ServerState, rows: CandidateRows) -> tuple[np.nd
     return np.stack(results), version
 
 
-async def _infer(state: ServerState, rows: CandidateRows, subset: list[int] | None) -> np.ndarray:
-    """Scores [rows (or len(subset)), tasks] from the batcher."""
+async def _infer(
+    state: ServerState, batcher: DynamicBatcher, rows: CandidateRows, subset: list[int] | None
+) -> np.ndarray:
+    """Scores [rows (or len(subset)), tasks] from the batcher; NonFiniteScores if any is NaN
+    or infinite (they are never cached nor served)."""
     state.metrics.queue_rows.set(state.batcher.queued_rows)
-    return await state.batcher.submit(rows if subset is None else rows.take(subset))
+    scores = await batcher.submit(rows if subset is None else rows.take(subset))
+    if not np.isfinite(scores).all():
+        raise NonFiniteScores(
+            f"model {batcher.snapshot.serving_version} returned non-finite scores "
+            f"({int((~np.isfinite(scores)).sum())} of {scores.size}); it needs a new model "
+            "or delta"
+        )
+    return scores
 
 
 _encode_json = msgspec.json.Encoder().encode
@@ -310,63 +474,117 @@ async def _rank(state: ServerState, request: Request) -> Response:
     rows, request_id = snapshot.request_reader.read(
         body, state.settings.max_body_bytes, state.settings.max_candidates
     )
-    scores, version = await score_rows(state, rows)
+    user = rows.columns.get(USER_KEY, [None])[0] if rows.num_rows else None
+    scores, version, variant = await rank_rows(state, rows, user)
     tasks = snapshot.schema.task_names or ["label"]
     answer = {
         "model_version": version,
         "scores": {t: scores[:, i].tolist() for i, t in enumerate(tasks)},
         "request_id": request_id or _request_ids.next(),
     }
+    _note_variant(state, answer, variant)
     return Response(_encode_json(answer), media_type="application/json")
+
+
+USER_KEY = "user_id"  # the feature that keys sticky routing (and a user's activity)
+
+
+def _note_variant(state: ServerState, answer: dict[str, Any], variant: Variant | None) -> None:
+    """Say which variant answered, and remember it for the clicks that may follow."""
+    if variant is None:
+        return
+    answer["variant"] = variant.name
+    if state.served is not None:
+        state.served.remember(answer["request_id"], variant)
 
 
 async def _recommend(state: ServerState, request: Request) -> Response:
     """The cascade: the retrieval stage picks K1 items; with a pre-ranker, it keeps the best K2
     of them; the ranking model scores those with the user as context; the top k by score come
-    back with every stage's model version (and, with "debug", each stage's count and time)."""
-    stage = state.retriever
-    if stage is None:
+    back with every stage's model version (and, with "debug", each stage's count and time).
+    With compute allocation on, K1 and K2 are this request's level (`compute_allocation.py`);
+    a level with K2 = 0 returns the last stage's order and says which stage scored it."""
+    if state.retriever is None:
         raise RequestError(404, "this model directory has no retrieval stage")
+    started = time.perf_counter()
     wanted = RecommendRequest.parse(await _read_body(state, request))
+    allocator = state.allocator
+    if allocator is None:
+        return await _cascade(state, wanted, None)
+    index, value = allocator.allocate(wanted.user, wanted.value)
+    level = allocator.levels[index]
+    state.metrics.allocation_level.labels(level.name).inc()
+    try:
+        return await _cascade(state, wanted, level, {"value": value, "lambda": allocator.lam})
+    finally:  # failed requests took time too
+        allocator.observe(time.perf_counter() - started)
+
+
+async def _cascade(
+    state: ServerState,
+    wanted: RecommendRequest,
+    level: ComputeLevel | None,
+    allocation: dict[str, float] | None = None,
+) -> Response:
+    stage = state.retriever
     clock = [time.perf_counter()]
-    items = stage.retrieve(wanted)
+    items, scores = stage.retrieve(wanted, level.k1 if level else None)
     retrieved = len(items)
+    scored_by = "retrieval"
     clock.append(time.perf_counter())
     snapshot = state.batcher.snapshot
     versions = {"retrieval": stage.version, "ranking": snapshot.serving_version}
     pre = state.preranker
-    if pre is not None:
+    preranked = pre is not None and (level is None or level.preranked)
+    ranks = level is None or level.k2 > 0
+    if preranked:
         versions["preranking"] = pre.version
-        if len(items) > pre.keep:
+        keep = pre.keep if level is None else max(level.k2, wanted.k)  # K2 = 0: k
+        if len(items) > keep or not ranks:
             rows = stage.item_rows(items, pre.snapshot.candidate_features)
-            items = await asyncio.to_thread(pre.top, wanted.user, items, rows)
+            items, scores = await asyncio.to_thread(pre.top, wanted.user, items, rows, keep)
+            scored_by = "preranking"
+    elif ranks and level is not None:
+        top = max(level.k2, wanted.k)
+        items, scores = items[:top], scores[:top]  # retrieval's best K2
     clock.append(time.perf_counter())
     answer: dict[str, Any] = {"items": [], "scores": [], "retrieved": retrieved}
-    if items:
+    answer["request_id"] = wanted.request_id or _request_ids.next()
+    variant = None
+    if items and ranks:
         context = {f: v for f, v in wanted.user.items() if f in snapshot.context_features}
         candidates = stage.item_rows(items, snapshot.candidate_features)
-        scores, _ = await score_rows(
-            state, CandidateRows.from_dicts(context, candidates, snapshot.kinds)
+        ranked, versions["ranking"], variant = await rank_rows(
+            state,
+            CandidateRows.from_dicts(context, candidates, snapshot.kinds),
+            wanted.user.get(USER_KEY),
         )
-        order = np.argsort(-scores[:, 0], kind="stable")[: wanted.k]
-        answer["items"] = [items[j] for j in order]
-        answer["scores"] = [float(scores[j, 0]) for j in order]
+        scores = ranked[:, 0]
+        scored_by = "ranking"
+    order = np.argsort(-np.asarray(scores), kind="stable")[: wanted.k]
+    answer["items"] = [items[j] for j in order]
+    answer["scores"] = [float(scores[j]) for j in order]
     clock.append(time.perf_counter())
     seconds = dict(zip(("retrieval", "preranking", "ranking"), np.diff(clock), strict=True))
+    ran = {"retrieval": True, "preranking": preranked, "ranking": ranks}
     for name, spent in seconds.items():
-        if name != "preranking" or pre is not None:
+        if ran[name]:
             state.metrics.stage_seconds.labels(name).observe(spent)
     answer["versions"] = versions
+    answer["scored_by"] = scored_by
+    _note_variant(state, answer, variant)
+    if level is not None:
+        answer["level"] = level.name
     if wanted.debug:
         answer["debug"] = {
             "retrieved": retrieved,
-            "preranked": len(items) if pre is not None else None,
-            "ranked": len(items),
-            "seconds": {
-                k: float(v) for k, v in seconds.items() if k != "preranking" or pre is not None
-            },
+            "preranked": len(items) if preranked else None,
+            "ranked": len(items) if ranks else 0,
+            "seconds": {k: float(v) for k, v in seconds.items() if ran[k]},
         }
-    return JSONResponse(answer)
+        if allocation is not None:
+            answer["debug"]["allocation"] = allocation
+    return Response(_encode_json(answer), media_type="application/json")
 
 
 async def _add_items(state: ServerState, request: Request) -> Response:
@@ -399,6 +617,8 @@ async def _model(state: ServerState, request: Request) -> Response:
     info["cache"] = {"hit_rate": state.cache.hit_rate(), "bytes": state.cache.bytes}
     if state.retriever is not None:
         info["retrieval"] = state.retriever.describe()
+    if state.variants is not None:
+        info["variants"] = state.variants.describe()
     if state.preranker is not None:
         info["preranking"] = state.preranker.describe()
         if (pw := state.prerank_watcher) is not None:
@@ -414,6 +634,7 @@ async def _openapi(state: ServerState, request: Request) -> Response:
         snapshot.schema.task_names or ["label"],
         {"name": snapshot.config.model.name, "version": snapshot.serving_version},
         retrieval=state.retriever is not None,
+        variants=state.variants is not None,
         token=state.token is not None,
         token_guards_health=state.guard_health,
     )
@@ -483,9 +704,62 @@ async def _status(state: ServerState, request: Request) -> Response:
         "reloads": w.reloads if w else 0,
         "last_reload": w.last_reload if w else None,
         "training_health": w.training_health if w else [],
+        "compute_allocation": state.allocator.describe() if state.allocator else None,
+        "variants": _variants_body(state) if state.variants else None,
         "responses": sorted(responses, key=lambda r: (r["endpoint"], r["status"])),
     }
     return JSONResponse(body)
+
+
+def _variant_set(state: ServerState) -> VariantSet:
+    if state.variants is None:
+        raise RequestError(
+            404, "this server holds one model: start it with --variant NAME=DIR to serve more"
+        )
+    return state.variants
+
+
+def _variants_body(state: ServerState) -> dict[str, Any]:
+    vs = _variant_set(state)
+    body = vs.describe()
+    body["recent_shadow_scores"] = list(vs.shadow_log)[-20:]
+    if state.feedback is not None:
+        body["feedback"] = dict(state.feedback.counts)
+    return body
+
+
+async def _variants(state: ServerState, request: Request) -> Response:
+    return JSONResponse(_variants_body(state))
+
+
+def _admin(state: ServerState) -> VariantSet:
+    """Routing changes need an authenticated caller: refused on a server without --token."""
+    vs = _variant_set(state)
+    if state.token is None:
+        raise RequestError(403, "routing changes need a server started with --token")
+    return vs
+
+
+async def _promote(state: ServerState, request: Request) -> Response:
+    """{"variant": NAME}: all traffic to NAME; the split before is kept for a rollback."""
+    vs = _admin(state)
+    name = check_body(await _read_body(state, request), PromoteBody, "promote").variant
+    try:
+        weights = vs.promote(name)
+    except KeyError:
+        raise RequestError(404, f"no variant {name!r}; serving {sorted(vs.variants)}") from None
+    except ValueError as e:
+        raise RequestError(409, str(e)) from None
+    return JSONResponse({"promoted": name, "weights": weights, "policy": vs.policy})
+
+
+async def _rollback(state: ServerState, request: Request) -> Response:
+    vs = _admin(state)
+    try:
+        weights = vs.rollback()
+    except LookupError as e:
+        raise RequestError(409, str(e)) from None
+    return JSONResponse({"weights": weights, "policy": vs.policy})
 
 
 async def _healthz(state: ServerState, request: Request) -> Response:
@@ -505,6 +779,13 @@ async def _readyz(state: ServerState, request: Request) -> Response:
 
 async def _metrics(state: ServerState, request: Request) -> Response:
     state.metrics.queue_rows.set(state.batcher.queued_rows)
+    if (allocator := state.allocator) is not None:
+        state.metrics.allocation_lambda.set(allocator.lam)
+        state.metrics.allocation_observed.set(allocator.observed_s)
+    if state.variants is not None:
+        for v in state.variants.variants.values():
+            state.metrics.variant_in_rotation.labels(v.name).set(int(v.in_rotation))
+            state.metrics.variant_clicks.labels(v.name).set(v.clicks)
     snapshot = state.batcher.snapshot
     state.metrics.model.info(
         {

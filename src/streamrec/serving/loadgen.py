@@ -1,4 +1,4 @@
-"""Open-loop load generator for /v1/rank (`streamrec bench serve`).
+"""Open-loop load generator for /v1/rank (`streamrec bench serve`) or any POST endpoint.
 
 Requests are sent at Poisson arrival times regardless of how fast answers come back (open loop),
 so a slow server shows up as latency and errors rather than as a politely lower request rate —
@@ -109,9 +109,13 @@ async def run_load(
     seed: int = 0,
     bodies: int = 64,
     trace: list[tuple[float, float]] | None = None,
+    endpoint: str = "/v1/rank",
+    request_bodies: list[dict] | None = None,
 ) -> dict:
     """Poisson load for `duration` seconds; returns latency percentiles and status counts.
-    `trace`, when given, receives (send time from time.time(), latency s) per request."""
+    `trace`, when given, receives (send time from time.time(), latency s) per request.
+    Bodies: `request_bodies` sent in turn to `endpoint`, or by default `bodies` random
+    /v1/rank bodies of `candidates` rows made from the server's /v1/model."""
     if qps <= 0 or duration <= 0:
         raise ValueError("qps and duration must be positive")
     parts = urlsplit(url)
@@ -119,13 +123,12 @@ async def run_load(
         raise ValueError(f"{url}: the load generator speaks plain http://host:port")
     rng = np.random.default_rng(seed)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0) as client:
-        info = (await client.get("/v1/model")).raise_for_status().json()
-    path = parts.path.rstrip("/") + "/v1/rank"
-    pool = [
-        _encode_request(path, parts.netloc, make_body(info, candidates, rng), token)
-        for _ in range(bodies)
-    ]
+    if request_bodies is None:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0) as client:
+            info = (await client.get("/v1/model")).raise_for_status().json()
+        request_bodies = [make_body(info, candidates, rng) for _ in range(bodies)]
+    path = parts.path.rstrip("/") + endpoint
+    pool = [_encode_request(path, parts.netloc, body, token) for body in request_bodies]
     connections = _Connections(parts.hostname, parts.port or 80)
     latencies: list[float] = []
     statuses: dict[str, int] = {}

@@ -103,6 +103,44 @@ class ServerMetrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 1),
         )
+        self.allocation_level = Counter(
+            "streamrec_allocation_requests",
+            "POST /v1/recommend answered per compute level (k1, k2) under compute allocation",
+            ["level"],
+            registry=r,
+        )
+        self.allocation_lambda = Gauge(
+            "streamrec_allocation_lambda",
+            "compute allocation's price of compute λ (0: every request gets the most work)",
+            registry=r,
+        )
+        self.allocation_observed = Gauge(
+            "streamrec_allocation_observed_seconds",
+            "the latency the allocation controller steers: recent p95 plus event-loop lag",
+            registry=r,
+        )
+        self.variant_requests = Counter(
+            "streamrec_variant_requests", "ranking calls answered per model variant",
+            ["variant"], registry=r,
+        )
+        self.variant_failures = Counter(
+            "streamrec_variant_failures",
+            "ranking calls that failed on a variant (each answered by another)",
+            ["variant"], registry=r,
+        )
+        self.variant_in_rotation = Gauge(
+            "streamrec_variant_in_rotation", "1 while a variant takes traffic", ["variant"],
+            registry=r,
+        )
+        self.variant_clicks = Gauge(
+            "streamrec_variant_clicks",
+            "answered requests that got a click, per variant (from the action stream)",
+            ["variant"], registry=r,
+        )
+        self.shadow_requests = Counter(
+            "streamrec_shadow_requests", "ranking calls scored on a shadow variant",
+            ["variant"], registry=r,
+        )
         self.delta_lag = Gauge(
             "streamrec_delta_lag_seconds",
             "seconds from a delta's creation to its application",

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from streamrec.serving.retrieval_stage import ItemsBody, RecommendBody
+from streamrec.serving.variants import PromoteBody
 
 _ERROR = {
     "type": "object",
@@ -23,10 +24,13 @@ _ERROR = {
 def _errors(*codes: int) -> dict[str, Any]:
     reasons = {
         401: "missing or wrong bearer token (--token)",
-        404: "this server has no retrieval stage",
+        403: "routing changes need a server started with --token",
+        404: "this server has no retrieval stage (recommend, items) or no such variant",
+        409: "not possible now: promoting a shadow, or nothing to roll back",
         413: "body or candidate list over the limit (serving.max_body_bytes / max_candidates)",
         422: "the body does not match the schema; `error` gives the JSON path",
-        503: "overloaded (Retry-After) or no model loaded",
+        503: "overloaded (Retry-After), no model loaded, or the model returned non-finite "
+        "scores",
     }
     ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     return {str(c): {"description": reasons[c], "content": ref} for c in codes}
@@ -58,6 +62,12 @@ def _get(summary: str, ok: dict[str, Any], guarded: bool = True) -> dict[str, An
     return {"get": op}
 
 
+_VARIANT = {
+    "type": "string",
+    "description": "with several model variants (--variant): the one that answered",
+}
+
+
 def openapi_document(
     rank_body: type,
     tasks: list[str],
@@ -65,10 +75,12 @@ def openapi_document(
     retrieval: bool,
     token: bool,
     token_guards_health: bool,
+    variants: bool = False,
 ) -> dict[str, Any]:
     """rank_body: the served snapshot's request type (`RankRequestReader.body_type`); tasks:
     the model's score names; model: name and version for `info`."""
     types: list[type] = [rank_body] + ([RecommendBody, ItemsBody] if retrieval else [])
+    types += [PromoteBody] if variants else []
     _, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"
     )
@@ -85,6 +97,7 @@ def openapi_document(
                 "model_version": {"type": "string"},
                 "scores": scores,
                 "request_id": {"type": "string"},
+                "variant": _VARIANT,
             },
             "required": ["model_version", "scores", "request_id"],
         },
@@ -132,6 +145,18 @@ def openapi_document(
                         "scores": {"type": "array", "items": {"type": "number"}},
                         "retrieved": {"type": "integer"},
                         "versions": {"type": "object"},
+                        "request_id": {"type": "string"},
+                        "scored_by": {
+                            "enum": ["retrieval", "preranking", "ranking"],
+                            "description": "the stage whose scores order the items (a "
+                            "compute level without ranking stops earlier)",
+                        },
+                        "level": {
+                            "type": "string",
+                            "description": "with compute allocation (--slo-ms): the level "
+                            "this request got, e.g. k1=1000,k2=100",
+                        },
+                        "variant": _VARIANT,
                         "debug": {
                             "type": "object",
                             "description": "with \"debug\": true — items per stage "
@@ -149,6 +174,26 @@ def openapi_document(
             _json({"type": "object"}, "how many were indexed"),
             (401, 404, 413, 422),
         )
+    if variants:
+        paths["/v1/variants"] = _get(
+            "Model variants: split, policy, health, clicks, shadow comparisons",
+            _json({"type": "object"}, "the variants"),
+        )
+        paths["/v1/variants/promote"] = _post(
+            "All traffic to one variant (the split before is kept for a rollback)",
+            "PromoteBody",
+            _json({"type": "object"}, "the new weights"),
+            (401, 403, 404, 409, 422),
+        )
+        paths["/v1/variants/rollback"] = {
+            "post": {
+                "summary": "Back to the split before the last promotion",
+                "responses": {
+                    "200": _json({"type": "object"}, "the restored weights"),
+                    **_errors(401, 403, 409),
+                },
+            }
+        }
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {

@@ -69,11 +69,16 @@ class PreRankStage:
         }
 
     def top(
-        self, user: dict[str, Any], items: list[int], catalog_rows: list[dict[str, Any]]
-    ) -> list[int]:
-        """The `keep` items of `items` (each with its catalog row) the pre-ranker scores
-        highest, best first. The user's features outside the model's context are ignored (the
-        retriever may read more than the pre-ranker does); a wrong type is a 422."""
+        self,
+        user: dict[str, Any],
+        items: list[int],
+        catalog_rows: list[dict[str, Any]],
+        keep: int | None = None,
+    ) -> tuple[list[int], np.ndarray]:
+        """The `keep` (default: the stage's) items of `items` (each with its catalog row) the
+        pre-ranker scores highest, best first, and their scores. The user's features outside
+        the model's context are ignored (the retriever may read more than the pre-ranker
+        does); a wrong type is a 422."""
         if not getattr(_thread, "configured", False):  # a fresh asyncio worker thread
             use_compute_threads(self.threads)
             _thread.configured = True
@@ -84,7 +89,7 @@ class PreRankStage:
             table = rows_table(context, rows, snap.kinds)  # a wrong type: RequestError (422)
             scores = snap.predict(table)[:, 0]
             self.recent_tables = [table.slice(0, min(table.num_rows, 256))]
-        keep = min(self.keep, len(items))
+        keep = min(keep or self.keep, len(items))
         best = np.argpartition(-scores, keep - 1)[:keep]
         best = best[np.argsort(-scores[best], kind="stable")]
-        return [items[i] for i in best]
+        return [items[i] for i in best], scores[best]

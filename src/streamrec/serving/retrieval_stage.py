@@ -8,6 +8,7 @@ score are returned. Retrieval itself (`streamrec.retrieval`) knows nothing of th
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +29,10 @@ class RecommendBody(msgspec.Struct, forbid_unknown_fields=True):
     k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     exclude: list[int] = []
     debug: bool = False  # add each stage's item count and seconds to the answer
+    value: Annotated[float, msgspec.Meta(ge=0)] | None = None  # compute allocation's value
+    request_id: str | None = None  # echoed; clicks on the answer name it (variants' bandit)
+
+
 
 
 class IndexedItem(msgspec.Struct):
@@ -58,15 +63,30 @@ class RecommendRequest:
     k: int
     exclude: set[int]
     debug: bool = False
+    value: float | None = None  # declared by the caller; else the server estimates it
+    request_id: str | None = None
 
     @classmethod
     def parse(cls, body: Any) -> RecommendRequest:
         checked = check_body(body, RecommendBody, "recommend")
-        return cls(checked.user, checked.k, set(checked.exclude), checked.debug)
+        return cls(
+            checked.user,
+            checked.k,
+            set(checked.exclude),
+            checked.debug,
+            checked.value,
+            checked.request_id,
+        )
+
+
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
 
 
 class RetrievalStage:
+    USER_VECTORS = 100_000  # distinct users' vectors kept (~130 B each at dim 32)
+
     def __init__(self, directory: Path) -> None:
+        self._vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()
         loaded = load_retrieval_model(directory)
         self.model = loaded.model
         self.schema = loaded.config.schema
@@ -96,9 +116,25 @@ class RetrievalStage:
             "path": str(self.path),
         }
 
-    @torch.inference_mode()
     def user_vector(self, user: dict[str, Any]) -> np.ndarray:
-        """float32 [1, dim]; RequestError (422) for an unknown feature or a wrong type."""
+        """float32 [1, dim]; RequestError (422) for an unknown feature or a wrong type.
+
+        Vectors are kept per distinct feature values (`USER_VECTORS` most recent): the user
+        tower is the largest per-request cost of retrieval (~1 ms: encoding one row is many
+        small Arrow and torch calls), and a returning user whose features have not changed
+        gets the same vector. The stage's model never changes while it serves, so an entry
+        never goes stale."""
+        key = _encode_sorted(user)
+        vector = self._vectors.pop(key, None)
+        if vector is None:
+            vector = self._user_vector(user)
+        self._vectors[key] = vector
+        if len(self._vectors) > self.USER_VECTORS:
+            self._vectors.popitem(last=False)
+        return vector
+
+    @torch.inference_mode()
+    def _user_vector(self, user: dict[str, Any]) -> np.ndarray:
         kinds = self.kinds
         for name in user:
             if name not in kinds:
@@ -108,14 +144,18 @@ class RetrievalStage:
         table = rows_table(user, [{}], kinds)
         return self.model.user_vectors(self.schema.encode(table, with_labels=False)).numpy()
 
-    def retrieve(self, request: RecommendRequest) -> list[int]:
-        """The ids of the nearest max(candidates, k) items, nearest first."""
-        ids, _ = self.retriever.search(
+    def retrieve(
+        self, request: RecommendRequest, n: int | None = None
+    ) -> tuple[list[int], np.ndarray]:
+        """The ids of the nearest max(n or retrieval.candidates, k) items, nearest first, and
+        their similarity scores (float32)."""
+        ids, scores = self.retriever.search(
             self.user_vector(request.user),
-            max(self.candidates, request.k),
+            max(n or self.candidates, request.k),
             exclude=[request.exclude],
         )
-        return [int(i) for i in ids[0] if i >= 0]
+        found = ids[0] >= 0
+        return [int(i) for i in ids[0][found]], scores[0][found]
 
     def item_rows(self, items: list[int], features: list[str]) -> list[dict[str, Any]]:
         """Each item's catalog values of `features` (those it has)."""

@@ -2,9 +2,10 @@
 
 It polls GET /v1/status (JSON, under --token like every data endpoint) every two seconds and
 draws tiles (versions, freshness, QPS, latency, cache, degraded state, last reload, training
-health) and an SVG chart of the last ten minutes' latency p50/p99 and QPS. No CDN, no build
-step: it works offline. With --token it asks for the token once (kept in the tab's
-sessionStorage, shared with /docs); `/#token=…` hands it over without a prompt.
+health, compute allocation's λ and level mix, model variants) and an SVG chart of the last
+ten minutes' latency p50/p99 and QPS. No CDN, no build step: it works offline. With --token
+it asks for the token once (kept in the tab's sessionStorage, shared with /docs);
+`/#token=…` hands it over without a prompt.
 """
 
 STATUS_PAGE = """<!doctype html>
@@ -34,6 +35,8 @@ vertical-align:middle;margin-right:.3em}
 <span><i class="sw" style="background:#999"></i>requests/s (right scale)</span>
 <span id="chart-range"></span></div>
 <h3>Degraded</h3><div id="degraded">—</div>
+<h3>Compute levels of /v1/recommend (with --slo-ms)</h3><div id="allocation">—</div>
+<h3>Model variants (with --variant)</h3><table id="variants"></table>
 <h3>Training health (from the last delta)</h3><div id="health">—</div>
 <h3>Last reload</h3><div id="reload">—</div>
 <h3>Responses by status</h3><table id="responses"></table>
@@ -115,6 +118,32 @@ function show(s){
   tiles.appendChild(tile('deltas applied · quarantined',
     s.deltas.applied+' · '+s.deltas.quarantined,s.deltas.quarantined?'bad':''));
   tiles.appendChild(tile('uptime',fmt(s.uptime_s/60,' min',1)));
+  var a=s.compute_allocation;
+  if(a){
+    tiles.appendChild(tile('compute price λ',fmt(a.lambda,'',2)+(a.saturated?' (saturated)':''),
+      a.lambda>0?'bad':'ok'));
+    tiles.appendChild(tile('arrivals · capacity',
+      fmt(a.arrival_qps,'',0)+' · '+fmt(a.capacity_qps,' /s',0)));
+    tiles.appendChild(tile('recommend p99 + lag · target',
+      fmt(a.observed_ms,'',1)+' · '+fmt(a.setpoint_ms,' ms',0)));
+  }
+  list('allocation',a?a.levels:[],function(l){return l.name+': '+
+    fmt(100*l.recent_share,' %',0)+' of the last 10 s ('+l.requests+' since start)'});
+  var vt=document.getElementById('variants'); vt.textContent='';
+  if(s.variants){
+    var vh=document.createElement('tr');
+    vh.innerHTML='<th>variant</th><th>version</th><th>role</th><th>share</th><th>served</th>'+
+      '<th>clicks</th><th>failures</th><th>state</th>';
+    vt.appendChild(vh);
+    s.variants.variants.forEach(function(v){var tr=document.createElement('tr');
+      var st=v.role==='shadow'?('mean |Δscore| '+fmt(v.shadow_mean_abs_diff,'',4)):
+        (v.in_rotation?'in rotation':'OUT: '+v.out_reason);
+      [v.name,v.version,v.role,fmt(100*v.share,' %',1),v.served,v.clicks,v.failures,st]
+        .forEach(function(x){var td=document.createElement('td'); td.textContent=x;
+          tr.appendChild(td);});
+      if(!v.in_rotation&&v.role!=='shadow') tr.className='bad';
+      vt.appendChild(tr);});
+  }
   chart(s.traffic.series);
   list('degraded',s.degraded,function(x){return x});
   list('health',s.training_health,function(h){return h.rule+': '+h.message});

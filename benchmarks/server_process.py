@@ -1,0 +1,29 @@
+"""`streamrec serve` as a child process for the benchmarks that load it over HTTP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def start_server(model: Path, port: int, *extra: str) -> subprocess.Popen:
+    """Serve `model` on 127.0.0.1:`port` with the prediction cache off (every row computed)
+    and `extra` flags; returns once /readyz answers 200."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamrec", "serve", str(model), "--port", str(port),
+         "--cache-bytes", "0", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"streamrec serve {model} did not start")
