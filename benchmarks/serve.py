@@ -21,8 +21,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,6 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from server_process import start_server
 
 from streamrec.config import load_config
 from streamrec.models.persistence import load_model, save_model
@@ -39,32 +38,6 @@ from streamrec.train.delta_export import DeltaExporter
 from streamrec.train.job import run_training
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def start_server(run: Path, port: int, *extra: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamrec",
-            "serve",
-            str(run),
-            "--port",
-            str(port),
-            "--cache-bytes",
-            "0",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError("server did not start")
 
 
 def rss_bytes(pid: int) -> int:

@@ -94,9 +94,10 @@ def solve_lambda(
 
 class UserActivity:
     """Each user's exponentially decayed request count (half-life `half_life_s`), for the
-    `max_users` most recently seen users (least recently seen forgotten first)."""
+    `max_users` most recently seen users (least recently seen forgotten first; ~150 bytes
+    each)."""
 
-    def __init__(self, half_life_s: float = 3600.0, max_users: int = 1_000_000) -> None:
+    def __init__(self, half_life_s: float = 3600.0, max_users: int = 200_000) -> None:
         self.rate = math.log(2) / half_life_s
         self.max_users = max_users
         self._counts: OrderedDict[object, tuple[float, float]] = OrderedDict()
