@@ -329,6 +329,21 @@ class ComputeAllocationConfig(_Strict):
         3600.0, gt=0, description="a user's activity (their request value) halves this fast"
     )
 
+    @model_validator(mode="after")
+    def _first_level_is_the_fullest(self) -> ComputeAllocationConfig:
+        """Costs and gains are read next to the first level, and "every request gets the first
+        level" is what a budget of its cost means: it must be the most expensive one."""
+        costs = [lv.cost for lv in self.levels]
+        if max(costs) > costs[0]:
+            raise ValueError(
+                f"levels go from the most work to the least: the first costs {costs[0]}, "
+                f"a later one {max(costs)}"
+            )
+        names = [(lv.k1, lv.k2, lv.preranked) for lv in self.levels]
+        if len(set(names)) != len(names):
+            raise ValueError("two levels have the same k1, k2 and preranked")
+        return self
+
 
 class ServingConfig(_Strict):
     context_features: list[str] = Field(

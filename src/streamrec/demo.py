@@ -42,9 +42,10 @@ def cascade_recall(
     k: int = 50,
     users: int | None = 300,
 ) -> dict[str, Any]:
-    """recall@k over `users` test users (every 3rd…, a fixed sample; None: all) of: the
-    retriever's top k; ranking all k1 it retrieves (two stages); the pre-ranker's best k2 of
-    them, ranked (three stages) — through the server's own stages, in process.
+    """recall@k over `users` test users (evenly spaced by user id, the same each run; None:
+    all) of: the retriever's top k; ranking all k1 it retrieves (two stages); the
+    pre-ranker's best k2 of them, ranked (three stages) — through the server's own stages,
+    in process.
     (benchmarks/cascade.py measures the same over every test user, with compute.)"""
     import pyarrow as pa
 

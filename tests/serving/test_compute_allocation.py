@@ -163,6 +163,12 @@ def test_levels_are_checked_when_the_config_is_read():
         ComputeLevelConfig(k1=50, k2=100, gain=1.0, cost=1.0)
     with pytest.raises(ValidationError):
         ComputeAllocationConfig(levels=[])
+    cheap_first = [{"k1": 100, "k2": 0, "gain": 0.1, "cost": 0.2},
+                   {"k1": 1000, "k2": 100, "gain": 1.0, "cost": 1.0}]
+    with pytest.raises(ValidationError, match="from the most work to the least"):
+        ComputeAllocationConfig(levels=cheap_first)
+    with pytest.raises(ValidationError, match="same k1, k2"):
+        ComputeAllocationConfig(levels=[cheap_first[1], cheap_first[1]])
 
 
 # ---- through HTTP: `streamrec serve --allocation FILE` ----
