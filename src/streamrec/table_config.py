@@ -12,6 +12,48 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+_UNITS = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def parse_bytes(value: int | str) -> int:
+    """4294967296, "4GiB", "512 MiB", "1.5GB" → bytes."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    number = text.rstrip("KMGTiB ").strip()
+    unit = text[len(number):].strip()
+    if unit not in _UNITS:
+        units = list(_UNITS)[2:]
+        raise ValueError(f"{value!r}: unknown unit {unit!r}; use bytes or one of {units}")
+    try:
+        return int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise ValueError(f"{value!r} is not a size like 4GiB or 512MiB") from None
+
+
+class StorageConfig(BaseModel):
+    """Where a table keeps the rows its memory budget has no room for (`TieredTable`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory_budget: int = Field(
+        description="bytes of DRAM this table's rows may use (weights, optimizer state, "
+        "metadata, hash map): an int or a size like 4GiB, 512MiB; rows beyond it live on disk",
+    )
+    path: str = Field(
+        description="directory of the table's disk tier (one RocksDB store per table under "
+        "it); a trainer and a server never share one",
+    )
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        size = parse_bytes(value)
+        if size < 1 << 16:
+            raise ValueError(f"memory_budget {value!r} is under 64 KiB; give at least 64KiB")
+        return size
+
 
 class TableConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -64,6 +106,12 @@ class TableConfig(BaseModel):
         description="storage layout: the id hash map is split into 2^shard_bits shards",
     )
 
+    storage: StorageConfig | None = Field(
+        None,
+        description="keep the table within a DRAM budget, with the other rows on disk: "
+        "{memory_budget: 4GiB, path: DIR} (see README, 'Tables larger than memory')",
+    )
+
     @field_validator("chunk_rows")
     @classmethod
     def _power_of_two(cls, value: int) -> int:
@@ -75,6 +123,12 @@ class TableConfig(BaseModel):
     def _one_admission_rule(self) -> TableConfig:
         if self.admit_min_count is not None and self.admit_probability is not None:
             raise ValueError("choose admit_min_count or admit_probability, not both")
+        if self.storage is not None and self.capacity is not None:
+            raise ValueError(
+                "capacity and storage both bound a table: with storage, rows beyond the memory "
+                "budget move to disk instead of being dropped — remove capacity (use "
+                "ttl_seconds to drop stale ids)"
+            )
         return self
 
     def group_key(self) -> tuple[Any, ...]:

@@ -170,6 +170,24 @@ class EmbeddingCollection(nn.Module):
             for g in grads:
                 lookup.apply_gradients(g.handle, g.grad)
 
+    @property
+    def has_disk_tier(self) -> bool:
+        return any(t.has_disk_tier for t in self.tables.values())
+
+    def prefetch(self, batch: Batch) -> None:
+        """Start reading from disk, on the tiered tables' prefetch threads, the rows of
+        `batch`'s ids that DRAM does not hold (`TieredTable.prefetch`). A trainer calls it with
+        the next batch right after this batch's lookup, so the read overlaps the step."""
+        per_table: dict[str, list[np.ndarray]] = {}
+        for name, feature in self.features.items():
+            table = self.tables[feature.table_name]
+            if table.has_disk_tier and name in batch.sparse:
+                per_table.setdefault(feature.table_name, []).append(
+                    batch.sparse[name].values.cpu().numpy()
+                )
+        for table_name, parts in per_table.items():
+            self.tables[table_name].prefetch(np.concatenate(parts))
+
     def dim(self, feature: str) -> int:
         return self.tables[self.features[feature].table_name].dim
 

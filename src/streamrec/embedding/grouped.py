@@ -74,6 +74,7 @@ class TableGroup:
                     "tables in a group need one dim, optimizer, shard_bits and chunk_rows"
                 )
         self.tables = list(tables)
+        self.has_disk_tier = any(t.has_disk_tier for t in tables)
         self.dim = first.dim
         self._hp = np.stack([t.optimizer.hyperparameters() for t in tables])
         self._layout_clock = -1
@@ -119,12 +120,17 @@ class TableGroup:
             now_s,
             insert,
         )
-        if insert:
+        if self.has_disk_tier:  # hit-rate denominators: distinct ids per table
+            per_table = np.bincount(tabs, minlength=len(self.tables))
+            for i, table in enumerate(self.tables):
+                if table.has_disk_tier:
+                    table.ids_resolved += int(per_table[i])
+        if insert or self.has_disk_tier:
             missing = rows < 0
             if missing.any():
                 for i in np.unique(tabs[missing]):
                     at = np.flatnonzero(missing & (tabs == i))
-                    rows[at] = self.tables[i]._admit(ufids[at], counts[at], now_s)
+                    rows[at] = self.tables[i]._fill_misses(ufids[at], counts[at], now_s, insert)
         return Resolved(tabs, ufids, rows, inverse)
 
     def lookup(
@@ -137,7 +143,14 @@ class TableGroup:
         if not insert:
             self.ids_looked_up += resolved.inverse.shape[0]
             self.ids_unknown += int(np.count_nonzero(resolved.rows[resolved.inverse] < 0))
-        return self.gather(resolved), resolved.inverse, resolved
+        weights = self.gather(resolved)
+        if not insert and self.has_disk_tier:
+            # Serving and evaluation: rows read up from disk made DRAM a cache; bring it back
+            # to budget now that this batch's rows are copied out (no gradient will come).
+            for table in self.tables:
+                if table.has_disk_tier:
+                    table.trim()
+        return weights, resolved.inverse, resolved
 
     def flush(self) -> None:
         """Nothing is ever in flight: gradients are applied when the step hands them over."""

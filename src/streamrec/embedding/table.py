@@ -138,7 +138,12 @@ class DynamicTable:
         """
         fids = _as_fids(ids)
         if not insert:
-            return torch.from_numpy(self._weights.gather(self._map.find(fids)))
+            rows = self._map.find(fids)
+            if self.has_disk_tier and (rows < 0).any():
+                at = np.flatnonzero(rows < 0)
+                unique, inverse, counts = dedup(fids[at])
+                rows[at] = self._fill_misses(unique, counts, _seconds(now), False)[inverse]
+            return torch.from_numpy(self._weights.gather(rows))
         now_s = _seconds(now)
         rows = self._map.find(fids)  # parallel probe, then a parallel gather:
         out = self._weights.gather(rows)  # two passes beat one fused loop here (measured)
@@ -147,7 +152,7 @@ class DynamicTable:
         if misses:
             at = np.flatnonzero(rows < 0)
             unique, inverse, counts = dedup(fids[at])
-            new_rows = self._admit(unique, counts, now_s)[inverse]
+            new_rows = self._fill_misses(unique, counts, now_s, True)[inverse]
             out[at] = self._weights.gather(new_rows)
         return torch.from_numpy(out)
 
@@ -164,16 +169,31 @@ class DynamicTable:
         each) says how often each occurred, for admission and LFU counts."""
         fids = _as_fids(fids)
         rows = self._map.find(fids)
-        if not insert:
-            return rows
-        now_s = _seconds(now)
         counts = np.ones(fids.shape[0], np.int64) if counts is None else counts
+        now_s = _seconds(now)
+        if not insert:
+            if self.has_disk_tier and (rows < 0).any():
+                missing = np.flatnonzero(rows < 0)
+                rows[missing] = self._fill_misses(fids[missing], counts[missing], now_s, False)
+            return rows
         c, s = self._count, self._seen
         _touch(rows, counts, now_s, c.ptrs, s.ptrs, c.shift, c.mask)
         missing = np.flatnonzero(rows < 0)
         if missing.size:
-            rows[missing] = self._admit(fids[missing], counts[missing], now_s)
+            rows[missing] = self._fill_misses(fids[missing], counts[missing], now_s, True)
         return rows
+
+    # A table with rows below DRAM (`TieredTable`) finds its misses there first.
+    has_disk_tier = False
+
+    def _fill_misses(
+        self, fids: np.ndarray, counts: np.ndarray, now_s: int, insert: bool
+    ) -> np.ndarray:
+        """Rows for distinct fids the hash map did not hold → int64 [n] (−1: none). Here:
+        admission when training; a tiered table first brings stored rows up from disk."""
+        if not insert:
+            return np.full(fids.shape[0], -1, np.int64)
+        return self._admit(fids, counts, now_s)
 
     def _admit(self, fids: np.ndarray, counts: np.ndarray, now_s: int) -> np.ndarray:
         self.new_ids_seen += fids.shape[0]

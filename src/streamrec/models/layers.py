@@ -11,7 +11,7 @@ from torch import nn
 from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.embedding.collection import EmbeddingCollection
-from streamrec.embedding.table import DynamicTable
+from streamrec.embedding.tiered import build_table
 from streamrec.schema import Schema
 
 
@@ -77,7 +77,7 @@ class LinearTerm(nn.Module):
         own = {}
         for name, cfg in tables.items():
             linear = (settings or {}) | {"dim": 1, "init_scale": 0.0}
-            own[f"{name}@linear"] = DynamicTable.from_config(
+            own[f"{name}@linear"] = build_table(
                 TableConfig.model_validate(cfg.model_dump() | linear), name=f"{name}@linear"
             )
         self.ids = EmbeddingCollection(lin, own) if schema.embeddings else None

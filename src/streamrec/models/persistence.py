@@ -11,17 +11,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from streamrec.config import JobConfig, parse_config
+from streamrec.embedding.tiered import TieredTable, private_dir
 from streamrec.models.base import RankingModel
 from streamrec.models.registry import build_model
 from streamrec.schema import Schema
 from streamrec.store import read_manifest, read_tensors, write_model_dir
-from streamrec.store.model_dir import open_tensors
+from streamrec.store.model_dir import check_directory, open_tensors
+from streamrec.table_config import TableConfig
 
 
 @dataclass
@@ -32,13 +34,17 @@ class LoadedModel:
     path: Path
 
 
-def model_files(model: RankingModel) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
-    """(manifest fragment, tensor files) describing the model's dense part and tables."""
+def model_files(
+    model: RankingModel,
+) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """(manifest fragment, tensor files, directory writers) describing the model's dense part
+    and tables. A tiered table is its DRAM tier's tensors plus a folder `tables/NNN.disk`: a
+    checkpoint of its disk tier, hard-linked (`TieredTable.checkpoint_cold`)."""
     files: dict[str, dict[str, torch.Tensor]] = {"dense.safetensors": model.dense_state_dict()}
+    directories: dict[str, Any] = {}
     tables = {}
     for i, (name, table) in enumerate(sorted(model.dynamic_tables().items())):
         rel = f"tables/{i:03d}.safetensors"
-        files[rel] = table.state_dict()
         tables[name] = {
             "file": rel,
             "rows": len(table),
@@ -46,7 +52,13 @@ def model_files(model: RankingModel) -> tuple[dict[str, Any], dict[str, dict[str
             "version": table.version,
             "config": table.settings.model_dump(),
         }
-    return {"tables": tables}, files
+        if isinstance(table, TieredTable):
+            files[rel] = table.hot_state_dict()
+            tables[name]["disk_tier"] = directory = f"tables/{i:03d}.disk"
+            directories[directory] = table.checkpoint_cold
+        else:
+            files[rel] = table.state_dict()
+    return {"tables": tables}, files, directories
 
 
 def schema_kinds(schema: Schema) -> dict[str, str]:
@@ -73,7 +85,7 @@ def save_model(
     """Write a model directory. Its `input_kinds` (how every reader reads each input column)
     come from `extra_manifest`, else from the schema — a fitted schema declares every one;
     a schema that leaves some undeclared is refused rather than served with guessed types."""
-    fragment, files = model_files(model)
+    fragment, files, directories = model_files(model)
     manifest = {
         "created": time.time(),
         "model_version": int(time.time() * 1000),
@@ -85,14 +97,23 @@ def save_model(
     if not manifest.get("input_kinds"):
         manifest["input_kinds"] = schema_kinds(model.schema)
     files.update(extra_tensor_files or {})
-    return write_model_dir(path, manifest, files, extra_files)
+    return write_model_dir(path, manifest, files, extra_files, directories=directories)
 
 
-def load_model(path: str | Path, pause: Callable[[], None] | None = None) -> LoadedModel:
+def load_model(
+    path: str | Path,
+    pause: Callable[[], None] | None = None,
+    storage: Literal["private", "configured"] = "private",
+) -> LoadedModel:
     """Rebuild a saved model. `pause`, when given, is called between the steps of the load
     (after building the model, after the dense weights, after each table): a server loading
     a new version beside the served one sleeps there, so the load never holds the GIL long
-    enough for requests to queue up behind it."""
+    enough for requests to queue up behind it.
+
+    Tiered tables (`storage:` in their settings) get a working copy of their disk tier:
+    `private` (servers, evaluation, tools) in a fresh folder beside the model directory,
+    removed when the table is closed or collected — never the trainer's folder;
+    `configured` (a trainer resuming) in the folder the settings name."""
     from streamrec.store import find_model_dir
 
     step = pause or (lambda: None)
@@ -100,7 +121,10 @@ def load_model(path: str | Path, pause: Callable[[], None] | None = None) -> Loa
     manifest = read_manifest(directory)
     config = parse_config(manifest["config"], source=str(directory / "manifest.json"))
     config.schema_ = config.schema_.model_validate(manifest["schema"])
-    model = build_model(config.model, config.schema_, config.table_configs())
+    table_configs = config.table_configs()
+    if storage == "private" and any(c.storage for c in table_configs.values()):
+        table_configs = _private_storage(table_configs, private_dir(directory.parent))
+    model = build_model(config.model, config.schema_, table_configs)
     step()
     model.load_dense_state_dict(read_tensors(directory, "dense.safetensors", manifest))
     step()
@@ -108,10 +132,29 @@ def load_model(path: str | Path, pause: Callable[[], None] | None = None) -> Loa
     for name, entry in manifest["tables"].items():
         if name not in tables:
             raise ValueError(f"{directory}: the model has no table {name!r}")
-        tables[name].load_state_dict(open_tensors(directory, entry["file"], manifest))
+        hot = open_tensors(directory, entry["file"], manifest)
+        table = tables[name]
+        disk = entry.get("disk_tier")
+        if disk is not None:
+            if not isinstance(table, TieredTable):
+                raise ValueError(f"{directory}: table {name!r} has a disk tier but no storage")
+            table.load_tiered(hot, check_directory(directory, disk, manifest))
+        else:
+            table.load_state_dict(hot)
         step()
     model.eval()
     return LoadedModel(model, config, manifest, directory)
+
+
+def _private_storage(configs: dict[str, TableConfig], root: Path) -> dict[str, TableConfig]:
+    """The same settings with every tiered table's working folder under `root`."""
+    out = {}
+    for name, cfg in configs.items():
+        if cfg.storage is not None:
+            storage = cfg.storage.model_copy(update={"path": str(root)})
+            cfg = cfg.model_copy(update={"storage": storage})
+        out[name] = cfg
+    return out
 
 
 def export_for_serving(

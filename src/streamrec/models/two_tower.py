@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.embedding.collection import EmbeddingCollection
-from streamrec.embedding.table import DynamicTable
+from streamrec.embedding.tiered import build_table
 from streamrec.models.layers import MLP
 from streamrec.models.with_tables import WithTables
 from streamrec.schema import Schema
@@ -43,7 +43,7 @@ class TwoTower(WithTables):
         self.schema = schema
         self.user_features = list(user_features)
         self.item_features = list(item_features)
-        own = {name: DynamicTable.from_config(cfg, name=name) for name, cfg in tables.items()}
+        own = {name: build_table(cfg, name=name) for name, cfg in tables.items()}
         self.embeddings = EmbeddingCollection(schema, own)
         dim = lambda fs: sum(self.embeddings.dim(f) for f in fs)  # noqa: E731
         self.user_mlp = MLP(dim(self.user_features), hidden, out=out_dim)

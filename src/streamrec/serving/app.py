@@ -125,6 +125,11 @@ def create_app(
         looked_up, unknown = batcher.snapshot.take_id_counts()
         metrics.ids_looked_up.inc(looked_up)
         metrics.ids_unknown.inc(unknown)
+        for table, (resolved, misses, dram, disk) in batcher.snapshot.take_tier_counts().items():
+            metrics.tier_lookups.labels(table).inc(resolved)
+            metrics.tier_misses.labels(table).inc(misses)
+            metrics.tier_rows.labels(table, "dram").set(dram)
+            metrics.tier_rows.labels(table, "disk").set(disk)
 
     batcher = DynamicBatcher(
         snapshot,
@@ -214,7 +219,10 @@ def create_app(
             await state.allocator.stop()
         for v in others:
             v.batcher.stop()
+            v.batcher.snapshot.close()
         batcher.stop()
+        batcher.snapshot.close()  # tiered tables: their private disk copies go now (uvicorn
+        # re-raises SIGTERM after this, so nothing at interpreter exit would run)
 
     routes = [
         Route("/v1/rank", _endpoint(state, "rank", _rank), methods=["POST"]),

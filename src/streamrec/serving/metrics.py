@@ -90,6 +90,25 @@ class ServerMetrics:
             "unknown-id rate",
             registry=r,
         )
+        self.tier_lookups = Counter(
+            "streamrec_table_ids_resolved",
+            "tables larger than memory: distinct ids per batch looked up, by table",
+            ["table"],
+            registry=r,
+        )
+        self.tier_misses = Counter(
+            "streamrec_table_dram_misses",
+            "of those, ids DRAM did not hold (read from disk, or unknown): the DRAM hit rate "
+            "is 1 − rate(misses) / rate(ids_resolved)",
+            ["table"],
+            registry=r,
+        )
+        self.tier_rows = Gauge(
+            "streamrec_table_rows",
+            "tables larger than memory: rows held, by table and tier (dram, disk)",
+            ["table", "tier"],
+            registry=r,
+        )
         self.unavailable = Counter(
             "streamrec_unavailable",
             "503 answers by reason (overloaded: queue full; not_ready: no model serving)",

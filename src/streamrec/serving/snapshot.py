@@ -66,6 +66,24 @@ class Snapshot:
                     lookup.ids_looked_up = lookup.ids_unknown = 0  # type: ignore[attr-defined]
         return looked_up, unknown
 
+    def close(self) -> None:
+        """Release what outlives a request: tiered tables' disk tiers (their private working
+        copies are removed). The snapshot answers no more after this."""
+        for table in self.model.dynamic_tables().values():
+            if table.has_disk_tier:
+                table.close()
+
+    def take_tier_counts(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per tiered table: (distinct ids looked up, of those not in DRAM, rows in DRAM,
+        rows on disk), the first two since the last call. Call from the thread that
+        predicts."""
+        out = {}
+        for name, table in self.model.dynamic_tables().items():
+            if table.has_disk_tier:
+                out[name] = (table.ids_resolved, table.dram_misses, table.hot_rows, table.cold_rows)
+                table.ids_resolved = table.dram_misses = 0
+        return out
+
     def apply_delta(
         self,
         manifest: dict[str, Any],
@@ -84,15 +102,20 @@ class Snapshot:
                 table.delete(delta.deleted.numpy())
             if delta.fids.numel():
                 table.upsert(delta.fids.numpy(), delta.weights().numpy())
+            if table.has_disk_tier:
+                table.trim()  # upserted rows came up to DRAM; the budget holds
         if dense is not None:
             self.model.load_dense_state_dict(dense)
         self.delta_version = int(manifest["version"])
         self.delta_applied_at = time.time()
 
     def describe(self) -> dict[str, Any]:
-        tables = {
+        tables: dict[str, dict[str, Any]] = {
             name: {"rows": len(t), "dim": t.dim} for name, t in self.model.dynamic_tables().items()
         }
+        for name, t in self.model.dynamic_tables().items():
+            if t.has_disk_tier:
+                tables[name].update(dram_rows=t.hot_rows, disk_rows=t.cold_rows)
         return {
             "model_version": self.model_version,
             "delta_version": self.delta_version,

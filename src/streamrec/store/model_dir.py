@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +57,12 @@ def write_model_dir(
     tensor_files: dict[str, dict[str, torch.Tensor]],
     extra_files: dict[str, bytes] | None = None,
     kind: str = FORMAT,
+    directories: dict[str, Callable[[Path], dict[str, str]]] | None = None,
 ) -> Path:
     """Atomically (re)place `path` with a directory of these files and a checksummed manifest
-    (`kind` names the format: a model, or a delta)."""
+    (`kind` names the format: a model, or a delta). `directories` maps a folder name to a
+    writer that fills it (a tiered table's disk tier, hard-linked) and returns its files'
+    checksums, which the manifest lists as `folder/name`."""
     path = Path(path)
     tmp = temp_sibling(path)
     files: dict[str, str] = {}
@@ -69,7 +74,19 @@ def write_model_dir(
         for rel, data in (extra_files or {}).items():
             write_synced(tmp / rel, data)
             files[rel] = sha256(data)
+        sizes: dict[str, int] = {}
+        for rel, fill in (directories or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            for name, digest in fill(tmp / rel).items():
+                files[f"{rel}/{name}"] = digest
+                sizes[f"{rel}/{name}"] = (tmp / rel / name).stat().st_size
+            for f in (tmp / rel).iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            fsync_dir(tmp / rel)
         full = {"format": kind, "format_version": FORMAT_VERSION, **manifest, "files": files}
+        if sizes:
+            full["file_sizes"] = sizes
         check_manifest(full, f"{path / MANIFEST} (being written)")  # a writer's drift: loud
         text = json.dumps(_finite(full), indent=1, sort_keys=True, allow_nan=False)
         write_synced(tmp / MANIFEST, text.encode())
@@ -254,3 +271,36 @@ def verify(path: str | Path) -> dict[str, Any]:
     for rel in manifest.get("files", {}):
         read_file(path, rel, manifest)
     return manifest
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_directory(path: str | Path, rel: str, manifest: dict[str, Any]) -> Path:
+    """The folder `rel` of a model directory, after checking that it holds exactly the files
+    the manifest lists under it: small files by sha256, RocksDB's SST files by size (their
+    blocks carry checksums that RocksDB verifies on every read; hashing gigabytes at every
+    load would make a restart as slow as a copy). → the folder."""
+    base = Path(path)
+    folder = _member(base, rel)
+    listed = {k[len(rel) + 1 :]: v for k, v in manifest.get("files", {}).items()
+              if k.startswith(rel + "/")}
+    sizes = manifest.get("file_sizes", {})
+    if not folder.is_dir():
+        raise CorruptModelError(f"{folder}: missing (the manifest lists {len(listed)} files)")
+    present = {f.name for f in folder.iterdir()}
+    if set(listed) - present:
+        raise CorruptModelError(f"{folder}: missing {sorted(set(listed) - present)}")
+    for name, expected in listed.items():
+        f = folder / name
+        if name.endswith(".sst") and f"{rel}/{name}" in sizes:
+            if f.stat().st_size != sizes[f"{rel}/{name}"]:
+                raise CorruptModelError(f"{f}: size differs from the manifest — truncated?")
+        elif sha256_file(f) != expected:
+            raise CorruptModelError(f"{f}: checksum mismatch — the file is corrupt or truncated")
+    return folder

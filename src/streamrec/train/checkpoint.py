@@ -78,7 +78,7 @@ def load_checkpoint(
 ) -> tuple:
     """→ (model, config, optimizer, position). `optimizer_factory(model)` builds an optimizer
     of the right kind, whose state is then restored."""
-    loaded = load_model(path)
+    loaded = load_model(path, storage="configured")  # a resuming trainer owns its folders
     model = loaded.model
     optimizer = optimizer_factory(model)
     trainer = loaded.manifest.get("trainer")

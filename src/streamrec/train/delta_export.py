@@ -50,6 +50,9 @@ class DeltaExporter:
         existing = list_deltas(self.deltas_dir)
         self.version = existing[-1] if existing else 0
         self.table_versions = {name: t.version for name, t in model.dynamic_tables().items()}
+        for table in model.dynamic_tables().values():
+            if table.has_disk_tier:  # log rows that go to disk changed, for the next delta
+                table.track_changes = True
 
     def export(self, extra: dict[str, Any] | None = None, force_dense: bool = False) -> Path:
         return self.write(self.collect(), extra, force_dense)

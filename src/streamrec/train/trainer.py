@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,16 @@ class Trainer:
             return 1.0
         return min(1.0, (self.global_step + 1) / self.train_config.warmup_steps)
 
-    def train_step(self, batch: Batch) -> float:
+    def _tiered_collections(self) -> list[Any]:
+        """The model's embedding collections holding a tiered table (prefetch targets)."""
+        return [
+            m for m in self.model.modules()
+            if hasattr(m, "prefetch") and getattr(m, "has_disk_tier", False)
+        ]
+
+    def train_step(self, batch: Batch, upcoming: Batch | None = None) -> float:
+        """One step on `batch`. `upcoming`, the batch after it, lets tiered tables read its
+        rows from disk while this step computes."""
         batch = downsample_negatives(
             batch,
             self.train_config.negative_sampling_rate,
@@ -158,6 +167,9 @@ class Trainer:
                 enabled=self.train_config.precision == "bf16",
             ):
                 logits = self.forward_module(batch)
+            if upcoming is not None:
+                for collection in self._tiered_collections():
+                    collection.prefetch(upcoming)
         finally:
             if check:
                 self.health.unwatch(step)
@@ -288,7 +300,7 @@ class Trainer:
     def evict(self) -> int:
         evicted = 0
         for table in self.model.dynamic_tables().values():
-            if table.ttl_seconds is not None or table.capacity is not None:
+            if table.ttl_seconds is not None or table.capacity is not None or table.has_disk_tier:
                 evicted += int(table.evict(now=self._event_time).numel())
         self.rows_evicted += evicted
         return evicted
@@ -307,11 +319,12 @@ class Trainer:
             dynamic_ncols=True,
         )
         start = time.perf_counter()
-        for i, batch in enumerate(batches):
+        tiered = self._tiered_collections()
+        for i, (batch, upcoming) in enumerate(_with_next(batches, bool(tiered))):
             if i < skip:
                 continue
             t0 = time.perf_counter()
-            loss = self.train_step(batch)
+            loss = self.train_step(batch, upcoming)
             self.train_seconds += time.perf_counter() - t0
             self.step_in_epoch = i + 1
             every = self.train_config.checkpoint_every_steps
@@ -548,3 +561,19 @@ class Trainer:
     def _flush_metrics(self) -> None:
         if self.run_metrics is not None:
             self.run_metrics.flush()
+
+
+def _with_next(batches: Iterable[Batch], lookahead: bool) -> Iterator[tuple[Batch, Batch | None]]:
+    """(batch, the batch after it or None); without `lookahead`, (batch, None) — no batch is
+    read before its turn."""
+    if not lookahead:
+        for batch in batches:
+            yield batch, None
+        return
+    previous = None
+    for batch in batches:
+        if previous is not None:
+            yield previous, batch
+        previous = batch
+    if previous is not None:
+        yield previous, None
