@@ -108,7 +108,7 @@ class OwnLog:
         from streamrec.embedding.hashmap import ShardedMap
 
         path.mkdir()
-        self.file = open(path / "rows.log", "w+b")  # noqa: SIM115 - closed in close()
+        self.file = open(path / "rows.log", "w+b")
         self.index = ShardedMap(12)
         self.n = 0
 
@@ -183,7 +183,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{'store':28} {'write rows/s':>13} {'read rows/s':>12} {'disk B/row':>11} {'mem B/row':>10}")
+    header = ("write rows/s", "read rows/s", "disk B/row", "mem B/row")
+    print(f"{'store':28} {header[0]:>13} {header[1]:>12} {header[2]:>11} {header[3]:>10}")
     for r in results:
         print(
             f"{r['store']:28} {r['write_rows_per_s']:13,.0f} {r['read_rows_per_s']:12,.0f} "

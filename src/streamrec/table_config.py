@@ -46,6 +46,13 @@ class StorageConfig(BaseModel):
         "it); a trainer and a server never share one",
     )
 
+    prefetch: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="read the next batch's disk rows on a background thread while a step "
+        "computes; auto: on with 4 or more CPU cores (on 2 cores the thread slows the step "
+        "more than the reads it hides: benchmarks/RESULTS.md)",
+    )
+
     @field_validator("memory_budget", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:

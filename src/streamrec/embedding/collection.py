@@ -174,19 +174,49 @@ class EmbeddingCollection(nn.Module):
     def has_disk_tier(self) -> bool:
         return any(t.has_disk_tier for t in self.tables.values())
 
+    @property
+    def prefetches(self) -> bool:
+        """Whether a trainer should call `prefetch` with each next batch (`storage.prefetch`
+        of some tiered table)."""
+        return any(t.has_disk_tier and t.prefetches for t in self.tables.values())
+
     def prefetch(self, batch: Batch) -> None:
         """Start reading from disk, on the tiered tables' prefetch threads, the rows of
         `batch`'s ids that DRAM does not hold (`TieredTable.prefetch`). A trainer calls it with
         the next batch right after this batch's lookup, so the read overlaps the step."""
-        per_table: dict[str, list[np.ndarray]] = {}
-        for name, feature in self.features.items():
-            table = self.tables[feature.table_name]
-            if table.has_disk_tier and name in batch.sparse:
-                per_table.setdefault(feature.table_name, []).append(
-                    batch.sparse[name].values.cpu().numpy()
-                )
-        for table_name, parts in per_table.items():
-            self.tables[table_name].prefetch(np.concatenate(parts))
+        for plan in self._plans:
+            tables = plan.lookup.tables
+            if not any(t.has_disk_tier for t in tables):
+                continue
+            _, fids, segments = self._group_ids(plan, batch)
+            if hasattr(plan.lookup, "prefetch"):
+                plan.lookup.prefetch(fids, segments)
+                continue
+            for i, table in enumerate(tables):  # a sharded group: each rank's own tables
+                if table.has_disk_tier:
+                    table.prefetch(fids[segments[i] : segments[i + 1]])
+
+    def wait_prefetch(self) -> None:
+        """Return once no prefetch thread reads the tables (before they change outside a
+        lookup: eviction, deltas)."""
+        for plan in self._plans:
+            if hasattr(plan.lookup, "wait_prefetch"):
+                plan.lookup.wait_prefetch()
+
+    def _group_ids(
+        self, plan: _GroupPlan, batch: Batch
+    ) -> tuple[list[Any], np.ndarray, np.ndarray]:
+        """(the group's features' id lists on the CPU, their fids table after table, the
+        table boundaries: table i's fids are fids[segments[i]:segments[i + 1]])."""
+        parts = [
+            batch.sparse[f].to("cpu") if batch.sparse[f].values.is_cuda else batch.sparse[f]
+            for f in plan.features
+        ]
+        fids = torch.cat([p.values for p in parts]).numpy()
+        sizes = np.bincount(plan.table_index, [p.values.shape[0] for p in parts])
+        segments = np.zeros(len(plan.lookup.tables) + 1, np.int64)
+        np.cumsum(sizes.astype(np.int64), out=segments[1:])
+        return parts, fids, segments
 
     def dim(self, feature: str) -> int:
         return self.tables[self.features[feature].table_name].dim
@@ -248,14 +278,7 @@ class EmbeddingCollection(nn.Module):
     def _forward_group(
         self, plan: _GroupPlan, batch: Batch, now: float | None, device: torch.device, out: Embedded
     ) -> None:
-        parts = [
-            batch.sparse[f].to("cpu") if batch.sparse[f].values.is_cuda else batch.sparse[f]
-            for f in plan.features
-        ]
-        fids = torch.cat([p.values for p in parts]).numpy()
-        sizes = np.bincount(plan.table_index, [p.values.shape[0] for p in parts])
-        segments = np.zeros(len(plan.lookup.tables) + 1, np.int64)
-        np.cumsum(sizes.astype(np.int64), out=segments[1:])  # table i: fids[seg[i]:seg[i + 1]]
+        parts, fids, segments = self._group_ids(plan, batch)
         weights, inverse_np, handle = plan.lookup.lookup(fids, segments, now, self.training)
         weights = weights.to(device)
         if self.training and torch.is_grad_enabled():

@@ -16,7 +16,9 @@ The kernels see each table's storage through its address arrays, stacked into [T
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -75,6 +77,8 @@ class TableGroup:
                 )
         self.tables = list(tables)
         self.has_disk_tier = any(t.has_disk_tier for t in tables)
+        self._prefetch_pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
         self.dim = first.dim
         self._hp = np.stack([t.optimizer.hyperparameters() for t in tables])
         self._layout_clock = -1
@@ -105,6 +109,7 @@ class TableGroup:
         """fids [n] laid out table after table: table i's ids are fids[segments[i]:segments[i+1]].
         With insert=True counts and last-seen are updated and misses go through admission."""
         now_s = _seconds(now)
+        self.wait_prefetch()
         lay = self.layout()
         first = self.tables[0]
         tabs, ufids, rows, counts, inverse = _dedup_resolve(
@@ -128,10 +133,42 @@ class TableGroup:
         if insert or self.has_disk_tier:
             missing = rows < 0
             if missing.any():
+                todo = []
                 for i in np.unique(tabs[missing]):
                     at = np.flatnonzero(missing & (tabs == i))
-                    rows[at] = self.tables[i]._fill_misses(ufids[at], counts[at], now_s, insert)
+                    todo.append((i, at, ufids[at]))
+                for i, _, wanted in todo:  # disk reads of all tables at once
+                    if self.tables[i].has_disk_tier:
+                        self.tables[i].begin_read(wanted)
+                for i, at, wanted in todo:
+                    rows[at] = self.tables[i]._fill_misses(wanted, counts[at], now_s, insert)
         return Resolved(tabs, ufids, rows, inverse)
+
+    def prefetch(self, fids: np.ndarray, segments: np.ndarray) -> None:
+        """Tiered tables: read from disk, on a background thread, the rows of these ids (laid
+        out as for `lookup`) that DRAM does not hold, while this step computes. The thread
+        only reads (it probes the hash maps and the disk tiers); `resolve` and `wait_prefetch`
+        wait for it before anything changes a map."""
+        tiered = [i for i, t in enumerate(self.tables) if t.has_disk_tier]
+        if not tiered:
+            return
+        self.wait_prefetch()
+        if self._prefetch_pool is None:
+            self._prefetch_pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        lay = self.layout()
+        job = self._prefetch_pool.submit(
+            _read_misses, fids, segments, lay["slots"], lay["caps"],
+            self.tables[0]._map.shard_bits, {i: self.tables[i].cold for i in tiered},
+        )
+        self._pending = job
+        for i in tiered:
+            self.tables[i].expect_prefetch(job, i)
+
+    def wait_prefetch(self) -> None:
+        """Return once no prefetch is reading the tables (before anything changes a map)."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
     def lookup(
         self, fids: np.ndarray, segments: np.ndarray, now: float | None, insert: bool
@@ -320,3 +357,28 @@ def _gather(tabs, rows, w_ptrs, shift, mask, dim, out):
             o = r & mask
             for j in range(dim):
                 out[i, j] = src[o, j]
+
+
+def _read_misses(fids, segments, slot_ptrs, caps, shard_bits, stores: dict[int, Any]) -> dict:
+    """The prefetch thread's work: per tiered table i, its distinct ids DRAM lacks and what
+    its disk tier holds for them → {i: (fids sorted [k], found [k], rows [k])}."""
+    out = {}
+    for i, store in stores.items():
+        missing = np.unique(_misses(fids, segments[i], segments[i + 1], slot_ptrs[i], caps[i],
+                                    shard_bits))
+        found, rows = store.get(missing)
+        out[i] = (missing, found, rows)
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _misses(fids, lo, hi, slot_ptrs, caps, shard_bits):
+    """fids[lo:hi] that the map does not hold (with repeats). Serial, without the GIL: it
+    runs beside the training step on the prefetch thread."""
+    out = np.empty(hi - lo, np.int64)
+    k = 0
+    for i in range(lo, hi):
+        if map_find(slot_ptrs, caps, shard_bits, fids[i]) < 0:
+            out[k] = fids[i]
+            k += 1
+    return out[:k]

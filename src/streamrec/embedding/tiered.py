@@ -6,7 +6,7 @@
     t.prefetch(next_ids)       # start reading the next batch's disk rows on another thread
 
 The hot tier is the DynamicTable itself (hash map + chunked rows), holding at most
-`budget_rows` rows after each `evict()`; the cold tier is a `ColdStore` (RocksDB). Every live id
+`budget_rows` rows after each `evict()`; the cold tier is a `RocksDBStore` (RocksDB). Every live id
 is in exactly one tier, and a row moves whole — weights, optimizer state, count, last-seen and
 row version — so the table behaves exactly as an in-memory one would (same rows, same optimizer
 state, same admission and expiry, same deltas): `tests/embedding/test_tiered.py` checks this
@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -43,8 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamrec.embedding.cold_store import ColdStore
 from streamrec.embedding.dedup import dedup
+from streamrec.embedding.rows import ChunkedRows
+from streamrec.embedding.storage import DiskStore, RocksDBStore
 from streamrec.embedding.table import DynamicTable, _release_kernel, _seconds
 from streamrec.store.model_dir import sha256_file
 from streamrec.table_config import TableConfig
@@ -54,6 +54,11 @@ from streamrec.table_config import TableConfig
 _ROW_OVERHEAD_BYTES = 39
 # `trim()` brings the hot tier to this share of its budget, so demotions come in batches.
 _TRIM_TO = 0.9
+# Reads of several tables' misses in one lookup run on these threads, side by side.
+_READERS = ThreadPoolExecutor(2, thread_name_prefix="disk-tier-read")
+# A hot row's `_on_disk` flag: no copy on disk; a stale copy (the hot row shadows it); a copy
+# equal to the hot row (a server's cache entry), which moving down need not rewrite.
+_NO_COPY, _STALE_COPY, _CLEAN_COPY = 0, 1, 2
 
 
 def build_table(settings: TableConfig, name: str = "table") -> DynamicTable:
@@ -83,7 +88,7 @@ class TieredTable(DynamicTable):
     def _open_cold(self, path: Path) -> None:
         private = (path.parent / _PRIVATE_MARK).exists()
         self.budget_rows = self.settings.storage.memory_budget // self.row_bytes()
-        self.cold = ColdStore(
+        self.cold = RocksDBStore(
             path, self.dim, self._state.width, expiry=self.ttl_seconds is not None, fresh=True
         )
         self._cold_rows = 0
@@ -95,19 +100,32 @@ class TieredTable(DynamicTable):
         self.dram_misses = 0  # … that DRAM did not hold …
         self.disk_hits = 0  # … and of those, the ones found on disk
         self._prefetch_pool = ThreadPoolExecutor(1, thread_name_prefix=f"prefetch-{self.name}")
-        self._prefetched: tuple[int, np.ndarray, Future] | None = None
+        self._prefetched: tuple[int, Future, int | None] | None = None
+        self._reading: tuple[np.ndarray, Future] | None = None
         self._cold_generation = 0  # bumped by every cold write: a prefetch older is stale
-        self._lock = threading.Lock()
+        self.serving = False  # set by a server: rows change only by upsert (see _promote)
+        self._on_disk = _flags(self._weights)
         self._finalizer = weakref.finalize(
             self, _close, self.cold, self._prefetch_pool, path if private else None
         )
+
+    @property
+    def prefetches(self) -> bool:
+        """Whether trainers should prefetch this table's next batch (`storage.prefetch`)."""
+        mode = self.settings.storage.prefetch
+        return mode == "on" or (mode == "auto" and (os.cpu_count() or 1) >= 4)
 
     def row_bytes(self) -> int:
         """DRAM bytes one hot row costs: weights, optimizer state, metadata and map slot."""
         return 4 * (self.dim + self._state.width) + _ROW_OVERHEAD_BYTES
 
+    def _reserve(self, rows: int) -> None:
+        super()._reserve(rows)
+        self._on_disk.reserve(rows)
+
     def close(self) -> None:
         """Close the disk tier (a private working copy is removed)."""
+        self._join_prefetch()
         self._finalizer()
 
     # ------------------------------------------------------------------ sizes
@@ -181,11 +199,23 @@ class TieredTable(DynamicTable):
             rows[hit] = pre_rows[pos[hit]]
             todo = np.flatnonzero(~hit)
         if todo.size:
-            f, r = self.cold.get(fids[todo])
+            reading, self._reading = self._reading, None
+            if reading is not None and reading[0] is fids and pre is None:
+                f, r = reading[1].result()  # started by `begin_read`
+            else:
+                f, r = self.cold.get(fids[todo])
             found[todo] = f
             rows[todo] = r
         self.disk_hits += int(found.sum())
         return found, rows
+
+    def begin_read(self, fids: np.ndarray) -> None:
+        """Start reading these missing fids from disk on the shared reader threads; the
+        `_fill_misses(fids, …)` that follows (same array) takes the result. A TableGroup starts
+        every table's read before filling any, so the reads of several tables overlap (the
+        store's reads run without the GIL: two cores read ~1.6× as fast as one)."""
+        if self._prefetched is None:
+            self._reading = (fids, _READERS.submit(self.cold.get, fids))
 
     def _promote(
         self, fids: np.ndarray, stored: np.ndarray, counts: np.ndarray | None, now_s: int
@@ -214,7 +244,10 @@ class TieredTable(DynamicTable):
         self._count.scatter(rows, count.astype(np.int32)[:, None])
         self._seen.scatter(rows, np.asarray(seen, np.uint32)[:, None])
         self._row_version.scatter(rows, stored["version"][:, None])
-        self.cold.delete(fids)  # a prefetch that read these stays valid: they are hot now
+        # The disk copy stays (deleting it cost a write per promotion) and is now stale: the
+        # hot row shadows it. A server's promoted rows stay equal to it until an upsert.
+        flag = _CLEAN_COPY if self.serving and counts is None else _STALE_COPY
+        self._on_disk.scatter(rows, np.full((n, 1), flag, np.int32))
         self._cold_rows -= n
         self.rows_promoted += n
         return rows
@@ -226,25 +259,35 @@ class TieredTable(DynamicTable):
         pipeline). Only reads: a write to the disk tier before they are used discards them."""
         unique = np.unique(np.asarray(fids, np.int64))
         wanted = unique[self._map.find(unique) < 0]
-        generation = self._cold_generation
-        future = self._prefetch_pool.submit(self.cold.get, wanted)
-        self._prefetched = (generation, wanted, future)
+        future = self._prefetch_pool.submit(lambda: (wanted, *self.cold.get(wanted)))
+        self._prefetched = (self._cold_generation, future, None)
+
+    def expect_prefetch(self, job: Future, index: int) -> None:
+        """A TableGroup's prefetch thread is reading this table's misses: `job`'s result
+        [index] is (fids sorted, found, rows). Nothing may change the hash map until it is
+        done (`_join_prefetch`)."""
+        self._prefetched = (self._cold_generation, job, index)
+
+    def _join_prefetch(self) -> None:
+        if self._prefetched is not None:
+            self._prefetched[1].result()
 
     def _take_prefetch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         pending, self._prefetched = self._prefetched, None
         if pending is None:
             return None
-        generation, wanted, future = pending
-        found, rows = future.result()
+        generation, future, index = pending
+        result = future.result()
         if generation != self._cold_generation:
             return None
-        return wanted, found, rows
+        return result if index is None else result[index]
 
     # ------------------------------------------------------------------ moving down
     def trim(self, target_rows: int | None = None) -> int:
         """Write the lowest-ranked hot rows down until at most `target_rows` (default 90% of
         the budget) stay in DRAM, when over budget. → rows demoted. Call only when no lookup's
         rows are waiting for gradients (trainers: after the optimizer step)."""
+        self._join_prefetch()
         if target_rows is None:
             if len(self._map) <= self.budget_rows:
                 return 0
@@ -263,6 +306,12 @@ class TieredTable(DynamicTable):
         return int(victims.size)
 
     def _demote(self, rows: np.ndarray) -> None:
+        fids = self._fid.gather(rows)[:, 0].copy()
+        clean = self._on_disk.gather(rows)[:, 0] == _CLEAN_COPY
+        if clean.any() and self.ttl_seconds is None:  # its disk copy is the row: no write
+            self._release(rows[clean], fids[clean])
+            self._cold_rows += int(clean.sum())
+            rows, fids = rows[~clean], fids[~clean]
         record = np.zeros(rows.shape[0], self.cold.dtype)
         record["weights"] = self._weights.gather(rows)
         if self._state.width:
@@ -270,7 +319,6 @@ class TieredTable(DynamicTable):
         record["count"] = self._count.gather(rows)[:, 0]
         record["seen"] = self._seen.gather(rows)[:, 0]
         record["version"] = self._row_version.gather(rows)[:, 0]
-        fids = self._fid.gather(rows)[:, 0].copy()
         self.cold.put(fids, record)  # on disk before it leaves DRAM: a kill loses nothing
         self._cold_generation += 1
         self._release(rows, fids)
@@ -281,6 +329,7 @@ class TieredTable(DynamicTable):
 
     def _release(self, rows: np.ndarray, fids: np.ndarray) -> None:
         """Free hot rows without logging a deletion (the ids live on, on disk)."""
+        self._on_disk.scatter(rows, np.zeros((rows.shape[0], 1), np.int32))
         top = int(self._alloc[1])
         if self._free.shape[0] < top + rows.size:
             grown = np.empty(max(2 * self._free.shape[0], top + rows.size), np.int64)
@@ -311,6 +360,7 @@ class TieredTable(DynamicTable):
             cutoff = _seconds(now) - int(self.ttl_seconds)
             expired_cold = self.cold.expired(max(cutoff, 0))
             ttl = self.ttl_seconds
+            expired_cold = expired_cold[self._map.find(expired_cold) < 0]  # hot: done above
             if expired_cold.size:
                 _, rows = self.cold.get(expired_cold)
                 expired_cold = expired_cold[_seconds(now) - rows["seen"].astype(np.int64) > ttl]
@@ -334,8 +384,24 @@ class TieredTable(DynamicTable):
     def upsert(self, fids: np.ndarray, weights: np.ndarray, now: float | None = None) -> None:
         """As DynamicTable.upsert; a row on disk is brought up first, so it keeps its
         optimizer state and counts. Serving calls `trim()` after."""
+        self._join_prefetch()
         self._bring_up(np.asarray(fids, np.int64), now)
         super().upsert(fids, weights, now)
+        rows = self._map.find(np.asarray(fids, np.int64))
+        flags = self._on_disk.gather(rows)[:, 0]
+        dirty = rows[flags == _CLEAN_COPY]
+        self._on_disk.scatter(dirty, np.full((dirty.size, 1), _STALE_COPY, np.int32))
+
+    def remove_rows(self, rows: np.ndarray) -> np.ndarray:
+        """As DynamicTable.remove_rows; a removed row's disk copy goes too."""
+        self._join_prefetch()
+        if rows.size:
+            shadowed = rows[self._on_disk.gather(rows)[:, 0] != 0]
+            if shadowed.size:
+                self.cold.delete(self._fid.gather(shadowed)[:, 0].copy())
+                self._on_disk.scatter(shadowed, np.zeros((shadowed.size, 1), np.int32))
+                self._cold_generation += 1
+        return super().remove_rows(rows)
 
     def delete(self, fids: np.ndarray) -> np.ndarray:
         self._bring_up(np.asarray(fids, np.int64), None)
@@ -356,7 +422,7 @@ class TieredTable(DynamicTable):
         fids, weights = super().changed_since(version)
         parts_f, parts_w = [fids.numpy()], [weights.numpy()]
         if version <= 0:
-            for f, rows in self.cold.scan():
+            for f, rows in self._scan_cold():
                 keep = rows["version"] > version
                 parts_f.append(f[keep])
                 parts_w.append(rows["weights"][keep])
@@ -365,7 +431,8 @@ class TieredTable(DynamicTable):
             if logged:
                 candidates = np.unique(np.concatenate(logged))
                 found, rows = self.cold.get(candidates)
-                keep = found & (rows["version"] > version)
+                hot = self._map.find(candidates) >= 0  # its disk copy is stale
+                keep = found & ~hot & (rows["version"] > version)
                 parts_f.append(candidates[keep])
                 parts_w.append(rows["weights"][keep])
         return (
@@ -378,8 +445,14 @@ class TieredTable(DynamicTable):
         self._demoted = [(v, f) for v, f in self._demoted if v > up_to_version]
 
     def live_fids(self) -> np.ndarray:
-        cold = [f for f, _ in self.cold.scan()]
+        cold = [f for f, _ in self._scan_cold()]
         return np.concatenate([super().live_fids(), *cold])
+
+    def _scan_cold(self):
+        """The disk tier's rows that no hot row shadows, in batches (fids, rows)."""
+        for f, rows in self.cold.scan():
+            own = self._map.find(f) < 0
+            yield f[own], rows[own]
 
     # ------------------------------------------------------------------ state
     def drop_optimizer_state(self) -> None:
@@ -393,6 +466,7 @@ class TieredTable(DynamicTable):
         `checkpoint_cold` it is the whole table."""
         state = super().state_dict()
         state["cold_rows"] = torch.tensor([self._cold_rows])
+        state["on_disk"] = torch.from_numpy(self._on_disk.to_array(int(self._alloc[0]))[:, 0])
         return state
 
     def checkpoint_cold(self, target: str | Path) -> dict[str, str]:
@@ -419,7 +493,7 @@ class TieredTable(DynamicTable):
         for small tables and tools; checkpoints use `hot_state_dict` + `checkpoint_cold`)."""
         state = super().state_dict()
         cold_f, cold_r = [], []
-        for f, rows in self.cold.scan():
+        for f, rows in self._scan_cold():
             cold_f.append(f)
             cold_r.append(rows)
         if not cold_f:
@@ -449,33 +523,39 @@ class TieredTable(DynamicTable):
         """From a whole-table state (`state_dict()` of a tiered or in-memory table): the
         disk tier is emptied, every row loaded into DRAM, then `trim()` writes the excess
         down. From a `hot_state_dict`, use `load_tiered`."""
-        if "cold_rows" in _keys(state):
+        if "on_disk" in _keys(state):
             raise ValueError(
                 f"table {self.name!r}: this state holds only the DRAM tier; load it with its "
                 "disk tier (`load_tiered`, which `load_model` calls)"
             )
+        self._join_prefetch()
         self._empty_cold()
         super().load_state_dict(state)
+        self._on_disk = _flags(self._weights)  # sized for the loaded rows: all hot, no copies
         self.trim()
 
     def load_tiered(self, hot_state: Any, cold_checkpoint: str | Path) -> None:
         """Restore a checkpoint: the DRAM tier from `hot_state`, and the disk tier as a
         working copy of `cold_checkpoint` (hard links; the checkpoint is never written)."""
+        self._join_prefetch()
         expected = int(hot_state["cold_rows"].tolist()[0])
+        on_disk = hot_state["on_disk"].numpy().astype(np.int32)
         if hasattr(hot_state, "slice"):  # a lazily read file: keep reading it lazily
-            state: Any = _Without(hot_state, "cold_rows")
+            state: Any = _Without(hot_state, ("cold_rows", "on_disk"))
         else:
-            state = {k: v for k, v in hot_state.items() if k != "cold_rows"}
+            state = {k: v for k, v in hot_state.items() if k not in ("cold_rows", "on_disk")}
         path = self.cold.path
         self.cold.close()
-        ColdStore.materialise(cold_checkpoint, path)
-        self.cold = ColdStore(
+        RocksDBStore.materialise(cold_checkpoint, path)
+        self.cold = RocksDBStore(
             path, self.dim, self._state.width, expiry=self.ttl_seconds is not None
         )
         self._finalizer.detach()
         private = path if (path.parent / _PRIVATE_MARK).exists() else None
         self._finalizer = weakref.finalize(self, _close, self.cold, self._prefetch_pool, private)
         DynamicTable.load_state_dict(self, state)
+        self._on_disk = _flags(self._weights)
+        self._on_disk.scatter(np.arange(on_disk.shape[0]), on_disk[:, None])
         self._cold_rows = expected
         self._demoted = []
         self._cold_generation += 1
@@ -484,6 +564,7 @@ class TieredTable(DynamicTable):
         fids = [f for f, _ in self.cold.scan()]
         if fids:
             self.cold.delete(np.concatenate(fids))
+        self._on_disk = _flags(self._weights)
         self._cold_rows = 0
         self._demoted = []
         self._cold_generation += 1
@@ -492,7 +573,7 @@ class TieredTable(DynamicTable):
 class _Without:
     """A lazily read tensor file seen without one of its names."""
 
-    def __init__(self, inner: Any, hidden: str) -> None:
+    def __init__(self, inner: Any, hidden: tuple[str, ...]) -> None:
         self._inner, self._hidden = inner, hidden
 
     def __getitem__(self, name: str) -> Any:
@@ -505,11 +586,18 @@ class _Without:
         return self._inner.slice(name, lo, hi)
 
 
+def _flags(weights: ChunkedRows) -> ChunkedRows:
+    """A zeroed `_on_disk` column with room for every row `weights` has room for."""
+    flags = ChunkedRows(1, np.int32, weights.chunk_rows)
+    flags.reserve(max(1, weights.capacity))
+    return flags
+
+
 def _keys(state: Any) -> list[str]:
     return list(state.keys()) if hasattr(state, "keys") else list(state.names())
 
 
-def _close(cold: ColdStore, pool: ThreadPoolExecutor, private: Path | None) -> None:
+def _close(cold: DiskStore, pool: ThreadPoolExecutor, private: Path | None) -> None:
     pool.shutdown(wait=True)
     cold.close()
     if private is not None:

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from streamrec.batch import Batch
-from streamrec.config import JobConfig
+from streamrec.config import JobConfig, TableConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.embedding.reshard import load_resharded_tables
 from streamrec.embedding.sharded import shard_tables
@@ -218,6 +218,7 @@ def run_distributed_training(
     timeout = dist_timeout()
     init_process_group(timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
+    config = storage_for_rank(config, rank)
     run = RunDir(out)
     try:
         if rank == 0:
@@ -277,6 +278,27 @@ def run_distributed_training(
     finally:
         run.release()
         dist.destroy_process_group()
+
+
+def storage_for_rank(config: JobConfig, rank: int) -> JobConfig:
+    """Tiered tables (`storage:`) get a folder per rank, `path/rank-NNN`: each rank's shard
+    is its own disk tier, and two ranks on one machine must not open one store."""
+    def own(table: TableConfig) -> TableConfig:
+        if table.storage is None:
+            return table
+        path = str(Path(table.storage.path) / f"rank-{rank:03d}")
+        storage = table.storage.model_copy(update={"path": path})
+        return table.model_copy(update={"storage": storage})
+
+    tables = [config.default_table, *config.tables.values()]
+    if all(t.storage is None for t in tables):
+        return config
+    return config.model_copy(
+        update={
+            "default_table": own(config.default_table),
+            "tables": {name: own(t) for name, t in config.tables.items()},
+        }
+    )
 
 
 def sharded_checkpoint_start(step_dir: Path, rank: int, world: int, config: JobConfig) -> Start:

@@ -298,6 +298,8 @@ class Trainer:
         return norm
 
     def evict(self) -> int:
+        for collection in self._tiered_collections():
+            collection.wait_prefetch()
         evicted = 0
         for table in self.model.dynamic_tables().values():
             if table.ttl_seconds is not None or table.capacity is not None or table.has_disk_tier:
@@ -319,8 +321,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         start = time.perf_counter()
-        tiered = self._tiered_collections()
-        for i, (batch, upcoming) in enumerate(_with_next(batches, bool(tiered))):
+        ahead = any(c.prefetches for c in self._tiered_collections())
+        for i, (batch, upcoming) in enumerate(_with_next(batches, ahead)):
             if i < skip:
                 continue
             t0 = time.perf_counter()

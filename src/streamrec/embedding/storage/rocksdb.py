@@ -1,4 +1,4 @@
-"""ColdStore: the on-disk tier of a `TieredTable` — fid → one packed row, in RocksDB.
+"""RocksDBStore: the disk tier of a `TieredTable` — fid → one packed row, in RocksDB.
 
 Why RocksDB (`benchmarks/cold_store.py`, docs/architecture.md): of the three stores measured on
 this box for 76-byte rows, RocksDB keeps ~90 bytes on disk per row and no memory per row;
@@ -56,8 +56,33 @@ def _expiry_keys(seen: np.ndarray, fids: np.ndarray) -> list[bytes]:
     return packed.view("V12").tolist()
 
 
+# RocksDB's memory, shared by every store of the process (26 tables are 26 stores): one block
+# cache (data blocks, index and bloom filters) and one cap on memtables. Both are bounded, so a
+# tiered model's memory is its tables' budgets plus these, whatever the size of the disk tier.
+BLOCK_CACHE_BYTES = 256 << 20
+MEMTABLE_BYTES = 256 << 20
+_shared: dict[str, object] = {}
+
+
+def _memory() -> tuple[rocksdict.Cache, rocksdict.WriteBufferManager]:
+    if not _shared:
+        _shared["cache"] = rocksdict.Cache(BLOCK_CACHE_BYTES)
+        _shared["memtables"] = rocksdict.WriteBufferManager(MEMTABLE_BYTES, False)
+    return _shared["cache"], _shared["memtables"]  # type: ignore[return-value]
+
+
 def _options(create: bool) -> rocksdict.Options:
+    cache, memtables = _memory()
+    table = rocksdict.BlockBasedOptions()
+    table.set_block_cache(cache)
+    table.set_bloom_filter(10, False)  # ~1% false positives: a new id rarely costs a disk read
+    table.set_cache_index_and_filter_blocks(True)  # their memory counts in the cache's bound
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     opts = rocksdict.Options(raw_mode=True)
+    opts.set_block_based_table_factory(table)
+    opts.set_write_buffer_manager(memtables)
+    opts.set_write_buffer_size(32 << 20)
+    opts.set_max_write_buffer_number(2)
     opts.create_if_missing(create)
     opts.create_missing_column_families(True)
     # Embeddings are noise to a compressor; metadata is 16 of 84 bytes. Measured: LZ4 saved
@@ -69,7 +94,7 @@ def _options(create: bool) -> rocksdict.Options:
     return opts
 
 
-class ColdStore:
+class RocksDBStore:
     """fid-keyed packed rows on disk (see the module docstring). Not thread-safe for writes;
     `get` may run on a prefetch thread while nothing writes."""
 
@@ -91,6 +116,11 @@ class ColdStore:
             self._db = self._open()
         self._expiry = self._db.get_column_family("expiry") if expiry else None
         self._missing = bytes(self.row_bytes)  # count 0: "not stored"
+        # No write-ahead log: the working folder is scratch — after a crash a table restarts
+        # from its last checkpoint, which `checkpoint` makes consistent by flushing first.
+        self._write = rocksdict.WriteOptions()
+        self._write.disable_wal = True
+        self._write.memtable_insert_hint_per_batch = True
 
     def _open(self) -> rocksdict.Rdict:
         columns = {"expiry": _options(True)} if self.expiry else None
@@ -109,32 +139,39 @@ class ColdStore:
         """fids int64 [n] → (found bool [n], rows `row_dtype` [n]; zeros where not found)."""
         if fids.shape[0] == 0:
             return np.zeros(0, bool), np.zeros(0, self.dtype)
-        got = self._db.get(fid_keys(fids), default=self._missing)
-        rows = np.frombuffer(b"".join(got), self.dtype)
+        order = np.argsort(fids.view(np.uint64))  # sorted keys: ~2× faster (measured)
+        got = self._db.get(fid_keys(fids[order]), default=self._missing)
+        rows = np.empty(fids.shape[0], self.dtype)
+        rows[order] = np.frombuffer(b"".join(got), self.dtype)
         return rows["count"] != 0, rows
 
     def put(self, fids: np.ndarray, rows: np.ndarray) -> None:
         """Write (insert or replace) rows `row_dtype` [n] under fids [n] in one atomic batch."""
         if fids.shape[0] == 0:
             return
+        # In key order: a memtable takes sorted keys ~17× faster than random ones (measured,
+        # 600k rows: 0.08 s vs 1.4 s).
+        order = np.argsort(fids.view(np.uint64), kind="stable")
+        fids, rows = fids[order], rows[order]
         batch = rocksdict.WriteBatch(raw_mode=True)
         values = np.ascontiguousarray(rows, self.dtype).view(f"V{self.row_bytes}").tolist()
         for key, value in zip(fid_keys(fids), values, strict=True):
             batch.put(key, value)
         if self._expiry is not None:
             batch.set_default_column_family(self._db.get_column_family_handle("expiry"))
-            for key in _expiry_keys(rows["seen"], fids):
+            by_time = np.lexsort((fids.view(np.uint64), rows["seen"]))
+            for key in _expiry_keys(rows["seen"][by_time], fids[by_time]):
                 batch.put(key, b"")
-        self._db.write(batch)
+        self._db.write(batch, self._write)
 
     def delete(self, fids: np.ndarray) -> None:
         """Remove these fids (absent ones are ignored); their expiry entries go stale."""
         if fids.shape[0] == 0:
             return
         batch = rocksdict.WriteBatch(raw_mode=True)
-        for key in fid_keys(fids):
+        for key in fid_keys(np.sort(fids.view(np.uint64)).view(np.int64)):
             batch.delete(key)
-        self._db.write(batch)
+        self._db.write(batch, self._write)
 
     def expired(self, before: int) -> np.ndarray:
         """Fids whose stored row was last seen before `before` (event seconds), and drop the
