@@ -96,7 +96,7 @@ def tiered_tables(vocab: list[int], budget_bytes: int, path: Path) -> dict:
 
 
 def fill(
-    model, gen: SyntheticCriteo, now: float, chunk: int = 1 << 20, progress: bool = False
+    model, gen: SyntheticCriteo, now: float, chunk: int = 1 << 18, progress: bool = False
 ) -> float:
     """Give every id of the vocabulary a row (tiered tables write the excess down as they
     go) → seconds taken."""
@@ -164,7 +164,7 @@ def run_ratio(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="scale_ratio_", dir=args.workdir))
     models = []
     try:
-        row_bytes = 4 * (DIM + 1) + 39
+        row_bytes = 4 * (DIM + 1) + 52
         budget = int(args.budget_share * sum(vocab) * row_bytes)
         plain_cfg = dlrm_config()
         tiered_cfg = dlrm_config(tiered_tables(vocab, budget, work / "tiers"))

@@ -33,12 +33,16 @@ def _streamrec(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_two_ranks_match_one_process_and_the_merged_model_evaluates_alike(tmp_path, data_dir):
+    """The two ranks keep their shards in tiered tables (a 64 KiB DRAM budget per table, the
+    rest on disk, one folder per rank): sharding and tiering compose."""
     single = _streamrec("train", "examples/criteo_dcnv2.yaml", "--out", str(tmp_path / "one"),
                         "--json", "-q")
     assert single.returncode == 0, single.stderr
+    tiers = tmp_path / "tiers"
+    storage = f"default_table.storage={{memory_budget: 64KiB, path: {tiers}}}"
     two = subprocess.run(TORCHRUN + ["--nproc_per_node", "2", "-m", "streamrec", "train",
                                      "examples/criteo_dcnv2.yaml", "--out", str(tmp_path / "two"),
-                                     "--json", "-q"],
+                                     "--json", "-q", "--set", storage],
                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert two.returncode == 0, two.stderr[-3000:]
     auc_one = json.loads(single.stdout)["metrics"]["label"]["auc"]
@@ -46,6 +50,8 @@ def test_two_ranks_match_one_process_and_the_merged_model_evaluates_alike(tmp_pa
     assert abs(auc_one - auc_two) < 0.01
     assert sorted(p.name for p in (tmp_path / "two" / "shards").iterdir()) == [
         "rank-000", "rank-001"]
+    assert sorted(p.name for p in tiers.iterdir()) == ["rank-000", "rank-001"]
+    assert list((tmp_path / "two" / "shards" / "rank-001" / "tables").glob("*.disk/*.sst"))
     evaluated = _streamrec("eval", str(tmp_path / "two"), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["metrics"]["label"]["auc"] == pytest.approx(auc_two)

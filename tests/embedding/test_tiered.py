@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from streamrec.embedding.table import DynamicTable
 from streamrec.embedding.tiered import TieredTable, build_table
+from streamrec.store.model_dir import TensorFile, sha256_file, write_streamed
 from streamrec.table_config import StorageConfig, TableConfig, parse_bytes
 
 ids = st.lists(st.integers(0, 40), min_size=1, max_size=25)
@@ -148,7 +149,13 @@ def test_checkpoint_and_restart_continue_exactly(tmp_path_factory, s, budget, be
     plain, tiered = _pair(root / "work", s, budget)
     now, step = [1000], [0]
     _run(plain, tiered, before, now, step)
-    hot = tiered.hot_state_dict()
+    digest = write_streamed(root / "hot.safetensors", tiered.hot_state_file())
+    assert digest == sha256_file(root / "hot.safetensors")
+    hot = TensorFile(root / "hot.safetensors")  # read lazily, as load_model does
+    whole = tiered.hot_state_dict()
+    assert sorted(hot.keys()) == sorted(whole)
+    for name, tensor in whole.items():
+        assert torch.equal(hot[name], tensor), name
     sums = tiered.checkpoint_cold(root / "checkpoint")
     assert set(sums) == {f.name for f in (root / "checkpoint").iterdir()}
     _run(plain, tiered, [("train", [1, 2, 3])], [now[0]], [999])  # work after the checkpoint …

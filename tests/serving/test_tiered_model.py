@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -97,7 +98,10 @@ def test_the_server_scores_from_a_private_copy_and_reports_the_hit_rate(
     got = tiered.post("/v1/rank", json=body)
     want = plain.post("/v1/rank", json=body)
     assert got.status_code == 200, got.text
-    assert got.json()["scores"] == want.json()["scores"]
+    # Same rows, same model: equal up to float summation order (the two servers may batch
+    # and split the work differently under load); a missing or stale row would differ by ≫.
+    ours, theirs = np.array(got.json()["scores"]["label"]), np.array(want.json()["scores"]["label"])
+    assert np.abs(ours - theirs).max() < 1e-5, np.abs(ours - theirs).max()
     metrics = tiered.get("/metrics").text
     assert 'streamrec_table_rows{table="item_id",tier="disk"}' in metrics
     resolved = _sample(metrics, 'streamrec_table_ids_resolved_total{table="item_id"}')

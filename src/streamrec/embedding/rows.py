@@ -105,6 +105,16 @@ class ChunkedRows:
         whole = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
         return whole[:n, : self.width].copy()
 
+    def pieces(self, n: int):
+        """The first n rows as successive views [k, width] of the chunks (no copy)."""
+        left = n
+        for chunk in self.chunks:
+            if left <= 0:
+                return
+            k = min(left, chunk.shape[0])
+            yield chunk[:k, : self.width]
+            left -= k
+
     def load_rows(self, read, n: int) -> None:
         """Replace the first n rows, chunk by chunk, with `read(lo, hi)` → [hi − lo, width]:
         a large table loads from a file without a second whole copy in memory."""

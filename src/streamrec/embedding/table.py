@@ -416,9 +416,21 @@ class DynamicTable:
         training again starts its admission counts afresh."""
         self._sketch = np.zeros((1, 1), np.uint16)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything needed to continue bit-exactly: weights, optimizer state, metadata, free
-        list, sketch and counters. Plain tensors (safetensors-ready, no pickle)."""
+    def row_fields(self) -> dict[str, tuple[ChunkedRows, np.dtype, bool]]:
+        """`state_dict`'s per-row arrays: name → (storage, dtype written, whether it is one
+        column written as [n] rather than [n, width])."""
+        return {
+            "weights": (self._weights, np.dtype(np.float32), False),
+            "optimizer_state": (self._state, np.dtype(np.float32), False),
+            "fid": (self._fid, np.dtype(np.int64), True),
+            "count": (self._count, np.dtype(np.int32), True),
+            "last_seen": (self._seen, np.dtype(np.int64), True),
+            "row_version": (self._row_version, np.dtype(np.int64), True),
+        }
+
+    def other_state(self) -> dict[str, torch.Tensor]:
+        """`state_dict`'s arrays that are not per row: free list, sketch, counters, the
+        deletion log."""
         n = int(self._alloc[0])
         top = int(self._alloc[1])
         deleted_versions = np.concatenate(
@@ -426,18 +438,23 @@ class DynamicTable:
         )
         deleted_fids = np.concatenate([f for _, f in self._deleted] or [np.empty(0, np.int64)])
         return {
-            "weights": torch.from_numpy(self._weights.to_array(n)),
-            "optimizer_state": torch.from_numpy(self._state.to_array(n)),
-            "fid": torch.from_numpy(self._fid.to_array(n)[:, 0].copy()),
-            "count": torch.from_numpy(self._count.to_array(n)[:, 0].copy()),
-            "last_seen": torch.from_numpy(self._seen.to_array(n)[:, 0].astype(np.int64)),
-            "row_version": torch.from_numpy(self._row_version.to_array(n)[:, 0].copy()),
             "free_rows": torch.from_numpy(self._free[:top].copy()),
             "sketch": torch.from_numpy(self._sketch.view(np.int16).copy()),
             "counters": torch.tensor([n, top, self.version, int(self._draws[0].view(np.int64))]),
             "deleted_fids": torch.from_numpy(deleted_fids),
             "deleted_versions": torch.from_numpy(deleted_versions),
         }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue bit-exactly: weights, optimizer state, metadata, free
+        list, sketch and counters. Plain tensors (safetensors-ready, no pickle)."""
+        n = int(self._alloc[0])
+        out = {}
+        for name, (store, dtype, flat) in self.row_fields().items():
+            rows = store.to_array(n)
+            rows = rows[:, 0] if flat else rows
+            out[name] = torch.from_numpy(np.ascontiguousarray(rows.astype(dtype, copy=False)))
+        return {**out, **self.other_state()}
 
     def load_state_dict(self, state: Any) -> None:
         """Restore from `state_dict()` output — a dict of tensors, or a lazily read file (any

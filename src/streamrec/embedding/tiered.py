@@ -31,6 +31,8 @@ DynamicTable's) stays for small tables and generic tools; it reads the whole dis
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import shutil
 import tempfile
@@ -46,19 +48,20 @@ from streamrec.embedding.dedup import dedup
 from streamrec.embedding.rows import ChunkedRows
 from streamrec.embedding.storage import DiskStore, RocksDBStore
 from streamrec.embedding.table import DynamicTable, _release_kernel, _seconds
-from streamrec.store.model_dir import sha256_file
+from streamrec.store.model_dir import StreamedTensors, sha256_file
 from streamrec.table_config import TableConfig
 
 # Bytes a hot row costs beyond weights and optimizer state: fid 8, count 4, last-seen 4,
-# version 8, and ~15 of hash map at its 55–80% load.
-_ROW_OVERHEAD_BYTES = 39
+# version 8, disk-copy flag 4, and a 12-byte hash-map slot at down to 50% load (a shard has
+# just doubled) — 24.
+_ROW_OVERHEAD_BYTES = 52
 # `trim()` brings the hot tier to this share of its budget, so demotions come in batches.
 _TRIM_TO = 0.9
 # Reads of several tables' misses in one lookup run on these threads, side by side.
 _READERS = ThreadPoolExecutor(2, thread_name_prefix="disk-tier-read")
-# A hot row's `_on_disk` flag: no copy on disk; a stale copy (the hot row shadows it); a copy
-# equal to the hot row (a server's cache entry), which moving down need not rewrite.
-_NO_COPY, _STALE_COPY, _CLEAN_COPY = 0, 1, 2
+# A hot row's `_on_disk` flag: 1 when the disk tier still holds an older copy of the row
+# (it came up from there); removing the row must remove that copy too.
+_SHADOWED_COPY = 1
 
 
 def build_table(settings: TableConfig, name: str = "table") -> DynamicTable:
@@ -86,6 +89,7 @@ class TieredTable(DynamicTable):
         return table
 
     def _open_cold(self, path: Path) -> None:
+        _return_freed_memory()
         private = (path.parent / _PRIVATE_MARK).exists()
         self.budget_rows = self.settings.storage.memory_budget // self.row_bytes()
         self.cold = RocksDBStore(
@@ -103,7 +107,6 @@ class TieredTable(DynamicTable):
         self._prefetched: tuple[int, Future, int | None] | None = None
         self._reading: tuple[np.ndarray, Future] | None = None
         self._cold_generation = 0  # bumped by every cold write: a prefetch older is stale
-        self.serving = False  # set by a server: rows change only by upsert (see _promote)
         self._on_disk = _flags(self._weights)
         self._finalizer = weakref.finalize(
             self, _close, self.cold, self._prefetch_pool, path if private else None
@@ -244,10 +247,8 @@ class TieredTable(DynamicTable):
         self._count.scatter(rows, count.astype(np.int32)[:, None])
         self._seen.scatter(rows, np.asarray(seen, np.uint32)[:, None])
         self._row_version.scatter(rows, stored["version"][:, None])
-        # The disk copy stays (deleting it cost a write per promotion) and is now stale: the
-        # hot row shadows it. A server's promoted rows stay equal to it until an upsert.
-        flag = _CLEAN_COPY if self.serving and counts is None else _STALE_COPY
-        self._on_disk.scatter(rows, np.full((n, 1), flag, np.int32))
+        # The disk copy stays (deleting it cost a write per promotion); the hot row shadows it.
+        self._on_disk.scatter(rows, np.full((n, 1), _SHADOWED_COPY, np.int32))
         self._cold_rows -= n
         self.rows_promoted += n
         return rows
@@ -307,11 +308,6 @@ class TieredTable(DynamicTable):
 
     def _demote(self, rows: np.ndarray) -> None:
         fids = self._fid.gather(rows)[:, 0].copy()
-        clean = self._on_disk.gather(rows)[:, 0] == _CLEAN_COPY
-        if clean.any() and self.ttl_seconds is None:  # its disk copy is the row: no write
-            self._release(rows[clean], fids[clean])
-            self._cold_rows += int(clean.sum())
-            rows, fids = rows[~clean], fids[~clean]
         record = np.zeros(rows.shape[0], self.cold.dtype)
         record["weights"] = self._weights.gather(rows)
         if self._state.width:
@@ -387,10 +383,6 @@ class TieredTable(DynamicTable):
         self._join_prefetch()
         self._bring_up(np.asarray(fids, np.int64), now)
         super().upsert(fids, weights, now)
-        rows = self._map.find(np.asarray(fids, np.int64))
-        flags = self._on_disk.gather(rows)[:, 0]
-        dirty = rows[flags == _CLEAN_COPY]
-        self._on_disk.scatter(dirty, np.full((dirty.size, 1), _STALE_COPY, np.int32))
 
     def remove_rows(self, rows: np.ndarray) -> np.ndarray:
         """As DynamicTable.remove_rows; a removed row's disk copy goes too."""
@@ -460,6 +452,21 @@ class TieredTable(DynamicTable):
             f"table {self.name!r} keeps rows on disk with their optimizer state; a serving "
             "export of a tiered table keeps it (the disk tier is read as stored)"
         )
+
+    def hot_state_file(self) -> StreamedTensors:
+        """`hot_state_dict` as a file written chunk by chunk from the row storage: a
+        checkpoint of a DRAM tier of gigabytes costs one chunk of extra memory, not a copy."""
+        n = int(self._alloc[0])
+        fields: dict[str, Any] = {}
+        for name, (store, dtype, flat) in self.row_fields().items():
+            shape = (n,) if flat else (n, store.width)
+            fields[name] = (dtype, shape, lambda store=store: store.pieces(n))
+        fields["on_disk"] = (np.dtype(np.int32), (n,), lambda: self._on_disk.pieces(n))
+        small = {**self.other_state(), "cold_rows": torch.tensor([self._cold_rows])}
+        for name, tensor in small.items():
+            array = tensor.numpy()
+            fields[name] = (array.dtype, array.shape, lambda array=array: [array])
+        return StreamedTensors(fields)
 
     def hot_state_dict(self) -> dict[str, torch.Tensor]:
         """The DRAM tier's `DynamicTable.state_dict()` plus the disk tier's row count; with
@@ -584,6 +591,22 @@ class _Without:
 
     def slice(self, name: str, lo: int, hi: int) -> Any:
         return self._inner.slice(name, lo, hi)
+
+
+_M_MMAP_THRESHOLD = -3
+
+
+@functools.cache
+def _return_freed_memory() -> None:
+    """A process holding a table to a memory budget should see freed memory go back to the
+    system. glibc raises its mmap threshold after large frees (up to 32 MB), after which
+    the temporaries of moving rows (tens of MB each) come from the heap and stay there as
+    fragments — ~1 GB of RSS measured at 200M ids. A fixed 1 MB threshold keeps large
+    temporaries in their own mappings, returned when freed."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 def _flags(weights: ChunkedRows) -> ChunkedRows:

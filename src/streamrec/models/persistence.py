@@ -36,7 +36,7 @@ class LoadedModel:
 
 def model_files(
     model: RankingModel,
-) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(manifest fragment, tensor files, directory writers) describing the model's dense part
     and tables. A tiered table is its DRAM tier's tensors plus a folder `tables/NNN.disk`: a
     checkpoint of its disk tier, hard-linked (`TieredTable.checkpoint_cold`)."""
@@ -53,7 +53,7 @@ def model_files(
             "config": table.settings.model_dump(),
         }
         if isinstance(table, TieredTable):
-            files[rel] = table.hot_state_dict()
+            files[rel] = table.hot_state_file()
             tables[name]["disk_tier"] = directory = f"tables/{i:03d}.disk"
             directories[directory] = table.checkpoint_cold
         else:

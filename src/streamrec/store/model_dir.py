@@ -21,7 +21,8 @@ import math
 import os
 import shutil
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,52 @@ def tensors_to_bytes(
     return st_save(clean, metadata=metadata)
 
 
+@dataclass
+class StreamedTensors:
+    """A tensor file written piece by piece, never whole in memory (a large table's rows
+    straight from their chunks): name → (dtype, shape, pieces), where `pieces()` yields
+    arrays whose bytes, in order, are the tensor's. The file is plain safetensors."""
+
+    fields: dict[str, tuple[np.dtype, tuple[int, ...], Callable[[], Iterable[np.ndarray]]]]
+
+
+def write_streamed(path: Path, tensors: StreamedTensors) -> str:
+    """Write `tensors` as a safetensors file at `path`, fsync'ed → its sha256."""
+    codes = {np.dtype(v): k for k, v in _DTYPES.items()}
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, (dtype, shape, _) in tensors.fields.items():
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": codes[np.dtype(dtype)], "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    digest = hashlib.sha256()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        for block in (struct.pack("<Q", len(text)), text):
+            fh.write(block)
+            digest.update(block)
+        for name, (dtype, _, pieces) in tensors.fields.items():
+            written = 0
+            for piece in pieces():
+                data = np.ascontiguousarray(piece, dtype).tobytes()
+                fh.write(data)
+                digest.update(data)
+                written += len(data)
+            begin, end = header[name]["data_offsets"]
+            if written != end - begin:
+                raise ValueError(f"{path}: {name} wrote {written} bytes, expected {end - begin}")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return digest.hexdigest()
+
+
 def write_model_dir(
     path: str | Path,
     manifest: dict[str, Any],
-    tensor_files: dict[str, dict[str, torch.Tensor]],
+    tensor_files: dict[str, dict[str, torch.Tensor] | StreamedTensors],
     extra_files: dict[str, bytes] | None = None,
     kind: str = FORMAT,
     directories: dict[str, Callable[[Path], dict[str, str]]] | None = None,
@@ -68,6 +111,9 @@ def write_model_dir(
     files: dict[str, str] = {}
     try:
         for rel, tensors in tensor_files.items():
+            if isinstance(tensors, StreamedTensors):
+                files[rel] = write_streamed(tmp / rel, tensors)
+                continue
             data = tensors_to_bytes(tensors)
             write_synced(tmp / rel, data)
             files[rel] = sha256(data)

@@ -73,9 +73,9 @@ class DistributedTrainer(Trainer):
         for collection in self.sharded:
             collection.flush()
 
-    def evict(self) -> int:
+    def quiesce_tables(self) -> None:
         self.flush_sparse()
-        return super().evict()
+        super().quiesce_tables()
 
     def step_examples(self) -> int:
         """This rank's loss terms × the world size: the exchange divides each rank's row

@@ -190,6 +190,8 @@ class Trainer:
             self.optimizer_step()
             if self.optimizer_steps % self.train_config.evict_every_steps == 0:
                 self.evict()
+            else:
+                self.keep_budgets()
         self.global_step += 1
         self.samples_trained += batch.size
         self._last_logits = logits.detach()
@@ -297,9 +299,26 @@ class Trainer:
         """The gradient norm every process decides on (one process: its own)."""
         return norm
 
-    def evict(self) -> int:
+    def quiesce_tables(self) -> None:
+        """Before tables change outside a lookup: nothing may still be reading them (a
+        prefetch thread) or owe them gradients (the hybrid sharded mode overrides this)."""
         for collection in self._tiered_collections():
             collection.wait_prefetch()
+
+    def keep_budgets(self) -> None:
+        """Tiered tables past their DRAM budget write rows down now, between evictions: new
+        ids keep arriving, and the budget is what the machine was sized by."""
+        over = [
+            t for t in self.model.dynamic_tables().values()
+            if t.has_disk_tier and t.hot_rows > t.budget_rows
+        ]
+        if over:
+            self.quiesce_tables()
+            for table in over:
+                table.trim()
+
+    def evict(self) -> int:
+        self.quiesce_tables()
         evicted = 0
         for table in self.model.dynamic_tables().values():
             if table.ttl_seconds is not None or table.capacity is not None or table.has_disk_tier:
