@@ -327,12 +327,18 @@ class DynamicTable:
         if rows.size == 0:
             return np.empty(0, np.int64)
         self.version += 1
+        fids = self._fid.gather(rows)[:, 0].copy()
+        self._free_rows(rows, fids)
+        self._deleted.append((self.version, fids))
+        return fids
+
+    def _free_rows(self, rows: np.ndarray, fids: np.ndarray) -> None:
+        """Unmap these rows' fids and put the rows on the free list (no version, no log)."""
         top = int(self._alloc[1])
         if self._free.shape[0] < top + rows.size:
             grown = np.empty(max(2 * self._free.shape[0], top + rows.size), np.int64)
             grown[:top] = self._free[:top]
             self._free = grown
-        fids = self._fid.gather(rows)[:, 0].copy()
         m = self._map
         _release_kernel(
             rows,
@@ -347,8 +353,6 @@ class DynamicTable:
             self._free,
             self._alloc,
         )
-        self._deleted.append((self.version, fids))
-        return fids
 
     def upsert(self, fids: np.ndarray, weights: np.ndarray, now: float | None = None) -> None:
         """Set the weights of these fids, inserting the absent ones without admission (applying

@@ -47,7 +47,7 @@ import torch
 from streamrec.embedding.dedup import dedup
 from streamrec.embedding.rows import ChunkedRows
 from streamrec.embedding.storage import DiskStore, RocksDBStore
-from streamrec.embedding.table import DynamicTable, _release_kernel, _seconds
+from streamrec.embedding.table import DynamicTable, _seconds
 from streamrec.store.model_dir import StreamedTensors, sha256_file
 from streamrec.table_config import TableConfig
 
@@ -326,25 +326,7 @@ class TieredTable(DynamicTable):
     def _release(self, rows: np.ndarray, fids: np.ndarray) -> None:
         """Free hot rows without logging a deletion (the ids live on, on disk)."""
         self._on_disk.scatter(rows, np.zeros((rows.shape[0], 1), np.int32))
-        top = int(self._alloc[1])
-        if self._free.shape[0] < top + rows.size:
-            grown = np.empty(max(2 * self._free.shape[0], top + rows.size), np.int64)
-            grown[:top] = self._free[:top]
-            self._free = grown
-        m = self._map
-        _release_kernel(
-            rows,
-            fids,
-            m.slot_ptrs,
-            m.caps,
-            m.sizes,
-            m.shard_bits,
-            self._count.ptrs,
-            self._count.shift,
-            self._count.mask,
-            self._free,
-            self._alloc,
-        )
+        self._free_rows(rows, fids)
 
     def evict(self, now: float | None = None) -> torch.Tensor:
         """TTL expiry over both tiers (the disk tier through its expiry index), then `trim()`
