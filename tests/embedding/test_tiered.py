@@ -120,7 +120,7 @@ def _run(plain, tiered, ops, now: list[int], step: list[int]) -> None:
             now[0] += arg
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=35, deadline=None)
 @given(table_settings, st.integers(0, 6), st.lists(operation, min_size=1, max_size=30))
 def test_tiered_table_behaves_like_an_in_memory_one(tmp_path_factory, s, budget, ops):
     plain, tiered = _pair(tmp_path_factory.mktemp("tier"), s, budget)
@@ -135,7 +135,7 @@ def test_tiered_table_behaves_like_an_in_memory_one(tmp_path_factory, s, budget,
     tiered.close()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     table_settings,
     st.integers(0, 5),
