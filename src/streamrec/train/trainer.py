@@ -308,10 +308,11 @@ class Trainer:
     def keep_budgets(self) -> None:
         """Tiered tables past their DRAM budget write rows down now, between evictions: new
         ids keep arriving, and the budget is what the machine was sized by."""
-        over = [
-            t for t in self.model.dynamic_tables().values()
-            if t.has_disk_tier and t.hot_rows > t.budget_rows
-        ]
+        tiered = self.__dict__.get("_disk_tables")
+        if tiered is None:  # a model's tables are fixed once built: look them up once, not per step
+            tiered = [t for t in self.model.dynamic_tables().values() if t.has_disk_tier]
+            self._disk_tables = tiered
+        over = [t for t in tiered if t.hot_rows > t.budget_rows]
         if over:
             self.quiesce_tables()
             for table in over:
