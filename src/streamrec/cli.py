@@ -271,6 +271,8 @@ def predict(
     from streamrec.schema import SchemaError
     from streamrec.store import CorruptModelError
 
+    if not out.parent.is_dir():
+        _fail(f"{out}: the folder {out.parent} does not exist — create it, or write elsewhere")
     try:
         report = api.predict(model_dir, data, out, fmt, id_column, precision)
     except (DataError, CorruptModelError, SchemaError, ValueError) as e:
@@ -461,6 +463,8 @@ def serve(
     use_compute_threads(threads or 1)  # the main thread: loading, and request handling
     from streamrec.store import CorruptModelError
 
+    _require_free_port(host, port)  # before minutes of model loading, not after
+
     overrides = {
         k: v
         for k, v in {
@@ -519,6 +523,24 @@ def serve(
     server.run()
     if not server.started:  # e.g. the port is taken: uvicorn has logged why
         raise typer.Exit(1)
+
+
+def _require_free_port(host: str, port: int) -> None:
+    """Exit 1 with one line when HOST:PORT cannot be listened on (taken, or no such address)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            typer.echo(
+                f"error: cannot listen on {host}:{port}: {e.strerror} — stop what holds it or "
+                "pass another --port",
+                err=True,
+            )
+            raise typer.Exit(1) from None
 
 
 variants_app = typer.Typer(
@@ -659,6 +681,7 @@ def online(
     from streamrec import api
     from streamrec.config import ConfigError
     from streamrec.data.stream.address import StreamAddressError
+    from streamrec.data.stream.base import StreamPositionError
     from streamrec.store import CorruptModelError
     from streamrec.train.health import HealthStop
     from streamrec.train.run_dir import RunDirBusy
@@ -682,6 +705,7 @@ def online(
         CorruptModelError,
         RunDirBusy,
         StreamAddressError,
+        StreamPositionError,
         ImportError,
     ) as e:
         _fail(str(e))

@@ -160,6 +160,15 @@ class HealthRulesConfig(_Strict):
         "check was refused a row (judged over at least `admission_min_ids` new ids)",
     )
     admission_min_ids: int = Field(1000, ge=1, description="see `admission_starving`")
+    mass_expiry_share: float = Field(
+        0.8, gt=0, le=1,
+        description="mass expiry: one expiry pass deleted this share of a table's rows …",
+    )
+    mass_expiry_growth: float = Field(
+        1.5, ge=1,
+        description="…and more than this many times the largest share an earlier pass of the "
+        "same table deleted",
+    )
 
 
 class TrainConfig(_Strict):
@@ -430,6 +439,12 @@ class OnlineConfig(_Strict):
         "`--actions`, `stream produce --to`): librdkafka names for Kafka (e.g. "
         "security.protocol, sasl.mechanism, sasl.username, sasl.password), redis-py Redis() "
         "keywords for Redis (e.g. password, username)",
+    )
+    on_gap: Literal["fail", "dead_letter"] = Field(
+        "fail",
+        description="messages the broker deleted before they were read (Kafka retention): "
+        "fail — stop with the partition and offsets (exit 2); dead_letter — record each gap "
+        "with its offsets and count in dead_letter.jsonl and go on",
     )
     stall_seconds: float = Field(
         60.0, gt=0,

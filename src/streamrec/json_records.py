@@ -10,13 +10,17 @@ offending field (`Expected int, got bool - at $.user_id`).
 JSON object, is too large or too deeply nested, has a value of the wrong type, an absurd
 timestamp or a label its rule cannot map (`Label.to_binary`: 0/1 unless a threshold, positive
 values or a value map say otherwise) is returned with its reason instead — the caller
-dead-letters it. Nothing about a message's content can raise.
+dead-letters it. Nothing about a message's content can raise. An event time more than
+`max_skew_seconds` ahead of this machine's clock (in the declared `timestamp_unit`) is such a
+reason: one record dated 2100, or a producer that switched to milliseconds, must not reach the
+tables' expiry clock.
 """
 
 from __future__ import annotations
 
 import operator
 import sys
+import time
 from collections import Counter
 from typing import Annotated, Any
 
@@ -25,12 +29,12 @@ import numpy as np
 import pyarrow as pa
 
 from streamrec.kinds import arrow_type
-from streamrec.schema import Label, label_key
+from streamrec.schema import SECONDS_PER_UNIT, Label, label_key
 
 INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 FINITE = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
 # Event time in seconds (or milliseconds) since 1970: before the year 2286 either way.
-TIMESTAMP = Annotated[float, msgspec.Meta(ge=0, lt=1e13)]
+TIMESTAMP = Annotated[float, msgspec.Meta(ge=0, lt=2**63)]  # range in seconds: `_event_times`
 LABEL = bool | FINITE | str  # mapped by the label's rule (`Label.to_binary`)
 
 KINDS = ("int", "float", "string", "list<int>", "list<float>", "list<string>")
@@ -88,8 +92,15 @@ class StreamRecordDecoder:
         labels: list[Label],
         timestamp: str | None,
         max_message_bytes: int,
+        timestamp_unit: str = "s",
+        max_skew_seconds: float = 86_400.0,
+        max_age_seconds: float | None = None,
     ) -> None:
         self.kinds = dict(kinds)
+        self.units_per_second = SECONDS_PER_UNIT[timestamp_unit]
+        self.timestamp_unit = timestamp_unit
+        self.max_skew_seconds = max_skew_seconds
+        self.max_age_seconds = max_age_seconds
         self.labels = labels
         self.timestamp = timestamp
         self.max_bytes = max_message_bytes
@@ -133,6 +144,11 @@ class StreamRecordDecoder:
             for j in np.flatnonzero(problem & ~bad):
                 reasons[j] = self._label_reason(lab, columns, j, records)
             bad |= problem
+        if self.timestamp:
+            problem, why = self._event_times(columns[self.timestamp])
+            for j in np.flatnonzero(problem & ~bad):
+                reasons[j] = why(j)
+            bad |= problem
         if bad.any():
             rejects += [(kept[j], reasons[j]) for j in np.flatnonzero(bad)]
             rejects.sort()
@@ -141,6 +157,35 @@ class StreamRecordDecoder:
                 return None, rejects
             columns = {n: _take(v, good) for n, v in columns.items()}
         return pa.table(self._arrays(columns)), rejects
+
+    def _event_times(self, raw: list[Any]) -> tuple[np.ndarray, Any]:
+        """(bad mask, index → reason) for event times beyond the clock + skew or, with
+        `max_age_seconds`, older than that (vectorised; a missing time is not judged)."""
+        seconds = np.array([np.nan if v is None else v for v in raw], np.float64)
+        seconds /= self.units_per_second
+        now = time.time()
+        future = seconds > now + self.max_skew_seconds
+        old = (
+            seconds < now - self.max_age_seconds
+            if self.max_age_seconds is not None
+            else np.zeros(len(seconds), bool)
+        )
+
+        def why(j: int) -> str:
+            given = f"{self.timestamp} {raw[j]!r} ({self.timestamp_unit})"
+            if future[j]:
+                return (
+                    f"event time {given} is {seconds[j] - now:,.0f} s ahead of this machine's "
+                    f"clock (schema.max_event_skew_seconds {self.max_skew_seconds:,.0f}): a "
+                    f"producer clock or unit error — declare schema.timestamp_unit if the "
+                    f"producer writes ms or us"
+                )
+            return (
+                f"event time {given} is {now - seconds[j]:,.0f} s old "
+                f"(schema.max_event_age_seconds {self.max_age_seconds:,.0f})"
+            )
+
+        return future | old, why
 
     def _label(self, lab: Label, raw: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         """(0/1 labels, bad mask) by the label's rule; the table then carries them mapped

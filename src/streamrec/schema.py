@@ -28,6 +28,8 @@ from streamrec.batch import Batch, JaggedIds
 from streamrec.fid import MISSING_FID, fids_from_arrow
 from streamrec.kinds import value_kind
 
+SECONDS_PER_UNIT = {"s": 1, "ms": 1_000, "us": 1_000_000}  # timestamp units in one second
+
 
 class SchemaError(ValueError):
     """A record does not fit the schema (missing column, wrong type, bad label)."""
@@ -206,7 +208,23 @@ class Schema(_Strict):
     group_id: str | None = Field(None, description="column grouping rows for GAUC (e.g. the user)")
     timestamp: str | None = Field(
         None,
-        description="event-time column (seconds): TTL expiry, online event time",
+        description="event-time column: TTL expiry, online event time (unit: timestamp_unit)",
+    )
+    timestamp_unit: Literal["s", "ms", "us"] = Field(
+        "s",
+        description="what the timestamp column counts since 1970: seconds, milliseconds or "
+        "microseconds (converted to seconds when encoded)",
+    )
+    max_event_skew_seconds: float = Field(
+        86_400.0, gt=0,
+        description="stream records whose event time is more than this ahead of the trainer's "
+        "clock are dead-lettered (a producer clock or unit error); the expiry clock never "
+        "runs further ahead than this either",
+    )
+    max_event_age_seconds: float | None = Field(
+        None, gt=0,
+        description="stream records older than this are dead-lettered (off by default: replays "
+        "of old logs must train)",
     )
 
     @model_validator(mode="after")
@@ -298,9 +316,10 @@ class Schema(_Strict):
             group_ids = torch.from_numpy(fids_from_arrow(_flat(_column(data, self.group_id))))
         if self.timestamp and self.timestamp in data.schema.names:
             ts = _column(data, self.timestamp)
-            timestamps = torch.from_numpy(
-                np.array(pc.fill_null(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False))
-            )
+            seconds = np.array(pc.fill_null(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False))
+            if self.timestamp_unit != "s":
+                seconds //= SECONDS_PER_UNIT[self.timestamp_unit]
+            timestamps = torch.from_numpy(seconds)
         return Batch(
             torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),

@@ -94,5 +94,9 @@ def test_bad_requests_are_one_line_errors(model):
                  str(model / "x.csv"), "--id-column", "nope")
     assert no_id.returncode == 2 and "no column 'nope'" in no_id.stderr
     assert not (model / "x.csv").exists()  # nothing half-written under the name
-    for done in (wrong_suffix, no_id):
+    no_folder = _cli("predict", str(model / "run"), "--data", str(model / "train.csv"),
+                     "--out", str(model / "missing" / "x.csv"))
+    assert no_folder.returncode == 2 and "missing does not exist" in no_folder.stderr
+    for done in (wrong_suffix, no_id, no_folder):
         assert "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1

@@ -29,6 +29,11 @@ def test_recommend_returns_k_distinct_items_and_honours_exclude(
     assert server.post("/v1/recommend", json={"user": USER, "k": 0}).status_code == 422
     wrong_type = server.post("/v1/recommend", json={"user": {**USER, "user_id": "one"}})
     assert wrong_type.status_code == 422 and "does not fit" in wrong_type.json()["error"]
+    deep = b'{"user": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # 200 kB: under the size cap
+    for path in ("/v1/recommend", "/v1/items"):  # were 500 (RecursionError)
+        r = server.post(path, content=deep)
+        assert r.status_code == 422 and "nested too deeply" in r.json()["error"], (path, r.text)
+    assert server.post("/v1/rank", content=deep).status_code == 422
 
 
 def test_an_item_added_online_becomes_retrievable_without_a_rebuild(

@@ -260,3 +260,30 @@ def test_non_finite_scores_are_refused_with_503_never_served_as_null(trained_run
         fine = client.post("/v1/rank", json={"context": CONTEXT, "candidates": [{"item_id": 20}]})
         assert fine.status_code == 200
         assert 'streamrec_unavailable_total{reason="non_finite"} 2.0' in client.get("/metrics").text
+
+
+def test_a_delta_with_nan_rows_is_quarantined_and_the_last_good_rows_keep_answering(
+    trained_run, tmp_path, start_server
+):
+    """A delta whose checksums are valid but whose rows are NaN (a diverged trainer): refused
+    whole, /readyz says why, and every request is still answered from the last good rows."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "model", run / "model")
+    loaded = load_model(run)
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+    items = loaded.model.dynamic_tables()["item_id"]
+    items.apply_gradients(torch.tensor([ITEMS[0]]), torch.full((1, items.dim), -5.0))
+    exporter.export()
+    server = start_server(run)
+    _wait(server, lambda i: i["delta_version"] == 1)
+    before = _scores(server)
+    items.apply_gradients(torch.tensor(ITEMS), torch.full((len(ITEMS), items.dim), float("nan")))
+    assert torch.isnan(items.lookup(torch.tensor(ITEMS))).all()
+    exporter.export()
+    info = _wait(server, lambda i: i["delta_version"] == 2)
+    assert [q["version"] for q in info["quarantined_deltas"]] == [2]
+    assert "4 rows hold NaN or inf" in info["quarantined_deltas"][0]["reason"]
+    for _ in range(10):
+        assert _scores(server) == before  # 200s, from the rows before the poisoned delta
+    ready = server.get("/readyz").json()
+    assert ready["status"] == "degraded" and "NaN or inf" in ready["degraded"][0]

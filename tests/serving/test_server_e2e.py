@@ -161,3 +161,23 @@ def test_metrics_expose_model_version_scores_unknown_ids_and_503_reasons(server)
     assert looked_up > 0 and unknown >= 5  # the unseen user and its 4 unseen items at least
     assert unknown < looked_up
     assert "streamrec_unavailable_total" in text or "# HELP streamrec_unavailable" in text
+
+
+def test_a_port_in_use_is_refused_before_the_model_loads(trained_run):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "streamrec", "serve", str(trained_run), "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0]
+    assert "serving" not in done.stderr and time.monotonic() - started < 30

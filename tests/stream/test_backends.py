@@ -197,35 +197,6 @@ def _train_with_kills(tmp_path, source: str, kills: int, seed: int) -> dict:
 
 
 @pytest.mark.slow
-def test_kafka_four_partitions_exactly_once_across_kill_9_from_the_command_line(
-    kafka_brokers, tmp_path, ml_small_dir
-):
-    """ml-latest-small through `stream produce --to kafka://…` (keyed by user: 4 partitions),
-    trained by `online --source kafka://…` killed with SIGKILL at random moments: every event
-    is consumed and trained once, each partition's offset ends at its head, and the group's
-    committed offsets are exactly the last checkpoint's."""
-    ck = pytest.importorskip("confluent_kafka")
-    n = 8_000
-    url = f"kafka://{kafka_brokers}/ratings"
-    _produce_from_the_command_line(ml_small_dir, tmp_path, n, url)
-    status = _train_with_kills(tmp_path, url, kills=4, seed=1)
-    assert status["killed"] >= 2
-    assert status["events_consumed"] == n and status["events_trained"] == n
-    partitions = {p["partition"]: p for p in status["partitions"]}
-    assert len(partitions) == 4 and all(p["head"] > 0 for p in partitions.values())
-    assert all(p["offset"] == p["head"] for p in partitions.values()) and status["lag"] == 0
-    from streamrec.store import read_manifest
-
-    saved = read_manifest(tmp_path / "run" / "checkpoint")["online"]["source_state"]
-    assert saved["partitions"] == {k: p["head"] for k, p in partitions.items()}
-    consumer = ck.Consumer({"bootstrap.servers": kafka_brokers, "group.id": "trainers"})
-    tps = [ck.TopicPartition("ratings", int(k)) for k in partitions]
-    committed = {str(tp.partition): tp.offset for tp in consumer.committed(tps, timeout=10)}
-    assert committed == saved["partitions"]
-    consumer.close()
-
-
-@pytest.mark.slow
 def test_redis_stream_exactly_once_across_kill_9_from_the_command_line(
     redis_url, tmp_path, ml_small_dir
 ):

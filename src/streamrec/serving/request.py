@@ -41,6 +41,11 @@ def parse_json(body: bytes, max_bytes: int) -> Any:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as e:
         raise RequestError(422, f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise RequestError(422, TOO_DEEP) from None
+
+
+TOO_DEEP = "request body is nested too deeply to be a request"
 
 
 def _check_size(body: bytes, max_bytes: int) -> None:
@@ -168,6 +173,8 @@ class RankRequestReader:
             raise RequestError(422, message) from None
         except msgspec.DecodeError as e:
             raise RequestError(422, f"request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise RequestError(422, TOO_DEEP) from None
         candidates = request.candidates
         n = len(candidates)
         if n > max_candidates:

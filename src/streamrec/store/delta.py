@@ -20,7 +20,12 @@ from typing import Any
 import torch
 
 from streamrec.store.manifest import DELTA_FORMAT
-from streamrec.store.model_dir import read_manifest, read_tensors, write_model_dir
+from streamrec.store.model_dir import (
+    CorruptModelError,
+    read_manifest,
+    read_tensors,
+    write_model_dir,
+)
 from streamrec.store.versions import list_versions, version_path
 
 
@@ -98,5 +103,27 @@ def read_delta(
         tables[name] = TableDelta(
             t["fids"], t["values"], t["deleted"], t.get("scale"), t.get("offset")
         )
+        _require_finite(path, f"table {name}", tables[name].weights(), t["fids"])
     dense = read_tensors(path, manifest["dense"], manifest) if manifest.get("dense") else None
+    for key, tensor in (dense or {}).items():
+        _require_finite(path, f"dense weight {key}", tensor)
     return manifest, tables, dense
+
+
+def _require_finite(
+    path: Path, what: str, values: torch.Tensor, fids: torch.Tensor | None = None
+) -> None:
+    """A delta whose rows hold NaN or inf is refused whole, as a corrupt one is (a valid
+    checksum only says the bytes arrived as written): applied, it would turn every request
+    that reads those rows into an error until a later delta replaced each of them."""
+    if not values.is_floating_point() or values.numel() == 0:
+        return
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    bad = ~finite.reshape(finite.shape[0], -1).all(dim=1) if finite.dim() else finite.reshape(1)
+    first = f" (first fid {int(fids[bad][0])})" if fids is not None and values.dim() > 1 else ""
+    raise CorruptModelError(
+        f"{path}: {what}: {int(bad.sum()):,} rows hold NaN or inf{first} — the trainer "
+        "diverged or wrote bad values; the server keeps the last good rows"
+    )

@@ -157,8 +157,8 @@ class DistributedOnlineTrainer(OnlineTrainer):
     ) -> dict[str, Any]:
         """Rank 0: what every rank does next — train a batch, write a delta, or stop."""
         messages = self.source.poll(batch_size, timeout=0.2)
+        self._drain_source_rejects()  # also gaps found by a poll that delivered nothing
         if messages:
-            self._drain_source_rejects()
             consumed = self.events_consumed + len(messages)
             return {
                 "action": "step",

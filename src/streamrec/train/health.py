@@ -13,6 +13,8 @@ SageMaker Debugger's built-in rules, in our own code and on our own tensors:
     embedding_norm_growth a table's mean row norm grew N× since the run's first check
     calibration_drift     online: a task's windowed calibration far from 1
     admission_starving    a table refuses nearly every new id it sees
+    mass_expiry           one expiry pass deleted an unusual share of a table's rows (against
+                          the table's own earlier passes), naming the clock it used
 
 Each finding is a `HealthWarning` keyed by rule and subject (a layer, a table, a task). A key
 is reported once when it starts firing and once when it clears, so a persistent problem is one
@@ -102,6 +104,7 @@ class HealthRules:
         self._hooks: list[Any] = []
         self._dead: dict[str, float] = {}  # layer → share of units dead on the watched batch
         self._gaps: list[float] = []
+        self._expiry_shares: dict[str, float] = {}  # table → largest share a normal pass deleted
 
     # ------------------------------------------------------------------ bookkeeping
     def due(self, step: int) -> bool:
@@ -267,6 +270,25 @@ class HealthRules:
                     f"validation loss {valid_loss:.5f} is {gap:.0%} above the training loss "
                     f"{train_loss:.5f} and the gap widened {runs} evaluations running (fewer "
                     f"epochs, early_stopping_patience, dropout, or weight decay)")
+
+    def check_expiry(self, step: int, table: str, deleted: int, rows: int, clock: str) -> None:
+        """After an expiry pass that deleted `deleted` of a table's `rows`: a share beyond
+        `mass_expiry_share` and `mass_expiry_growth`× the largest an earlier pass deleted
+        fires (a clock moved by bad event times deletes nearly everything at once)."""
+        if rows <= 0:
+            return
+        share = deleted / rows
+        usual = self._expiry_shares.get(table, 0.0)
+        firing = share >= self.rules.mass_expiry_share and share > (
+            self.rules.mass_expiry_growth * usual
+        )
+        if not firing:
+            self._expiry_shares[table] = max(usual, share)
+        self._judge("mass_expiry", table, firing, share, step,
+                    f"one expiry pass deleted {deleted:,} of table {table}'s {rows:,} rows "
+                    f"({share:.0%}; earlier passes at most {usual:.0%}) by the {clock}: check the "
+                    f"stream's event times (schema.timestamp_unit, max_event_skew_seconds) "
+                    f"and the table's ttl_seconds")
 
     def check_calibration(self, step: int, task: str, calibration: float | None,
                           positives: int) -> None:

@@ -76,10 +76,14 @@ class OnlineTrainer:
         self.checkpoint_version = 0  # the newest checkpoint written or resumed from
         self.trainer, config, state = self._load_or_build(config)
         if state and source is not None:
-            if hasattr(source, "restore") and "source_state" in state:
-                source.restore(state["source_state"])  # e.g. two streams + joiner state
-            else:
-                source.seek(int(state["next_offset"]))
+            try:
+                if hasattr(source, "restore") and "source_state" in state:
+                    source.restore(state["source_state"])  # e.g. two streams + joiner state
+                else:
+                    source.seek(int(state["next_offset"]))
+            except Exception:  # e.g. a StreamGap: let go of the run directory, then say why
+                self.run_dir.release()
+                raise
             self.log(f"resumed from checkpoint at offset {state['next_offset']}")
         self.config = config
         self.model = self.trainer.model
@@ -210,6 +214,9 @@ class OnlineTrainer:
             self.schema.labels,
             self.schema.timestamp,
             self.online_config.max_message_bytes,
+            self.schema.timestamp_unit,
+            self.schema.max_event_skew_seconds,
+            self.schema.max_event_age_seconds,
         )
         return self._decoder
 
@@ -456,6 +463,7 @@ class OnlineTrainer:
         idle_since = time.monotonic()
         while True:
             messages = self.source.poll(batch_size, timeout=0.2)
+            self._drain_source_rejects()  # also gaps found by a poll that delivered nothing
             if messages:
                 idle_since = time.monotonic()
                 self.step(messages)

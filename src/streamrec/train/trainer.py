@@ -33,6 +33,7 @@ from streamrec.embedding.sparse_optimizer import SparseOptimizer, clip_grad_norm
 from streamrec.models.base import RankingModel
 from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import save_checkpoint
+from streamrec.train.event_clock import EventClock
 from streamrec.train.health import HealthRules, HealthStop, HealthWarning
 from streamrec.train.metrics import MetricAccumulator, auc, json_ready
 from streamrec.train.run_dir import BEST, RunDir
@@ -101,7 +102,8 @@ class Trainer:
         self.step_in_epoch = 0
         self.samples_trained = 0
         self.train_seconds = 0.0
-        self._event_time: float | None = None
+        # Expiry and last-seen stamps read this watermark, never one batch's largest time.
+        self.clock = EventClock(config.schema.max_event_skew_seconds)
         self.losses: list[float] = []  # every step's loss, for tests and reports
         self.forward_module: torch.nn.Module = model  # e.g. a DistributedDataParallel wrapper
         self.extra_manifest: dict = {}  # saved with every checkpoint (e.g. input kinds)
@@ -151,9 +153,7 @@ class Trainer:
             self.global_step,
         )
         self.model.train()
-        if batch.timestamps is not None and batch.timestamps.numel():
-            self._event_time = float(batch.timestamps.max())
-        self.model.set_event_time(self._event_time)
+        self.model.set_event_time(self.clock.advance(batch.timestamps))
         for group in self.optimizer.param_groups:
             group["lr"] = group.get("base_lr", self.train_config.dense_lr) * self._lr_scale()
         step = self.global_step + 1
@@ -321,9 +321,15 @@ class Trainer:
     def evict(self) -> int:
         self.quiesce_tables()
         evicted = 0
-        for table in self.model.dynamic_tables().values():
+        for name, table in self.model.dynamic_tables().items():
             if table.ttl_seconds is not None or table.capacity is not None or table.has_disk_tier:
-                evicted += int(table.evict(now=self._event_time).numel())
+                before = len(table)
+                deleted = int(table.evict(now=self.clock.now).numel())
+                evicted += deleted
+                if self.health is not None and deleted:
+                    self.health.check_expiry(
+                        self.global_step, name, deleted, before, self.clock.describe()
+                    )
         self.rows_evicted += evicted
         return evicted
 

@@ -31,6 +31,32 @@ class PartitionLag:
     # up; None when unknown (the backend has no timestamps, or nothing was consumed yet)
 
 
+class StreamPositionError(RuntimeError):
+    """The position a source must read from does not exist at the broker: the run cannot go on
+    without losing or inventing messages, so it stops with the reason (CLI exit 2)."""
+
+
+class StreamGap(StreamPositionError):
+    """Messages a source can no longer deliver: the broker deleted them (retention, a size
+    cap) before this consumer read them. Never skipped silently: by default the run stops with
+    this error; `online.on_gap: dead_letter` records each gap in the dead-letter file instead
+    and goes on."""
+
+    def __init__(self, stream: str, partition: int | str, first: int, available: int) -> None:
+        self.stream, self.partition = stream, partition
+        self.first, self.available = first, available  # [first, available) are gone
+        self.lost = available - first
+        super().__init__(
+            f"{stream} partition {partition}: offsets {first}–{available - 1} "
+            f"({self.lost:,} messages) were deleted by the broker (retention or a size cap) "
+            "before this consumer read them. Raise the topic's retention; to train on past "
+            "them, recording the gap in dead_letter.jsonl, set online.on_gap: dead_letter"
+        )
+
+
+GAP_POLICIES = ("fail", "dead_letter")
+
+
 class StreamSource(Protocol):
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
         """Up to `max_messages` messages after the current position (fewer if none arrive

@@ -32,13 +32,15 @@ def open_source(
     where: str | Path | StreamAddress,
     group: str = "default",
     settings: dict[str, Any] | None = None,
+    on_gap: str = "fail",
 ) -> StreamSource:
-    """The consumer side of `where`, positioned at `group`'s committed offsets."""
+    """The consumer side of `where`, positioned at `group`'s committed offsets. `on_gap`:
+    what messages the broker deleted before they were read do (Kafka; `online.on_gap`)."""
     address = _address(where)
     if address.kind == "kafka":
         from streamrec.data.stream.kafka import KafkaSource
 
-        return KafkaSource(address.servers, address.name, group, settings)
+        return KafkaSource(address.servers, address.name, group, settings, on_gap=on_gap)
     if address.kind == "redis":
         from streamrec.data.stream.redis_stream import RedisStreamSource
 

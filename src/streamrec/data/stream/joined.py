@@ -56,7 +56,12 @@ class JoinedSource:
         self, source: StreamSource, name: str, limit: int, timeout: float
     ) -> list[tuple[float, dict[str, Any]]]:
         out = []
-        for m in source.poll(limit, timeout):
+        messages = source.poll(limit, timeout)
+        inner = getattr(source, "bad_messages", None)  # e.g. a Kafka gap, dead-lettered
+        while inner:
+            stream, where, reason = inner.pop(0)
+            self.bad_messages.append((f"{name} {stream}", where, reason))
+        for m in messages:
             try:
                 record = json.loads(m.value)
                 t = float(record["event_time"])

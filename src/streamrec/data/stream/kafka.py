@@ -13,6 +13,18 @@ one-partition topic, Kafka's own offset, as before), and `where` names the parti
 offset, for dead letters. Partitions added to the topic are found every `refresh_seconds` and
 read from their start. Tested against librdkafka's mock cluster (`test.mock.num.brokers`), a
 real Kafka listener on 127.0.0.1.
+
+No silent skips. Every partition's offsets are delivered without a gap, or the gap is a
+`StreamGap` naming the partition and the offsets (`on_gap="fail"`, the default) or a
+dead-letter entry with the count (`on_gap="dead_letter"`, drained from `bad_messages` by the
+trainer). Messages go missing when the broker deleted them before they were read — retention,
+or a size cap like the mock cluster's (about 5 MB a partition: ml-latest-small keyed by user
+loses its oldest 10–20% there before any consumer starts). Three places see it: a start or
+restore position below the partition's first offset, librdkafka's offset-out-of-range answer
+(`auto.offset.reset` is forced to `error`: its default `latest` would jump to the end), and a
+delivered offset beyond the next expected one while the partition's first offset is past the
+expected one. An offset hole with nothing deleted (transaction markers, compaction) is no
+message and no loss.
 """
 
 from __future__ import annotations
@@ -21,7 +33,13 @@ import time
 from collections import deque
 from typing import Any
 
-from streamrec.data.stream.base import Message, PartitionLag
+from streamrec.data.stream.base import (
+    GAP_POLICIES,
+    Message,
+    PartitionLag,
+    StreamGap,
+    StreamPositionError,
+)
 
 
 def _client() -> Any:
@@ -40,9 +58,17 @@ class KafkaSource:
         group: str = "streamrec",
         settings: dict[str, Any] | None = None,
         refresh_seconds: float = 10.0,
+        on_gap: str = "fail",
     ) -> None:
-        """settings: extra librdkafka settings (e.g. security.protocol, sasl.*)."""
+        """settings: extra librdkafka settings (e.g. security.protocol, sasl.*); on_gap: what
+        messages deleted before they were read do — "fail" (raise `StreamGap`) or
+        "dead_letter" (one dead letter per gap, with its offsets and count; the run goes on)."""
+        if on_gap not in GAP_POLICIES:
+            raise ValueError(f"on_gap must be one of {GAP_POLICIES}, not {on_gap!r}")
         ck = _client()
+        self.on_gap = on_gap
+        self.bad_messages: list[tuple[str, str, str]] = []  # (stream, where, reason)
+        self.events_lost = 0  # messages deleted before they were read (dead_letter policy)
         self._ck = ck
         self.topic = topic
         self.refresh_seconds = refresh_seconds
@@ -55,6 +81,7 @@ class KafkaSource:
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,
                 **(settings or {}),
+                "auto.offset.reset": "error",  # never jump past messages: see the docstring
             }
         )
         self.position = 0  # messages delivered so far (Message.offset of the next one)
@@ -63,7 +90,11 @@ class KafkaSource:
         self._snapshots: deque[tuple[int, dict[int, int]]] = deque(maxlen=64)
         self._refreshed = 0.0
         self.last_error: str | None = None  # the last non-fatal error a poll met
-        self._discover(from_group=True)
+        try:
+            self._discover(from_group=True)
+        except BaseException:  # e.g. a StreamGap at the group's position: stop the client
+            self.consumer.close()
+            raise
 
     # -------------------------------------------------------------- partitions
     def _partitions(self) -> list[int]:
@@ -86,13 +117,35 @@ class KafkaSource:
                 if tp.offset >= 0:
                     start[tp.partition] = tp.offset
         for p in new:
-            low, _ = self.consumer.get_watermark_offsets(
-                self._ck.TopicPartition(self.topic, p), timeout=10
-            )
-            self.next_offsets[p] = max(start[p], low)  # retention may have deleted the start
+            self.next_offsets[p] = start[p]
+            self._check_start(p)
         if from_group and len(self.next_offsets) == 1:
             self.position = next(iter(self.next_offsets.values()))
         self._assign()
+
+    def _low(self, p: int) -> int:
+        """The partition's first offset still held by the broker."""
+        tp = self._ck.TopicPartition(self.topic, p)
+        return self.consumer.get_watermark_offsets(tp, timeout=10)[0]
+
+    def _check_start(self, p: int) -> None:
+        """A position the broker no longer holds is a gap, never a silent jump."""
+        low = self._low(p)
+        if low > self.next_offsets[p]:
+            self._gap(p, self.next_offsets[p], low)
+
+    def _gap(self, p: int, first: int, available: int) -> None:
+        """Offsets [first, available) of partition p are gone: raise, or dead-letter the gap
+        and continue at `available`."""
+        gap = StreamGap(f"kafka topic {self.topic!r}", p, first, available)
+        if self.on_gap == "fail":
+            raise gap
+        self.bad_messages.append(
+            (f"kafka {self.topic}", f"partition {p} offsets {first}-{available - 1}",
+             f"{gap.lost} messages deleted by the broker before they were read")
+        )
+        self.events_lost += gap.lost
+        self.next_offsets[p] = available
 
     def _assign(self) -> None:
         self.consumer.assign(
@@ -110,6 +163,7 @@ class KafkaSource:
             )
         self.position = offset
         self.next_offsets = {0: offset}
+        self._check_start(0)
         self._assign()
 
     def poll(self, max_messages: int, timeout: float = 0.0) -> list[Message]:
@@ -118,13 +172,19 @@ class KafkaSource:
         out = []
         for m in self.consumer.consume(num_messages=max_messages, timeout=max(timeout, 0.01)):
             if m.error() is not None:  # retried by librdkafka unless fatal; a stall shows it
+                if m.error().code() == self._ck.KafkaError._AUTO_OFFSET_RESET:
+                    self._out_of_range(m.partition())
+                    break  # re-assigned: the rest of this batch is fetched again
                 if m.error().fatal():
                     raise RuntimeError(f"kafka {self.topic}: {m.error()}")
                 self.last_error = str(m.error())
                 continue
             p, o = m.partition(), m.offset()
-            if o < self.next_offsets.get(p, 0):
+            expected = self.next_offsets.get(p, 0)
+            if o < expected:
                 continue  # fetched before a re-assignment: already delivered
+            if o > expected and (low := self._low(p)) > expected:
+                self._gap(p, expected, min(low, o))
             single = len(self.next_offsets) == 1
             out.append(Message(o if single else self.position, m.value() or b"",
                                f"partition {p} offset {o}"))
@@ -134,6 +194,22 @@ class KafkaSource:
             if kind != self._ck.TIMESTAMP_NOT_AVAILABLE:
                 self._last_timestamp[p] = ms / 1000.0
         return out
+
+    def _out_of_range(self, p: int) -> None:
+        """The broker no longer holds partition p's next offset (deleted while we were behind,
+        or a restored position it never held)."""
+        if p not in self.next_offsets:
+            return
+        tp = self._ck.TopicPartition(self.topic, p)
+        low, high = self.consumer.get_watermark_offsets(tp, timeout=10)
+        if self.next_offsets[p] > high:
+            raise StreamPositionError(
+                f"kafka topic {self.topic!r} partition {p}: the position {self.next_offsets[p]} "
+                f"is past the partition's end ({high}) — was the topic deleted and created "
+                "again? Start a new run directory and consumer group to read it from its start"
+            )
+        self._check_start(p)  # raises, or moves the partition past the gap
+        self._assign()
 
     def state(self) -> dict[str, Any]:
         """The position as JSON (for the checkpoint); remembered for `commit`."""
@@ -154,6 +230,8 @@ class KafkaSource:
         saved = {int(p): int(o) for p, o in state["partitions"].items()}
         self.next_offsets = {p: saved.get(p, 0) for p in set(self.next_offsets) | set(saved)}
         self._snapshots.clear()
+        for p in sorted(self.next_offsets):
+            self._check_start(p)
         self._assign()
 
     def commit(self, offset: int) -> None:
