@@ -157,12 +157,13 @@ def online(
     settings = dict(cfg.online.source) or None
 
     def open_stream() -> StreamSource:
-        stream = open_source(addresses[0], group, settings, cfg.online.on_gap)
+        o = cfg.online
+        stream = open_source(addresses[0], group, settings, o.on_gap, o.service_timeout_seconds)
         if actions is not None:
             j = cfg.online.join
             stream = JoinedSource(
                 stream,
-                open_source(addresses[1], group, settings, cfg.online.on_gap),
+                open_source(addresses[1], group, settings, o.on_gap, o.service_timeout_seconds),
                 OnlineJoiner(j.tasks, j.window_seconds, j.allowed_lateness, j.max_pending),
             )
         return stream

@@ -47,6 +47,12 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _unavailable(error: Exception | str) -> None:
+    """A stream service did not answer within its timeout (exit 4)."""
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(4)
+
+
 def _health_stop(stop: Exception, out: Path | str) -> None:
     """`train.health: stop` ended the run: say why and where it can continue (exit 3)."""
     typer.echo(f"error: {stop}", err=True)
@@ -675,17 +681,25 @@ def online(
     ),
     seed: int | None = typer.Option(None, help=SEED_HELP),
     overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+    service_timeout: float | None = typer.Option(
+        None,
+        help="Seconds Kafka / Redis may be unreachable (at the start, or while running) before "
+        "the run ends with exit 4 and a checkpoint; shorter outages are waited out. Default: "
+        "online.service_timeout_seconds (30).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
 ) -> None:
     """Train online from a stream: predict first, then learn; deltas for the server."""
     from streamrec import api
     from streamrec.config import ConfigError
     from streamrec.data.stream.address import StreamAddressError
-    from streamrec.data.stream.base import StreamPositionError
+    from streamrec.data.stream.base import StreamPositionError, StreamUnavailable
     from streamrec.store import CorruptModelError
     from streamrec.train.health import HealthStop
     from streamrec.train.run_dir import RunDirBusy
 
+    if service_timeout is not None:
+        overrides = [*(overrides or []), f"online.service_timeout_seconds={service_timeout}"]
     cfg = _load_config(config, overrides, seed)
     try:
         status = api.online(
@@ -709,6 +723,8 @@ def online(
         ImportError,
     ) as e:
         _fail(str(e))
+    except StreamUnavailable as e:
+        _unavailable(e)
     except HealthStop as e:
         _health_stop(e, out)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -769,6 +785,11 @@ def stream_produce(
         "records' timestamps); 0 = as fast as possible.",
     ),
     timestamp: str = typer.Option("timestamp", help="The time column, for --speed."),
+    service_timeout: float = typer.Option(
+        30.0,
+        help="Seconds to wait for Kafka / Redis to answer (at the start, and for each message) "
+        "before giving up with exit 4.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Replay a time-ordered dataset into a stream, one JSON record per message."""
@@ -777,14 +798,17 @@ def stream_produce(
 
     from streamrec.data.formats import read_records
     from streamrec.data.stream.address import StreamAddressError, parse_stream_address
+    from streamrec.data.stream.base import StreamUnavailable
     from streamrec.data.stream.connect import open_sink
 
     try:
         address = parse_stream_address(to)
         settings = dict(_load_config(config, None, None).online.source) if config else None
-        sink = open_sink(address, settings)
+        sink = open_sink(address, settings, service_timeout)
     except (StreamAddressError, ImportError, ValueError) as e:
         _fail(str(e))
+    except StreamUnavailable as e:
+        _unavailable(e)
     first_ts = started = None
     try:
         for batch in read_records(dataset, fmt):
@@ -804,6 +828,8 @@ def stream_produce(
                 message_key = None if key is None else str(record[key]).encode()
                 sink.append_raw(value, message_key)
         sink.close()
+    except StreamUnavailable as e:
+        _unavailable(f"{e} ({sink.sent:,} messages appended to {address} before)")
     except (DataError, RuntimeError, OSError) as e:
         _fail(f"{e} ({sink.sent:,} messages appended to {address} before)")
     if as_json:

@@ -446,6 +446,12 @@ class OnlineConfig(_Strict):
         "fail — stop with the partition and offsets (exit 2); dead_letter — record each gap "
         "with its offsets and count in dead_letter.jsonl and go on",
     )
+    service_timeout_seconds: float = Field(
+        30.0, gt=0,
+        description="a stream service (Kafka, Redis) that does not answer for this long ends "
+        "the run (exit 4, a checkpoint saved); shorter outages are waited out (status.json "
+        "shows source_unavailable)",
+    )
     stall_seconds: float = Field(
         60.0, gt=0,
         description="report the source as stalled (log, status.json) when nothing was read "

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from streamrec.config import JobConfig
-from streamrec.data.stream.base import StreamSource
+from streamrec.data.stream.base import StreamSource, StreamUnavailable
 from streamrec.embedding.reshard import reshard
 from streamrec.store import read_manifest
 from streamrec.store.delta import TableDelta
@@ -110,12 +110,13 @@ class DistributedOnlineTrainer(OnlineTrainer):
     def _loop_everywhere(self, stop_when_idle: float | None, max_events: int | None) -> None:
         batch_size = self.config.data.batch_size
         idle_since = time.monotonic()
+        self._unavailable_at_stop: str | None = None
         while True:
             order: dict[str, Any] | None = None
             if self.rank == 0:
                 order = self._next_order(batch_size, stop_when_idle, max_events, idle_since)
-                if order["action"] == "step":
-                    idle_since = time.monotonic()
+                if order["action"] == "step" or self.source_down_since is not None:
+                    idle_since = time.monotonic()  # an outage is not the stream running dry
             box = [order]
             dist.broadcast_object_list(box, src=0)
             order = box[0]
@@ -124,6 +125,7 @@ class DistributedOnlineTrainer(OnlineTrainer):
             elif order["action"] == "sync":
                 self.sync()
             if order.get("stop"):
+                self._unavailable_at_stop = order.get("unavailable")
                 break
 
     def _finish(self, stopped: HealthStop | None) -> dict:
@@ -146,6 +148,8 @@ class DistributedOnlineTrainer(OnlineTrainer):
         self.dead.close()
         if stopped is not None:
             raise stopped
+        if self._unavailable_at_stop:
+            raise StreamUnavailable(self._unavailable_at_stop)
         return status
 
     def _next_order(
@@ -156,7 +160,10 @@ class DistributedOnlineTrainer(OnlineTrainer):
         idle_since: float,
     ) -> dict[str, Any]:
         """Rank 0: what every rank does next — train a batch, write a delta, or stop."""
-        messages = self.source.poll(batch_size, timeout=0.2)
+        try:
+            messages = self._poll(batch_size)
+        except StreamUnavailable as e:  # past the timeout: every rank stops together
+            return {"action": "stop", "stop": True, "unavailable": str(e)}
         self._drain_source_rejects()  # also gaps found by a poll that delivered nothing
         if messages:
             consumed = self.events_consumed + len(messages)

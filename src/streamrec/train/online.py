@@ -19,6 +19,13 @@ Per batch of messages (in offset order):
 last delta version, lag behind the stream head, seconds from consuming an event to the delta
 that carries it.
 
+A service that goes away (Redis restarting, Kafka's brokers unreachable) is waited out: polls
+retry with a capped backoff, `status.json` shows `source_unavailable` and since when, a commit
+that could not reach it is made at the next one that can (the checkpoint, not the commit, is
+what a restart resumes from), and training continues when it returns — nothing lost or
+repeated. Unavailable longer than `online.service_timeout_seconds`, the run ends with a
+checkpoint and `StreamUnavailable` (CLI exit 4).
+
 Exactly once: after a crash, `OnlineTrainer` resumes from the newest complete version in
 `out/checkpoint/` and seeks the source to the offset stored in it, so every event after the
 checkpoint is trained exactly once more and none before it twice; the dead-letter file is cut
@@ -40,7 +47,7 @@ import pyarrow as pa
 
 from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
-from streamrec.data.stream.base import Message, StreamSource
+from streamrec.data.stream.base import Message, StreamSource, StreamUnavailable
 from streamrec.json_records import StreamRecordDecoder, majority_kinds
 from streamrec.models.persistence import load_model
 from streamrec.models.registry import build_model
@@ -55,6 +62,8 @@ from streamrec.train.run_dir import RunDir
 from streamrec.train.run_metrics import RunMetrics
 from streamrec.train.stall_watch import StallWatch
 from streamrec.train.trainer import Trainer, build_dense_optimizer
+
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.2, 5.0  # backoff while a service is unavailable
 
 
 class OnlineTrainer:
@@ -125,6 +134,10 @@ class OnlineTrainer:
         self.run_metrics: RunMetrics | None = None  # metrics.csv + RUN/tb, from the first status
         self._consumed_at_status = -1  # events_consumed at the last status (see stream_lag)
         self.trainer.on_health = self._on_health
+        self.source_down_since: float | None = None  # wall time the service stopped answering
+        self._source_error = ""
+        self._retry_seconds = RETRY_FIRST_SECONDS
+        self._uncommitted: int | None = None  # a checkpoint's offset the service did not take
 
     def _writes_run_dir(self) -> bool:
         """Whether this process owns the run directory's lock and tidies it (rank 0)."""
@@ -291,8 +304,17 @@ class OnlineTrainer:
         self.run_metrics.flush()
 
     def _health(self) -> list[dict[str, Any]]:
+        """The active warnings (status.json, and through deltas the server's status page),
+        with the source's unavailability among them while it lasts."""
         health = self.trainer.health
-        return health.active_json() if health is not None else []
+        active = health.active_json() if health is not None else []
+        if self.source_down_since is not None:
+            active.append({
+                "rule": "source_unavailable", "subject": "", "message": self._source_error,
+                "value": time.time() - self.source_down_since,
+                "step": self.trainer.global_step, "since": self.source_down_since,
+            })
+        return active
 
     def sync(self) -> Path:
         path = self.exporter.export(
@@ -354,15 +376,67 @@ class OnlineTrainer:
         }
         path = self.run_dir.save_checkpoint(self.trainer.checkpoint)
         self.checkpoint_version = int(path.name)
-        self.source.commit(self.next_offset)  # only once the checkpoint covering it is durable
+        self._commit(self.next_offset)  # only once the checkpoint covering it is durable
         self._batches_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+
+    def _commit(self, offset: int) -> None:
+        if self.source_down_since is not None:  # no call that would wait on a service away
+            self._uncommitted = offset
+            return
+        try:
+            self.source.commit(offset)
+            self._uncommitted = None
+        except StreamUnavailable as e:  # the checkpoint holds the position; commit it later
+            self._uncommitted = offset
+            self.log(f"commit of offset {offset} deferred: {e}")
+
+    def _poll(self, batch_size: int) -> list[Message]:
+        """One poll. An unavailable service is waited out — a backoff sleep, `status.json`
+        kept current — and raised only once it was away longer than the service timeout."""
+        try:
+            messages = self.source.poll(batch_size, timeout=0.2)
+        except StreamUnavailable as e:
+            self._source_unavailable(e)
+            return []
+        if self.source_down_since is not None:
+            self.log(f"source available again after {time.time() - self.source_down_since:.1f} s")
+            self.source_down_since, self._retry_seconds = None, RETRY_FIRST_SECONDS
+            if self._uncommitted is not None:
+                self._commit(self._uncommitted)
+            self.write_status()
+        return messages
+
+    def _source_unavailable(self, error: StreamUnavailable) -> None:
+        now, timeout = time.time(), self.online_config.service_timeout_seconds
+        self._source_error = str(error)[:300]
+        if self.source_down_since is None:
+            self.source_down_since = now
+            self.log(f"source unavailable: {error} (retrying for up to {timeout:g} s)")
+            self.write_status()
+        elif now - self.source_down_since > timeout:
+            raise StreamUnavailable(
+                f"{error} — unavailable for {now - self.source_down_since:.0f} s "
+                f"(online.service_timeout_seconds {timeout:g}); a checkpoint was saved and a "
+                "rerun continues from it"
+            )
+        time.sleep(self._retry_seconds)
+        self._retry_seconds = min(2 * self._retry_seconds, RETRY_MAX_SECONDS)
+        if time.monotonic() - self._last_status >= 1.0:
+            self.write_status()
+
+    def _unavailable(self) -> dict[str, Any] | None:
+        if self.source_down_since is None:
+            return None
+        return {"since": self.source_down_since, "error": self._source_error}
 
     def stream_lag(self) -> dict[str, Any]:
         """Per-partition position, head, lag (messages and seconds) and the stall state. A
         source that cannot answer (a broker down) is reported, never raised: status must not
         stop training."""
         try:
+            if self.source_down_since is not None:  # asking would wait out a request timeout
+                raise StreamUnavailable(self._source_error)
             flowing = self.events_consumed != self._consumed_at_status
             self._consumed_at_status = self.events_consumed
             partitions = [asdict(p) for p in self.source.partition_lag(fresh=not flowing)]
@@ -397,6 +471,7 @@ class OnlineTrainer:
             else {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
             "windowed": self.metrics.windowed(),
             "health": self._health(),
+            "source_unavailable": self._unavailable(),
             "updated": time.time(),
         }
 
@@ -446,7 +521,7 @@ class OnlineTrainer:
     def run(self, stop_when_idle: float | None = None, max_events: int | None = None) -> dict:
         try:
             self._loop(stop_when_idle, max_events)
-        except HealthStop:  # `train.health: stop`: end as a clean stop would, then say why
+        except (HealthStop, StreamUnavailable):  # end as a clean stop would, then say why
             self.sync()
             self.checkpoint()
             self.write_status()
@@ -462,8 +537,10 @@ class OnlineTrainer:
         batch_size = self.config.data.batch_size
         idle_since = time.monotonic()
         while True:
-            messages = self.source.poll(batch_size, timeout=0.2)
+            messages = self._poll(batch_size)
             self._drain_source_rejects()  # also gaps found by a poll that delivered nothing
+            if self.source_down_since is not None:
+                idle_since = time.monotonic()  # an outage is not the stream running dry
             if messages:
                 idle_since = time.monotonic()
                 self.step(messages)

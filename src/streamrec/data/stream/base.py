@@ -31,6 +31,12 @@ class PartitionLag:
     # up; None when unknown (the backend has no timestamps, or nothing was consumed yet)
 
 
+class StreamUnavailable(RuntimeError):
+    """The stream's service did not answer (down, restarting, unreachable). Nothing was
+    delivered or acknowledged by the failed call: the caller may retry it once the service is
+    back (the online trainer does, within `online.service_timeout_seconds`; CLI exit 4)."""
+
+
 class StreamPositionError(RuntimeError):
     """The position a source must read from does not exist at the broker: the run cannot go on
     without losing or inventing messages, so it stops with the reason (CLI exit 2)."""

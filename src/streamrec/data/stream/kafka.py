@@ -25,12 +25,20 @@ restore position below the partition's first offset, librdkafka's offset-out-of-
 delivered offset beyond the next expected one while the partition's first offset is past the
 expected one. An offset hole with nothing deleted (transaction markers, compaction) is no
 message and no loss.
+
+Brokers that go away: librdkafka reconnects by itself, so a poll during an outage delivers
+nothing. What the trainer needs is to *know*: after a transport error (all brokers down, a
+connection lost) every poll asks the cluster for the topic's metadata (at most every 2 s) and
+raises `StreamUnavailable` until it answers; so do start-up, commits and offset queries. The
+position is untouched by an outage: librdkafka fetches on from it when the brokers return.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from streamrec.data.stream.base import (
@@ -39,7 +47,10 @@ from streamrec.data.stream.base import (
     PartitionLag,
     StreamGap,
     StreamPositionError,
+    StreamUnavailable,
 )
+
+PROBE_SECONDS = 2.0  # while brokers are unreachable, a poll asks for metadata this often
 
 
 def _client() -> Any:
@@ -59,10 +70,13 @@ class KafkaSource:
         settings: dict[str, Any] | None = None,
         refresh_seconds: float = 10.0,
         on_gap: str = "fail",
+        request_seconds: float = 10.0,
     ) -> None:
         """settings: extra librdkafka settings (e.g. security.protocol, sasl.*); on_gap: what
         messages deleted before they were read do — "fail" (raise `StreamGap`) or
-        "dead_letter" (one dead letter per gap, with its offsets and count; the run goes on)."""
+        "dead_letter" (one dead letter per gap, with its offsets and count; the run goes on);
+        request_seconds: the longest one metadata / offset request may wait."""
+        self.request_seconds = request_seconds
         if on_gap not in GAP_POLICIES:
             raise ValueError(f"on_gap must be one of {GAP_POLICIES}, not {on_gap!r}")
         ck = _client()
@@ -70,6 +84,7 @@ class KafkaSource:
         self.bad_messages: list[tuple[str, str, str]] = []  # (stream, where, reason)
         self.events_lost = 0  # messages deleted before they were read (dead_letter policy)
         self._ck = ck
+        self.servers = servers
         self.topic = topic
         self.refresh_seconds = refresh_seconds
         self._client_settings = {"bootstrap.servers": servers, **(settings or {})}
@@ -90,15 +105,39 @@ class KafkaSource:
         self._snapshots: deque[tuple[int, dict[int, int]]] = deque(maxlen=64)
         self._refreshed = 0.0
         self.last_error: str | None = None  # the last non-fatal error a poll met
+        self._unreachable = False  # a transport error was seen; cleared by a metadata answer
+        self._probed = 0.0
         try:
-            self._discover(from_group=True)
+            with self._answering():
+                self._discover(from_group=True)
         except BaseException:  # e.g. a StreamGap at the group's position: stop the client
             self.consumer.close()
             raise
 
+    def _is_outage(self, err: Any) -> bool:
+        ck = self._ck.KafkaError
+        unreachable = {ck._TRANSPORT, ck._ALL_BROKERS_DOWN, ck._TIMED_OUT, ck._RESOLVE,
+                       ck._WAIT_COORD, ck.COORDINATOR_NOT_AVAILABLE, ck.NOT_COORDINATOR}
+        return not err.fatal() and (err.code() in unreachable or err.retriable())
+
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        """The client's errors of an unreachable cluster as `StreamUnavailable`."""
+        try:
+            yield
+        except self._ck.KafkaException as e:
+            err = e.args[0] if e.args else None
+            if err is None or not hasattr(err, "code") or not self._is_outage(err):
+                raise
+            self._unreachable = True
+            raise StreamUnavailable(
+                f"kafka {self.servers} topic {self.topic}: {err.str()}"
+            ) from None
+
     # -------------------------------------------------------------- partitions
     def _partitions(self) -> list[int]:
-        meta = self.consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        answer = self.consumer.list_topics(self.topic, timeout=self.request_seconds)
+        meta = answer.topics.get(self.topic)
         if meta is None or meta.error is not None:
             return []  # not created yet: picked up by a later refresh
         return sorted(meta.partitions)
@@ -113,12 +152,12 @@ class KafkaSource:
         start = {p: 0 for p in new}
         if from_group:
             tps = [self._ck.TopicPartition(self.topic, p) for p in new]
-            for tp in self.consumer.committed(tps, timeout=10):
+            for tp in self.consumer.committed(tps, timeout=self.request_seconds):
                 if tp.offset >= 0:
                     start[tp.partition] = tp.offset
-        for p in new:
-            self.next_offsets[p] = start[p]
-            self._check_start(p)
+        for p in new:  # every answer first, then the change: an outage leaves nothing half-set
+            start[p] = self._past_deleted(p, start[p], self._low(p))
+        self.next_offsets.update(start)
         if from_group and len(self.next_offsets) == 1:
             self.position = next(iter(self.next_offsets.values()))
         self._assign()
@@ -126,26 +165,27 @@ class KafkaSource:
     def _low(self, p: int) -> int:
         """The partition's first offset still held by the broker."""
         tp = self._ck.TopicPartition(self.topic, p)
-        return self.consumer.get_watermark_offsets(tp, timeout=10)[0]
+        return self.consumer.get_watermark_offsets(tp, timeout=self.request_seconds)[0]
 
     def _check_start(self, p: int) -> None:
         """A position the broker no longer holds is a gap, never a silent jump."""
-        low = self._low(p)
-        if low > self.next_offsets[p]:
-            self._gap(p, self.next_offsets[p], low)
+        self.next_offsets[p] = self._past_deleted(p, self.next_offsets[p], self._low(p))
 
-    def _gap(self, p: int, first: int, available: int) -> None:
-        """Offsets [first, available) of partition p are gone: raise, or dead-letter the gap
-        and continue at `available`."""
-        gap = StreamGap(f"kafka topic {self.topic!r}", p, first, available)
+    def _past_deleted(self, p: int, start: int, low: int) -> int:
+        """Where partition p reads on from `start` when the broker's first offset is `low`:
+        `start` itself, or — offsets [start, low) gone — raise (on_gap fail) or dead-letter
+        the gap and go on at `low`."""
+        if low <= start:
+            return start
+        gap = StreamGap(f"kafka topic {self.topic!r}", p, start, low)
         if self.on_gap == "fail":
             raise gap
         self.bad_messages.append(
-            (f"kafka {self.topic}", f"partition {p} offsets {first}-{available - 1}",
+            (f"kafka {self.topic}", f"partition {p} offsets {start}-{low - 1}",
              f"{gap.lost} messages deleted by the broker before they were read")
         )
         self.events_lost += gap.lost
-        self.next_offsets[p] = available
+        return low
 
     def _assign(self) -> None:
         self.consumer.assign(
@@ -163,12 +203,30 @@ class KafkaSource:
             )
         self.position = offset
         self.next_offsets = {0: offset}
-        self._check_start(0)
+        with self._answering():
+            self._check_start(0)
         self._assign()
 
     def poll(self, max_messages: int, timeout: float = 0.0) -> list[Message]:
-        if time.monotonic() - self._refreshed >= self.refresh_seconds:
-            self._discover()
+        with self._answering():
+            if self._unreachable:
+                self._probe()
+            if time.monotonic() - self._refreshed >= self.refresh_seconds:
+                self._discover()
+            return self._poll(max_messages, timeout)
+
+    def _probe(self) -> None:
+        """While a transport error stands: one metadata request every PROBE_SECONDS; raises
+        (`_answering` makes it StreamUnavailable) until the cluster answers."""
+        if time.monotonic() - self._probed < PROBE_SECONDS:
+            raise StreamUnavailable(
+                f"kafka {self.servers} topic {self.topic}: {self.last_error or 'unreachable'}"
+            )
+        self._probed = time.monotonic()
+        self.consumer.list_topics(self.topic, timeout=PROBE_SECONDS)
+        self._unreachable = False
+
+    def _poll(self, max_messages: int, timeout: float) -> list[Message]:
         out = []
         for m in self.consumer.consume(num_messages=max_messages, timeout=max(timeout, 0.01)):
             if m.error() is not None:  # retried by librdkafka unless fatal; a stall shows it
@@ -177,14 +235,17 @@ class KafkaSource:
                     break  # re-assigned: the rest of this batch is fetched again
                 if m.error().fatal():
                     raise RuntimeError(f"kafka {self.topic}: {m.error()}")
-                self.last_error = str(m.error())
+                self.last_error = m.error().str()
+                if m.error().code() in (self._ck.KafkaError._ALL_BROKERS_DOWN,
+                                        self._ck.KafkaError._TRANSPORT):
+                    self._unreachable = True
                 continue
             p, o = m.partition(), m.offset()
             expected = self.next_offsets.get(p, 0)
             if o < expected:
                 continue  # fetched before a re-assignment: already delivered
             if o > expected and (low := self._low(p)) > expected:
-                self._gap(p, expected, min(low, o))
+                self.next_offsets[p] = self._past_deleted(p, expected, min(low, o))
             single = len(self.next_offsets) == 1
             out.append(Message(o if single else self.position, m.value() or b"",
                                f"partition {p} offset {o}"))
@@ -201,7 +262,7 @@ class KafkaSource:
         if p not in self.next_offsets:
             return
         tp = self._ck.TopicPartition(self.topic, p)
-        low, high = self.consumer.get_watermark_offsets(tp, timeout=10)
+        low, high = self.consumer.get_watermark_offsets(tp, timeout=self.request_seconds)
         if self.next_offsets[p] > high:
             raise StreamPositionError(
                 f"kafka topic {self.topic!r} partition {p}: the position {self.next_offsets[p]} "
@@ -230,8 +291,9 @@ class KafkaSource:
         saved = {int(p): int(o) for p, o in state["partitions"].items()}
         self.next_offsets = {p: saved.get(p, 0) for p in set(self.next_offsets) | set(saved)}
         self._snapshots.clear()
-        for p in sorted(self.next_offsets):
-            self._check_start(p)
+        with self._answering():
+            for p in sorted(self.next_offsets):
+                self._check_start(p)
         self._assign()
 
     def commit(self, offset: int) -> None:
@@ -244,10 +306,12 @@ class KafkaSource:
         if snapshot is None and offset == self.position:
             snapshot = dict(self.next_offsets)
         if snapshot:
-            self.consumer.commit(
-                offsets=[self._ck.TopicPartition(self.topic, p, o) for p, o in snapshot.items()],
-                asynchronous=False,
-            )
+            with self._answering():
+                self.consumer.commit(
+                    offsets=[self._ck.TopicPartition(self.topic, p, o)
+                             for p, o in snapshot.items()],
+                    asynchronous=False,
+                )
 
     def _query_heads(self, partitions: list[int]) -> dict[int, int]:
         """The brokers' high watermarks, one ListOffsets request on a connection of its own
@@ -259,7 +323,7 @@ class KafkaSource:
         from confluent_kafka.admin import OffsetSpec
 
         asked = {self._ck.TopicPartition(self.topic, p): OffsetSpec.latest() for p in partitions}
-        answers = self._admin.list_offsets(asked, request_timeout=10)
+        answers = self._admin.list_offsets(asked, request_timeout=self.request_seconds)
         return {tp.partition: future.result().offset for tp, future in answers.items()}
 
     def partition_lag(self, fresh: bool = True) -> list[PartitionLag]:
@@ -294,20 +358,39 @@ class KafkaSource:
 class KafkaSink:
     """Appends messages to a topic (keyed messages keep their order within a partition)."""
 
-    def __init__(self, servers: str, topic: str, settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        servers: str,
+        topic: str,
+        settings: dict[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """timeout: seconds to reach the cluster at the start, and for each message to be
+        delivered (librdkafka's message.timeout.ms); then StreamUnavailable."""
         ck = _client()
-        self.topic = topic
+        self.servers, self.topic, self.timeout = servers, topic, timeout
         self.sent = 0
         self.failed: list[str] = []
-        self.producer = ck.Producer(
-            {"bootstrap.servers": servers, "linger.ms": 20, **(settings or {})}
-        )
+        self.producer = ck.Producer({
+            "bootstrap.servers": servers,
+            "linger.ms": 20,
+            "message.timeout.ms": int(timeout * 1000),
+            **(settings or {}),
+        })
+        try:
+            self.producer.list_topics(timeout=timeout)
+        except ck.KafkaException as e:
+            raise StreamUnavailable(
+                f"kafka {servers}: no answer within {timeout:g} s ({e.args[0].str()})"
+            ) from None
 
     def _delivered(self, err: Any, _msg: Any) -> None:
         if err is not None and len(self.failed) < 5:
             self.failed.append(str(err))
 
     def append_raw(self, value: bytes, key: bytes | None = None) -> None:
+        if self.failed:  # a message already timed out: the cluster is away, say so now
+            self.flush()
         while True:
             try:
                 self.producer.produce(self.topic, value=value, key=key, on_delivery=self._delivered)
@@ -318,10 +401,11 @@ class KafkaSink:
         self.sent += 1
 
     def flush(self) -> None:
-        left = self.producer.flush(60)
+        left = self.producer.flush(self.timeout + 5)  # each message times out by itself
         if left or self.failed:
-            raise RuntimeError(
-                f"kafka {self.topic}: {left} messages not delivered"
+            raise StreamUnavailable(
+                f"kafka {self.servers} topic {self.topic}: {left + len(self.failed)} or more "
+                "messages not delivered"
                 + (f" ({'; '.join(self.failed)})" if self.failed else "")
             )
 

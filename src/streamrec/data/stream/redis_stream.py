@@ -6,15 +6,27 @@ delivered but not covered by a checkpoint; a restarted source reads those first 
 id 0), then new ones — so nothing is lost and nothing is trained twice. Our integer offsets
 count messages in delivery order; the Redis ids behind them are kept until acknowledged.
 Each record is the field `data` of a stream entry (`RedisStreamSource.produce` writes one).
+
+A lost connection (Redis restarting, a network blip) is `StreamUnavailable`; the next poll
+reconnects and first re-reads the group's pending list, so entries Redis handed out in a reply
+that never arrived are delivered, and the ones this source already delivered are not again.
+Acknowledgements leave the local list only once Redis took them.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from streamrec.data.stream.base import Message, PartitionLag
+from streamrec.data.stream.base import (
+    Message,
+    PartitionLag,
+    StreamPositionError,
+    StreamUnavailable,
+)
 
 
 def _connect(url: str, settings: dict[str, Any] | None) -> Any:
@@ -22,7 +34,9 @@ def _connect(url: str, settings: dict[str, Any] | None) -> Any:
         import redis
     except ImportError as e:  # optional extra
         raise ImportError("Redis Streams need redis-py: pip install 'streamrec[redis]'") from e
-    return redis.Redis.from_url(url, **(settings or {}))
+    # A silent network must not hang a command: connects and replies time out (overridable).
+    timeouts = {"socket_connect_timeout": 10, "socket_timeout": 30}
+    return redis.Redis.from_url(url, **{**timeouts, **(settings or {})})
 
 
 def _entry_key(entry_id: bytes | str) -> tuple[int, int]:
@@ -51,12 +65,14 @@ class RedisStreamSource:
         import redis
 
         self.redis = _connect(url, settings)
+        self.url = url
         self.stream, self.group, self.consumer = stream, group, consumer
-        try:
-            self.redis.xgroup_create(stream, group, id="0", mkstream=True)
-        except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+        with self._answering():
+            try:
+                self.redis.xgroup_create(stream, group, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
         self.position = 0
         self._unacked: deque[tuple[int, bytes]] = deque()
         self._pending_first = True  # read our own unacknowledged entries before new ones
@@ -86,25 +102,56 @@ class RedisStreamSource:
         self._last_id = state.get("last_id")
         self._covered = None if self._last_id is None else _entry_key(self._last_id)
 
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Redis's connection errors as `StreamUnavailable`; the next poll re-reads the
+        pending list first (a reply lost with the connection left its entries there)."""
+        import redis
+
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            self._pending_first, self._pending_after = True, "0"
+            raise StreamUnavailable(f"redis {self._where()}: {e}") from None
+        except redis.ResponseError as e:
+            if "NOGROUP" in str(e):
+                raise StreamPositionError(
+                    f"redis {self._where()}: the stream or its group {self.group!r} is gone "
+                    "(a Redis restart without persistence, or deleted): its position is lost. "
+                    "Turn on Redis persistence (appendonly yes); start a new run directory"
+                ) from None
+            raise
+
+    def _where(self) -> str:
+        host = self.url.split("@")[-1].removeprefix("redis://")  # never a password
+        return f"{host} stream {self.stream}"
+
     def poll(self, max_messages: int, timeout: float = 0.0) -> list[Message]:
-        pending = self._pending_first
-        start = self._pending_after if pending else ">"
-        block = None if pending else max(1, int(timeout * 1000))
-        reply = self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: start}, count=max_messages, block=block
-        )
-        entries = reply[0][1] if reply else []
-        if pending and not entries:
-            self._pending_first = False
-            return self.poll(max_messages, timeout)
-        if pending:
-            self._pending_after = entries[-1][0]
+        with self._answering():
+            return self._poll(max_messages, timeout)
+
+    def _poll(self, max_messages: int, timeout: float) -> list[Message]:
+        while True:
+            pending = self._pending_first
+            start = self._pending_after if pending else ">"
+            block = None if pending else max(1, int(timeout * 1000))
+            reply = self.redis.xreadgroup(
+                self.group, self.consumer, {self.stream: start}, count=max_messages, block=block
+            )
+            entries = reply[0][1] if reply else []
+            if not pending:
+                break
+            if not entries:
+                self._pending_first = False
+                continue
             covered = [e for e, _ in entries if self._is_covered(e)]
             if covered:  # trained before the kill, in the checkpoint: acknowledge, skip
                 self.redis.xack(self.stream, self.group, *covered)
-                entries = [(e, f) for e, f in entries if not self._is_covered(e)]
-                if not entries:
-                    return self.poll(max_messages, timeout)
+            self._pending_after = entries[-1][0]
+            # entries this process delivered already wait for their checkpoint, unacknowledged
+            entries = [(e, f) for e, f in entries if not self._was_delivered(e)]
+            if entries:
+                break
         out = []
         for entry_id, fields in entries:
             value = fields.get(b"data", b"")
@@ -119,19 +166,29 @@ class RedisStreamSource:
     def _is_covered(self, entry_id: bytes) -> bool:
         return self._covered is not None and _entry_key(entry_id) <= self._covered
 
+    def _was_delivered(self, entry_id: bytes) -> bool:
+        """Delivered by this process, or covered by the checkpoint it resumed from (entries
+        reach a consumer in id order)."""
+        return self._last_id is not None and _entry_key(entry_id) <= _entry_key(self._last_id)
+
     def commit(self, offset: int) -> None:
-        ids = []
-        while self._unacked and self._unacked[0][0] < offset:
-            ids.append(self._unacked.popleft()[1])
-        if ids:
-            self.redis.xack(self.stream, self.group, *ids)
+        done = 0
+        while done < len(self._unacked) and self._unacked[done][0] < offset:
+            done += 1
+        if done:
+            ids = [self._unacked[i][1] for i in range(done)]
+            with self._answering():
+                self.redis.xack(self.stream, self.group, *ids)
+            for _ in range(done):  # only once Redis has them
+                self._unacked.popleft()
 
     def head(self) -> int:
         """Our position plus the entries not yet delivered to the group."""
         return self.position + self._undelivered()
 
     def _undelivered(self) -> int:
-        groups = self.redis.xinfo_groups(self.stream)
+        with self._answering():
+            groups = self.redis.xinfo_groups(self.stream)
         lag = next((g.get("lag") or 0 for g in groups if g["name"].decode() == self.group), 0)
         return int(lag)
 
@@ -156,10 +213,13 @@ class RedisStreamSink:
         self, url: str, stream: str, settings: dict[str, Any] | None = None, batch: int = 500
     ) -> None:
         self.redis = _connect(url, settings)
+        self.url = url
         self.stream, self.batch = stream, batch
         self.sent = 0
         self._pipe = self.redis.pipeline(transaction=False)
         self._queued = 0
+        with self._answering():
+            self.redis.ping()  # an unreachable server is one line now, not after a batch
 
     def append_raw(self, value: bytes, key: bytes | None = None) -> None:
         """`key` is ignored: a stream is one ordered sequence."""
@@ -171,8 +231,19 @@ class RedisStreamSink:
 
     def flush(self) -> None:
         if self._queued:
-            self._pipe.execute()
+            with self._answering():
+                self._pipe.execute()
             self._queued = 0
+
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        import redis
+
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            host = self.url.split("@")[-1].removeprefix("redis://")
+            raise StreamUnavailable(f"redis {host} stream {self.stream}: {e}") from None
 
     def close(self) -> None:
         self.flush()
