@@ -161,7 +161,7 @@ class HealthRulesConfig(_Strict):
     )
     admission_min_ids: int = Field(1000, ge=1, description="see `admission_starving`")
     mass_expiry_share: float = Field(
-        0.8, gt=0, le=1,
+        0.9, gt=0, le=1,
         description="mass expiry: one expiry pass deleted this share of a table's rows …",
     )
     mass_expiry_growth: float = Field(

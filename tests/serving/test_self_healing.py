@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import torch
 
 from streamrec.models.persistence import load_model, save_model
@@ -239,8 +240,9 @@ def test_health_probes_need_no_token_by_default(server):
 
 
 def test_non_finite_scores_are_refused_with_503_never_served_as_null(trained_run, tmp_path):
-    """A delta that puts NaN into item rows (no variant to fall back on): the requests that
-    touch them get 503 naming the cause; the rest are answered; nothing is cached."""
+    """A delta whose item rows are finite but so large that scores overflow (NaN rows are
+    refused whole when read; no variant to fall back on): the requests that touch them get
+    503 naming the cause; the rest are answered; nothing is cached."""
     from starlette.testclient import TestClient
 
     from streamrec.serving.app import create_app
@@ -250,7 +252,7 @@ def test_non_finite_scores_are_refused_with_503_never_served_as_null(trained_run
     loaded = load_model(run)
     exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
     items = loaded.model.dynamic_tables()["item_id"]
-    items.apply_gradients(torch.tensor([10]), torch.full((1, items.dim), float("nan")))
+    items.upsert(np.array([10]), np.full((1, items.dim), 3e38, np.float32))
     exporter.export()
     with TestClient(create_app(run)) as client:  # the delta is applied before serving
         poisoned = {"context": CONTEXT, "candidates": [{"item_id": 10}, {"item_id": 20}]}

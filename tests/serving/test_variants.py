@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from streamrec.data.stream import LocalLog, LocalLogSource
 from streamrec.models.persistence import load_model
@@ -244,9 +243,10 @@ def test_a_sticky_split_then_promotion_and_rollback_through_the_api_and_the_cli(
 def test_a_failing_variant_leaves_rotation_within_seconds_and_no_request_fails(
     trained_run, copy_of, start_server
 ):
-    """A delta that poisons variant b (NaN weights for the items every request ranks): its
-    scores are non-finite, so each call that meets it is answered by main instead and b is
-    taken out; no request fails and none is answered with NaN."""
+    """A delta that poisons variant b (item weights so large that every score overflows; NaN
+    rows themselves are refused when read): its scores are non-finite, so each call that meets
+    it is answered by main instead and b is taken out; no request fails and none is answered
+    with NaN."""
     b = copy_of("b")
     server = start_server(trained_run, "--variant", f"b={b}", "--split", "main=50,b=50")
     loaded = load_model(b)
@@ -267,7 +267,7 @@ def test_a_failing_variant_leaves_rotation_within_seconds_and_no_request_fails(
     worker.start()
     try:
         time.sleep(1.0)
-        items.apply_gradients(torch.arange(1, 21), torch.full((20, items.dim), float("nan")))
+        items.upsert(np.arange(1, 21), np.full((20, items.dim), 3e38, np.float32))
         exporter.export()
         poisoned = time.time()
         out_at = None

@@ -50,6 +50,7 @@ def test_no_event_time_leaves_the_clock_where_it_is():
 
 def test_mass_expiry_fires_against_the_tables_own_history():
     rules = HealthRules(HealthRulesConfig(check_every_steps=10))
+    rules.check_expiry(10, "users", 287, 335, "clock A")  # a first pass: history, not judged
     rules.check_expiry(10, "items", 2_688, 5_604, "clock A")  # 48%: a big but normal pass
     rules.check_expiry(20, "items", 300, 3_000, "clock A")
     assert rules.take_fired() == []
@@ -57,5 +58,7 @@ def test_mass_expiry_fires_against_the_tables_own_history():
     fired = rules.take_fired()
     assert [w.key for w in fired] == ["mass_expiry:items"]
     assert "clock B" in fired[0].message and "5,363" in fired[0].message
-    rules.check_expiry(30, "users", 90, 100, "clock B")  # another table, no history: 90%
-    assert [w.key for w in rules.take_fired()] == ["mass_expiry:users"]
+    rules.check_expiry(30, "users", 330, 335, "clock B")  # 98.5% ≤ 1.5 × 86%: not unusual
+    rules.check_expiry(40, "tags", 0, 100, "clock B")
+    rules.check_expiry(50, "tags", 95, 100, "clock B")  # 95% after a pass that deleted none
+    assert [w.key for w in rules.take_fired()] == ["mass_expiry:tags"]

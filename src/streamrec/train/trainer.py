@@ -326,7 +326,7 @@ class Trainer:
                 before = len(table)
                 deleted = int(table.evict(now=self.clock.now).numel())
                 evicted += deleted
-                if self.health is not None and deleted:
+                if self.health is not None:
                     self.health.check_expiry(
                         self.global_step, name, deleted, before, self.clock.describe()
                     )
