@@ -1,3 +1,3 @@
-from streamrec.cli import main
+from streamrec.launch import main
 
 main()

@@ -3,6 +3,7 @@ call one function, print a table for people or one JSON object with `--json`."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
@@ -634,12 +635,14 @@ def bench_serve(
     """Open-loop load on /v1/rank: p50/p99/p99.9 latency, achieved QPS and errors."""
     import asyncio
 
+    import httpx
+
     from streamrec.serving.loadgen import run_load
 
     try:
         report = asyncio.run(run_load(url, qps, duration, candidates, token, seed))
-    except OSError as e:
-        _fail(f"cannot reach {url}: {e}")
+    except (OSError, httpx.TransportError) as e:
+        _unavailable(f"cannot reach {url}: {e or type(e).__name__} — is `streamrec serve` running?")
     if as_json:
         _print_json(report)
         return
@@ -838,11 +841,23 @@ def stream_produce(
         typer.echo(f"appended {sink.sent:,} messages to {address}")
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as e:
+        if e.errno not in FULL_DISK:
+            raise
+        # Every write is a temporary name renamed when complete: the last complete checkpoint
+        # or model is intact, and the next start removes the partial one.
+        where = f" ({e.filename})" if e.filename else ""
+        typer.echo(f"error: {e.strerror}{where}: free space or write elsewhere; what was complete "
+                   "before is intact and the next start continues from it", err=True)
+        sys.exit(2)
     finally:
         # Finalise abandoned readers (pyarrow, stream clients) now, while their libraries are
         # alive: left to interpreter teardown, a C++ reader thread can abort the process
