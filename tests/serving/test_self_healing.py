@@ -262,6 +262,24 @@ def test_non_finite_scores_are_refused_with_503_never_served_as_null(trained_run
         fine = client.post("/v1/rank", json={"context": CONTEXT, "candidates": [{"item_id": 20}]})
         assert fine.status_code == 200
         assert 'streamrec_unavailable_total{reason="non_finite"} 2.0' in client.get("/metrics").text
+        ready = client.get("/readyz").json()  # marked at once, not at the next check
+        assert ready["status"] == "degraded" and "non-finite scores" in ready["degraded"][-1]
+
+
+def test_a_model_with_nan_rows_is_refused_at_start_with_one_line(trained_run, tmp_path):
+    import subprocess
+    import sys
+
+    loaded = load_model(trained_run)
+    items = loaded.model.dynamic_tables()["item_id"]
+    items.upsert(np.array([10]), np.full((1, items.dim), np.nan, np.float32))
+    save_model(tmp_path / "model", loaded.model, loaded.config,
+               {"input_kinds": loaded.manifest["input_kinds"]})
+    done = subprocess.run([sys.executable, "-m", "streamrec", "serve", str(tmp_path / "model"),
+                           "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "1 rows of" in lines[0] and "NaN or inf" in lines[0]
 
 
 def test_a_delta_with_nan_rows_is_quarantined_and_the_last_good_rows_keep_answering(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -82,6 +83,11 @@ class ServerState:
     background: set = field(default_factory=set)  # shadow scorings in flight
     traffic: RecentTraffic = field(default_factory=RecentTraffic)  # the status page's chart
     started_at: float = field(default_factory=time.time)
+    last_failure: tuple[float, str] | None = None  # (when, why) of the last failed inference
+
+
+log = logging.getLogger("streamrec.serving")
+FAILURE_SHOWN_SECONDS = 60.0  # a failed inference keeps /readyz degraded this long
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -279,6 +285,13 @@ def _endpoint(state: ServerState, name: str, handler):
             except NonFiniteScores as e:  # never served as null: the model is broken
                 response = _error(503, str(e))
                 state.metrics.unavailable.labels("non_finite").inc()
+                state.last_failure = (time.time(), str(e)[:300])
+            except Exception as e:  # a failed inference (a disk tier's read error, …): 503
+                log.exception("%s failed", name)
+                why = f"inference failed: {type(e).__name__}: {e}"[:300]
+                response = _error(503, why)
+                state.metrics.unavailable.labels("inference_failed").inc()
+                state.last_failure = (time.time(), why)
             except ClientDisconnect:  # closed mid-body (gone, or cut off as too slow)
                 response = _error(400, "the client closed the connection before its body ended")
         elapsed = time.perf_counter() - started
@@ -658,6 +671,11 @@ def _degraded(state: ServerState) -> list[str]:
     reasons = state.watcher.degraded_reasons() if state.watcher is not None else []
     if state.prerank_watcher is not None:
         reasons += [f"pre-ranker: {r}" for r in state.prerank_watcher.degraded_reasons()]
+    if state.last_failure is not None:
+        when, why = state.last_failure
+        age = time.time() - when
+        if age < FAILURE_SHOWN_SECONDS:
+            reasons.append(f"{why} ({age:.0f} s ago)")
     return reasons
 
 

@@ -111,7 +111,8 @@ class ServerMetrics:
         )
         self.unavailable = Counter(
             "streamrec_unavailable",
-            "503 answers by reason (overloaded: queue full; not_ready: no model serving)",
+            "503 answers by reason (overloaded: queue full; not_ready: no model serving; "
+            "non_finite: the model scored NaN/inf; inference_failed: the model raised)",
             ["reason"],
             registry=r,
         )

@@ -275,6 +275,14 @@ class TensorFile:
         row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         self._fh.seek(self._base + info["data_offsets"][0] + lo * row * dtype.itemsize)
         data = np.fromfile(self._fh, dtype=dtype, count=(hi - lo) * row)
+        if dtype.kind == "f" and not np.isfinite(data).all():
+            # A checksum says the bytes are as written, not that the writer was sane: served,
+            # such rows turn every request that reads them into an error.
+            bad = int((~np.isfinite(data.reshape(hi - lo, -1))).any(axis=1).sum())
+            raise CorruptModelError(
+                f"{self.path}: {name}: {bad:,} rows of {lo}–{hi} hold NaN or inf (the trainer "
+                "diverged); this file is not loaded"
+            )
         return torch.from_numpy(data.reshape([hi - lo, *shape[1:]]))
 
     def __getitem__(self, name: str) -> torch.Tensor:
