@@ -48,6 +48,11 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _measured(value: float, digits: int = 4) -> str:
+    """A metric for people: `undefined` where it is NaN (one class), never `nan`."""
+    return f"{value:.{digits}f}" if value == value else "undefined"
+
+
 def _unavailable(error: Exception | str) -> None:
     """A stream service did not answer within its timeout (exit 4)."""
     typer.echo(f"error: {error}", err=True)
@@ -210,6 +215,11 @@ def train(
         _health_stop(e, out)
     if report.rank != 0:
         return
+    from streamrec.train.metrics import measurement_warnings
+
+    if report.model_type == "ranking":
+        for warning in measurement_warnings(report.metrics):
+            typer.echo(f"warning: {warning}", err=True)
     if as_json:
         _print_json(report.to_json())
         return
@@ -217,8 +227,8 @@ def train(
         typer.echo("  ".join(f"{k} {v:.4f}" for k, v in report.metrics.items()))
     for task, m in report.metrics.items() if report.model_type == "ranking" else ():
         typer.echo(
-            f"{task}: AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}  NE {m['ne']:.4f}  "
-            f"calibration {m['calibration']:.3f}"
+            f"{task}: AUC {_measured(m['auc'])}  logloss {m['logloss']:.4f}  "
+            f"NE {_measured(m['ne'])}  calibration {_measured(m['calibration'], 3)}"
         )
     typer.echo(f"{report.samples_per_s:,.0f} samples/s; model saved to {report.model_dir}")
 

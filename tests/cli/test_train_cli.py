@@ -94,3 +94,31 @@ def test_set_and_seed_override_the_config_and_are_validated_like_it(tmp_path):
         assert result.returncode == 0, result.stderr
         runs.append(json.loads(result.stdout)["metrics"]["label"]["auc"])
     assert runs[0] == runs[1] != runs[2]  # the seed is the config's train.seed
+
+
+def test_odd_ids_do_not_flip_a_kind_and_tiny_validation_sets_say_so(tmp_path):
+    """Two odd ids among 2,000 integer ids: the model still reads user_id as int (the two rows
+    dead-lettered); a validation file of 2 rows of one class: metrics undefined, warned."""
+    rows = [f"{i % 2},{i % 97},{i % 13}" for i in range(2000)]
+    rows[7] = f"1,{'9' * 5000},3"
+    rows[1500] = f"0,{'x' * 100_000},3"
+    (tmp_path / "train.csv").write_text("label,user_id,item\n" + "\n".join(rows) + "\n")
+    (tmp_path / "valid.csv").write_text("label,user_id,item\n1,3,4\n1,5,6\n")
+    cfg = {
+        "schema": {"labels": [{"name": "label"}],
+                   "embeddings": [{"name": "user_id"}, {"name": "item"}]},
+        "data": {"train": str(tmp_path / "train.csv"), "valid": [str(tmp_path / "valid.csv")],
+                 "batch_size": 256},
+        "model": {"name": "fm"},
+    }
+    import yaml
+
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
+    done = _run("train", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run"), "-q")
+    assert done.returncode == 0, done.stderr
+    assert "AUC undefined" in done.stdout and "NE undefined" in done.stdout
+    assert "rest on 2 rows" in done.stderr and "one class only" in done.stderr
+    manifest = json.loads((tmp_path / "run" / "model" / "manifest.json").read_text())
+    assert manifest["input_kinds"]["user_id"] == "int"
+    dead = (tmp_path / "run" / "dead_letter.jsonl").read_text().splitlines()
+    assert len(dead) == 2 and all("is not int" in json.loads(d)["reason"] for d in dead)

@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"api"},
     {"demo"},
     {"cli"},
+    {"launch"},  # the executable's first code: signals, then the command
     {"__main__"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}

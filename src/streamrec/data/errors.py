@@ -21,7 +21,8 @@ class DeadLetter:
     """Counts rejected records and appends them as JSON lines to `path` (if given).
 
     Each line: {"file": ..., "line": 1-based line or null, "reason": ..., "record": raw text}.
-    With `strict=True` the first rejected record raises DataError instead.
+    With `strict=True` the first rejected record raises DataError instead. A file's line is
+    reported once however often it is read (the schema-fitting sample, then every epoch).
     """
 
     def __init__(self, path: str | Path | None = None, strict: bool = False) -> None:
@@ -30,6 +31,7 @@ class DeadLetter:
         self.count = 0
         self.examples: list[dict] = []
         self._fh: TextIO | None = None
+        self._reported: set[tuple[str, int]] = set()  # (file, line) already dead-lettered
 
     def reject(self, file: str, line: int | None, reason: str, record: str = "") -> None:
         where = f"{file}:{line}" if line is not None else file
@@ -37,6 +39,10 @@ class DeadLetter:
             raise DataError(
                 f"{where}: {reason} (drop --strict to skip bad rows into a dead-letter file)"
             )
+        if line is not None:
+            if (file, line) in self._reported:
+                return
+            self._reported.add((file, line))
         self.count += 1
         entry = {"file": file, "line": line, "reason": reason, "record": record}
         if len(self.examples) < 5:

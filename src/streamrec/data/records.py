@@ -17,6 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from streamrec.data.errors import DataError, DeadLetter
+from streamrec.data.text_columns import kind_of, majority_kind, parse_as
 
 CRITEO_DENSE = [f"I{i}" for i in range(1, 14)]
 CRITEO_SPARSE = [f"C{i}" for i in range(1, 27)]
@@ -212,22 +213,100 @@ def read_csv(
 ) -> Iterator[pa.RecordBatch]:
     """CSV with a header row; rows with the wrong field count are dead-lettered by line.
 
-    Column types are inferred from the first block unless `column_types` pins them; a later
-    value that does not fit the inferred type is a DataError naming the file.
+    Columns that `column_types` does not pin are read as text and take the kind most of their
+    values in the first block have (`text_columns`: int, float, bool, else string); a row whose
+    value does not parse as its column's kind is dead-lettered by line — one odd value never
+    decides a column's kind. Columns of other kinds Arrow recognises (dates, timestamps) keep
+    the type Arrow infers.
     """
     path = check_readable(path)
     dead = dead if dead is not None else DeadLetter()
+    read_options = pacsv.ReadOptions(block_size=chunk_bytes, use_threads=False)
+    inferred = _inferred_schema(path, read_options, delimiter)
+    declared = {c: t for c, t in (column_types or {}).items() if c in inferred.names}
+    # Read as text and parsed here: the pinned kinds we parse, and the columns whose kind the
+    # majority decides; Arrow parses only what neither covers (dates, timestamps).
+    known = {c: kind_of(t) for c, t in declared.items() if kind_of(t) is not None}
+    text = [f.name for f in inferred
+            if f.name in known or (f.name not in declared and _by_majority(f.type))]
+    pinned = {c: t for c, t in declared.items() if c not in known}
+    pinned.update({f.name: f.type for f in inferred
+                   if f.name not in declared and f.name not in text})
     lines = _LineTracker(first_line=2)
     reader = _open_csv(
         path,
         lines,
-        read_options=pacsv.ReadOptions(block_size=chunk_bytes, use_threads=False),
+        read_options=read_options,
         parse_options=pacsv.ParseOptions(
             delimiter=delimiter, invalid_row_handler=_invalid_row_handler(path, dead, lines)
         ),
-        convert_options=pacsv.ConvertOptions(column_types=column_types or {}),
+        convert_options=pacsv.ConvertOptions(
+            column_types={**{c: pa.string() for c in text}, **pinned},
+            strings_can_be_null=False,
+        ),
     )
-    yield from _batches(reader, path, lines)
+    kinds: dict[str, str] | None = None
+    rows_before = 0
+    for batch in _batches(reader, path, lines):
+        if kinds is None:
+            kinds = {c: known.get(c) or majority_kind(batch.column(c)) for c in text}
+        parsed = _parse_text_columns(batch, kinds, path, dead, lines, rows_before)
+        rows_before += batch.num_rows
+        yield parsed
+
+
+def _by_majority(t: pa.DataType) -> bool:
+    """Arrow's guess is replaced by the majority for numbers, booleans and text (the kinds one
+    odd value flips); other types it recognises are kept."""
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+            or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t))
+
+
+def _inferred_schema(path: Path, read_options: pacsv.ReadOptions, delimiter: str) -> pa.Schema:
+    """Arrow's reading of the first block: the column names, and types it knows beyond ours.
+    Bad rows are skipped silently here; the real read reports them."""
+    try:
+        probe = pacsv.open_csv(path, read_options=read_options, parse_options=pacsv.ParseOptions(
+            delimiter=delimiter, invalid_row_handler=lambda row: "skip"))
+    except pa.ArrowInvalid as e:
+        raise DataError(f"{path}: {e}") from None
+    schema = probe.schema
+    probe.close()
+    return schema
+
+
+def _parse_text_columns(
+    batch: pa.RecordBatch,
+    kinds: dict[str, str],
+    path: Path,
+    dead: DeadLetter,
+    lines: _LineTracker,
+    rows_before: int,
+) -> pa.RecordBatch:
+    """The batch with its text columns in their majority kinds; the rows holding a value that
+    is not one are dead-lettered (file, line, column, value) and left out."""
+    bad = np.zeros(batch.num_rows, bool)
+    reasons: dict[int, str] = {}
+    columns = []
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        kind = kinds.get(name, "string")
+        if kind != "string":
+            typed, wrong = parse_as(column, kind)
+            for i in np.flatnonzero(wrong & ~bad):
+                value = column[int(i)].as_py()
+                shown = value if len(value) <= 60 else f"{value[:60]}… ({len(value):,} chars)"
+                reasons[int(i)] = (f"column {name!r}: {shown!r} is not {kind}, the kind of most "
+                                   "of the column (declare `kind:` to read it otherwise)")
+            bad |= wrong
+            column = typed
+        columns.append(column)
+    out = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+    if not bad.any():
+        return out
+    rows = np.flatnonzero(bad)
+    for row, line in zip(rows, lines.lines_of(rows_before + rows), strict=True):
+        dead.reject(str(path), int(line), reasons[int(row)])
+    return out.filter(pa.array(~bad))
 
 
 def read_parquet(path: str | Path, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:

@@ -65,7 +65,12 @@ def logloss(labels: np.ndarray, preds: np.ndarray) -> float:
 
 
 def normalized_entropy(labels: np.ndarray, preds: np.ndarray) -> float:
-    base = float(np.clip(np.mean(labels), _EPS, 1 - _EPS))
+    """Undefined (NaN) over one class: the base rate's entropy is 0 (clipped, it made NE
+    hundreds of thousands — a number that looked like a measurement)."""
+    rate = float(np.mean(labels)) if np.asarray(labels).size else 0.0
+    if rate <= 0.0 or rate >= 1.0:
+        return float("nan")
+    base = float(np.clip(rate, _EPS, 1 - _EPS))
     entropy = -(base * np.log(base) + (1 - base) * np.log(1 - base))
     return logloss(labels, preds) / entropy
 
@@ -77,9 +82,30 @@ def calibration(labels: np.ndarray, preds: np.ndarray) -> float:
 
 UNDEFINED = {
     "auc": "the labels hold one class only",
+    "ne": "the labels hold one class only",
     "gauc": "no group holds both classes",
     "calibration": "the labels hold no positive",
 }
+
+
+MIN_MEASURED_ROWS = 100  # fewer validation rows than this: the metrics are not a measurement
+
+
+def measurement_warnings(metrics: dict[str, dict]) -> list[str]:
+    """Why a task's validation metrics measure nothing (too few rows, one class), one line
+    each — said out loud rather than printed as if they were numbers."""
+    out = []
+    for task, m in metrics.items():
+        count, positives = m.get("count"), m.get("positives")
+        if count is None or positives is None:
+            continue
+        if count < MIN_MEASURED_ROWS:
+            out.append(f"{task}: validation metrics rest on {count} rows (fewer than "
+                       f"{MIN_MEASURED_ROWS}): noise, not a measurement")
+        if positives in (0, count):
+            out.append(f"{task}: the validation labels hold one class only: AUC and NE are "
+                       "undefined")
+    return out
 
 
 def json_ready(obj: object) -> object:
