@@ -57,7 +57,9 @@ def _post(summary: str, body: str, ok: dict[str, Any], codes: tuple[int, ...]) -
 
 def _get(summary: str, ok: dict[str, Any], guarded: bool = True) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {"200": ok}}
-    if not guarded:
+    if guarded:
+        op["responses"].update(_errors(401))  # under --token
+    else:
         op["security"] = []  # open even under --token
     return {"get": op}
 
@@ -128,7 +130,8 @@ def openapi_document(
                     "200": {
                         "description": "text exposition format 0.0.4",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    **_errors(401),
                 },
             }
         },
