@@ -10,12 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from streamrec.data.movielens import load_ml_latest_small
-from streamrec.data.stream.local_log import LocalLog
-
-from .test_signals import ONLINE
+from .test_signals import online_command
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -42,13 +38,7 @@ def test_a_full_disk_mid_run_is_one_line_exit_2_and_the_run_continues_once_freed
     tmp_path, small_disk, ml_small_dir
 ):
     n = 3_000
-    log = LocalLog(tmp_path / "log")
-    for record in load_ml_latest_small(ml_small_dir).slice(0, n).to_pylist():
-        log.append(record)
-    log.close()
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(ONLINE))
-    cmd = ("online", str(tmp_path / "job.yaml"), "--source", str(tmp_path / "log"), "--out",
-           str(small_disk / "run"), "--stop-when-idle", "1", "--json")
+    cmd = online_command(tmp_path, ml_small_dir, n, small_disk / "run")
     full = _cli(*cmd)
     assert full.returncode == 2, full.stderr[-1000:]
     errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]

@@ -28,6 +28,17 @@ ONLINE = {
 }
 
 
+def online_command(tmp_path: Path, ml_small_dir: Path, n: int, out: Path) -> tuple[str, ...]:
+    """`streamrec online` arguments over a local log of ml-latest-small's first n events."""
+    log = LocalLog(tmp_path / "log")
+    for record in load_ml_latest_small(ml_small_dir).slice(0, n).to_pylist():
+        log.append(record)
+    log.close()
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(ONLINE))
+    return ("online", str(tmp_path / "job.yaml"), "--source", str(tmp_path / "log"), "--out",
+            str(out), "--stop-when-idle", "1", "--json")
+
+
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "streamrec", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
@@ -47,13 +58,7 @@ def test_sigterm_is_143_with_one_line_and_the_run_continues_where_it_stopped(
     tmp_path, ml_small_dir
 ):
     n = 6_000
-    log = LocalLog(tmp_path / "log")
-    for record in load_ml_latest_small(ml_small_dir).slice(0, n).to_pylist():
-        log.append(record)
-    log.close()
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(ONLINE))
-    cmd = ("online", str(tmp_path / "job.yaml"), "--source", str(tmp_path / "log"), "--out",
-           str(tmp_path / "run"), "--stop-when-idle", "1", "--json")
+    cmd = online_command(tmp_path, ml_small_dir, n, tmp_path / "run")
     proc = _start(*cmd)
     deadline = time.monotonic() + 120
     while not (tmp_path / "run" / "checkpoint").exists() and time.monotonic() < deadline:
