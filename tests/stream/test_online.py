@@ -127,22 +127,31 @@ def test_chaos_kill_9_inside_writes_and_restart_equals_an_uninterrupted_run(
 ):
     """≥ 20 SIGKILLs of `streamrec online`, many inside checkpoint / delta writes (file
     operations slowed), each followed by a restart: the final tables, dense weights, event
-    counts and dead-letter file equal an uninterrupted run's, byte for byte."""
+    counts and dead-letter file equal an uninterrupted run's, byte for byte — with rows
+    expiring by a 90-day TTL on the event-time clock (saved with each checkpoint) and two
+    records that would have moved that clock (dated 2100; in milliseconds)."""
     records = load_ml_latest_small(ml_small_dir).slice(0, 12_000).to_pylist()
     log = LocalLog(tmp_path / "log", segment_messages=5000)
     for i, record in enumerate(records):
         if i % 2000 == 1000:  # poison all along the log: each is dead-lettered exactly once
             log.append_raw(b"{broken json %d" % i)
+        if i in (3500, 7500):  # a clock jump: dead-lettered, never the expiry clock
+            stamp = 4_102_444_800 if i == 3500 else record["timestamp"] * 1000
+            log.append({**record, "timestamp": stamp})
         log.append(record)
     log.close()
-    total = len(records) + 6
+    total = len(records) + 8
+    config = {**CONFIG, "default_table": {**CONFIG["default_table"], "ttl_seconds": 90 * 86400},
+              "train": {**CONFIG["train"], "evict_every_steps": 5}}
     cfg_path = tmp_path / "online.yaml"
-    cfg_path.write_text(yaml.safe_dump(CONFIG))
-    reference = OnlineTrainer(
-        parse_config(CONFIG), LocalLogSource(tmp_path / "log", "ref"), tmp_path / "ref",
+    cfg_path.write_text(yaml.safe_dump(config))
+    reference_trainer = OnlineTrainer(
+        parse_config(config), LocalLogSource(tmp_path / "log", "ref"), tmp_path / "ref",
         progress=False,
-    ).run(stop_when_idle=0.5)
-    assert reference["events_consumed"] == total and reference["dead_lettered"] == 6
+    )
+    reference = reference_trainer.run(stop_when_idle=0.5)
+    assert reference["events_consumed"] == total and reference["dead_lettered"] == 8
+    assert 0 < reference_trainer.trainer.rows_evicted  # the TTL did expire rows
 
     run = tmp_path / "run"
     cmd = [sys.executable, str(Path(__file__).parent / "slow_io.py"), "online", str(cfg_path),
@@ -172,8 +181,8 @@ def test_chaos_kill_9_inside_writes_and_restart_equals_an_uninterrupted_run(
     final = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     status = json.loads(final.stdout)
-    assert status["events_consumed"] == total and status["dead_lettered"] == 6
-    assert status["events_trained"] == reference["events_trained"] == total - 6
+    assert status["events_consumed"] == total and status["dead_lettered"] == 8
+    assert status["events_trained"] == reference["events_trained"] == total - 8
     dead = (run / "dead_letter.jsonl").read_text().splitlines()
     assert dead == (tmp_path / "ref" / "dead_letter.jsonl").read_text().splitlines()
     ours, ref = _state(run), _state(tmp_path / "ref")

@@ -526,6 +526,7 @@ class Trainer:
             "samples": self.samples_trained,
             "best_epoch": self.best_epoch,
             "best_score": self.best_score,
+            "event_clock": self.clock.now,  # a resumed run's expiry clock goes on from here
         }
 
     def restore_position(self, position: dict) -> None:
@@ -537,6 +538,7 @@ class Trainer:
         self.skipped_steps = position.get("skipped_steps", 0)
         self.best_epoch = position.get("best_epoch", 0)
         self.best_score = position.get("best_score")
+        self.clock.now = position.get("event_clock")
 
     def save_progress(self, metrics: dict | None = None, epoch_done: bool = False) -> None:
         """The checkpoint that `--resume` continues from (the next version in RUN_DIR/checkpoint):
