@@ -39,14 +39,22 @@ def online_command(tmp_path: Path, ml_small_dir: Path, n: int, out: Path) -> tup
             str(out), "--stop-when-idle", "1", "--json")
 
 
+def _default_signals() -> None:
+    """A child of a background job inherits SIGINT ignored (as a shell's `cmd &` sets it):
+    the command then rightly leaves it ignored, so give it the terminal's default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "streamrec", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=_default_signals)
 
 
-def test_ctrl_c_during_start_up_is_130_without_a_traceback():
+def test_ctrl_c_during_start_up_is_130_without_a_traceback(tmp_path):
     for delay in (0.05, 0.15, 0.3, 0.6):
-        proc = _start("train", "examples/ml100k_deepfm.yaml", "--out", "/nonexistent/x", "-q")
+        proc = _start("train", "examples/ml100k_deepfm.yaml", "--out", str(tmp_path / "x"), "-q")
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
