@@ -61,6 +61,31 @@ def test_bad_bodies_get_a_status_and_a_message_naming_the_problem(body, status, 
     assert all(n in e.value.message for n in names), e.value.message
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"1333.0", 1333),
+        (b"-53103833.0", -53103833),
+        (b"2e3", 2000),
+        (b"9007199254740993.0", 9007199254740993),  # exact from the text, not via a float
+        (b"9223372036854775807.0", 2**63 - 1),
+    ],
+)
+def test_an_integral_fraction_is_the_integer_json_schema_says_it_is(text, expected):
+    body = b'{"context": {"user id": %s}, "candidates": [{"item_id": 1}]}' % text
+    rows, _ = RankRequestReader(KINDS).read(body, 10_000, 100)
+    assert rows.columns["user id"] == [expected]
+    assert isinstance(rows.columns["user id"][0], int)
+
+
+@pytest.mark.parametrize("text", [b"1.5", b"9223372036854775808.0", b"1e300", b'"12"', b"true"])
+def test_what_is_not_an_int64_integer_is_still_refused_with_the_strict_message(text):
+    body = b'{"candidates": [{"item_id": %s}]}' % text
+    with pytest.raises(RequestError) as e:
+        RankRequestReader(KINDS).read(body, 10_000, 100)
+    assert e.value.status == 422 and "$.candidates[0].item_id" in e.value.message
+
+
 def test_malformed_and_oversize_bodies():
     reader = RankRequestReader(KINDS)
     with pytest.raises(RequestError, match="not valid JSON") as e:

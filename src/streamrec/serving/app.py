@@ -44,12 +44,10 @@ from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.openapi import DOCS_PAGE, openapi_document
 from streamrec.serving.prerank_stage import PreRankStage
 from streamrec.serving.recent_traffic import RecentTraffic
-from streamrec.serving.request import CandidateRows, RequestError, parse_json
+from streamrec.serving.request import CandidateRows, RequestError, TypedBodyReader
 from streamrec.serving.retrieval_stage import (
-    ItemsBody,
     RecommendRequest,
     RetrievalStage,
-    check_body,
 )
 from streamrec.serving.snapshot import Snapshot
 from streamrec.serving.status_page import STATUS_PAGE
@@ -322,10 +320,6 @@ async def _body_bytes(state: ServerState, request: Request) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _read_body(state: ServerState, request: Request) -> object:
-    return parse_json(await _body_bytes(state, request), state.settings.max_body_bytes)
-
-
 class NonFiniteScores(Exception):
     """The model returned NaN or infinite scores (e.g. a delta that poisoned its weights)."""
 
@@ -528,7 +522,9 @@ async def _recommend(state: ServerState, request: Request) -> Response:
     if state.retriever is None:
         raise RequestError(404, "this model directory has no retrieval stage")
     started = time.perf_counter()
-    wanted = RecommendRequest.parse(await _read_body(state, request))
+    wanted = state.retriever.read_recommend(
+        await _body_bytes(state, request), state.settings.max_body_bytes
+    )
     allocator = state.allocator
     if allocator is None:
         return await _cascade(state, wanted, None)
@@ -612,9 +608,9 @@ async def _add_items(state: ServerState, request: Request) -> Response:
     """Index new or changed items ({"items": [{item features}, …]}) without a rebuild."""
     if state.retriever is None:
         raise RequestError(404, "this server has no retrieval stage")
-    body = await _read_body(state, request)
-    check_body(body, ItemsBody, "items")  # the features ride along in the plain dicts
-    items = body["items"]
+    items = state.retriever.read_items(
+        await _body_bytes(state, request), state.settings.max_body_bytes
+    )
     await asyncio.to_thread(state.retriever.add_items, items)
     return JSONResponse({"indexed": len(items), "items_in_index": state.retriever.retriever.size})
 
@@ -654,7 +650,9 @@ async def _openapi(state: ServerState, request: Request) -> Response:
         snapshot.request_reader.body_type,
         snapshot.schema.task_names or ["label"],
         {"name": snapshot.config.model.name, "version": snapshot.serving_version},
-        retrieval=state.retriever is not None,
+        retrieval=None
+        if state.retriever is None
+        else (state.retriever.recommend_reader.body_type, state.retriever.items_reader.body_type),
         variants=state.variants is not None,
         token=state.token is not None,
         token_guards_health=state.guard_health,
@@ -766,10 +764,15 @@ def _admin(state: ServerState) -> VariantSet:
     return vs
 
 
+_promote_reader = TypedBodyReader(PromoteBody, "promote")
+
+
 async def _promote(state: ServerState, request: Request) -> Response:
     """{"variant": NAME}: all traffic to NAME; the split before is kept for a rollback."""
     vs = _admin(state)
-    name = check_body(await _read_body(state, request), PromoteBody, "promote").variant
+    name = _promote_reader.read(
+        await _body_bytes(state, request), state.settings.max_body_bytes
+    ).variant
     try:
         weights = vs.promote(name)
     except KeyError:

@@ -1,8 +1,9 @@
 """The server's API description (OpenAPI 3.1), generated from the msgspec types that decode the
 requests — the served model's own RankBody (one field per input feature, typed by its input
-kinds), RecommendBody and ItemsBody — so the document cannot drift from what is accepted. It is
-rebuilt for every GET /openapi.json: a reloaded model with other features is described as it
-is. `DOCS_PAGE` renders it at /docs without any network access (no CDN).
+kinds) and the retriever's RecommendBody and ItemsBody (likewise) — so the document cannot
+drift from what is accepted. It is rebuilt for every GET /openapi.json: a reloaded model with
+other features is described as it is. `DOCS_PAGE` renders it at /docs without any network
+access (no CDN).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 
 import msgspec
 
-from streamrec.serving.retrieval_stage import ItemsBody, RecommendBody
 from streamrec.serving.variants import PromoteBody
 
 _ERROR = {
@@ -74,14 +74,15 @@ def openapi_document(
     rank_body: type,
     tasks: list[str],
     model: dict[str, Any],
-    retrieval: bool,
+    retrieval: tuple[type, type] | None,
     token: bool,
     token_guards_health: bool,
     variants: bool = False,
 ) -> dict[str, Any]:
     """rank_body: the served snapshot's request type (`RankRequestReader.body_type`); tasks:
-    the model's score names; model: name and version for `info`."""
-    types: list[type] = [rank_body] + ([RecommendBody, ItemsBody] if retrieval else [])
+    the model's score names; model: name and version for `info`; retrieval: the retriever's
+    (RecommendBody, ItemsBody) types, None without one."""
+    types: list[type] = [rank_body] + (list(retrieval) if retrieval else [])
     types += [PromoteBody] if variants else []
     _, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import operator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import msgspec
@@ -34,18 +35,58 @@ class RequestError(Exception):
         self.message = message
 
 
-def parse_json(body: bytes, max_bytes: int) -> Any:
-    """Any JSON body (endpoints without a typed reader), size-checked."""
-    _check_size(body, max_bytes)
-    try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError as e:
-        raise RequestError(422, f"request body is not valid JSON: {e}") from None
-    except RecursionError:
-        raise RequestError(422, TOO_DEEP) from None
-
-
 TOO_DEEP = "request body is nested too deeply to be a request"
+
+
+def _number(text: str) -> int | float:
+    """A JSON number written with a fraction or exponent: an int where its value is integral
+    (exactly, from the text: `1333.0`, `1e3`), else a float."""
+    try:
+        value = Decimal(text)
+        if value == value.to_integral_value():
+            return int(value)
+    except (InvalidOperation, OverflowError, ValueError):  # inf/nan cannot come from JSON
+        pass
+    return float(text)
+
+
+_integral_decoder = msgspec.json.Decoder(float_hook=_number)
+
+
+class TypedBodyReader:
+    """Decodes a JSON body straight into a msgspec type (one pass in C) and says exactly what is
+    wrong with one that does not fit.
+
+    JSON Schema calls `1333.0` an integer, and so do the JSON encoders of several languages;
+    the strict decoder does not. A body the strict pass refuses is decoded once more with every
+    number written as an integral fraction (`-53103833.0`, `2e3`) read as that exact int, and
+    converted to the type: accepted if it fits, refused with the first pass's message if not.
+    Correct bodies never pay for the second pass; nothing is rounded (`9007199254740993.0` is
+    that integer, or out of range)."""
+
+    def __init__(self, body_type: type, what: str) -> None:
+        self.body_type = body_type
+        self.what = what
+        self._decoder = msgspec.json.Decoder(body_type)
+
+    def decode(self, body: bytes) -> Any:
+        """The typed body, or RequestError (422) naming the offending value's JSON path."""
+        try:
+            return self._decoder.decode(body)
+        except msgspec.ValidationError as e:
+            refused = e
+        except msgspec.DecodeError as e:
+            raise RequestError(422, f"request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise RequestError(422, TOO_DEEP) from None
+        try:
+            return msgspec.convert(_integral_decoder.decode(body), self.body_type)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            raise RequestError(422, f"invalid {self.what} request: {refused}") from None
+
+    def read(self, body: bytes, max_bytes: int) -> Any:
+        _check_size(body, max_bytes)
+        return self.decode(body)
 
 
 def _check_size(body: bytes, max_bytes: int) -> None:
@@ -114,6 +155,42 @@ def rows_table(
     return CandidateRows.from_dicts(context, candidates, kinds).table(kinds)
 
 
+def feature_struct(
+    name: str, kinds: dict[str, str], default: Any, required: tuple[str, ...] = ()
+) -> type:
+    """A msgspec struct with one field per feature (typed by its kind, also null), unknown
+    fields refused. Attributes are `f0`, `f1`, … renamed to the feature names, so any feature
+    name works. A feature left out takes `default` (None: missing; `msgspec.UNSET`: not given);
+    `required` features must be present and not null."""
+    fields: list[tuple] = []
+    for i, (feature, kind) in enumerate(kinds.items()):
+        typed = python_type(kind)
+        if feature in required:
+            fields.append((f"f{i}", typed))
+        elif default is msgspec.UNSET:
+            fields.append((f"f{i}", typed | None | msgspec.UnsetType, msgspec.UNSET))
+        else:
+            fields.append((f"f{i}", typed | None, default))
+    fields.sort(key=lambda f: len(f) == 3)  # required fields first, as a struct needs
+    return msgspec.defstruct(
+        name,
+        fields,
+        rename={f"f{i}": feature for i, feature in enumerate(kinds)},
+        forbid_unknown_fields=True,
+        gc=False,  # no cycles: keep the collector's work per request down
+    )
+
+
+def given_features(values: Any, kinds: dict[str, str]) -> dict[str, Any]:
+    """feature → value of a `feature_struct(..., msgspec.UNSET)` instance, those given only."""
+    given = {}
+    for i, feature in enumerate(kinds):
+        value = getattr(values, f"f{i}")
+        if value is not msgspec.UNSET:
+            given[feature] = value
+    return given
+
+
 class RankRequestReader:
     """Decodes and validates /v1/rank bodies for one model's input kinds.
 
@@ -124,27 +201,8 @@ class RankRequestReader:
 
     def __init__(self, kinds: dict[str, str]) -> None:
         self.kinds = kinds
-        names = list(kinds)
-        attrs = [f"f{i}" for i in range(len(names))]
-        rename = dict(zip(attrs, names, strict=True))
-        types = [python_type(kinds[n]) for n in names]
-        candidate = msgspec.defstruct(
-            "Candidate",
-            [(a, t | None, None) for a, t in zip(attrs, types, strict=True)],
-            rename=rename,
-            forbid_unknown_fields=True,
-            gc=False,  # no cycles: keep the collector's work per request down
-        )
-        context = msgspec.defstruct(
-            "Context",
-            [
-                (a, t | None | msgspec.UnsetType, msgspec.UNSET)
-                for a, t in zip(attrs, types, strict=True)
-            ],
-            rename=rename,
-            forbid_unknown_fields=True,
-            gc=False,  # no cycles: keep the collector's work per request down
-        )
+        candidate = feature_struct("Candidate", kinds, None)
+        context = feature_struct("Context", kinds, msgspec.UNSET)
         body = msgspec.defstruct(
             "RankBody",
             [
@@ -156,8 +214,10 @@ class RankRequestReader:
             gc=False,  # no cycles: keep the collector's work per request down
         )
         self.body_type = body  # the request's type: what /openapi.json describes
-        self._decoder = msgspec.json.Decoder(body)
-        self._fields = [(n, a, operator.attrgetter(a)) for n, a in zip(names, attrs, strict=True)]
+        self._reader = TypedBodyReader(body, "rank")
+        self._fields = [
+            (n, f"f{i}", operator.attrgetter(f"f{i}")) for i, n in enumerate(kinds)
+        ]
 
     def read(
         self, body: bytes, max_bytes: int, max_candidates: int
@@ -165,16 +225,11 @@ class RankRequestReader:
         """(rows, request_id) of a valid body; RequestError (413 / 422) naming what is wrong."""
         _check_size(body, max_bytes)
         try:
-            request = self._decoder.decode(body)
-        except msgspec.ValidationError as e:
-            message = f"invalid rank request: {e}"
-            if "unknown field" in str(e):
-                message += f"; the model reads {sorted(self.kinds)}"
-            raise RequestError(422, message) from None
-        except msgspec.DecodeError as e:
-            raise RequestError(422, f"request body is not valid JSON: {e}") from None
-        except RecursionError:
-            raise RequestError(422, TOO_DEEP) from None
+            request = self._reader.decode(body)
+        except RequestError as e:
+            if "unknown field" in e.message:
+                e.message += f"; the model reads {sorted(self.kinds)}"
+            raise
         candidates = request.candidates
         n = len(candidates)
         if n > max_candidates:

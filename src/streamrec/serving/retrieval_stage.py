@@ -17,47 +17,49 @@ import msgspec
 import numpy as np
 import torch
 
+from streamrec.json_records import INT64
 from streamrec.retrieval.model_dir import find_retrieval_dir, load_retrieval_model
-from streamrec.serving.request import RequestError, rows_table
+from streamrec.serving.request import (
+    RequestError,
+    TypedBodyReader,
+    feature_struct,
+    given_features,
+    rows_table,
+)
 
 
-class RecommendBody(msgspec.Struct, forbid_unknown_fields=True):
-    """POST /v1/recommend: the user's features (as the user tower reads them), how many items
-    to return, and items never to return."""
-
-    user: dict[str, Any]
-    k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
-    exclude: list[int] = []
-    debug: bool = False  # add each stage's item count and seconds to the answer
-    value: Annotated[float, msgspec.Meta(ge=0)] | None = None  # compute allocation's value
-    request_id: str | None = None  # echoed; clicks on the answer name it (variants' bandit)
-
-
-
-
-class IndexedItem(msgspec.Struct):
-    """One item for POST /v1/items: its id and its features (any other fields)."""
-
-    item_id: int
+def recommend_body_type(kinds: dict[str, str]) -> type:
+    """POST /v1/recommend for a retriever reading `kinds`: the user's features (as the user
+    tower reads them, each typed by its kind), how many items to return, and items never to
+    return."""
+    return msgspec.defstruct(
+        "RecommendBody",
+        [
+            ("user", feature_struct("User", kinds, msgspec.UNSET)),
+            ("k", Annotated[int, msgspec.Meta(ge=1, le=1000)], 10),
+            ("exclude", list[INT64], msgspec.field(default_factory=list)),
+            ("debug", bool, False),  # each stage's item count and seconds in the answer
+            ("value", Annotated[float, msgspec.Meta(ge=0)] | None, None),  # compute allocation
+            ("request_id", str | None, None),  # echoed; clicks and feedback name it
+        ],
+        forbid_unknown_fields=True,
+    )
 
 
-class ItemsBody(msgspec.Struct, forbid_unknown_fields=True):
-    """POST /v1/items: new or changed items, indexed without a rebuild."""
-
-    items: Annotated[list[IndexedItem], msgspec.Meta(min_length=1)]
-
-
-def check_body(body: Any, body_type: type, what: str) -> Any:
-    """`body` (decoded JSON) as `body_type`, or a 422 naming the offending value's path."""
-    try:
-        return msgspec.convert(body, body_type)
-    except msgspec.ValidationError as e:
-        raise RequestError(422, f"invalid {what} request: {e}") from None
+def items_body_type(kinds: dict[str, str]) -> type:
+    """POST /v1/items: new or changed items (an `item_id` and any of the item tower's
+    features), indexed without a rebuild."""
+    item = feature_struct("IndexedItem", kinds, msgspec.UNSET, required=("item_id",))
+    return msgspec.defstruct(
+        "ItemsBody",
+        [("items", Annotated[list[item], msgspec.Meta(min_length=1)])],
+        forbid_unknown_fields=True,
+    )
 
 
 @dataclass
 class RecommendRequest:
-    """A checked RecommendBody."""
+    """A checked /v1/recommend body."""
 
     user: dict[str, Any]
     k: int
@@ -65,18 +67,6 @@ class RecommendRequest:
     debug: bool = False
     value: float | None = None  # declared by the caller; else the server estimates it
     request_id: str | None = None
-
-    @classmethod
-    def parse(cls, body: Any) -> RecommendRequest:
-        checked = check_body(body, RecommendBody, "recommend")
-        return cls(
-            checked.user,
-            checked.k,
-            set(checked.exclude),
-            checked.debug,
-            checked.value,
-            checked.request_id,
-        )
 
 
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
@@ -96,6 +86,8 @@ class RetrievalStage:
         self.candidates = loaded.config.retrieval.candidates
         self.version = loaded.version
         self.path = loaded.path
+        self.recommend_reader = TypedBodyReader(recommend_body_type(self.kinds), "recommend")
+        self.items_reader = TypedBodyReader(items_body_type(self.kinds), "items")
 
     @classmethod
     def load(cls, path: str | Path) -> RetrievalStage:
@@ -105,6 +97,23 @@ class RetrievalStage:
         if directory is None:
             raise FileNotFoundError(f"{path}: no retrieval model (retrieval/index.faiss)")
         return cls(directory)
+
+    def read_recommend(self, body: bytes, max_bytes: int) -> RecommendRequest:
+        """A /v1/recommend body, checked; RequestError (413 / 422) naming what is wrong."""
+        checked = self.recommend_reader.read(body, max_bytes)
+        return RecommendRequest(
+            given_features(checked.user, self.kinds),
+            checked.k,
+            set(checked.exclude),
+            checked.debug,
+            checked.value,
+            checked.request_id,
+        )
+
+    def read_items(self, body: bytes, max_bytes: int) -> list[dict[str, Any]]:
+        """The item rows of a /v1/items body (each an `item_id` and the features given)."""
+        checked = self.items_reader.read(body, max_bytes)
+        return [given_features(item, self.kinds) for item in checked.items]
 
     def describe(self) -> dict[str, Any]:
         return {
