@@ -67,21 +67,56 @@ def test_a_tiered_model_trains_exactly_like_an_in_memory_one(tiered_run, trained
     assert any(name.endswith(".sst") for name in manifest["file_sizes"])
 
 
-def test_a_kill_between_checkpoints_resumes_to_the_same_model(tmp_path, trained_run):
+def _flip_byte(f: Path) -> None:
+    data = bytearray(f.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside a data block: the footer and index sit at the end
+    with open(f, "r+b") as fh:  # in place: every hard link sees it, as with a bad disk sector
+        fh.write(data)
+
+
+def _own_ssts(newest: Path, older: Path) -> list[Path]:
+    """The SSTs of `newest` that are not hard links of one in `older`."""
+    shared = {f.stat().st_ino for f in older.rglob("*.sst")}
+    return [f for f in sorted(newest.rglob("*.sst")) if f.stat().st_ino not in shared]
+
+
+def test_a_kill_then_a_corrupt_sst_resumes_from_the_checkpoint_before(tmp_path, trained_run):
+    """Killed with two checkpoints written; then a byte of the newest one's disk tier goes bad.
+    The resume verifies the SSTs at load, skips that checkpoint, continues from the one before
+    it, and still trains exactly the uninterrupted model (it used to crash mid-training)."""
     config = _config(tmp_path)
     out = tmp_path / "run"
     proc = _train(config, out)
     deadline = time.time() + 300
-    while not list((out / "checkpoint").glob("[0-9]*")) and time.time() < deadline:
+    while len(list((out / "checkpoint").glob("[0-9]*"))) < 2 and time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.05)
-    time.sleep(0.7)  # somewhere between two checkpoints, or inside one
+    time.sleep(0.3)  # somewhere between two checkpoints, or inside one
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    older, newest = sorted((out / "checkpoint").glob("[0-9]*"))[-2:]
+    own = _own_ssts(newest, older)
+    assert own, "each checkpoint flushes the memtable into an SST of its own"
+    _flip_byte(own[0])
     resumed = _train(config, out, "--resume")
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err.decode()
+    assert "checksum mismatch" in err.decode() and newest.name in err.decode()
     assert _metrics(out) == _metrics(trained_run)
+
+
+def test_a_server_refuses_a_model_whose_disk_tier_is_corrupt(tiered_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiered_run / "model", copy / "model")  # copies: the fixture stays intact
+    sst = sorted((copy / "model").rglob("*.sst"))[0]
+    _flip_byte(sst)
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec", "serve", str(copy), "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert sst.name in done.stderr and "checksum mismatch" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_the_server_scores_from_a_private_copy_and_reports_the_hit_rate(
