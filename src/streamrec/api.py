@@ -26,6 +26,7 @@ from streamrec.data.stream.address import parse_stream_address
 from streamrec.data.stream.connect import open_source
 from streamrec.data.stream.joined import JoinedSource
 from streamrec.data.stream.joiner import OnlineJoiner
+from streamrec.schema import SECONDS_PER_UNIT
 from streamrec.serving.batch_scoring import score_file
 from streamrec.store import read_manifest
 from streamrec.train.distributed import (
@@ -165,6 +166,8 @@ def online(
                 stream,
                 open_source(addresses[1], group, settings, o.on_gap, o.service_timeout_seconds),
                 OnlineJoiner(j.tasks, j.window_seconds, j.allowed_lateness, j.max_pending),
+                cfg.schema_.timestamp,
+                SECONDS_PER_UNIT[cfg.schema_.timestamp_unit],
             )
         return stream
 

@@ -456,8 +456,26 @@ def serve(
     ),
     actions: str | None = typer.Option(
         None,
-        help="The action stream (local log folder, kafka://…, redis://…) whose clicks, "
-        "joined to the requests by request_id, reward the variant that answered.",
+        help="The action stream (local log folder, kafka://…, redis://…): POST /v1/feedback "
+        "appends users' actions to it (the records `online --actions` joins), and with "
+        "variants its clicks reward the variant that answered.",
+    ),
+    log_impressions: str | None = typer.Option(
+        None,
+        help="Log every answered /v1/recommend (request id, versions, the features used, "
+        "each shown item with its position and every stage's score) to this stream (local "
+        "folder, kafka://…, redis://…) — the impressions `online --source` joins with "
+        "--actions. Written from a bounded queue: serving never waits; a full queue drops "
+        "and counts (/metrics).",
+    ),
+    log_sample_rate: float = typer.Option(
+        1.0, min=0.0001, max=1.0, help="Share of requests whose impressions are logged."
+    ),
+    log_queue: int = typer.Option(
+        10_000, min=1, help="Records waiting to be written, per stream, before dropping."
+    ),
+    log_rank: bool = typer.Option(
+        False, help="With --log-impressions, log /v1/rank answers too (needs an item_id)."
     ),
     reward_action: list[str] = typer.Option(
         ["click"], help="Action types that count as a reward. Repeat for more."
@@ -473,7 +491,7 @@ def serve(
     `degraded`) until the next full model covers it."""
     import uvicorn
 
-    from streamrec.serving.app import create_app
+    from streamrec.serving.app import FeedbackOptions, create_app
     from streamrec.serving.batcher import quiet_garbage_collector, use_compute_threads
     from streamrec.serving.http import server_config
 
@@ -495,7 +513,7 @@ def serve(
     from streamrec.serving.variants import VariantOptions, parse_split
 
     variants = None
-    if variant or shadow or split or policy != "weights" or actions:
+    if variant or shadow or split or policy != "weights":
         if policy not in ("weights", "thompson"):
             _fail(f"--policy is weights or thompson, not {policy!r}")
         if policy == "thompson" and actions is None:
@@ -530,6 +548,11 @@ def serve(
             retrieve=retrieve,
             allocation=allocation,
             variants=variants,
+            feedback=FeedbackOptions(
+                log_impressions, actions, log_sample_rate, log_queue, log_rank
+            )
+            if log_impressions or actions
+            else None,
             **overrides,
         )
     except (CorruptModelError, FileNotFoundError, ValueError) as e:  # pydantic's too

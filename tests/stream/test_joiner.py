@@ -3,7 +3,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamrec.data.stream.joiner import OnlineJoiner
+from streamrec.data.stream.joiner import OnlineJoiner, impressions_of
 
 
 def imp(req, item, t):
@@ -69,3 +69,34 @@ def test_checkpointed_state_continues_exactly(events, cut):
     assert run(cut) == run(-1)
     out, stats = run(-1)
     assert len(out) == stats["emitted"] == stats["impressions"]
+
+
+def test_a_server_request_record_becomes_one_impression_per_shown_item():
+    record = {
+        "request_id": "q1", "event_time": 100.5, "endpoint": "recommend",
+        "versions": {"ranking": 3},
+        "context": {"user_id": 7, "age": 30},
+        "items": [
+            {"item_id": 50, "position": 0, "features": {"genres": ["Drama"]},
+             "scores": {"ranking": 0.9}},
+            {"item_id": 12, "position": 1, "features": {}, "scores": {"ranking": 0.8}},
+        ],
+    }
+    got = impressions_of(record, "timestamp", 1000)
+    assert got == [
+        {"user_id": 7, "age": 30, "genres": ["Drama"], "item_id": 50, "request_id": "q1",
+         "event_time": 100.5, "position": 0, "timestamp": 100500},
+        {"user_id": 7, "age": 30, "item_id": 12, "request_id": "q1", "event_time": 100.5,
+         "position": 1, "timestamp": 100500},
+    ]
+    flat = imp("r", 1, 5)
+    assert impressions_of(flat) == [flat]  # already one impression
+
+
+def test_flush_before_a_time_keeps_what_may_still_be_clicked():
+    j = OnlineJoiner({"click": "click"}, window_seconds=60)
+    for i, t in enumerate((10, 20, 30)):
+        j.add_impression(imp(f"r{i}", 1, t))
+    assert [o["request_id"] for o in j.flush(before=25)] == ["r0", "r1"]
+    assert j.add_action(act("r2", 1, 31)) == []  # r2 still waits: its click counts
+    assert [(o["request_id"], o["click"]) for o in j.flush()] == [("r2", 1)]

@@ -36,10 +36,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from streamrec.config import ServingConfig
+from streamrec.serving.action_intake import ActionIntake
 from streamrec.serving.batcher import DynamicBatcher, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
 from streamrec.serving.compute_allocation import ComputeAllocator, ComputeLevel
 from streamrec.serving.feedback import FeedbackReader, ServedRequests
+from streamrec.serving.impression_log import ImpressionLog
 from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.openapi import DOCS_PAGE, openapi_document
 from streamrec.serving.prerank_stage import PreRankStage
@@ -51,6 +53,7 @@ from streamrec.serving.retrieval_stage import (
 )
 from streamrec.serving.snapshot import Snapshot
 from streamrec.serving.status_page import STATUS_PAGE
+from streamrec.serving.stream_writer import QueuedStreamWriter
 from streamrec.serving.variants import (
     PromoteBody,
     Variant,
@@ -82,6 +85,9 @@ class ServerState:
     traffic: RecentTraffic = field(default_factory=RecentTraffic)  # the status page's chart
     started_at: float = field(default_factory=time.time)
     last_failure: tuple[float, str] | None = None  # (when, why) of the last failed inference
+    impressions: ImpressionLog | None = None  # what was served, with its features (--log-…)
+    intake: ActionIntake | None = None  # POST /v1/feedback → the action stream (--actions)
+    log_rank: bool = False  # /v1/rank answers are logged too
 
 
 log = logging.getLogger("streamrec.serving")
@@ -104,14 +110,16 @@ def create_app(
     retrieve: int | None = None,
     allocation: dict[str, Any] | None = None,
     variants: VariantOptions | None = None,
+    feedback: FeedbackOptions | None = None,
     **overrides: Any,
 ) -> Starlette:
     """Build the ASGI app. `overrides` replace fields of the model's `serving:` settings
     (e.g. max_batch_rows=1, max_delay_ms=0 to switch batching off), `allocation` fields of its
     `serving.compute_allocation` (e.g. {"enabled": True, "slo_ms": 50}); `retrieve` the items
     /v1/recommend retrieves (default: the retriever's `retrieval.candidates`); `variants` other
-    ranking models served beside this one (`serving/variants.py`). With a `token`, every
-    endpoint but the health probes needs it (`guard_health=True`: those too)."""
+    ranking models served beside this one (`serving/variants.py`); `feedback` where the
+    impression log and the actions of POST /v1/feedback go (`FeedbackOptions`). With a
+    `token`, every endpoint but the health probes needs it (`guard_health=True`: those too)."""
     directory = find_model_dir(model_dir)
     snapshot = Snapshot.load(directory)
     settings = snapshot.config.serving.model_copy(update=overrides)
@@ -174,6 +182,8 @@ def create_app(
                 settings.poll_seconds,
             )
 
+    if feedback is not None:  # before the variants: their click reader reads the actions
+        _open_feedback_streams(state, feedback)
     if variants is not None:
         main = Variant(variants.main_name, str(directory), batcher, state.cache, watcher)
         state.variants = build_variants(variants, main, settings, watch)
@@ -212,7 +222,12 @@ def create_app(
         )
         if state.feedback is not None:
             state.feedback.start()
+        writers = [w.writer for w in (state.impressions, state.intake) if w is not None]
+        for writer in writers:
+            writer.start()
         yield
+        for writer in writers:
+            writer.stop()  # what is queued is written before the process ends
         if health is not None:
             health.cancel()
         if state.feedback is not None:
@@ -232,6 +247,7 @@ def create_app(
         Route("/v1/rank", _endpoint(state, "rank", _rank), methods=["POST"]),
         Route("/v1/recommend", _endpoint(state, "recommend", _recommend), methods=["POST"]),
         Route("/v1/items", _endpoint(state, "items", _add_items), methods=["POST"]),
+        Route("/v1/feedback", _endpoint(state, "feedback", _feedback), methods=["POST"]),
         Route("/v1/model", _endpoint(state, "model", _model), methods=["GET"]),
         Route("/healthz", _endpoint(state, "healthz", _healthz), methods=["GET"]),
         Route("/readyz", _endpoint(state, "readyz", _readyz), methods=["GET"]),
@@ -251,6 +267,34 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = state
     return app
+
+
+@dataclass(frozen=True)
+class FeedbackOptions:
+    """Where the loop's two streams go (`serve --log-impressions / --actions`)."""
+
+    impressions: str | None = None  # the impression log's stream address
+    actions: str | None = None  # the action stream POST /v1/feedback appends to
+    sample_rate: float = 1.0  # share of requests whose impressions are logged
+    max_queue: int = 10_000  # records waiting to be written, per stream
+    log_rank: bool = False  # log /v1/rank answers too (callers that rank their own lists)
+
+
+def _open_feedback_streams(state: ServerState, options: FeedbackOptions) -> None:
+    from streamrec.data.stream.address import parse_stream_address
+    from streamrec.data.stream.connect import open_sink
+
+    def writer(where: str) -> QueuedStreamWriter:
+        address = parse_stream_address(where)  # a malformed address fails the start
+        if address.path is not None:  # a local log: readers may open it before a write
+            address.path.mkdir(parents=True, exist_ok=True)
+        return QueuedStreamWriter(lambda: open_sink(address), str(address), options.max_queue)
+
+    if options.impressions is not None:
+        state.impressions = ImpressionLog(writer(options.impressions), options.sample_rate)
+        state.log_rank = options.log_rank
+    if options.actions is not None:
+        state.intake = ActionIntake(writer(options.actions))
 
 
 _PROBES = ("healthz", "readyz")
@@ -276,7 +320,7 @@ def _endpoint(state: ServerState, name: str, handler):
             try:
                 response = await handler(state, request)
             except RequestError as e:
-                response = _error(e.status, e.message)
+                response = _error(e.status, e.message, e.headers)
             except Overloaded:
                 response = _error(503, "overloaded: too many rows queued", {"Retry-After": "1"})
                 state.metrics.unavailable.labels("overloaded").inc()
@@ -498,6 +542,16 @@ async def _rank(state: ServerState, request: Request) -> Response:
         "request_id": request_id or _request_ids.next(),
     }
     _note_variant(state, answer, variant)
+    if state.intake is not None:
+        state.intake.recent.add(answer["request_id"])
+    if state.log_rank and "item_id" in rows.columns and state.impressions.wants():
+        ids = rows.columns["item_id"]
+        features = [
+            {f: column[i] for f, column in rows.columns.items() if column[i] is not None}
+            for i in range(rows.num_rows)
+        ]
+        ranking = {i: float(s) for i, s in zip(ids, scores[:, 0], strict=True) if i is not None}
+        _log_impressions(state, "rank", answer, {}, ids, features, {"ranking": ranking})
     return Response(_encode_json(answer), media_type="application/json")
 
 
@@ -544,10 +598,15 @@ async def _cascade(
     allocation: dict[str, float] | None = None,
 ) -> Response:
     stage = state.retriever
+    logged = state.impressions is not None and state.impressions.wants()
     clock = [time.perf_counter()]
     items, scores = stage.retrieve(wanted, level.k1 if level else None)
     retrieved = len(items)
     scored_by = "retrieval"
+    # Each stage's score of every item it scored, for the impression log (logged requests only)
+    by_stage: dict[str, dict[int, float]] = {}
+    if logged:
+        by_stage["retrieval"] = dict(zip(items, scores.tolist(), strict=True))
     clock.append(time.perf_counter())
     snapshot = state.batcher.snapshot
     versions = {"retrieval": stage.version, "ranking": snapshot.serving_version}
@@ -561,6 +620,8 @@ async def _cascade(
             rows = stage.item_rows(items, pre.snapshot.candidate_features)
             items, scores = await asyncio.to_thread(pre.top, wanted.user, items, rows, keep)
             scored_by = "preranking"
+            if logged:
+                by_stage["preranking"] = dict(zip(items, np.asarray(scores).tolist(), strict=True))
     elif ranks and level is not None:
         top = max(level.k2, wanted.k)
         items, scores = items[:top], scores[:top]  # retrieval's best K2
@@ -568,8 +629,9 @@ async def _cascade(
     answer: dict[str, Any] = {"items": [], "scores": [], "retrieved": retrieved}
     answer["request_id"] = wanted.request_id or _request_ids.next()
     variant = None
+    context = {f: v for f, v in wanted.user.items() if f in snapshot.context_features}
+    candidates: list[dict[str, Any]] | None = None
     if items and ranks:
-        context = {f: v for f, v in wanted.user.items() if f in snapshot.context_features}
         candidates = stage.item_rows(items, snapshot.candidate_features)
         ranked, versions["ranking"], variant = await rank_rows(
             state,
@@ -601,7 +663,56 @@ async def _cascade(
         }
         if allocation is not None:
             answer["debug"]["allocation"] = allocation
+    if state.intake is not None:
+        state.intake.recent.add(answer["request_id"])
+    if logged:
+        if candidates is None:  # not ranked: the rows the ranker would have read
+            shown = stage.item_rows(answer["items"], snapshot.candidate_features)
+        else:
+            shown = [candidates[j] for j in order]
+        if ranks and items:
+            by_stage["ranking"] = dict(zip(answer["items"], answer["scores"], strict=True))
+        _log_impressions(state, "recommend", answer, context, answer["items"], shown, by_stage)
     return Response(_encode_json(answer), media_type="application/json")
+
+
+def _log_impressions(
+    state: ServerState,
+    endpoint: str,
+    answer: dict[str, Any],
+    context: dict[str, Any],
+    items: list[int],
+    features: list[dict[str, Any]],
+    by_stage: dict[str, dict[int, float]],
+) -> None:
+    """One record of what this answer showed (`serving/impression_log.py`); a full queue
+    drops it and counts it, never failing the answer."""
+    shown = [
+        {
+            "item_id": item,
+            "features": row,
+            "scores": {name: scores[item] for name, scores in by_stage.items() if item in scores},
+        }
+        for item, row in zip(items, features, strict=True)
+    ]
+    extra = {k: answer[k] for k in ("variant", "scored_by", "level") if k in answer}
+    if not state.impressions.log(
+        answer["request_id"], endpoint, context, shown, answer.get("versions", {}), **extra
+    ):
+        state.metrics.impressions_dropped.inc()
+    else:
+        state.metrics.impressions_logged.inc()
+
+
+async def _feedback(state: ServerState, request: Request) -> Response:
+    """A user's action on an answer's item → the action stream (202)."""
+    if state.intake is None:
+        raise RequestError(
+            404, "this server has no action stream: start it with --actions STREAM"
+        )
+    answer = state.intake.accept(await _body_bytes(state, request), state.settings.max_body_bytes)
+    state.metrics.feedback.labels("known" if answer["known_request"] else "unknown").inc()
+    return JSONResponse(answer, status_code=202)
 
 
 async def _add_items(state: ServerState, request: Request) -> Response:
@@ -665,7 +776,8 @@ async def _docs(state: ServerState, request: Request) -> Response:
 
 
 def _degraded(state: ServerState) -> list[str]:
-    """Why a served model may be stale: the ranker's reasons, then the pre-ranker's."""
+    """Why a served model may be stale (the ranker's reasons, then the pre-ranker's), or
+    what it serves may not be learnt from (a feedback stream that cannot be written)."""
     reasons = state.watcher.degraded_reasons() if state.watcher is not None else []
     if state.prerank_watcher is not None:
         reasons += [f"pre-ranker: {r}" for r in state.prerank_watcher.degraded_reasons()]
@@ -674,6 +786,13 @@ def _degraded(state: ServerState) -> list[str]:
         age = time.time() - when
         if age < FAILURE_SHOWN_SECONDS:
             reasons.append(f"{why} ({age:.0f} s ago)")
+    for what, log in (("impression log", state.impressions), ("action stream", state.intake)):
+        since = log.writer.unavailable_since if log is not None else None
+        if since is not None:
+            reasons.append(
+                f"{what} {log.writer.name} unavailable for {time.time() - since:.0f} s "
+                f"({log.writer.last_error}); {log.writer.queued} records queued"
+            )
     return reasons
 
 
@@ -731,6 +850,8 @@ async def _status(state: ServerState, request: Request) -> Response:
         "compute_allocation": state.allocator.describe() if state.allocator else None,
         "variants": _variants_body(state) if state.variants else None,
         "responses": sorted(responses, key=lambda r: (r["endpoint"], r["status"])),
+        "impression_log": state.impressions.describe() if state.impressions else None,
+        "feedback": state.intake.describe() if state.intake else None,
     }
     return JSONResponse(body)
 

@@ -52,6 +52,22 @@ class ServerMetrics:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        self.impressions_logged = Counter(
+            "streamrec_impressions_logged",
+            "answers queued for the impression log (serve --log-impressions)",
+            registry=r,
+        )
+        self.impressions_dropped = Counter(
+            "streamrec_impressions_dropped",
+            "answers not logged because the impression log's queue was full",
+            registry=r,
+        )
+        self.feedback = Counter(
+            "streamrec_feedback_actions",
+            "actions accepted on POST /v1/feedback, by whether this server answered the request",
+            ["request"],
+            registry=r,
+        )
         self.batch_rows = Histogram(
             "streamrec_batch_rows",
             "rows per inference batch",

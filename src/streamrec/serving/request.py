@@ -29,10 +29,11 @@ from streamrec.kinds import arrow_type
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers  # e.g. Retry-After on a 503
 
 
 TOO_DEEP = "request body is nested too deeply to be a request"
@@ -85,11 +86,11 @@ class TypedBodyReader:
             raise RequestError(422, f"invalid {self.what} request: {refused}") from None
 
     def read(self, body: bytes, max_bytes: int) -> Any:
-        _check_size(body, max_bytes)
+        check_size(body, max_bytes)
         return self.decode(body)
 
 
-def _check_size(body: bytes, max_bytes: int) -> None:
+def check_size(body: bytes, max_bytes: int) -> None:
     if len(body) > max_bytes:
         raise RequestError(413, f"request body is {len(body)} bytes; the limit is {max_bytes}")
 
@@ -223,7 +224,7 @@ class RankRequestReader:
         self, body: bytes, max_bytes: int, max_candidates: int
     ) -> tuple[CandidateRows, str | None]:
         """(rows, request_id) of a valid body; RequestError (413 / 422) naming what is wrong."""
-        _check_size(body, max_bytes)
+        check_size(body, max_bytes)
         try:
             request = self._reader.decode(body)
         except RequestError as e:

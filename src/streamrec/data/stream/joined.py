@@ -17,11 +17,12 @@ both inputs up to the positions recorded by the last `state()`, i.e. the last ch
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from typing import Any
 
 from streamrec.data.stream.base import Message, PartitionLag, StreamSource
-from streamrec.data.stream.joiner import OnlineJoiner
+from streamrec.data.stream.joiner import OnlineJoiner, impressions_of
 
 
 def _position(source: StreamSource) -> Any:
@@ -40,8 +41,17 @@ def _resume(source: StreamSource, position: Any) -> None:
 
 class JoinedSource:
     def __init__(
-        self, impressions: StreamSource, actions: StreamSource, joiner: OnlineJoiner
+        self,
+        impressions: StreamSource,
+        actions: StreamSource,
+        joiner: OnlineJoiner,
+        timestamp: str | None = None,
+        units_per_second: int = 1,
     ) -> None:
+        """timestamp: the schema's event-time column (in `units_per_second`), filled in the
+        impressions that a server's request records (`impressions_of`) expand into."""
+        self.timestamp = timestamp
+        self.units_per_second = units_per_second
         self.impressions = impressions
         self.actions = actions
         self.joiner = joiner
@@ -64,13 +74,19 @@ class JoinedSource:
         for m in messages:
             try:
                 record = json.loads(m.value)
-                t = float(record["event_time"])
-                record["request_id"], record["item_id"]
-            except (ValueError, KeyError, TypeError) as e:
+                if name == "impressions":
+                    records = impressions_of(record, self.timestamp, self.units_per_second)
+                else:
+                    records = [record]
+                got = []
+                for r in records:
+                    r["request_id"], r["item_id"]
+                    got.append((float(r["event_time"]), r))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
                 where = m.where or f"offset {m.offset}"
                 self.bad_messages.append((name, where, f"cannot join: {e!r}"[:200]))
                 continue
-            out.append((t, record))
+            out.extend(got)
         return out
 
     def _feed(self, name: str) -> None:
@@ -98,8 +114,9 @@ class JoinedSource:
                 while acts:
                     self._feed("actions")
             self._idle_polls = 0 if (got_imps or got_acts) else self._idle_polls + 1
-            if self._idle_polls >= 3:  # both inputs drained: close every waiting window
-                self._ready.extend(json.dumps(r).encode() for r in self.joiner.flush())
+            if self._idle_polls >= 3:  # both inputs drained: close the windows time has closed
+                due = self.joiner.flush(before=time.time() - self.joiner.window)
+                self._ready.extend(json.dumps(r).encode() for r in due)
         out = []
         while self._ready and len(out) < max_messages:
             out.append(Message(self.position, self._ready.popleft()))

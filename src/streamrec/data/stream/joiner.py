@@ -7,6 +7,11 @@ action's task label to 1; when the window closes — the watermark (the largest 
 either stream, minus `allowed_lateness`) passes impression time + window — the impression is
 emitted with its labels (0 for every task that got no action).
 
+The server's impression log (`serve --log-impressions`) holds one record per answered request
+— its context features, and per shown item the item's features, position and scores;
+`impressions_of` turns it into the per-item impressions joined here, with the features exactly
+as the server used them.
+
 Counted, never silently dropped: duplicate impressions (the first one is kept), duplicate
 actions (idempotent), late actions (their impression was already emitted), actions for an
 impression not seen yet (kept for one window in case it arrives), impressions forced out by the
@@ -18,6 +23,31 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any
+
+
+def impressions_of(
+    record: dict[str, Any], timestamp: str | None = None, units_per_second: int = 1
+) -> list[dict[str, Any]]:
+    """One impression per shown item of a server's request record ({"request_id",
+    "event_time", "context", "items": [{"item_id", "position", "features", "scores"}]}):
+    {context features, item features, item_id, request_id, event_time, position}. Another
+    record (already one impression) is returned as it is. `timestamp`: the schema's event-time
+    column, filled from event_time (seconds, the server's clock) in the schema's unit."""
+    items = record.get("items")
+    if not isinstance(items, list):
+        return [record]
+    context = record.get("context") or {}
+    out = []
+    for item in items:
+        impression = {**context, **(item.get("features") or {})}
+        impression["item_id"] = item["item_id"]
+        impression["request_id"] = record["request_id"]
+        impression["event_time"] = record["event_time"]
+        impression["position"] = item.get("position")
+        if timestamp is not None:
+            impression.setdefault(timestamp, int(record["event_time"] * units_per_second))
+        out.append(impression)
+    return out
 
 
 class OnlineJoiner:
@@ -120,10 +150,18 @@ class OnlineJoiner:
             self._early.popitem(last=False)
         return out
 
-    def flush(self) -> list[dict[str, Any]]:
-        """Emit everything still waiting (end of stream)."""
-        out = [self._emit(k, e) for k, e in self._pending.items()]
-        self._pending.clear()
+    def flush(self, before: float | None = None) -> list[dict[str, Any]]:
+        """Emit what still waits: every impression (end of stream), or those shown before
+        `before` (event seconds) — when both streams are idle, the wall clock closes the
+        windows that no event will close: an impression logged a minute ago still waits for
+        its click, a replayed one from 2008 does not."""
+        out = []
+        while self._pending:
+            key, entry = next(iter(self._pending.items()))
+            if before is not None and float(entry["record"]["event_time"]) >= before:
+                break
+            self._pending.popitem(last=False)
+            out.append(self._emit(key, entry))
         return out
 
     @property
