@@ -111,6 +111,60 @@ def evaluate(model_dir: str | Path, data: str | None = None, fmt: str | None = N
     return evaluate_model_dir(model_dir, data, fmt)
 
 
+def impressions(
+    retriever: str | Path,
+    config: JobConfig | str | Path,
+    out: str | Path,
+    candidates: int | None = None,
+    target_fraction: float = 0.2,
+) -> dict[str, Any]:
+    """An impression-shaped training set for the ranker (`retrieval/impression_set.py`): the
+    training split of `config`'s data, each user's past queried against `retriever` as the
+    server queries it, the `candidates` items it returns (default: the retriever's
+    `retrieval.candidates`) labelled by the user's future; context features are the config's
+    `serving.context_features`. Written to `out` (Parquet, atomically)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from streamrec.data.splits import open_splits
+    from streamrec.retrieval.impression_set import LABEL, impression_set
+    from streamrec.retrieval.model_dir import find_retrieval_dir, load_retrieval_model
+
+    cfg = as_config(config)
+    directory = find_retrieval_dir(retriever)
+    if directory is None:
+        raise FileNotFoundError(f"{retriever}: no retrieval model (retrieval/index.faiss)")
+    loaded = load_retrieval_model(directory)
+    n = candidates or loaded.config.retrieval.candidates
+    dead = DeadLetter()
+    train = pa.Table.from_batches(list(open_splits(cfg.data, dead).train()))
+    table = impression_set(
+        loaded,
+        train,
+        n,
+        cfg.serving.context_features,
+        target_fraction,
+        loaded.config.data.history_length or 50,
+        cfg.schema_.timestamp,
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)
+    positives = int(pc.sum(table[LABEL]).as_py() or 0)
+    return {
+        "rows": table.num_rows,
+        "users": int(pc.count_distinct(table["user_id"]).as_py()),
+        "candidates": n,
+        "positives": positives,
+        "positive_rate": positives / max(1, table.num_rows),
+        "rejected_rows": dead.count,
+        "output": str(out),
+    }
+
+
 def predict(
     model_dir: str | Path,
     data: str | Path,

@@ -265,6 +265,47 @@ def evaluate(
             f"{f} {g:.3f}" for f, g in report["feature_importance"].items()))
 
 
+@app.command("impressions")
+def impressions(
+    retriever: Path = typer.Argument(..., help="A two-tower run or model directory."),
+    config: Path = typer.Argument(
+        ..., help="The ranker's job config: its data (training split) and context features."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="The training set to write (.parquet)."),
+    candidates: int | None = typer.Option(
+        None, min=1,
+        help="Items retrieved per user (default: the retriever's retrieval.candidates). Use "
+        "the K1 the server retrieves (serve --retrieve): the ranker must see the tail it is "
+        "to push down.",
+    ),
+    target_fraction: float = typer.Option(
+        0.2, min=0.01, max=0.99, help="Each user's last share of interactions: the future."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Build an impression-shaped training set for a cascade's ranker: each user's past,
+    queried against the retriever as the server queries it; the items it returns, labelled 1
+    where the user interacted with them later — with their retrieval score as a feature.
+    Train the ranker on it (examples/ml100k_impression_ranker.yaml) so that it orders what
+    retrieval hands it, instead of learning a different objective."""
+    from streamrec import api
+    from streamrec.config import ConfigError
+    from streamrec.store import CorruptModelError
+
+    cfg = _load_config(config)
+    try:
+        report = api.impressions(retriever, cfg, out, candidates, target_fraction)
+    except (DataError, ConfigError, CorruptModelError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(report)
+    else:
+        typer.echo(
+            f"wrote {report['rows']:,} impressions of {report['users']:,} users to {out} "
+            f"({report['candidates']} per user, {report['positive_rate']:.1%} positive)"
+        )
+
+
 @app.command("predict")
 def predict(
     model_dir: Path = typer.Argument(..., help="A model directory or a training run directory."),

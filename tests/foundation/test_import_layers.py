@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"serving"},
     {"api"},
+    {"closed_loop"},  # the loop with simulated users: benchmarks/closed_loop.py and the demo
     {"demo"},
     {"cli"},
     {"launch"},  # the executable's first code: signals, then the command

@@ -36,6 +36,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from streamrec.config import ServingConfig
+from streamrec.retrieval.impression_set import RETRIEVAL_SCORE
 from streamrec.serving.action_intake import ActionIntake
 from streamrec.serving.batcher import DynamicBatcher, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
@@ -603,21 +604,26 @@ async def _cascade(
     items, scores = stage.retrieve(wanted, level.k1 if level else None)
     retrieved = len(items)
     scored_by = "retrieval"
-    # Each stage's score of every item it scored, for the impression log (logged requests only)
+    # Each stage's score of every item it scored: for the impression log (logged requests),
+    # and the retrieval score for models that read it as a feature (`retrieval_score`)
     by_stage: dict[str, dict[int, float]] = {}
-    if logged:
-        by_stage["retrieval"] = dict(zip(items, scores.tolist(), strict=True))
-    clock.append(time.perf_counter())
     snapshot = state.batcher.snapshot
-    versions = {"retrieval": stage.version, "ranking": snapshot.serving_version}
     pre = state.preranker
+    wants_score = RETRIEVAL_SCORE in snapshot.candidate_features or (
+        pre is not None and RETRIEVAL_SCORE in pre.snapshot.candidate_features
+    )
+    if logged or wants_score:
+        by_stage["retrieval"] = dict(zip(items, scores.tolist(), strict=True))
+    retrieval_scores = by_stage.get("retrieval")
+    clock.append(time.perf_counter())
+    versions = {"retrieval": stage.version, "ranking": snapshot.serving_version}
     preranked = pre is not None and (level is None or level.preranked)
     ranks = level is None or level.k2 > 0
     if preranked:
         versions["preranking"] = pre.version
         keep = pre.keep if level is None else max(level.k2, wanted.k)  # K2 = 0: k
         if len(items) > keep or not ranks:
-            rows = stage.item_rows(items, pre.snapshot.candidate_features)
+            rows = stage.item_rows(items, pre.snapshot.candidate_features, retrieval_scores)
             items, scores = await asyncio.to_thread(pre.top, wanted.user, items, rows, keep)
             scored_by = "preranking"
             if logged:
@@ -632,7 +638,7 @@ async def _cascade(
     context = {f: v for f, v in wanted.user.items() if f in snapshot.context_features}
     candidates: list[dict[str, Any]] | None = None
     if items and ranks:
-        candidates = stage.item_rows(items, snapshot.candidate_features)
+        candidates = stage.item_rows(items, snapshot.candidate_features, retrieval_scores)
         ranked, versions["ranking"], variant = await rank_rows(
             state,
             CandidateRows.from_dicts(context, candidates, snapshot.kinds),
@@ -667,7 +673,9 @@ async def _cascade(
         state.intake.recent.add(answer["request_id"])
     if logged:
         if candidates is None:  # not ranked: the rows the ranker would have read
-            shown = stage.item_rows(answer["items"], snapshot.candidate_features)
+            shown = stage.item_rows(
+                answer["items"], snapshot.candidate_features, retrieval_scores
+            )
         else:
             shown = [candidates[j] for j in order]
         if ranks and items:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from streamrec.json_records import INT64
+from streamrec.retrieval.impression_set import RETRIEVAL_SCORE
 from streamrec.retrieval.model_dir import find_retrieval_dir, load_retrieval_model
 from streamrec.serving.request import (
     RequestError,
@@ -166,10 +167,17 @@ class RetrievalStage:
         found = ids[0] >= 0
         return [int(i) for i in ids[0][found]], scores[0][found]
 
-    def item_rows(self, items: list[int], features: list[str]) -> list[dict[str, Any]]:
-        """Each item's catalog values of `features` (those it has)."""
+    def item_rows(
+        self, items: list[int], features: list[str], scores: dict[int, float] | None = None
+    ) -> list[dict[str, Any]]:
+        """Each item's catalog values of `features` (those it has) — and, when a model reads
+        `retrieval_score` (`retrieval/impression_set.py`), the item's score in `scores`."""
         rows = [self.catalog[i] for i in items]
-        return [{f: row[f] for f in features if f in row} for row in rows]
+        out = [{f: row[f] for f in features if f in row} for row in rows]
+        if scores is not None and RETRIEVAL_SCORE in features:
+            for item, row in zip(items, out, strict=True):
+                row[RETRIEVAL_SCORE] = scores[item]
+        return out
 
     def add_items(self, rows: list[dict[str, Any]]) -> None:
         """Index new (or changed) items from their features, without a rebuild."""

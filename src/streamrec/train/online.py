@@ -36,6 +36,7 @@ writes a run directory at a time (`train/run_dir.py`).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -125,6 +126,9 @@ class OnlineTrainer:
         self.on_delta = None
         self._pending_consumed_at: list[float] = []
         self._batches_since_delta = 0
+        # Set from another thread to end `run` after the current batch (then, as at any end:
+        # a delta, a checkpoint, the status).
+        self.stop_requested = threading.Event()
         self._batches_since_checkpoint = 0
         self._last_delta = self._last_checkpoint = self._last_status = time.monotonic()
         self.stall_watch = StallWatch(self.online_config.stall_seconds)
@@ -512,6 +516,11 @@ class OnlineTrainer:
         self.run_metrics.scalars("stream", stream, step)
         self.run_metrics.flush()
 
+    @property
+    def synced(self) -> bool:
+        """Whether every batch trained so far is in a delta already."""
+        return not self._pending_consumed_at
+
     def close(self) -> None:
         """Let go of the run directory without a final checkpoint (`run` ends with one): what
         a crash does, and what a caller does before handing the directory to another trainer."""
@@ -536,7 +545,7 @@ class OnlineTrainer:
     def _loop(self, stop_when_idle: float | None, max_events: int | None) -> None:
         batch_size = self.config.data.batch_size
         idle_since = time.monotonic()
-        while True:
+        while not self.stop_requested.is_set():
             messages = self._poll(batch_size)
             self._drain_source_rejects()  # also gaps found by a poll that delivered nothing
             if self.source_down_since is not None:

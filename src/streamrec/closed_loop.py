@@ -1,0 +1,461 @@
+"""The closed loop, run for real with simulated users: serve → log → act → join → train → sync.
+
+Two servers (`streamrec serve` processes) answer /v1/recommend from the same trained models:
+the *closed loop* one logs its impressions (`--log-impressions`) and takes its users' actions on
+POST /v1/feedback (`--actions`), and an online trainer (in this process) joins the two streams,
+learns, and sends deltas back to it every second; the *frozen* one never changes. Beside them,
+two references computed in process: the retriever's own order and popularity.
+
+The user model (`SimulatedUsers`): each user's held-out future interactions are the items they
+would engage with. A request shows k items; the item at 0-based position p is examined with
+probability 1 / log2(p + 2) (the DCG discount read as position bias: 1 at the top, 0.5 at the
+third place, 0.29 at the tenth) and clicked if examined and in the user's future. A clicked
+item is consumed: that arm never shows it to that user again and it no longer counts as
+relevant. Every arm sees the same users in the same rounds with the same random draws per
+(round, user, position), so differences come from the lists, not the dice.
+
+Users return, as a product's do: the run draws an active population (twice the users of a
+round) and each round samples from it, so a user comes back about every other round — and a
+model that learnt from their last visit can show them something else than what they ignored.
+
+A round: a sample of the active users asks each arm for k items; clicks go back (to the closed loop's
+server only, over HTTP); then the round waits until the trainer has trained on every impression
+logged so far and the server serves the resulting delta — so round r+1 is served by a model
+that learnt from rounds ≤ r, as a loop that keeps up would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+import pyarrow as pa
+
+from streamrec.config import JobConfig
+from streamrec.data.stream import LocalLogSource
+from streamrec.data.stream.joined import JoinedSource
+from streamrec.data.stream.joiner import OnlineJoiner
+from streamrec.retrieval.evaluate import user_items
+from streamrec.schema import SECONDS_PER_UNIT
+from streamrec.serving.loadgen import run_load
+from streamrec.serving.retrieval_stage import RecommendRequest, RetrievalStage
+from streamrec.train.online import OnlineTrainer
+
+ARMS = ("closed_loop", "frozen", "retrieval_only", "popularity")
+
+
+def examination(positions: np.ndarray) -> np.ndarray:
+    """P(a user examines the item at each 0-based position): 1 / log2(position + 2)."""
+    return 1.0 / np.log2(np.asarray(positions, np.float64) + 2.0)
+
+
+@dataclass
+class SimulatedUsers:
+    """queries: user → the /v1/recommend `user` body (the retriever's user features as of the
+    end of training, history included); future: user → held-out items; seen: user → training
+    items (never recommended); popular: training items, most interactions first."""
+
+    queries: dict[int, dict[str, Any]]
+    future: dict[int, set[int]]
+    seen: dict[int, set[int]]
+    popular: list[int]
+
+    @classmethod
+    def from_split(
+        cls, train: pa.Table, test: pa.Table, user_features: list[str], history: int
+    ) -> SimulatedUsers:
+        seen_lists = user_items(train)
+        future = {u: set(v) for u, v in user_items(test).items() if u in seen_lists}
+        users = train["user_id"].to_numpy()
+        _, last_reversed = np.unique(users[::-1], return_index=True)
+        last = train.take(pa.array(np.sort(len(users) - 1 - last_reversed))).to_pylist()
+        queries = {}
+        for row in last:
+            u = row["user_id"]
+            if u not in future:
+                continue
+            query = {f: row[f] for f in user_features if f != "history" and f in row}
+            if "history" in user_features:
+                query["history"] = seen_lists[u][-history:]
+            queries[u] = query
+        items, counts = np.unique(train["item_id"].to_numpy(), return_counts=True)
+        popular = items[np.argsort(-counts, kind="stable")].tolist()
+        seen = {u: set(seen_lists[u]) for u in future}
+        return cls(queries, future, seen, popular)
+
+
+class Arm(Protocol):
+    name: str
+
+    def recommend(
+        self, user: int, query: dict[str, Any], exclude: set[int], k: int
+    ) -> tuple[list[int], str | None]:
+        """k items for the user, never one in `exclude` → (items, request id)."""
+        ...
+
+    def feedback(self, request_id: str | None, item: int) -> None: ...
+
+
+class HttpArm:
+    """A server's /v1/recommend; clicks go to its /v1/feedback when `learns`."""
+
+    def __init__(self, name: str, url: str, learns: bool) -> None:
+        self.name, self.learns = name, learns
+        self.client = httpx.Client(base_url=url, timeout=60)
+
+    def recommend(self, user, query, exclude, k):
+        body = {"user": query, "k": k, "exclude": sorted(exclude)}
+        answer = self.client.post("/v1/recommend", json=body)
+        answer.raise_for_status()
+        got = answer.json()
+        return got["items"], got["request_id"]
+
+    def feedback(self, request_id, item):
+        if self.learns:
+            r = self.client.post(
+                "/v1/feedback", json={"request_id": request_id, "item_id": item, "action": "click"}
+            )
+            r.raise_for_status()
+
+
+class RetrievalArm:
+    """The retriever's own order (the server's retrieval stage, in process)."""
+
+    name = "retrieval_only"
+
+    def __init__(self, stage: RetrievalStage) -> None:
+        self.stage = stage
+
+    def recommend(self, user, query, exclude, k):
+        items, _ = self.stage.retrieve(RecommendRequest(query, k, exclude), k)
+        return items[:k], None
+
+    def feedback(self, request_id, item):
+        pass
+
+
+class PopularityArm:
+    name = "popularity"
+
+    def __init__(self, popular: list[int]) -> None:
+        self.popular = popular
+
+    def recommend(self, user, query, exclude, k):
+        out = []
+        for item in self.popular:
+            if item not in exclude:
+                out.append(item)
+                if len(out) == k:
+                    break
+        return out, None
+
+    def feedback(self, request_id, item):
+        pass
+
+
+@dataclass
+class RoundStats:
+    requests: int = 0
+    impressions: int = 0
+    clicks: int = 0
+    recall_sum: float = 0.0  # Σ over requests with a remaining future: hits / min(k, |future|)
+    recall_requests: int = 0
+
+    @property
+    def ctr(self) -> float:
+        return self.clicks / max(1, self.impressions)
+
+    @property
+    def recall(self) -> float:
+        return self.recall_sum / max(1, self.recall_requests)
+
+
+@dataclass
+class Simulation:
+    users: SimulatedUsers
+    arms: list[Arm]
+    k: int = 10
+    seed: int = 0
+    rounds: list[dict[str, RoundStats]] = field(default_factory=list)
+
+    active_users: int = 300  # the returning users each round samples from
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
+        self._consumed: dict[str, dict[int, set[int]]] = {a.name: {} for a in self.arms}
+        everyone = sorted(self.users.queries)
+        self.active = self._rng.choice(
+            everyone, min(self.active_users, len(everyone)), replace=False
+        ).tolist()
+
+    def run_round(self, users_per_round: int) -> dict[str, RoundStats]:
+        active = self.active
+        sample = self._rng.choice(active, min(users_per_round, len(active)), replace=False)
+        draws = self._rng.random((len(sample), self.k))  # the same dice for every arm
+        look = examination(np.arange(self.k))
+        stats = {}
+        for arm in self.arms:
+            s = RoundStats()
+            for j, user in enumerate(sample.tolist()):
+                done = self._consumed[arm.name].setdefault(user, set())
+                remaining = self.users.future[user] - done
+                items, request_id = arm.recommend(
+                    user, self.users.queries[user], self.users.seen[user] | done, self.k
+                )
+                hits = np.fromiter((i in remaining for i in items), bool, len(items))
+                clicked = hits & (draws[j, : len(items)] < look[: len(items)])
+                for position in np.flatnonzero(clicked).tolist():
+                    arm.feedback(request_id, items[position])
+                    done.add(items[position])
+                s.requests += 1
+                s.impressions += len(items)
+                s.clicks += int(clicked.sum())
+                if remaining:
+                    s.recall_sum += float(hits.sum()) / min(self.k, len(remaining))
+                    s.recall_requests += 1
+            stats[arm.name] = s
+        self.rounds.append(stats)
+        return stats
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """ctr and recall@k per arm over the last third of the rounds (at least one)."""
+        last = self.rounds[-max(1, len(self.rounds) // 3) :]
+        out: dict[str, dict[str, float]] = {"ctr": {}, "recall": {}}
+        for arm in self.arms:
+            total = RoundStats()
+            for r in last:
+                s = r[arm.name]
+                total.impressions += s.impressions
+                total.clicks += s.clicks
+                total.recall_sum += s.recall_sum
+                total.recall_requests += s.recall_requests
+            out["ctr"][arm.name] = total.ctr
+            out["recall"][arm.name] = total.recall
+        return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`streamrec serve ARGS` on a free loopback port, its output in `log_file`."""
+
+    def __init__(self, args: list[str], log_file: Path, timeout: float = 180.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log_file, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamrec", "serve", *args, "--port", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited: see {log_file}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server did not start in {timeout:g} s: see {log_file}")
+            time.sleep(0.2)
+
+    def get(self, path: str) -> dict[str, Any]:
+        return httpx.get(self.url + path, timeout=30).json()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+class LoopTrainer(threading.Thread):
+    """`OnlineTrainer` over the joined impression log and action stream, on a thread."""
+
+    def __init__(self, config: JobConfig, impressions: Path, actions: Path, out: Path) -> None:
+        super().__init__(daemon=True, name="streamrec-loop-trainer")
+        j = config.online.join
+        self.joiner = OnlineJoiner(j.tasks, j.window_seconds, j.allowed_lateness, j.max_pending)
+        source = JoinedSource(
+            LocalLogSource(impressions, "loop"),
+            LocalLogSource(actions, "loop"),
+            self.joiner,
+            config.schema_.timestamp,
+            SECONDS_PER_UNIT[config.schema_.timestamp_unit],
+        )
+        self.source = source
+        self.trainer = OnlineTrainer(config, source, out, progress=False)
+        self.status: dict[str, Any] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.status = self.trainer.run()
+        except BaseException as e:  # reported by `stop`
+            self.error = e
+        finally:
+            self.source.close()
+
+    def stop(self) -> dict[str, Any]:
+        self.trainer.stop_requested.set()
+        self.join(timeout=120)
+        if self.error is not None:
+            raise RuntimeError(f"the loop's trainer failed: {self.error!r}") from self.error
+        return self.status
+
+
+def wait_for_sync(
+    trainer: LoopTrainer, server: ServerProcess, impressions: int, timeout: float = 30.0
+) -> bool:
+    """Until the trainer has trained on `impressions` joined examples and the server serves
+    its newest delta (→ True), or `timeout` seconds (→ False)."""
+    deadline = time.monotonic() + timeout
+    t = trainer.trainer
+    while time.monotonic() < deadline:
+        if trainer.error is not None:
+            raise RuntimeError(f"the loop's trainer failed: {trainer.error!r}")
+        exported = t.exporter.version
+        if (
+            t.events_consumed >= impressions
+            and t.synced
+            and server.get("/v1/model").get("delta_version", 0) >= exported
+        ):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def loop_config(ranker: JobConfig, ranker_dir: Path) -> JobConfig:
+    """The ranker's config for learning from the loop: start from the trained model, a delta
+    every second, a one-second join window (simulated clicks come within a second), batches
+    of 256 joined examples."""
+    cfg = ranker.model_copy(deep=True)
+    cfg.online.init_model = str(ranker_dir)
+    cfg.online.sync_interval_seconds = 1.0
+    cfg.online.checkpoint_interval_seconds = 10.0
+    cfg.online.join.window_seconds = 1.0
+    label = cfg.schema_.labels[0].name if cfg.schema_.labels else "label"
+    cfg.online.join.tasks = {"click": label}
+    cfg.data.batch_size = 256
+    return cfg
+
+
+def measure_p99(
+    url: str, queries: list[dict[str, Any]], k: int, qps: float, seconds: float
+) -> float | None:
+    """p99 ms of /v1/recommend at `qps` (open loop, Poisson arrivals)."""
+    bodies = [{"user": q, "k": k} for q in queries]
+    report = asyncio.run(
+        run_load(url, qps, seconds, 0, endpoint="/v1/recommend", request_bodies=bodies)
+    )
+    return report["p99_ms"]
+
+
+def run_closed_loop(
+    ranker_config: JobConfig,
+    ranker_dir: Path,
+    retriever_dir: Path,
+    users: SimulatedUsers,
+    workdir: Path,
+    rounds: int = 9,
+    users_per_round: int = 150,
+    k: int = 10,
+    k1: int = 1000,
+    seed: int = 0,
+    latency_qps: float = 0.0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The four arms over `rounds` rounds (see the module docstring) → the benchmark's JSON
+    object (`benchmarks/closed_loop.py`). latency_qps > 0: afterwards, p99 of the logging
+    server and of the frozen one at that rate."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    imps, acts, online = workdir / "impressions", workdir / "actions", workdir / "online"
+    common = [str(ranker_dir), "--retriever", str(retriever_dir), "--retrieve", str(k1)]
+    loop = ServerProcess(
+        [*common, "--log-impressions", str(imps), "--actions", str(acts),
+         "--deltas", str(online / "deltas")],
+        workdir / "loop_server.log",
+    )
+    frozen = None
+    trainer = None
+    try:
+        frozen = ServerProcess(
+            [*common, "--deltas", str(workdir / "frozen_deltas")], workdir / "frozen_server.log"
+        )
+        trainer = LoopTrainer(loop_config(ranker_config, ranker_dir), imps, acts, online)
+        trainer.start()
+        arms: list[Arm] = [
+            HttpArm("closed_loop", loop.url, learns=True),
+            HttpArm("frozen", frozen.url, learns=False),
+            RetrievalArm(RetrievalStage.load(retriever_dir)),
+            PopularityArm(users.popular),
+        ]
+        simulation = Simulation(users, arms, k, seed, active_users=2 * users_per_round)
+        shown = 0
+        for r in range(rounds):
+            stats = simulation.run_round(users_per_round)
+            shown += stats["closed_loop"].impressions
+            synced = wait_for_sync(trainer, loop, shown)
+            log(
+                f"      round {r + 1}/{rounds}: CTR closed loop {stats['closed_loop'].ctr:.3f}"
+                f"  frozen {stats['frozen'].ctr:.3f}  retrieval {stats['retrieval_only'].ctr:.3f}"
+                f"  popularity {stats['popularity'].ctr:.3f}"
+                + ("" if synced else "  (the trainer fell behind)")
+            )
+        status = trainer.stop()
+        joined = dict(trainer.joiner.stats)
+        trainer = None
+        served = loop.get("/v1/status")
+        latency = {"logging_on": None, "logging_off": None}
+        if latency_qps > 0:
+            sample = list(users.queries.values())[:200]
+            latency["logging_on"] = measure_p99(loop.url, sample, k, latency_qps, 8.0)
+            latency["logging_off"] = measure_p99(frozen.url, sample, k, latency_qps, 8.0)
+            served = loop.get("/v1/status")
+        impression_log = served["impression_log"]
+        summary = simulation.summary()
+        return {
+            "rounds": rounds,
+            "users": users_per_round,
+            "k": k,
+            "ctr": summary["ctr"],
+            "recall": summary["recall"],
+            "ctr_by_round": {
+                a: [round(r[a].ctr, 4) for r in simulation.rounds] for a in ARMS
+            },
+            "impressions_served": impression_log["requests_answered"],
+            "impressions_logged": impression_log["records_logged"],
+            "impressions_dropped": impression_log["records_dropped"],
+            "actions_joined": joined["emitted_positive"],
+            "examples_trained": status.get("events_trained"),
+            "p99_ms": latency,
+        }
+    finally:
+        if trainer is not None:
+            trainer.trainer.stop_requested.set()
+            trainer.join(timeout=60)
+        for server in (loop, frozen):
+            if server is not None:
+                server.stop()
