@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/cascade.py --json
 
-MovieLens-100k, per-user time split (as the demo): the DeepFM ranker, the two-tower retriever
-and COLD pre-rankers are trained on each user's first 80%; for every test user the retriever
+MovieLens-100k, per-user time split (as the demo): the two-tower retriever is trained on each
+user's first 80%; the DeepFM ranker and COLD pre-rankers on impressions built from its K1
+candidates (`streamrec impressions`: what a cascade's rankers score, labelled by each user's
+later interactions, with the retrieval score as a feature). For every test user the retriever
 returns K1 = 1,000 unseen items, and the top 50 by
 
   * full:     the ranker's score over all K1 items (the quality a cascade gives up), and
@@ -34,6 +36,7 @@ from streamrec.config import load_config
 from streamrec.data.errors import DeadLetter
 from streamrec.data.splits import open_splits
 from streamrec.retrieval.evaluate import ranking_metrics, user_items
+from streamrec.retrieval.impression_set import RETRIEVAL_SCORE
 from streamrec.serving.prerank_stage import PreRankStage
 from streamrec.serving.request import rows_table
 from streamrec.serving.retrieval_stage import RecommendRequest, RetrievalStage
@@ -44,19 +47,35 @@ REPO = Path(__file__).resolve().parents[1]
 USER_COLUMNS = ("user_id", "age", "gender", "occupation", "zip_code")
 
 
-def train_models(workdir: Path, seed: int, quiet: bool) -> dict[str, Path]:
-    """Ranker, retriever and three pre-rankers: every feature; the three it gates highest (+ ids);
-    the same, distilled from the ranker."""
+def train_models(workdir: Path, seed: int, quiet: bool, k1: int) -> dict[str, Path]:
+    """The retriever; then, on impressions built from its K1 candidates per user (`streamrec
+    impressions`: the rows a cascade's rankers actually score), the ranker and three
+    pre-rankers: every feature; the three it gates highest (+ ids); the same, distilled from
+    the ranker."""
     out = {}
+    retriever = load_config(REPO / "examples" / "ml100k_two_tower.yaml")
+    retriever.train.seed = seed
+    out["retriever"] = api.train(retriever, workdir / "retriever", progress=not quiet).model_dir
+    impressions = workdir / "impressions.parquet"
+    interactions = load_config(REPO / "examples" / "ml100k_deepfm.yaml")
+    api.impressions(out["retriever"], interactions, impressions, k1)
+    ranker = load_config(REPO / "examples" / "ml100k_impression_ranker.yaml")
+    ranker.data.train = str(impressions)
     for name, example, edit in (
-        ("ranker", "ml100k_deepfm", None),
-        ("retriever", "ml100k_two_tower", None),
+        ("ranker", "ml100k_impression_ranker", None),
         ("cold", "ml100k_cold", None),
         ("cold_small", "ml100k_cold", "small"),
         ("cold_small_distilled", "ml100k_cold", "distilled"),
     ):
         cfg = load_config(REPO / "examples" / f"{example}.yaml")
         cfg.train.seed = seed
+        if example == "ml100k_cold":  # the ranker's data and features, COLD's model
+            cfg.data = ranker.data.model_copy(deep=True)
+            cfg.schema_ = ranker.schema_.model_copy(deep=True)
+            cfg.serving.context_features = list(ranker.serving.context_features)
+            cfg.train.epochs = 1
+        else:
+            cfg.data.train = str(impressions)
         if edit in ("small", "distilled"):  # COLD's second round: the features gated highest
             importance = api.evaluate(out["cold"])["feature_importance"]
             keep = set(list(importance)[:3]) | {"user_id", "item_id"}
@@ -109,7 +128,7 @@ def score(snapshot: Snapshot, user: dict, rows: list[dict]) -> tuple[np.ndarray,
 def run(
     workdir: Path, k1: int, k2: int, k: int, seed: int, quiet: bool, sweep: tuple[int, ...] = ()
 ) -> dict:
-    dirs = train_models(workdir, seed, quiet)
+    dirs = train_models(workdir, seed, quiet, k1)
     users, truth, seen = users_and_truth(seed)
     retrieval = RetrievalStage.load(dirs["retriever"])
     ranker = Snapshot.load(dirs["ranker"])
@@ -130,8 +149,11 @@ def run(
         wanted = RecommendRequest(
             {f: user[f] for f in retrieval.kinds if f in user}, k1, seen[uid]
         )
-        items = retrieval.retrieve(wanted)[0][:k1]
-        rows = retrieval.item_rows(items, list(retrieval.catalog[items[0]].keys()))
+        items, found = retrieval.retrieve(wanted)
+        items = items[:k1]
+        features = [*retrieval.catalog[items[0]].keys(), RETRIEVAL_SCORE]
+        by_item = dict(zip(items, found.tolist(), strict=False))
+        rows = retrieval.item_rows(items, features, by_item)
         recs["retrieval"][uid] = items[:k]
         full, spent = score(ranker, user, rows)
         seconds["full"] += spent

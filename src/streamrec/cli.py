@@ -395,8 +395,10 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Run the whole system on MovieLens-100k: train a ranker and a retriever, serve them,
-    stream the held-out 20% through online training with live delta sync, recommend."""
+    """Run the whole loop on MovieLens-100k: train a retriever and a ranker on impressions
+    built from its candidates, serve them with an impression log and POST /v1/feedback, let
+    simulated users click for a few rounds while the online trainer joins, learns and syncs,
+    and compare CTR with the same models frozen."""
     from streamrec.demo import run_demo
 
     def log(message: str) -> None:
@@ -409,10 +411,13 @@ def demo(
     if as_json:
         _print_json(result)
     else:
+        ctr = result["loop"]["ctr"]
         typer.echo(
-            f"recall@50 {result['recall@50']:.3f} (popularity "
-            f"{result['baseline_recall@50']:.3f}); freshness p99 "
-            f"{result['freshness_p99_s']:.2f} s; done in {result['seconds']:.0f} s; "
+            f"retrieval recall@50 {result['recall@50']:.3f} (popularity "
+            f"{result['baseline_recall@50']:.3f}); served list recall@50 "
+            f"{result['cascade_recall@50']['ranked']:.3f}; loop CTR {ctr['closed_loop']:.3f} "
+            f"vs frozen {ctr['frozen']:.3f}; event → delta p99 "
+            f"{result['event_to_delta_p99_s']:.2f} s; done in {result['seconds']:.0f} s; "
             f"models under {workdir}"
         )
 

@@ -18,10 +18,10 @@ Users return, as a product's do: the run draws an active population (twice the u
 round) and each round samples from it, so a user comes back about every other round — and a
 model that learnt from their last visit can show them something else than what they ignored.
 
-A round: a sample of the active users asks each arm for k items; clicks go back (to the closed loop's
-server only, over HTTP); then the round waits until the trainer has trained on every impression
-logged so far and the server serves the resulting delta — so round r+1 is served by a model
-that learnt from rounds ≤ r, as a loop that keeps up would be.
+A round: a sample of the active users asks each arm for k items; clicks go back (to the
+closed loop's server only, over HTTP); then the round waits until the trainer has trained on
+every impression logged so far and the server serves the resulting delta — so round r+1 is
+served by a model that learnt from rounds ≤ r, as a loop that keeps up would be.
 """
 
 from __future__ import annotations
@@ -386,10 +386,12 @@ def run_closed_loop(
     seed: int = 0,
     latency_qps: float = 0.0,
     log: Callable[[str], None] = print,
+    before_stop: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """The four arms over `rounds` rounds (see the module docstring) → the benchmark's JSON
     object (`benchmarks/closed_loop.py`). latency_qps > 0: afterwards, p99 of the logging
-    server and of the frozen one at that rate."""
+    server and of the frozen one at that rate. `before_stop(url)` is called with the closed
+    loop server's URL after the rounds (its answer is the result's "before_stop")."""
     workdir.mkdir(parents=True, exist_ok=True)
     imps, acts, online = workdir / "impressions", workdir / "actions", workdir / "online"
     common = [str(ranker_dir), "--retriever", str(retriever_dir), "--retrieve", str(k1)]
@@ -427,6 +429,7 @@ def run_closed_loop(
         status = trainer.stop()
         joined = dict(trainer.joiner.stats)
         trainer = None
+        extra = before_stop(loop.url) if before_stop is not None else None
         served = loop.get("/v1/status")
         latency = {"logging_on": None, "logging_off": None}
         if latency_qps > 0:
@@ -450,7 +453,10 @@ def run_closed_loop(
             "impressions_dropped": impression_log["records_dropped"],
             "actions_joined": joined["emitted_positive"],
             "examples_trained": status.get("events_trained"),
+            "deltas": status.get("last_delta_version"),
+            "event_to_delta_seconds": status.get("event_to_delta_seconds"),
             "p99_ms": latency,
+            "before_stop": extra,
         }
     finally:
         if trainer is not None:
@@ -459,3 +465,31 @@ def run_closed_loop(
         for server in (loop, frozen):
             if server is not None:
                 server.stop()
+
+
+def offline_recall(
+    users: SimulatedUsers, retriever_dir: Path, ranker_dir: Path, k1: int, k: int = 50
+) -> dict[str, float]:
+    """recall@k over every simulated user of the retriever's own top k, and of the ranker's
+    order of the k1 items it retrieves (the two-stage list the server returns) — through the
+    server's own stages, in process."""
+    from streamrec.retrieval.evaluate import ranking_metrics
+    from streamrec.serving.request import rows_table
+    from streamrec.serving.snapshot import Snapshot
+    from streamrec.store import find_model_dir
+
+    stage = RetrievalStage.load(retriever_dir)
+    ranker = Snapshot.load(find_model_dir(ranker_dir))
+    answers: dict[str, dict[int, list[int]]] = {"retrieval": {}, "ranked": {}}
+    for user, query in users.queries.items():
+        items, scores = stage.retrieve(RecommendRequest(query, k, users.seen[user]), k1)
+        by_item = dict(zip(items, scores.tolist(), strict=True))
+        rows = stage.item_rows(items, ranker.candidate_features, by_item)
+        context = {f: v for f, v in query.items() if f in ranker.context_features}
+        ranked = ranker.predict(rows_table(context, rows, ranker.kinds))[:, 0]
+        answers["retrieval"][user] = items[:k]
+        answers["ranked"][user] = [items[i] for i in np.argsort(-ranked, kind="stable")[:k]]
+    return {
+        name: ranking_metrics(found, users.future)[f"recall@{k}"]
+        for name, found in answers.items()
+    }

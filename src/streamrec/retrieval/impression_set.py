@@ -82,7 +82,16 @@ def impression_set(
             encoded = model.schema.encode(part, with_labels=False)
             vectors.append(model.user_vectors(encoded).numpy())
     past = [set(items[s:c].tolist()) for s, c in zip(starts, cuts, strict=True)]
-    found, scores = retrieval.retriever.search(np.concatenate(vectors), candidates, exclude=past)
+    # One search per user, as the server makes it: an approximate index (HNSW) searches
+    # deeper for a longer exclude list, so a batch sharing the longest one would return
+    # other near-ties than the server does.
+    user_vectors = np.concatenate(vectors)
+    found = np.full((len(past), candidates), -1, np.int64)
+    scores = np.zeros((len(past), candidates), np.float32)
+    for u, exclude in enumerate(past):
+        found[u], scores[u] = (
+            r[0] for r in retrieval.retriever.search(user_vectors[u : u + 1], candidates, [exclude])
+        )
 
     valid = found >= 0
     row_user = np.repeat(np.arange(len(starts)), valid.sum(axis=1))
