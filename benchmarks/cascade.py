@@ -77,7 +77,7 @@ def train_models(workdir: Path, seed: int, quiet: bool, k1: int) -> dict[str, Pa
         else:
             cfg.data.train = str(impressions)
         if edit in ("small", "distilled"):  # COLD's second round: the features gated highest
-            importance = api.evaluate(out["cold"])["feature_importance"]
+            importance = api.evaluate(out["cold"], str(impressions))["feature_importance"]
             keep = set(list(importance)[:3]) | {"user_id", "item_id"}
             cfg.schema_.embeddings = [f for f in cfg.schema_.embeddings if f.name in keep]
             cfg.serving.context_features = [f for f in cfg.serving.context_features if f in keep]

@@ -1,5 +1,5 @@
 """Schemathesis against a real server: every request it generates from GET /openapi.json (the
-ranker's, the retriever's and the admin bodies, positive and negative) must be answered as the
+ranker's, the retriever's, feedback and the admin bodies, positive and negative) must be answered as the
 document says — no 5xx, no schema-valid body refused, no undocumented status."""
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ pytestmark = pytest.mark.slow
 def test_the_served_api_matches_its_openapi_document(
     trained_run, retriever_run, start_server, tmp_path
 ):
-    server = start_server(trained_run, "--retriever", str(retriever_run), "--token", TOKEN)
+    server = start_server(
+        trained_run, "--retriever", str(retriever_run), "--token", TOKEN,
+        "--actions", str(tmp_path / "actions"), "--log-impressions", str(tmp_path / "imps"),
+    )
     schemathesis = Path(sys.executable).with_name("schemathesis")
     done = subprocess.run(
         [

@@ -174,7 +174,7 @@ def _resolved(schema: dict, components: dict) -> dict:
 
 
 def test_openapi_document_is_valid_and_every_readme_request_matches_it(
-    trained_run, retriever_run, start_server
+    trained_run, retriever_run, start_server, tmp_path
 ):
     """GET /openapi.json (generated from the request decoders' own msgspec types) validates as
     OpenAPI 3.1; each `curl … -d BODY` in the README validates against its path's schema and
@@ -186,7 +186,9 @@ def test_openapi_document_is_valid_and_every_readme_request_matches_it(
     import jsonschema
     from openapi_spec_validator import validate
 
-    server = start_server(trained_run, "--retriever", str(retriever_run))
+    server = start_server(
+        trained_run, "--retriever", str(retriever_run), "--actions", str(tmp_path / "actions")
+    )
     document = server.get("/openapi.json").json()
     validate(document)
     components = document["components"]["schemas"]
@@ -194,11 +196,11 @@ def test_openapi_document_is_valid_and_every_readme_request_matches_it(
     assert "item_id" in json.dumps(components)  # the served model's own features
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     requests = re.findall(r"curl -s localhost:8080(/\S+) -d '([^']+)'", readme)
-    assert {path for path, _ in requests} >= {"/v1/rank", "/v1/recommend"}
+    assert {path for path, _ in requests} >= {"/v1/rank", "/v1/recommend", "/v1/feedback"}
     for path, body in requests:
         schema = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         jsonschema.validate(json.loads(body), _resolved(schema["schema"], components))
-        assert server.post(path, content=body.encode()).status_code == 200, (path, body)
+        assert server.post(path, content=body.encode()).status_code in (200, 202), (path, body)
     bad = {"user": {"user_id": 1}, "k": 0}
     rank_schema = _resolved({"$ref": "#/components/schemas/RecommendBody"}, components)
     with pytest.raises(jsonschema.ValidationError):

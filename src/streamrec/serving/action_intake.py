@@ -25,7 +25,12 @@ from streamrec.json_records import FINITE, INT64
 from streamrec.serving.request import RequestError, TypedBodyReader
 from streamrec.serving.stream_writer import QueuedStreamWriter
 
-MAX_SKEW_SECONDS = 86_400.0  # an action dated further ahead of this clock is refused
+
+def latest_action_time(now: float) -> int:
+    """The latest `time` an action may carry: a day ahead of this clock, rounded up to the next
+    whole hour (24–25 h), so that /openapi.json can state the same bound the check applies for
+    the hour in which a client reads it."""
+    return (int(now // 3600) + 25) * 3600
 
 
 class FeedbackBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -65,11 +70,12 @@ class ActionIntake:
         """Validate and queue one action → the 202 answer; RequestError 413 / 422 / 503."""
         action = self.reader.read(body, max_bytes)
         now = time.time()
-        if action.time is not None and action.time > now + MAX_SKEW_SECONDS:
+        if action.time is not None and action.time > latest_action_time(now):
             raise RequestError(
                 422,
-                f"time {action.time:g} is more than a day ahead of this server's clock: "
-                "send seconds since 1970 (not milliseconds), or leave it out",
+                f"time {action.time:g} is more than a day ahead of this server's clock "
+                f"(at most {latest_action_time(now)}): send seconds since 1970 (not "
+                "milliseconds), or leave it out",
             )
         record: dict[str, Any] = {
             "request_id": action.request_id,

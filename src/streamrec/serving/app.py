@@ -773,6 +773,7 @@ async def _openapi(state: ServerState, request: Request) -> Response:
         if state.retriever is None
         else (state.retriever.recommend_reader.body_type, state.retriever.items_reader.body_type),
         variants=state.variants is not None,
+        feedback=state.intake is not None,
         token=state.token is not None,
         token_guards_health=state.guard_health,
     )

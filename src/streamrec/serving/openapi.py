@@ -8,10 +8,12 @@ access (no CDN).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
 
+from streamrec.serving.action_intake import FeedbackBody, latest_action_time
 from streamrec.serving.variants import PromoteBody
 
 _ERROR = {
@@ -29,8 +31,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         409: "not possible now: promoting a shadow, or nothing to roll back",
         413: "body or candidate list over the limit (serving.max_body_bytes / max_candidates)",
         422: "the body does not match the schema; `error` gives the JSON path",
-        503: "overloaded (Retry-After), no model loaded, or the model returned non-finite "
-        "scores",
+        503: "overloaded (Retry-After), no model loaded, the model returned non-finite "
+        "scores, or the action stream's queue is full (Retry-After)",
     }
     ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     return {str(c): {"description": reasons[c], "content": ref} for c in codes}
@@ -78,15 +80,21 @@ def openapi_document(
     token: bool,
     token_guards_health: bool,
     variants: bool = False,
+    feedback: bool = False,
 ) -> dict[str, Any]:
     """rank_body: the served snapshot's request type (`RankRequestReader.body_type`); tasks:
     the model's score names; model: name and version for `info`; retrieval: the retriever's
     (RecommendBody, ItemsBody) types, None without one."""
     types: list[type] = [rank_body] + (list(retrieval) if retrieval else [])
     types += [PromoteBody] if variants else []
+    types += [FeedbackBody] if feedback else []
     _, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"
     )
+    if feedback:  # an action dated beyond this clock + a day is refused: say so, as of now
+        when = components["FeedbackBody"]["properties"]["time"]["anyOf"][0]
+        when["maximum"] = latest_action_time(time.time())
+        when["description"] = "seconds since 1970 (the action's own time; default: now)"
     components["Error"] = _ERROR
     scores = {
         "type": "object",
@@ -178,6 +186,29 @@ def openapi_document(
             _json({"type": "object"}, "how many were indexed"),
             (401, 404, 413, 422),
         )
+    if feedback:
+        op = _post(
+            "A user's action on an item of an answer → the action stream the online joiner "
+            "reads (serve --actions)",
+            "FeedbackBody",
+            _json({"type": "object"}, ""),
+            (401, 413, 422, 503),
+        )
+        op["post"]["responses"]["202"] = _json(
+            {
+                "type": "object",
+                "properties": {
+                    "accepted": {"type": "boolean"},
+                    "known_request": {
+                        "type": "boolean",
+                        "description": "whether this server answered that request lately",
+                    },
+                },
+            },
+            "queued for the action stream",
+        )
+        del op["post"]["responses"]["200"]
+        paths["/v1/feedback"] = op
     if variants:
         paths["/v1/variants"] = _get(
             "Model variants: split, policy, health, clicks, shadow comparisons",
