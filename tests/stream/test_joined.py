@@ -2,12 +2,21 @@
 a checkpoint resumes with the joiner state and both positions, so every impression is trained
 exactly once with the right label."""
 
+import json
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
+import pytest
+import yaml
 
 from streamrec.config import parse_config
 from streamrec.data.stream import LocalLog, LocalLogSource
 from streamrec.data.stream.joined import JoinedSource
 from streamrec.data.stream.joiner import OnlineJoiner
+from streamrec.store import read_manifest
 from streamrec.train.online import OnlineTrainer
 
 CONFIG = {
@@ -87,8 +96,6 @@ def test_joined_streams_train_every_impression_once_across_a_crash(tmp_path):
         if messages:
             first.step(messages)
             steps += 1
-    from streamrec.store import read_manifest
-
     covered = read_manifest(tmp_path / "run" / "checkpoint")["online"]["events_trained"]
     assert 0 < covered < first.events_trained
     first.close()  # the process dies here, and its run-directory lock with it
@@ -99,3 +106,73 @@ def test_joined_streams_train_every_impression_once_across_a_crash(tmp_path):
     stats = resumed.source.joiner.stats
     assert stats["emitted_positive"] == len(clicked)
     assert stats["late_actions"] == 0
+
+
+@pytest.mark.slow
+def test_a_servers_impression_log_trains_each_shown_item_once_across_kill_9(tmp_path):
+    """Request records as `serve --log-impressions` writes them (one per answer, its items
+    inside) and click records as POST /v1/feedback writes them; `streamrec online` is
+    SIGKILLed three times and rerun: every shown item is trained exactly once, every click
+    joined once."""
+    rng = np.random.default_rng(3)
+    imps, acts = LocalLog(tmp_path / "imps"), LocalLog(tmp_path / "acts")
+    start = time.time() - 3600  # an hour ago: the windows close as the run drains
+    shown = clicks = 0
+    for r in range(1500):
+        t = start + r
+        items = rng.choice(200, 4, replace=False).tolist()
+        imps.append({
+            "request_id": f"r{r}", "event_time": t, "endpoint": "recommend",
+            "versions": {"ranking": 1}, "context": {"user_id": int(rng.integers(0, 50))},
+            "items": [{"item_id": i, "position": p, "features": {"item_id": i},
+                       "scores": {"ranking": 0.5}} for p, i in enumerate(items)],
+        })
+        shown += len(items)
+        for i in items[:2]:
+            if rng.random() < 0.3:
+                acts.append({"request_id": f"r{r}", "item_id": i, "action": "click",
+                             "event_time": t + 2})
+                clicks += 1
+    imps.close()
+    acts.close()
+    config = tmp_path / "online.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "online": {
+        "checkpoint_interval_seconds": 0.5, "sync_interval_seconds": 0.3,
+        "join": {"window_seconds": 30, "tasks": {"click": "click"}}}}))
+    cmd = [sys.executable, "-m", "streamrec", "online", str(config), "--source",
+           str(tmp_path / "imps"), "--actions", str(tmp_path / "acts"), "--out",
+           str(tmp_path / "run"), "--stop-when-idle", "2", "--json"]
+    kills = 0
+    for delay in (2.5, 3.5, 4.5):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        if proc.poll() is not None:
+            break  # it finished: nothing left to interrupt
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    trained_before = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert kills >= 2 and 0 < trained_before["events_trained"] < shown, (kills, trained_before)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["events_trained"] == shown and status["dead_lettered"] == 0
+    stats = _joiner_stats(read_manifest(tmp_path / "run" / "checkpoint"))
+    assert stats["emitted"] == shown and stats["emitted_positive"] == clicks
+    assert stats["duplicate_impressions"] == stats["late_actions"] == 0
+
+
+def _joiner_stats(manifest: dict) -> dict:
+    """The joiner's counters, from wherever the checkpoint keeps the source's state."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "joiner" in node and isinstance(node["joiner"], dict):
+                found.append(node["joiner"]["stats"])
+            for v in node.values():
+                walk(v)
+
+    walk(manifest)
+    assert found, "the checkpoint holds the joiner's state"
+    return found[0]
