@@ -201,9 +201,8 @@ def train(
     from streamrec.store import CorruptModelError
     from streamrec.train.run_dir import RunDirBusy
 
-    cfg = _load_config(config, overrides, seed)
-    if epochs is not None:
-        cfg.train.epochs = epochs
+    sets = list(overrides or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
+    cfg = _load_config(config, sets, seed)  # --epochs validated as --set train.epochs is
     out = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     from streamrec.train.health import HealthStop
 

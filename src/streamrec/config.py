@@ -91,7 +91,7 @@ class ModelConfig(_Strict):
     name: str = Field(
         "deepfm",
         description="a registered model: lr, fm, deepfm, wide_deep, dcnv2, dlrm, din, mmoe, "
-        "two_tower",
+        "cold (a gated pre-ranker), two_tower",
     )
     params: dict[str, Any] = Field(
         default_factory=dict,

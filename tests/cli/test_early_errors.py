@@ -32,3 +32,17 @@ def test_a_validation_file_without_the_label_fails_before_training(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "valid.csv: no column(s) label" in lines[0]
     assert not (tmp_path / "run" / "metrics.csv").exists()  # not a single step was trained
+
+
+def test_a_flag_is_validated_like_the_config_key_it_sets(tmp_path):
+    """`train --epochs 0` was accepted (assigned to the config unchecked) where `--set
+    train.epochs=0` was refused."""
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    epochs = subprocess.run(
+        [sys.executable, "-m", "streamrec", "train", str(repo / "examples/ml100k_deepfm.yaml"),
+         "--epochs", "0", "--out", str(tmp_path / "run"), "-q"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert epochs.returncode == 2 and "train.epochs" in epochs.stderr, epochs.stderr
+    assert not (tmp_path / "run" / "model").exists()
+

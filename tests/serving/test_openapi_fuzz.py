@@ -1,6 +1,7 @@
 """Schemathesis against a real server: every request it generates from GET /openapi.json (the
-ranker's, the retriever's, feedback and the admin bodies, positive and negative) must be answered as the
-document says — no 5xx, no schema-valid body refused, no undocumented status."""
+ranker's, the retriever's, feedback and the admin bodies, positive and negative) must be
+answered as the document says — no 5xx, no schema-valid body refused, no undocumented
+status."""
 
 from __future__ import annotations
 

@@ -209,3 +209,14 @@ def test_openapi_document_is_valid_and_every_readme_request_matches_it(
     assert r.status_code == 422 and "$.k" in r.json()["error"]
     page = server.get("/docs")
     assert page.status_code == 200 and "/openapi.json" in page.text and "<script>" in page.text
+
+
+def test_a_serving_flag_is_validated_like_its_config_key(trained_run):
+    """`serve --max-batch-rows 0` used to be kept (an unvalidated model_copy) and stall the
+    batcher; it is refused at start like `serving.max_batch_rows: 0` in a config."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec", "serve", str(trained_run), "--max-batch-rows", "0",
+         "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and "max_batch_rows" in done.stderr, done.stderr

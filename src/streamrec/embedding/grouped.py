@@ -8,7 +8,8 @@ all its tables in four calls per batch, the way TorchRec's fused TBE does:
                       probe each table's hash map, count occurrences, stamp last-seen;
   2. admission of the misses, per table (rare once a model is warm);
   3. `gather`         the unique rows of all tables → W [U, dim];
-  4. in backward, `optimizers.apply_rows` updates all tables' unique rows in place.
+  4. backward leaves the rows' gradients beside the group; the optimizer step
+     (`SparseOptimizer.step`) runs `optimizers.apply_rows` over all tables' unique rows.
 
 The kernels see each table's storage through its address arrays, stacked into [T, …] arrays.
 """

@@ -12,8 +12,9 @@ owner(fid) = mix64(fid) mod world_size. Per batch and group of tables (one dim),
   2. owners resolve what they received — admitting new ids with the counts summed over all
      senders, exactly as one process seeing the whole global batch would — and send the rows
      back in a third all-to-all;
-  3. in backward, gradients for those rows travel to the owners the same way (one all-to-all),
-     are summed per id over the senders and applied by each table's row optimizer.
+  3. in the optimizer step (after backward left the rows' gradients beside the group),
+     gradients for those rows travel to the owners the same way (one all-to-all), are summed
+     per id over the senders and applied by each table's row optimizer.
 
 Gradients are divided by the world size, so with data-parallel dense training (DDP averages
 dense gradients) N ranks each holding 1/N of a global batch take the same step as one process

@@ -123,7 +123,9 @@ def create_app(
     `token`, every endpoint but the health probes needs it (`guard_health=True`: those too)."""
     directory = find_model_dir(model_dir)
     snapshot = Snapshot.load(directory)
-    settings = snapshot.config.serving.model_copy(update=overrides)
+    # validated like the config file: max_batch_rows=0 or an unknown key is refused, not kept
+    serving = snapshot.config.serving
+    settings = type(serving).model_validate({**serving.model_dump(), **overrides})
     if allocation:
         checked = type(settings.compute_allocation).model_validate(
             {**settings.compute_allocation.model_dump(), **allocation}

@@ -10,7 +10,8 @@ Per batch of messages (in offset order):
      reason — message content never stops the trainer;
   2. progressive validation: predict the batch with the current model *before* learning from
      it, into lifetime and windowed AUC / NE / calibration;
-  3. one training step (tables admit new ids, row optimizers run in backward);
+  3. one training step (tables admit new ids in forward; the row optimizers apply the rows in
+     the optimizer step, after backward — `train/trainer.py`);
   4. every `sync_interval_seconds` (or `sync_every_batches` in deterministic mode) a delta of
      the rows touched since the last one goes to `out/deltas/` for the server;
   5. every `checkpoint_interval_seconds` a full checkpoint — model, optimizer, and the offset of

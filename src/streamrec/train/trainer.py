@@ -1,8 +1,10 @@
 """Trainer: epochs over a data source, validation each epoch, early stopping, checkpoints.
 
 One step: (optionally down-sample negatives) → forward → BCE loss averaged over tasks →
-backward, during which every table's row optimizer updates the batch's unique rows →
-gradient clipping and the dense optimizer (with linear warm-up) on the dense parameters →
+backward, which leaves each table's row gradients beside it (no row changes yet) → one
+gradient norm clipped over dense parameters and embedding rows, a step with a non-finite
+gradient skipped → the row optimizers apply the batch's unique rows and the dense optimizer
+(with linear warm-up) steps (`embedding/sparse_optimizer.py`) →
 every `evict_every_steps` steps, tables expire / evict rows by event time. Health rules
 (`train/health.py`) watch the loss every step and gradients, activations and tables every
 `train.health_rules.check_every_steps`.
