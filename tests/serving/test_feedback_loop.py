@@ -64,6 +64,10 @@ def test_served_impressions_join_feedback_and_the_delta_changes_the_clicked_scor
         assert server.post("/v1/feedback", json=bad).status_code == 422, bad
     intake = server.get("/v1/status").json()["feedback"]
     assert intake["accepted"] == len(clicked) + 1 and intake["unknown_request"] == 1
+    deadline = time.monotonic() + 30  # 202 means queued: wait until the writer wrote them
+    while server.get("/v1/status").json()["feedback"]["writer"]["written"] < len(clicked) + 1:
+        assert time.monotonic() < deadline, server.get("/v1/status").json()["feedback"]
+        time.sleep(0.1)
 
     first = answers[0]
     probe = {"context": USERS[0], "candidates": [{"item_id": first["items"][0]}]}
@@ -71,13 +75,13 @@ def test_served_impressions_join_feedback_and_the_delta_changes_the_clicked_scor
     done = subprocess.run(
         [sys.executable, "-m", "streamrec", "online", str(REPO / "examples/ml100k_deepfm.yaml"),
          "--source", str(imps), "--actions", str(acts), "--out", str(online),
-         "--init-model", str(trained_run / "model"), "--stop-when-idle", "3", "--json",
-         "--set", "online.join.window_seconds=1", "--set", "online.sync_interval_seconds=1"],
+         "--init-model", str(trained_run / "model"), "--stop-when-idle", "6", "--json",
+         "--set", "online.join.window_seconds=2", "--set", "online.sync_interval_seconds=1"],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
-    assert status["events_trained"] == 10 * len(USERS) and status["dead_lettered"] == 0
+    assert status["events_trained"] == 10 * len(USERS) and status["dead_lettered"] == 0, status
     assert status["windowed"]["label"]["positives"] == len(clicked)
     deadline = time.monotonic() + 30
     while server.get("/v1/model").json()["deltas_applied"] < 1:
