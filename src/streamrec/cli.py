@@ -24,6 +24,27 @@ app = typer.Typer(
 data_app = typer.Typer(help="Look at and convert input data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from streamrec import __version__
+
+        typer.echo(f"streamrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """streamrec: train and serve recommendation models with collisionless dynamic embedding
+    tables.
+
+    Start with `streamrec demo`, or `streamrec data inspect FILE`."""
+
 FORMAT_HELP = (
     "criteo | csv | tsv | parquet | libsvm | libfm | libffm | ml-100k | ml-latest-small "
     "(default: from the name)"

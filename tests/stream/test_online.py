@@ -19,6 +19,7 @@ from streamrec.config import parse_config
 from streamrec.data.movielens import load_ml_latest_small
 from streamrec.data.stream import LocalLog, LocalLogSource
 from streamrec.models.persistence import load_model
+from streamrec.store.delta import list_deltas, read_delta
 from streamrec.train.online import OnlineTrainer
 
 CONFIG = {
@@ -83,7 +84,7 @@ def _state(run: Path) -> dict:
     model = load_model(run / "checkpoint").model
     state = {f"dense.{k}": v for k, v in model.state_dict().items()}
     for name, table in model.dynamic_tables().items():
-        for key in ("weights", "optimizer_state", "fid", "count", "last_seen"):
+        for key in ("weights", "optimizer_state", "fid", "count", "last_seen", "deleted_fids"):
             state[f"{name}.{key}"] = table.state_dict()[key]
     return state
 
@@ -129,8 +130,10 @@ def test_chaos_kill_9_inside_writes_and_restart_equals_an_uninterrupted_run(
     operations slowed), each followed by a restart: the final tables, dense weights, event
     counts and dead-letter file equal an uninterrupted run's, byte for byte — with two records
     that would have moved the event-time clock (dated 2100; in milliseconds) dead-lettered
-    once each. (With a TTL added, the deletions a delta must still report, `deleted_fids`,
-    differed from an uninterrupted run's in one CI run: an open finding, see the notes.)"""
+    once each, and a 90-day TTL expiring rows by event time: the deletions a delta must still
+    report (`deleted_fids`) equal too. (They differed once: a resumed run restarted the delta
+    cadence and forgot which changes the last delta had sent — fixed, with
+    `test_a_resumed_run_still_sends_every_change_made_before_its_checkpoint`.)"""
     records = load_ml_latest_small(ml_small_dir).slice(0, 12_000).to_pylist()
     log = LocalLog(tmp_path / "log", segment_messages=5000)
     for i, record in enumerate(records):
@@ -142,14 +145,18 @@ def test_chaos_kill_9_inside_writes_and_restart_equals_an_uninterrupted_run(
         log.append(record)
     log.close()
     total = len(records) + 8
-    config = CONFIG
+    # a 90-day TTL: rows expire by the event clock, and every deletion must reach a delta
+    config = {**CONFIG, "default_table": {**CONFIG["default_table"], "ttl_seconds": 7_776_000},
+              "train": {**CONFIG["train"], "evict_every_steps": 5}}
     cfg_path = tmp_path / "online.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
-    reference = OnlineTrainer(
+    uninterrupted = OnlineTrainer(
         parse_config(config), LocalLogSource(tmp_path / "log", "ref"), tmp_path / "ref",
         progress=False,
-    ).run(stop_when_idle=0.5)
+    )
+    reference = uninterrupted.run(stop_when_idle=0.5)
     assert reference["events_consumed"] == total and reference["dead_lettered"] == 8
+    assert uninterrupted.trainer.rows_evicted > 0  # the TTL did expire rows
 
     run = tmp_path / "run"
     cmd = [sys.executable, str(Path(__file__).parent / "slow_io.py"), "online", str(cfg_path),
@@ -208,3 +215,41 @@ def test_a_run_that_sees_no_good_record_ends_cleanly_without_a_checkpoint(tmp_pa
     assert not (tmp_path / "run" / "checkpoint").exists()
     assert any("no checkpoint yet" in line and "user_id" in line for line in lines)
     assert len((tmp_path / "run" / "dead_letter.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_resumed_run_still_sends_every_change_made_before_its_checkpoint(tmp_path):
+    """A checkpoint between two deltas, then a crash: the rows changed between the last delta
+    and the checkpoint must reach the next delta. The exporter's "changed since" versions were
+    not checkpointed, so a resumed run sent only what changed after the checkpoint — rows that
+    changed once just before it (and their deletions) never reached the server."""
+    rng = np.random.default_rng(0)
+    log = LocalLog(tmp_path / "log")
+    for i in range(2000):  # every id its own row: most rows change in one batch only
+        log.append({"user_id": int(i), "item_id": int(rng.integers(0, 10**9)),
+                    "genres": ["Drama"], "label": int(rng.random() < 0.3),
+                    "timestamp": 1_000_000 + i})
+    log.close()
+    config = {**CONFIG, "online": {"deterministic": True, "sync_every_batches": 3,
+                                   "checkpoint_every_batches": 4}}
+    cfg = parse_config(config)
+    first = OnlineTrainer(cfg, LocalLogSource(tmp_path / "log"), tmp_path / "run",
+                          progress=False)
+    steps = 0
+    while steps < 5:  # a delta after batch 3, a checkpoint after batch 4, then the crash
+        messages = first.source.poll(200, timeout=0.1)
+        if messages:
+            first.step(messages)
+            steps += 1
+    first.close()
+    resumed = OnlineTrainer(parse_config(config), LocalLogSource(tmp_path / "log"),
+                            tmp_path / "run", progress=False)
+    resumed.run(stop_when_idle=0.5)
+    sent: dict[str, set[int]] = {}
+    for version in list_deltas(tmp_path / "run" / "deltas"):
+        _, tables, _ = read_delta(tmp_path / "run" / "deltas", version)
+        for name, delta in tables.items():
+            sent.setdefault(name, set()).update(delta.fids.tolist())
+    final = load_model(tmp_path / "run" / "checkpoint").model
+    for name, table in final.dynamic_tables().items():
+        live = set(table.state_dict()["fid"][table.state_dict()["count"] > 0].tolist())
+        assert live - sent.get(name, set()) == set(), name

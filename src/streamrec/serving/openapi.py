@@ -257,7 +257,7 @@ pre{background:#f6f6f6;padding:.6em;overflow:auto;font-size:12px}
 <h1 id="title">streamrec API</h1><p id="desc"></p><div id="ops">loading /openapi.json …</div>
 <script>
 function deref(doc, s, depth){
-  if(!s||depth>6) return s;
+  if(!s||typeof s!=='object'||depth>6) return s;  // strings (a `required` name) as they are
   if(s.$ref){return deref(doc, doc.components.schemas[s.$ref.split('/').pop()], depth+1);}
   var out={}; for(var k in s){var v=s[k];
     if(v&&typeof v==='object'){

@@ -122,11 +122,15 @@ class OnlineTrainer:
             self.online_config.dense_every,
             self.online_config.snapshot_every_deltas,
         )
+        if "delta_since_versions" in state:  # checkpoints before it: from the restored tables
+            self.exporter.table_versions.update(
+                {k: int(v) for k, v in state["delta_since_versions"].items()}
+            )
         self.delta_latencies: list[float] = []
         # Called after each delta with (version, wall times its events were consumed at).
         self.on_delta = None
         self._pending_consumed_at: list[float] = []
-        self._batches_since_delta = 0
+        self._batches_since_delta = int(state.get("batches_since_delta", 0))
         # Set from another thread to end `run` after the current batch (then, as at any end:
         # a delta, a checkpoint, the status).
         self.stop_requested = threading.Event()
@@ -351,6 +355,11 @@ class OnlineTrainer:
             "dead_lettered": self.dead.count,
             "dead_letter_bytes": self.dead.checkpoint(),
             "base_model_version": self.base_version,
+            # What the next delta must send: changes after these table versions — those
+            # made between the last delta and this checkpoint included — and where the
+            # delta cadence stands, so a resumed run exports what an uninterrupted one would.
+            "delta_since_versions": dict(self.exporter.table_versions),
+            "batches_since_delta": self._batches_since_delta,
         }
         if hasattr(self.source, "state"):
             online["source_state"] = self.source.state()
