@@ -27,9 +27,9 @@ app.add_typer(data_app, name="data")
 
 def _print_version(value: bool) -> None:
     if value:
-        from streamrec import __version__
+        from importlib.metadata import version
 
-        typer.echo(f"streamrec {__version__}")
+        typer.echo(f"streamrec {version('streamrec')}")
         raise typer.Exit()
 
 
