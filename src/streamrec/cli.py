@@ -534,14 +534,19 @@ def serve(
         "--actions. Written from a bounded queue: serving never waits; a full queue drops "
         "and counts (/metrics).",
     ),
-    log_sample_rate: float = typer.Option(
-        1.0, min=0.0001, max=1.0, help="Share of requests whose impressions are logged."
+    log_sample_rate: float | None = typer.Option(
+        None, min=0.0001, max=1.0,
+        help="Share of requests whose impressions are logged (serving.feedback.sample_rate, 1).",
     ),
-    log_queue: int = typer.Option(
-        10_000, min=1, help="Records waiting to be written, per stream, before dropping."
+    log_queue: int | None = typer.Option(
+        None, min=1,
+        help="Records waiting to be written, per stream, before an impression is dropped or "
+        "an action refused with 503 (serving.feedback.max_queue, 10000).",
     ),
-    log_rank: bool = typer.Option(
-        False, help="With --log-impressions, log /v1/rank answers too (needs an item_id)."
+    log_rank: bool | None = typer.Option(
+        None, "--log-rank/--no-log-rank",
+        help="With --log-impressions, log /v1/rank answers too (needs an item_id; "
+        "serving.feedback.log_rank).",
     ),
     reward_action: list[str] = typer.Option(
         ["click"], help="Action types that count as a reward. Repeat for more."
@@ -557,7 +562,7 @@ def serve(
     `degraded`) until the next full model covers it."""
     import uvicorn
 
-    from streamrec.serving.app import FeedbackOptions, create_app
+    from streamrec.serving.app import create_app
     from streamrec.serving.batcher import quiet_garbage_collector, use_compute_threads
     from streamrec.serving.http import server_config
 
@@ -614,11 +619,17 @@ def serve(
             retrieve=retrieve,
             allocation=allocation,
             variants=variants,
-            feedback=FeedbackOptions(
-                log_impressions, actions, log_sample_rate, log_queue, log_rank
-            )
-            if log_impressions or actions
-            else None,
+            feedback={
+                k: v
+                for k, v in {
+                    "impressions": log_impressions,
+                    "actions": actions,
+                    "sample_rate": log_sample_rate,
+                    "max_queue": log_queue,
+                    "log_rank": log_rank,
+                }.items()
+                if v is not None
+            },
             **overrides,
         )
     except (CorruptModelError, FileNotFoundError, ValueError) as e:  # pydantic's too

@@ -354,6 +354,27 @@ class ComputeAllocationConfig(_Strict):
         return self
 
 
+class FeedbackLoopConfig(_Strict):
+    impressions: str | None = Field(
+        None,
+        description="stream (folder, kafka://…, redis://…) the server logs every answered "
+        "/v1/recommend to, with the features it used (`serve --log-impressions`)",
+    )
+    actions: str | None = Field(
+        None,
+        description="stream POST /v1/feedback appends users' actions to (`serve --actions`)",
+    )
+    sample_rate: float = Field(
+        1.0, gt=0, le=1, description="share of requests whose impressions are logged"
+    )
+    max_queue: int = Field(
+        10_000, ge=1,
+        description="records waiting to be written, per stream: beyond, an impression is "
+        "dropped and counted, an action answered 503",
+    )
+    log_rank: bool = Field(False, description="log /v1/rank answers too (with an item_id)")
+
+
 class ServingConfig(_Strict):
     context_features: list[str] = Field(
         default_factory=list,
@@ -379,6 +400,11 @@ class ServingConfig(_Strict):
     compute_allocation: ComputeAllocationConfig = Field(
         default_factory=ComputeAllocationConfig,
         description="DCAF: /v1/recommend's work per request by value, under a latency SLO",
+    )
+    feedback: FeedbackLoopConfig = Field(
+        default_factory=FeedbackLoopConfig,
+        description="the impression log and the action stream (docs/operations.md, "
+        "\"The feedback loop\"); `serve` flags override each key",
     )
 
 

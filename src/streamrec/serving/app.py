@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from streamrec.config import ServingConfig
+from streamrec.config import FeedbackLoopConfig, ServingConfig
 from streamrec.retrieval.impression_set import RETRIEVAL_SCORE
 from streamrec.serving.action_intake import ActionIntake
 from streamrec.serving.batcher import DynamicBatcher, Overloaded
@@ -111,15 +111,16 @@ def create_app(
     retrieve: int | None = None,
     allocation: dict[str, Any] | None = None,
     variants: VariantOptions | None = None,
-    feedback: FeedbackOptions | None = None,
+    feedback: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> Starlette:
     """Build the ASGI app. `overrides` replace fields of the model's `serving:` settings
     (e.g. max_batch_rows=1, max_delay_ms=0 to switch batching off), `allocation` fields of its
     `serving.compute_allocation` (e.g. {"enabled": True, "slo_ms": 50}); `retrieve` the items
     /v1/recommend retrieves (default: the retriever's `retrieval.candidates`); `variants` other
-    ranking models served beside this one (`serving/variants.py`); `feedback` where the
-    impression log and the actions of POST /v1/feedback go (`FeedbackOptions`). With a
+    ranking models served beside this one (`serving/variants.py`); `feedback` fields of its
+    `serving.feedback` (the impression log and the action stream, e.g. {"impressions":
+    "runs/imps"}). With a
     `token`, every endpoint but the health probes needs it (`guard_health=True`: those too)."""
     directory = find_model_dir(model_dir)
     snapshot = Snapshot.load(directory)
@@ -131,6 +132,11 @@ def create_app(
             {**settings.compute_allocation.model_dump(), **allocation}
         )
         settings = settings.model_copy(update={"compute_allocation": checked})
+    if feedback:
+        loop = type(settings.feedback).model_validate(
+            {**settings.feedback.model_dump(), **feedback}
+        )
+        settings = settings.model_copy(update={"feedback": loop})
     metrics = ServerMetrics()
 
     def on_batch(rows: int, seconds: float) -> None:
@@ -185,8 +191,9 @@ def create_app(
                 settings.poll_seconds,
             )
 
-    if feedback is not None:  # before the variants: their click reader reads the actions
-        _open_feedback_streams(state, feedback)
+    if settings.feedback.impressions or settings.feedback.actions:
+        _open_feedback_streams(state, settings.feedback)  # before the variants: their click
+        # reader reads the actions
     if variants is not None:
         main = Variant(variants.main_name, str(directory), batcher, state.cache, watcher)
         state.variants = build_variants(variants, main, settings, watch)
@@ -272,18 +279,7 @@ def create_app(
     return app
 
 
-@dataclass(frozen=True)
-class FeedbackOptions:
-    """Where the loop's two streams go (`serve --log-impressions / --actions`)."""
-
-    impressions: str | None = None  # the impression log's stream address
-    actions: str | None = None  # the action stream POST /v1/feedback appends to
-    sample_rate: float = 1.0  # share of requests whose impressions are logged
-    max_queue: int = 10_000  # records waiting to be written, per stream
-    log_rank: bool = False  # log /v1/rank answers too (callers that rank their own lists)
-
-
-def _open_feedback_streams(state: ServerState, options: FeedbackOptions) -> None:
+def _open_feedback_streams(state: ServerState, options: FeedbackLoopConfig) -> None:
     from streamrec.data.stream.address import parse_stream_address
     from streamrec.data.stream.connect import open_sink
 
