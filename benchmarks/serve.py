@@ -243,12 +243,14 @@ def main() -> None:
         for i in range(args.freshness_rounds)
     ]
     ratios = [r["p99_ratio"] for r in rounds]
-    report["freshness_under_load"] = {
+    report["freshness_under_load"] = {  # --freshness-rounds 0: none measured, nulls
         "qps": qps,
-        "p99_ratio_median": float(np.median(ratios)),
+        "p99_ratio_median": float(np.median(ratios)) if ratios else None,
         "p99_ratios": ratios,
         "failed_requests": sum(r["failed_requests"] for r in rounds),
-        "models_at_peak_over_model_size": max(r["models_at_peak_over_model_size"] for r in rounds),
+        "models_at_peak_over_model_size": max(
+            (r["models_at_peak_over_model_size"] for r in rounds), default=None
+        ),
         "rounds": rounds,
     }
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
