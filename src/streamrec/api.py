@@ -197,6 +197,7 @@ def online(
     init_model: str | Path | None = None,
     log: Callable[[str], None] | None = None,
     overrides: Sequence[str] = (),
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train online from the stream `source` into the run directory `out` (predict first,
     then learn; deltas for the server). A stream is a local log folder, kafka://HOST:PORT/TOPIC
@@ -229,6 +230,6 @@ def online(
         return run_distributed_online(cfg, open_stream, out, stop_when_idle, log)
     stream = open_stream()
     try:
-        return OnlineTrainer(cfg, stream, out, log=log).run(stop_when_idle)
+        return OnlineTrainer(cfg, stream, out, progress=progress, log=log).run(stop_when_idle)
     finally:
         stream.close()  # the client's threads end here, not at interpreter teardown

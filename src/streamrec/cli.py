@@ -824,6 +824,7 @@ def online(
             stop_when_idle=stop_when_idle,
             init_model=init_model,
             log=lambda m: typer.echo(m, err=True),
+            progress=not as_json,  # and tqdm itself stays off when stderr is not a terminal
         )
     except (
         FileNotFoundError,

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
 from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
@@ -126,6 +127,11 @@ class OnlineTrainer:
             self.exporter.table_versions.update(
                 {k: int(v) for k, v in state["delta_since_versions"].items()}
             )
+        # Events/s, lag, last delta and windowed AUC on one line; off when not a terminal.
+        self._bar = tqdm(
+            desc="online", unit=" events", disable=None if progress else True,
+            mininterval=1.0, initial=self.events_consumed, dynamic_ncols=True,
+        )
         self.delta_latencies: list[float] = []
         # Called after each delta with (version, wall times its events were consumed at).
         self.on_delta = None
@@ -254,6 +260,7 @@ class OnlineTrainer:
         self._drain_source_rejects()
         consumed_at = time.time()
         self.events_consumed += len(messages)
+        self._bar.update(len(messages))
         self.next_offset = messages[-1].offset + 1
         table = self.decode(messages)
         if table is not None:
@@ -494,6 +501,11 @@ class OnlineTrainer:
         write_atomic(
             self.out / "status.json", json.dumps(json_ready(status), indent=1, allow_nan=False)
         )
+        first = next(iter(status["windowed"].values()), {})
+        self._bar.set_postfix(
+            lag=status["lag"], delta=status["last_delta_version"],
+            auc=f"{first.get('auc', float('nan')):.4f}", refresh=False,
+        )
         self._last_status = time.monotonic()
         self._history(status)
 
@@ -534,6 +546,7 @@ class OnlineTrainer:
     def close(self) -> None:
         """Let go of the run directory without a final checkpoint (`run` ends with one): what
         a crash does, and what a caller does before handing the directory to another trainer."""
+        self._bar.close()
         self.dead.close()
         self.run_dir.release()
 
