@@ -960,6 +960,16 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except SystemError as e:
+        # A signal that lands inside a numba-compiled call: its handler's exception (Ctrl-C,
+        # or launch.py's SIGTERM exit) comes back wrapped as "returned a result with an
+        # exception set". Exit as the signal says; the handler has already said why.
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            sys.exit(130)
+        if isinstance(cause, SystemExit):
+            sys.exit(cause.code)
+        raise
     except OSError as e:
         if e.errno not in FULL_DISK:
             raise
