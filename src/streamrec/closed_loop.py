@@ -251,6 +251,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it dies. Ctrl-C ends
+    the demo with an immediate exit (launch.py), and a kill -9 skips every `finally`: neither
+    may leave servers behind holding their ports. (Linux; elsewhere a no-op.)"""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6").prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class ServerProcess:
     """`streamrec serve ARGS` on a free loopback port, its output in `log_file`."""
 
@@ -263,6 +276,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while True:

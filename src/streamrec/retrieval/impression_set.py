@@ -107,7 +107,11 @@ def impression_set(
     catalog = pa.Table.from_pylist(list(retrieval.catalog.values()))
     catalog_ids = catalog["item_id"].to_numpy()
     by_id = np.argsort(catalog_ids)
-    positions = pa.array(by_id[np.searchsorted(catalog_ids, shown, sorter=by_id)])
+    found_at = by_id[np.minimum(np.searchsorted(catalog_ids, shown, sorter=by_id), len(by_id) - 1)]
+    if not np.array_equal(catalog_ids[found_at], shown):  # never a neighbour's features
+        missing = np.setdiff1d(shown, catalog_ids)[:5].tolist()
+        raise ValueError(f"the retriever's index holds items its catalog lacks: {missing} …")
+    positions = pa.array(found_at)
     for c in catalog.column_names:
         if c not in columns:
             columns[c] = catalog[c].take(positions)
