@@ -86,7 +86,7 @@ def train(
     resuming from a sharded checkpoint), else the single-process job."""
     cfg = as_config(config, overrides)
     if cfg.model.name == "two_tower":
-        details, model_dir = train_two_tower(cfg, out, progress=progress)
+        details, model_dir = train_two_tower(cfg, out, resume=resume, progress=progress)
         return TrainReport(
             "retrieval", details["metrics"], model_dir, details["samples_per_s"], 0, details
         )

@@ -209,6 +209,31 @@ class Batch:
             self._map_optional(self.targets, cut),
         )
 
+    def take(self, index: torch.Tensor) -> Batch:
+        """The rows at `index` (LongTensor [K], any order), jagged features included."""
+        sparse = {}
+        rows_of = torch.arange(index.numel())
+        for name, ids in self.sparse.items():
+            lengths = ids.lengths()[index]
+            starts = ids.offsets[:-1][index]
+            rows = torch.repeat_interleave(rows_of, lengths)
+            within = torch.arange(int(lengths.sum())) - (torch.cumsum(lengths, 0) - lengths)[rows]
+            positions = starts[rows] + within
+            weights = ids.weights[positions] if ids.weights is not None else None
+            sparse[name] = JaggedIds.from_lengths(ids.values[positions], lengths, weights)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t[index]
+
+        return Batch(
+            pick(self.labels),
+            pick(self.dense),
+            sparse,
+            self._map_optional(self.group_ids, pick),
+            self._map_optional(self.timestamps, pick),
+            self._map_optional(self.targets, pick),
+        )
+
     @staticmethod
     def concat(parts: Sequence[Batch]) -> Batch:
         if not parts:

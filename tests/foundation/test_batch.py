@@ -60,3 +60,26 @@ def test_batch_slice_concat_and_types():
     assert b.to("cpu").sparse["f"] == b.sparse["f"]
     with pytest.raises(TypeError):
         JaggedIds(torch.zeros(2, dtype=torch.int32), torch.zeros(3, dtype=torch.int64))
+
+
+@given(rows, st.booleans(), st.data())
+def test_take_picks_the_same_rows_as_one_row_slices_in_that_order(data, weighted, draw):
+    ids = _jagged(data, weighted)
+    n = len(data)
+    batch = Batch(
+        torch.arange(n, dtype=torch.float32)[:, None],
+        torch.arange(2 * n, dtype=torch.float32).reshape(n, 2),
+        {"f": ids},
+        timestamps=torch.arange(n) * 10,
+    )
+    index = draw.draw(st.lists(st.integers(0, n - 1), max_size=2 * n))
+    taken = batch.take(torch.tensor(index, dtype=torch.int64))
+    assert taken.size == len(index)
+    if index:
+        expected = Batch.concat([batch.slice(i, i + 1) for i in index])
+        assert taken.sparse["f"] == expected.sparse["f"]
+        assert torch.equal(taken.dense, expected.dense)
+        assert torch.equal(taken.labels, expected.labels)
+        assert torch.equal(taken.timestamps, expected.timestamps)
+    else:
+        assert taken.sparse["f"].values.numel() == 0

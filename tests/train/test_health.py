@@ -145,20 +145,32 @@ def test_lr_100_explodes_and_health_stop_ends_the_run_with_a_checkpoint(tmp_path
     assert any(t.startswith("ids_refused/") for t in tags)
 
 
-def test_a_two_tower_run_reports_and_stops_too(tmp_path, ml100k):
+def test_a_two_tower_run_stops_with_a_checkpoint_and_resumes_like_a_ranker(tmp_path, ml100k):
     out = tmp_path / "tt"
+    train = [sys.executable, "-m", "streamrec", "train", "examples/ml100k_two_tower.yaml",
+             "--out", str(out), "-q", "--set", "train.epochs=1"]
     result = subprocess.run(
-        [sys.executable, "-m", "streamrec", "train", "examples/ml100k_two_tower.yaml", "--out",
-         str(out), "-q", "--set", "train.epochs=1", "--set", "train.health=stop",
+        [*train, "--set", "train.health=stop",
          "--set", "train.health_rules.exploding_grad_norm=0.000001"],  # any gradient is "too big"
         capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert result.returncode == 3, result.stderr
-    assert "two-tower runs do not resume" in result.stderr
+    assert "stopped by the health rule exploding_gradient" in result.stderr
+    assert "--resume" in result.stderr and "Traceback" not in result.stderr
     status = json.loads((out / "status.json").read_text())
     assert [w["rule"] for w in status["health"]] == ["exploding_gradient"]
-    assert status["step"] == 50  # the first check step: two-tower measures norms only there
-    assert (out / "model" / "manifest.json").exists()
+    assert not (out / "model").exists()  # stopped: nothing half-trained is served
+    stopped_at = json.loads(next((out / "checkpoint").glob("*/manifest.json")).read_text())
+    assert stopped_at["trainer"]["position"]["global_step"] == 50  # the first check step
+    resumed = subprocess.run(
+        [*train, "--resume", "--json", "--set", "train.health=warn"],  # the fix applies now
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["resumed_from_step"] == 50
+    assert report["steps"] == 156  # 80,000-odd training rows: 156 full batches, none twice
+    assert report["metrics"]["recall@50"] > report["metrics"]["baseline_recall@50"]
 
 
 def test_biases_that_push_every_pre_activation_negative_fire_dead_relu(tmp_path, ml100k):

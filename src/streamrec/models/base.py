@@ -9,14 +9,13 @@ A model is built from the schema and the table settings; `forward(batch)` return
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.embedding.collection import Embedded, EmbeddingCollection
 from streamrec.embedding.tiered import build_table
+from streamrec.models.objective import Objective, binary_objective
 from streamrec.models.with_tables import WithTables
 from streamrec.schema import Schema
 
@@ -57,16 +56,13 @@ class RankingModel(WithTables):
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def regularization(self) -> torch.Tensor | None:
-        """A term the trainer adds to the loss of the last forward (None: nothing). COLD's
-        cost-weighted feature-gate penalty is one."""
-        return None
+    def objective(self, output: torch.Tensor, batch: Batch) -> Objective:
+        """BCE of the logits [B, num_tasks] against the labels (`binary_objective`)."""
+        return binary_objective(output, batch)
 
-    def dense_param_groups(self, dense_lr: float) -> list[dict[str, Any]]:
-        """The dense optimizer's parameter groups, each with its own base "lr" (warm-up scales
-        every group alike). Default: every trainable parameter at `train.dense_lr`; a model
-        whose parts want different rates (LR's bias) overrides this."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": dense_lr}]
+    def use_negative_sampling(self, rate: float) -> None:
+        """Remember the rate, saved with the model, so `predict` re-calibrates for it."""
+        self.negative_sampling_rate.fill_(rate)
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> torch.Tensor:

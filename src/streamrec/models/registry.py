@@ -28,7 +28,7 @@ MODELS: dict[str, type] = {
     "din": DIN,
     "mmoe": MMoE,
     "cold": COLD,  # pre-ranking: few features, an SE gate of learned importance
-    "two_tower": TwoTower,  # retrieval; trained by streamrec.train.two_tower
+    "two_tower": TwoTower,  # retrieval; its job: streamrec.train.two_tower
 }
 
 

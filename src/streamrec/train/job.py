@@ -7,7 +7,6 @@ The run directory holds `metrics.csv`, `checkpoint/` (the newest checkpoints as 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from streamrec.config import JobConfig
@@ -15,7 +14,7 @@ from streamrec.data.errors import DeadLetter
 from streamrec.data.splits import DatasetSplits, check_columns, open_splits
 from streamrec.models.persistence import save_model
 from streamrec.train.preparation import checkpoint_start, fit, fresh_start, seed_everything
-from streamrec.train.run_dir import BEST, RunDir
+from streamrec.train.run_dir import RunDir
 from streamrec.train.trainer import Trainer, TrainResult
 
 
@@ -51,11 +50,8 @@ def _train(
     splits, pinned = open_training_data(config, dead)
     start = run.load_checkpoint(lambda path: checkpoint_start(path, config)) if resume else None
     if start is None:
-        if not resume:  # a fresh run: checkpoints of an earlier run in OUT are not ours
-            shutil.rmtree(run.checkpoints, ignore_errors=True)
-            shutil.rmtree(out / BEST, ignore_errors=True)
-            shutil.rmtree(out / "tb", ignore_errors=True)  # nor are its curves
-            (out / "metrics.csv").unlink(missing_ok=True)
+        if not resume:
+            run.start_afresh()
         start = fresh_start(config, splits)
     pinned.update(start.kinds)  # validation files, later epochs: read as the model saw its sample
     trainer = Trainer(start.model, start.config, out, start.optimizer, progress=progress)

@@ -58,12 +58,14 @@ def fresh_start(config: JobConfig, splits: DatasetSplits) -> Start:
 
 
 def checkpoint_start(path: Path, config: JobConfig) -> Start:
-    """The state saved in the checkpoint directory `path`; the schedule (`train.epochs`) is
-    the one asked for now, so `--epochs` can extend a finished run."""
+    """The state saved in the checkpoint directory `path`: the model, its fitted schema and
+    tables as saved; the `train` section is the one asked for now — `--epochs` extends a
+    finished run, and the fix a health stop asks for (`--set train.dense_lr=…`,
+    `train.health=warn`) applies to the resumed steps."""
     model, saved, optimizer, position = load_checkpoint(
         path, lambda m: build_dense_optimizer(m, config.train)
     )
-    saved.train.epochs = config.train.epochs
+    saved.train = config.train.model_copy(deep=True)
     kinds = read_manifest(path).get("input_kinds", {})
     return Start(model, saved, kinds, optimizer, position)
 

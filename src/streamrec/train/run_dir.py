@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -79,6 +80,15 @@ class RunDir:
 
     def __del__(self) -> None:
         self.release()
+
+    def start_afresh(self) -> None:
+        """A fresh run in an existing directory: the checkpoints, best model, curves and status
+        of an earlier run there are not this run's, and `--resume` must not find them."""
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        shutil.rmtree(self.path / BEST, ignore_errors=True)
+        shutil.rmtree(self.path / "tb", ignore_errors=True)
+        (self.path / "metrics.csv").unlink(missing_ok=True)
+        (self.path / "status.json").unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, write: Callable[[Path], Path], keep: int = 2) -> Path:

@@ -23,26 +23,5 @@ def downsample_negatives(batch: Batch, rate: float, seed: int, step: int) -> Bat
     index = np.flatnonzero(keep)
     if index.size == batch.size:
         return batch
-    return _take(batch, torch.from_numpy(index))
+    return batch.take(torch.from_numpy(index))
 
-
-def _take(batch: Batch, index: torch.Tensor) -> Batch:
-    from streamrec.batch import JaggedIds
-
-    sparse = {}
-    for name, ids in batch.sparse.items():
-        lengths = ids.lengths()[index]
-        starts = ids.offsets[:-1][index]
-        rows = torch.repeat_interleave(torch.arange(index.numel()), lengths)
-        within = torch.arange(int(lengths.sum())) - (torch.cumsum(lengths, 0) - lengths)[rows]
-        positions = starts[rows] + within
-        w = ids.weights[positions] if ids.weights is not None else None
-        sparse[name] = JaggedIds.from_lengths(ids.values[positions], lengths, w)
-    return Batch(
-        batch.labels[index],
-        batch.dense[index],
-        sparse,
-        None if batch.group_ids is None else batch.group_ids[index],
-        None if batch.timestamps is None else batch.timestamps[index],
-        None if batch.targets is None else batch.targets[index],
-    )

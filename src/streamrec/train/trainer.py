@@ -1,6 +1,11 @@
 """Trainer: epochs over a data source, validation each epoch, early stopping, checkpoints.
 
-One step: (optionally down-sample negatives) → forward → BCE loss averaged over tasks →
+The one training loop of every model — rankers, the COLD pre-ranker and the two-tower retriever;
+offline epochs, the online stream and torchrun ranks all step through it. A model supplies its
+loss (`model.objective`: BCE averaged over tasks for rankers, log-Q-corrected in-batch softmax
+for the two-tower); the Trainer supplies everything else.
+
+One step: (optionally down-sample negatives) → forward → the model's loss →
 backward, which leaves each table's row gradients beside it (no row changes yet) → one
 gradient norm clipped over dense parameters and embedding rows, a step with a non-finite
 gradient skipped → the row optimizers apply the batch's unique rows and the dense optimizer
@@ -26,13 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from streamrec.batch import Batch
 from streamrec.config import JobConfig, TrainConfig
 from streamrec.embedding.sparse_optimizer import SparseOptimizer, clip_grad_norm_
-from streamrec.models.base import RankingModel
+from streamrec.models.objective import Objective
+from streamrec.models.with_tables import WithTables
 from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import save_checkpoint
 from streamrec.train.event_clock import EventClock
@@ -43,7 +48,7 @@ from streamrec.train.run_metrics import RunMetrics
 from streamrec.train.sampling import downsample_negatives
 
 
-def build_dense_optimizer(model: RankingModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_dense_optimizer(model: WithTables, cfg: TrainConfig) -> torch.optim.Optimizer:
     """`train.dense_optimizer` over the model's `dense_param_groups`; each group remembers its
     base rate as "base_lr" (what warm-up scales)."""
     groups = [g for g in model.dense_param_groups(cfg.dense_lr) if g["params"]]
@@ -86,7 +91,7 @@ class TrainResult:
 class Trainer:
     def __init__(
         self,
-        model: RankingModel,
+        model: WithTables,
         config: JobConfig,
         run_dir: str | Path | None = None,
         optimizer: torch.optim.Optimizer | None = None,
@@ -119,7 +124,7 @@ class Trainer:
         self.best_epoch = 0  # the best validation epoch so far (1-based; 0: none yet)
         self.best_score: float | None = None
         self._micro = 0  # batches whose gradients wait for the next step
-        self._loss_terms = 0  # Σ logits.numel() over those batches (see step_examples)
+        self._loss_terms = 0  # Σ loss terms over those batches (see step_examples)
         self._samples_at_start = 0  # samples_trained when this process's fit() began
         cfg = self.train_config
         self.health = HealthRules(cfg.health_rules, cfg.health) if cfg.health != "off" else None
@@ -128,7 +133,8 @@ class Trainer:
         # by default they go to RUN/status.json and TensorBoard.
         self.on_health: Callable[[list[HealthWarning]], None] | None = None
         self._check_gradients = False
-        self.model.negative_sampling_rate.fill_(self.train_config.negative_sampling_rate)
+        self.last_objective: Objective | None = None  # the last step's (scores for a running AUC)
+        self.model.use_negative_sampling(self.train_config.negative_sampling_rate)
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -148,12 +154,13 @@ class Trainer:
     def train_step(self, batch: Batch, upcoming: Batch | None = None) -> float:
         """One step on `batch`. `upcoming`, the batch after it, lets tiered tables read its
         rows from disk while this step computes."""
-        batch = downsample_negatives(
-            batch,
-            self.train_config.negative_sampling_rate,
-            self.train_config.seed,
-            self.global_step,
-        )
+        if batch.labels.shape[1]:  # an unlabelled log (a retriever's interactions): all kept
+            batch = downsample_negatives(
+                batch,
+                self.train_config.negative_sampling_rate,
+                self.train_config.seed,
+                self.global_step,
+            )
         self.model.train()
         self.model.set_event_time(self.clock.advance(batch.timestamps))
         for group in self.optimizer.param_groups:
@@ -168,25 +175,21 @@ class Trainer:
                 dtype=torch.bfloat16,
                 enabled=self.train_config.precision == "bf16",
             ):
-                logits = self.forward_module(batch)
+                output = self.forward_module(batch)
             if upcoming is not None:
                 for collection in self._tiered_collections():
                     collection.prefetch(upcoming)
         finally:
             if check:
                 self.health.unwatch(step)
-        logits = logits.float()
-        if batch.size:
-            target = batch.labels if batch.targets is None else batch.targets
-            loss = F.binary_cross_entropy_with_logits(logits, target[:, : logits.shape[1]])
-        else:  # a rank's empty share of a tiny global batch: still joins the exchanges
-            loss = logits.sum() * 0.0
+        objective = self.model.objective(output, batch)
+        loss = objective.loss
         accumulate = self.train_config.grad_accumulation_steps
         regularization = self.model.regularization()
-        objective = loss if regularization is None else loss + regularization
-        (objective / accumulate if accumulate > 1 else objective).backward()  # rows: not yet
+        total = loss if regularization is None else loss + regularization
+        (total / accumulate if accumulate > 1 else total).backward()  # rows: not yet
         self._micro += 1
-        self._loss_terms += logits.numel()
+        self._loss_terms += objective.terms
         self._check_gradients = check
         if self._micro == accumulate:
             self.optimizer_step()
@@ -196,8 +199,7 @@ class Trainer:
                 self.keep_budgets()
         self.global_step += 1
         self.samples_trained += batch.size
-        self._last_logits = logits.detach()
-        self._last_labels = batch.labels
+        self.last_objective = objective
         self.losses.append(float(loss.detach()))
         if self.health is not None:
             self._watch_health(check)
@@ -361,20 +363,24 @@ class Trainer:
             if every and self.global_step % every == 0:
                 self.save_progress()
             losses.append(loss)
-            recent_labels.append(self._last_labels[:, 0].numpy())
-            recent_scores.append(self._last_logits[:, 0].numpy())
-            del recent_labels[:-20], recent_scores[:-20]
+            if (scored := self.last_objective).scores is not None:
+                recent_labels.append(scored.labels.numpy())
+                recent_scores.append(scored.scores.numpy())
+                del recent_labels[:-20], recent_scores[:-20]
             bar.update(batch.size)
             if self.global_step % self.train_config.log_every_steps == 0:
-                running_auc = auc(np.concatenate(recent_labels), np.concatenate(recent_scores))
+                running_auc = (  # a model with no labels (a retriever) has no AUC
+                    auc(np.concatenate(recent_labels), np.concatenate(recent_scores))
+                    if recent_labels
+                    else float("nan")
+                )
                 speed = (self.samples_trained - self._samples_at_start) / max(
                     self.train_seconds, 1e-9
                 )
-                bar.set_postfix(
-                    loss=f"{np.mean(losses[-20:]):.4f}",
-                    auc=f"{running_auc:.4f}",
-                    rate=f"{speed:,.0f}/s",
-                )
+                shown = {"loss": f"{np.mean(losses[-20:]):.4f}"}
+                if recent_labels:
+                    shown["auc"] = f"{running_auc:.4f}"
+                bar.set_postfix(**shown, rate=f"{speed:,.0f}/s")
                 self._log(
                     {
                         "phase": "train",
@@ -390,6 +396,7 @@ class Trainer:
             self.raise_if_health_stop()
         if self._micro:  # the epoch's last batches, fewer than grad_accumulation_steps
             self.optimizer_step()
+        self.evict()  # what an epoch's end saves (checkpoint, model) keeps TTL and capacity
         bar.close()
         self._epoch_seconds = time.perf_counter() - start
         return float(np.mean(losses)) if losses else float("nan")
@@ -584,6 +591,14 @@ class Trainer:
             if self.last_grad_norm is not None:
                 counts["grad_norm"] = self.last_grad_norm
             self.run_metrics.scalars("train", counts, step)
+
+    def log_scalars(self, group: str, values: dict[str, float]) -> None:
+        """Scalars at the current step (TensorBoard and metrics.csv), written now: a job's
+        own measurements after `fit`, such as a retriever's recall."""
+        if self.run_dir is None:
+            return
+        self._run_metrics().scalars(group, values, self.global_step)
+        self._flush_metrics()
 
     def _run_metrics(self) -> RunMetrics:
         if self.run_metrics is None:

@@ -2,8 +2,10 @@
 
     result, model_dir = train_two_tower(load_config("examples/ml100k_two_tower.yaml"), "runs/tt")
 
-1. the per-user time split of the interaction log (all interactions are positives);
-2. epochs of in-batch softmax with log-Q correction (item frequencies in the training data);
+1. the per-user time split of the interaction log (all interactions are positives, or the
+   rows labelled 1 when the schema has a label);
+2. epochs of in-batch softmax with log-Q correction through the one `Trainer` (checkpoints,
+   `--resume`, TTL / capacity eviction, clipping, bf16 and health rules as for a ranker);
 3. the item catalog (every item id with its item features) through the item tower → a faiss
    index of the configured kind, with its recall@100 against exact search;
 4. recall@10/@50 and NDCG@10 of each user's next items, next to the popularity baseline;
@@ -14,23 +16,17 @@
 from __future__ import annotations
 
 import io
-import json
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.data.loader import BatchLoader
 from streamrec.data.splits import open_splits
-from streamrec.embedding.sparse_optimizer import SparseOptimizer
 from streamrec.models.persistence import save_model
 from streamrec.models.registry import build_model
 from streamrec.models.two_tower import TwoTower
@@ -43,12 +39,9 @@ from streamrec.retrieval.model_dir import (
     load_retrieval_model,
 )
 from streamrec.schema import input_kinds
-from streamrec.store.atomic import write_atomic
-from streamrec.train.health import HealthRules, HealthStop
-from streamrec.train.metrics import json_ready
-from streamrec.train.preparation import seed_everything
+from streamrec.train.preparation import Start, checkpoint_start, seed_everything
 from streamrec.train.run_dir import RunDir
-from streamrec.train.run_metrics import RunMetrics
+from streamrec.train.trainer import Trainer
 
 
 def index_params(config: JobConfig) -> IndexParams:
@@ -119,117 +112,69 @@ def evaluate_retrieval(
     return {**ours, **{f"baseline_{k}": v for k, v in pop.items()}}
 
 
-def train_two_tower(config: JobConfig, out: str | Path, progress: bool = True) -> tuple[dict, Path]:
+def train_two_tower(
+    config: JobConfig, out: str | Path, resume: bool = False, progress: bool = True
+) -> tuple[dict, Path]:
+    """Train, index and save a two-tower retriever in the run directory `out`; `resume`
+    continues from its newest checkpoint (written every epoch and every
+    `train.checkpoint_every_steps`), as a ranker's run does."""
     run = RunDir(out).open()  # one writer per run directory
     try:
-        return _train(config, run.path, progress)
+        return _train(run, config, resume, progress)
     finally:
         run.release()
 
 
-def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
+def _train(run: RunDir, config: JobConfig, resume: bool, progress: bool) -> tuple[dict, Path]:
+    out = run.path
     seed_everything(config.train.seed)
     splits = open_splits(config.data, DeadLetter())
     train = pa.Table.from_batches(list(splits.train()))
     test = pa.Table.from_batches(list(splits.valid()))
-    config = config.model_copy(deep=True)
-    config.schema_ = config.schema.fit(train)
-    model = build_model(config.model, config.schema, config.table_configs())
-    if not isinstance(model, TwoTower):
-        raise ValueError("train_two_tower needs model.name: two_tower")
-    opt = torch.optim.Adam(model.parameters(), lr=config.train.dense_lr)
-    sparse = SparseOptimizer(model)  # the tables' row optimizers: the embedding half of a step
-    counts = pc.value_counts(train["item_id"].combine_chunks())
-    order = np.argsort(counts.field("values").to_numpy())
-    known_items = counts.field("values").to_numpy()[order]
-    log_freq = np.log(counts.field("counts").to_numpy()[order] / float(train.num_rows))
-    (out / "metrics.csv").unlink(missing_ok=True)  # every two-tower run starts afresh
-    shutil.rmtree(out / "tb", ignore_errors=True)
-    log = RunMetrics(out)  # metrics.csv + RUN/tb: softmax loss, then recall@k
-    (out / "status.json").unlink(missing_ok=True)
-    health = (
-        HealthRules(config.train.health_rules, config.train.health)
-        if config.train.health != "off"
-        else None
-    )
-    stopped: HealthStop | None = None
-    started = time.perf_counter()
-    steps = 0
-    for epoch in range(config.train.epochs):
-        if stopped is not None:
-            break
-        model.train()
-        order = np.random.default_rng([config.train.seed, epoch]).permutation(train.num_rows)
+    start = run.load_checkpoint(lambda path: checkpoint_start(path, config)) if resume else None
+    if start is None:
+        if not resume:
+            run.start_afresh()
+        start = _fresh_start(config, train)
+    model = start.model
+    schema, batch_size = start.config.schema, start.config.data.batch_size
+    trainer = Trainer(model, start.config, out, start.optimizer, progress=progress)
+    trainer.extra_manifest = {"input_kinds": start.kinds}
+    start_epoch = skip = 0
+    if start.position is not None:
+        start_epoch, skip = start.position["epoch"], start.position["step_in_epoch"]
+        trainer.restore_position(start.position)
+
+    def epoch_batches(epoch: int) -> BatchLoader:
+        """The training rows in a fresh order each epoch — a pure function of (seed, epoch), so
+        a resumed run skips exactly the batches it had trained on."""
+        order = np.random.default_rng([start.config.train.seed, epoch]).permutation(len(train))
         shuffled = train.take(pa.array(order))
-        loader = BatchLoader(
-            lambda t=shuffled: t.to_batches(65536),
-            config.schema,
-            config.data.batch_size,
-            drop_last=True,
-            with_labels=False,
-        )
-        bar = tqdm(loader, desc=f"two-tower epoch {epoch + 1}", disable=not progress, leave=False)
-        for batch in bar:
-            items = batch.sparse["item_id"].values.numpy()
-            at = np.clip(np.searchsorted(known_items, items), 0, len(known_items) - 1)
-            log_q = torch.from_numpy(log_freq[at].astype(np.float32))
-            check = health is not None and health.due(steps + 1)
-            if check:
-                health.watch_activations(model)
-            try:
-                loss = model.loss(batch, log_q)
-            finally:
-                if check:
-                    health.unwatch(steps + 1)
-            opt.zero_grad()
-            loss.backward()
-            if check:
-                health.check_gradients(steps + 1, model, sparse.gradients(), measured=False)
-            opt.step()
-            sparse.step(examples=batch.size)
-            steps += 1
-            if health is not None:
-                stopped = _watch_health(health, model, out, log, steps, float(loss.detach()), check)
-                if stopped is not None:
-                    break
-            if steps % config.train.log_every_steps == 0:
-                value = float(loss.detach())
-                bar.set_postfix(loss=f"{value:.3f}")
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                samples = steps * config.data.batch_size
-                log.row(
-                    {
-                        "phase": "train",
-                        "epoch": epoch + 1,
-                        "step": steps,
-                        "samples": samples,
-                        "loss": value,
-                        "samples_per_s": samples / elapsed,
-                        "lr": config.train.dense_lr,
-                    }
-                )
-    seconds = time.perf_counter() - started
+        return BatchLoader(lambda: shuffled.to_batches(65536), schema, batch_size, drop_last=True)
+
+    fitted = trainer.fit(epoch_batches, None, start_epoch, skip)
     full_log = pa.concat_tables([train, test])
     catalog = item_catalog(full_log, model.item_features)
     ids, vectors = item_vectors(model, catalog)
-    params = index_params(config)
+    params = index_params(start.config)
     retriever = Retriever(vectors.shape[1], params)
     retriever.build(ids, vectors)
     index_recall = recall_against_exact(retriever, ids, vectors, vectors[:200], 100)
-    metrics = evaluate_retrieval(model, retriever, train, test, config.data.history_length or 50)
+    metrics = evaluate_retrieval(
+        model, retriever, train, test, start.config.data.history_length or 50
+    )
     metrics["index_recall@100_vs_exact"] = index_recall
-    log.scalars("valid", metrics, steps)
-    log.flush()
+    trainer.log_scalars("valid", metrics)
     catalog_bytes = io.BytesIO()
     pq.write_table(catalog, catalog_bytes)
-    kinds = input_kinds(train, config.schema.input_columns(with_labels=False))
     model_dir = save_model(
         out / "model",
         model,
-        config,
+        start.config,
         {
             "metrics": metrics,
-            "input_kinds": kinds,
+            "train": fitted.to_json(),
+            "input_kinds": start.kinds,
             "model_type": "retrieval",
             "retrieval": {
                 "index": params.__dict__,
@@ -243,43 +188,30 @@ def _train(config: JobConfig, out: Path, progress: bool) -> tuple[dict, Path]:
             CATALOG_FILE: catalog_bytes.getvalue(),
         },
     )
-    if stopped is not None:
-        raise stopped
     result = {
         "metrics": metrics,
-        "steps": steps,
-        "seconds": seconds,
-        "samples_per_s": steps * config.data.batch_size / max(seconds, 1e-9),
+        "steps": fitted.steps,
+        "epochs": fitted.epochs,
+        "resumed_from_step": fitted.resumed_from_step,
+        "skipped_steps": fitted.skipped_steps,
+        "seconds": trainer.train_seconds,
+        "samples_per_s": fitted.samples_per_s,
     }
     return result, model_dir
 
 
-def _watch_health(
-    health: HealthRules,
-    model: TwoTower,
-    out: Path,
-    log: RunMetrics,
-    step: int,
-    loss: float,
-    checked: bool,
-) -> HealthStop | None:
-    """The health rules after one two-tower step: warnings to TensorBoard and status.json;
-    under `train.health: stop`, the HealthStop to end training with (the model trained so far
-    is still indexed and saved, for a look: two-tower runs restart from scratch)."""
-    health.check_loss(step, loss)
-    if checked:
-        health.check_tables(step, model.dynamic_tables())
-    fired = health.take_fired()
-    if not fired:
-        return None
-    log.scalars("health", {w.key: w.value for w in fired}, step)
-    status = {"phase": "train", "step": step, "health": health.active_json()}
-    write_atomic(out / "status.json", json.dumps(json_ready(status), indent=1))
-    if health.stop_on_warning:
-        return HealthStop(
-            fired[0], "the model trained so far was saved to model/ (two-tower runs do not resume)"
-        )
-    return None
+def _fresh_start(config: JobConfig, train: pa.Table) -> Start:
+    """A new two-tower model: the schema fitted on the training split, the item-frequency
+    estimate seeded with that split's items (so log-Q is right from the first step)."""
+    fitted = config.model_copy(deep=True)
+    fitted.schema_ = config.schema.fit(train)
+    model = build_model(fitted.model, fitted.schema_, fitted.table_configs())
+    if not isinstance(model, TwoTower):
+        raise ValueError("train_two_tower needs model.name: two_tower")
+    chunks = BatchLoader(lambda: train.to_batches(65536), fitted.schema_, 65536)
+    model.item_frequency.seed(torch.cat([b.sparse[model.item_ids_feature].values for b in chunks]))
+    kinds = input_kinds(train, fitted.schema_.input_columns(with_labels=False))
+    return Start(model, fitted, kinds)
 
 
 def evaluate_retrieval_dir(path: str | Path) -> dict:
