@@ -13,7 +13,8 @@ first 80% this trains a two-tower retriever (user id + history → item id, 5 ep
 its candidates (K1 = 1,000), an impression-shaped DeepFM ranker (`streamrec impressions`,
 1 epoch). Then `streamrec.closed_loop` runs the rounds (the user model is in its docstring):
 the closed loop (impressions logged → clicks on /v1/feedback → online joiner and trainer →
-deltas to the same server), the same models frozen, the retriever's own order, popularity.
+deltas to the same server, for the ranker and the retriever both; `--ranker-only`: the
+ranker alone), the same models frozen, the retriever's own order, popularity.
 
 `--json` prints one object: rounds, users, k, ctr and recall ({closed_loop, frozen,
 retrieval_only, popularity}, over the last third of the rounds), impressions_served,
@@ -96,6 +97,8 @@ def main() -> None:
     p.add_argument("--qps", type=float, default=20.0,
                    help="rate of the p99 comparison, logging on vs off (0: skip it)")
     p.add_argument("--workdir", type=Path, help="keep the models and streams here")
+    p.add_argument("--ranker-only", action="store_true",
+                   help="the retriever does not learn from the loop (only the ranker does)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     say = (lambda _: None) if args.json else print
@@ -116,8 +119,9 @@ def main() -> None:
     test = pa.Table.from_batches(list(splits.valid()))
     users = SimulatedUsers.from_split(train, test, ["user_id", "history"], HISTORY)
     result = run_closed_loop(
-        ranker, ranker_dir, retrieval_dir, users, work / "loop", args.rounds, args.users,
-        args.k, K1, args.seed, args.qps, log=say,
+        ranker, ranker_dir, retrieval_dir, users,
+        work / ("loop_ranker_only" if args.ranker_only else "loop"), args.rounds, args.users,
+        args.k, K1, args.seed, args.qps, log=say, retriever_learns=not args.ranker_only,
     )
     result["data"] = args.format
     if args.json:

@@ -464,6 +464,12 @@ def serve(
     retriever: Path | None = typer.Option(
         None, help="A two-tower run/model directory: enables POST /v1/recommend."
     ),
+    retriever_deltas: Path | None = typer.Option(
+        None,
+        help="Folder of the retriever's deltas (an online run of it) to serve as they come "
+        "(default: beside the retriever's model). Each is indexed with its towers, then both "
+        "swap in together; the retriever's memory doubles while it learns.",
+    ),
     preranker: Path | None = typer.Option(
         None,
         help="A pre-ranking run/model directory (e.g. model.name: cold): /v1/recommend then "
@@ -613,6 +619,7 @@ def serve(
             token=token,
             deltas_dir=deltas,
             retriever_dir=retriever,
+            retriever_deltas=retriever_deltas,
             guard_health=token_guards_health,
             preranker_dir=preranker,
             prerank_keep=prerank_keep,

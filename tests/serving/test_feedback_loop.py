@@ -1,6 +1,7 @@
-"""The loop over real processes and HTTP: the server logs what it served (with the features it
-used), users' actions arrive on POST /v1/feedback, `streamrec online` joins the two and trains,
-and its delta reaches the same server and changes the clicked item's score."""
+"""The loop over real processes and HTTP: the server logs what it served (with the features every
+stage used), users' actions arrive on POST /v1/feedback, `streamrec online` joins the two and
+trains — the ranker and the retriever, each its own run — and their deltas reach the same
+server: the clicked item's score changes, and so do the retrieval stage's towers and index."""
 
 from __future__ import annotations
 
@@ -34,19 +35,22 @@ def test_served_impressions_join_feedback_and_the_delta_changes_the_clicked_scor
     trained_run, retriever_run, start_server, tmp_path
 ):
     imps, acts, online = tmp_path / "impressions", tmp_path / "actions", tmp_path / "online"
+    online_retriever = tmp_path / "online_retriever"
     server = start_server(
         trained_run, "--retriever", str(retriever_run), "--log-impressions", str(imps),
         "--actions", str(acts), "--deltas", str(online / "deltas"),
+        "--retriever-deltas", str(online_retriever / "deltas"),
     )
     answers = [
         server.post("/v1/recommend", json={"user": user, "k": 10}).json() for user in USERS
     ]
     records = _records(imps, len(USERS))
     assert len(records) == len(USERS)
-    context_features = set(server.get("/v1/model").json()["features"]["context"])
+    served = server.get("/v1/model").json()
+    read = set(served["features"]["context"]) | set(served["retrieval"]["user_features"])
     for user, answer, record in zip(USERS, answers, records, strict=True):
         assert record["request_id"] == answer["request_id"]
-        assert record["context"] == {f: v for f, v in user.items() if f in context_features}
+        assert record["context"] == {f: v for f, v in user.items() if f in read}
         assert [i["item_id"] for i in record["items"]] == answer["items"]
         assert [i["position"] for i in record["items"]] == list(range(10))
         assert [i["scores"]["ranking"] for i in record["items"]] == answer["scores"]
@@ -89,6 +93,32 @@ def test_served_impressions_join_feedback_and_the_delta_changes_the_clicked_scor
         time.sleep(0.2)
     after = server.post("/v1/rank", json=probe).json()["scores"]["label"][0]
     assert after != before
+
+    # The retriever learns from the same two streams (its positives: the clicked impressions)
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec", "online", str(REPO / "examples/ml100k_two_tower.yaml"),
+         "--source", str(imps), "--actions", str(acts), "--out", str(online_retriever),
+         "--group", "retriever",  # its own reading position: the ranker's run has its own
+         "--init-model", str(retriever_run / "model"), "--stop-when-idle", "6", "--json",
+         "--set", "online.join.window_seconds=2", "--set", "online.sync_interval_seconds=1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["events_trained"] == 10 * len(USERS) and status["dead_lettered"] == 0, status
+    deadline = time.monotonic() + 30
+    while (retrieval := server.get("/v1/model").json()["retrieval"])["delta_version"] < 1:
+        assert time.monotonic() < deadline, "the server never served the retriever's delta"
+        time.sleep(0.2)
+    assert retrieval["last_reindex"]["items"] == retrieval["items"]  # the whole catalog
+    again = server.post("/v1/recommend", json={"user": USERS[0], "k": 10}).json()
+    assert again["versions"]["retrieval"].endswith(f".{retrieval['delta_version']}")
+    shown = {r["request_id"]: r for r in _records(imps, len(USERS) + 1)}
+    before_scores = {i["item_id"]: i["scores"]["retrieval"] for i in records[0]["items"]}
+    after_scores = {
+        i["item_id"]: i["scores"]["retrieval"] for i in shown[again["request_id"]]["items"]
+    }
+    assert after_scores != before_scores  # new towers: new user vector, new item vectors
 
 
 def test_a_stream_that_cannot_be_written_drops_and_counts_and_serving_goes_on(

@@ -21,6 +21,8 @@ from streamrec.schema import Schema
 
 
 class RankingModel(WithTables):
+    predicts_labels = True
+
     def __init__(
         self, schema: Schema, tables: dict[str, TableConfig], with_embeddings: bool = True
     ) -> None:

@@ -19,6 +19,10 @@ from streamrec.models.objective import Objective
 
 
 class WithTables(nn.Module):
+    # Whether `predict(batch)` gives calibrated label probabilities [B, tasks] (rankers). A
+    # retriever does not: online training skips progressive validation for it.
+    predicts_labels = False
+
     def objective(self, output: torch.Tensor, batch: Batch) -> Objective:
         """The training loss of `output = self(batch)` (`models/objective.py`)."""
         raise NotImplementedError(f"{type(self).__name__} does not say what it trains on")

@@ -17,11 +17,13 @@ Never imports training code: the model directory (`streamrec.store`) is the cont
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import itertools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,7 @@ from streamrec.serving.retrieval_stage import (
     RecommendRequest,
     RetrievalStage,
 )
+from streamrec.serving.retrieval_watcher import RetrievalWatcher
 from streamrec.serving.snapshot import Snapshot
 from streamrec.serving.status_page import STATUS_PAGE
 from streamrec.serving.stream_writer import QueuedStreamWriter
@@ -75,6 +78,7 @@ class ServerState:
     watcher: Watcher | None
     token: str | None
     retriever: RetrievalStage | None = None
+    retrieval_watcher: RetrievalWatcher | None = None  # the retriever's deltas (online runs)
     preranker: PreRankStage | None = None
     prerank_watcher: Watcher | None = None  # the pre-ranker's deltas and new models
     guard_health: bool = False  # --token also on /healthz and /readyz
@@ -95,6 +99,30 @@ log = logging.getLogger("streamrec.serving")
 FAILURE_SHOWN_SECONDS = 60.0  # a failed inference keeps /readyz degraded this long
 
 
+def _unset_swap(fn: Callable[[], None]) -> None:
+    raise RuntimeError("the retrieval watcher runs only inside the server's lifespan")
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[[], None]], None]:
+    """Run a function on the event loop — where /v1/recommend reads the retrieval stage,
+    synchronously — and wait for it: once it returns, no request still reads what it replaced."""
+
+    def run(fn: Callable[[], None]) -> None:
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                fn()
+                done.set_result(None)
+            except BaseException as e:  # handed back to the waiting thread
+                done.set_exception(e)
+
+        loop.call_soon_threadsafe(call)
+        done.result(timeout=60)
+
+    return run
+
+
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -105,6 +133,7 @@ def create_app(
     deltas_dir: str | Path | None = None,
     watch: bool = True,
     retriever_dir: str | Path | None = None,
+    retriever_deltas: str | Path | None = None,
     guard_health: bool = False,
     preranker_dir: str | Path | None = None,
     prerank_keep: int = 100,
@@ -120,7 +149,8 @@ def create_app(
     /v1/recommend retrieves (default: the retriever's `retrieval.candidates`); `variants` other
     ranking models served beside this one (`serving/variants.py`); `feedback` fields of its
     `serving.feedback` (the impression log and the action stream, e.g. {"impressions":
-    "runs/imps"}). With a
+    "runs/imps"}). `retriever_deltas`: where the retriever's deltas come from (default: its run
+    directory's `deltas/`; `serving/retrieval_watcher.py`). With a
     `token`, every endpoint but the health probes needs it (`guard_health=True`: those too)."""
     directory = find_model_dir(model_dir)
     snapshot = Snapshot.load(directory)
@@ -179,6 +209,13 @@ def create_app(
     state.retriever = RetrievalStage.load(retriever_dir) if retriever_dir is not None else None
     if retrieve is not None and state.retriever is not None:
         state.retriever.candidates = retrieve
+    if watch and state.retriever is not None:
+        state.retrieval_watcher = RetrievalWatcher(
+            state.retriever,
+            Path(retriever_deltas or find_deltas_dir(retriever_dir)),
+            _unset_swap,  # the event loop's, once it runs (lifespan)
+            settings.poll_seconds,
+        )
     if preranker_dir is not None:
         if state.retriever is None:
             raise ValueError("a pre-ranker sits between retrieval and ranking: add --retriever")
@@ -225,6 +262,12 @@ def create_app(
         for w in watchers:
             w.check_deltas()  # apply what is already on disk before serving
             w.start()
+        if (rw := state.retrieval_watcher) is not None:
+            rw.swap = lambda fn: fn()  # no request is in flight yet
+            rw.check_deltas()
+            rw.swap = _on_loop(asyncio.get_running_loop())
+            rw.start()
+            watchers.append(rw)
         health = (
             asyncio.get_running_loop().create_task(_watch_variants(state.variants))
             if state.variants is not None
@@ -614,7 +657,7 @@ async def _cascade(
         by_stage["retrieval"] = dict(zip(items, scores.tolist(), strict=True))
     retrieval_scores = by_stage.get("retrieval")
     clock.append(time.perf_counter())
-    versions = {"retrieval": stage.version, "ranking": snapshot.serving_version}
+    versions = {"retrieval": stage.serving_version, "ranking": snapshot.serving_version}
     preranked = pre is not None and (level is None or level.preranked)
     ranks = level is None or level.k2 > 0
     if preranked:
@@ -670,15 +713,23 @@ async def _cascade(
     if state.intake is not None:
         state.intake.recent.add(answer["request_id"])
     if logged:
-        if candidates is None:  # not ranked: the rows the ranker would have read
-            shown = stage.item_rows(
-                answer["items"], snapshot.candidate_features, retrieval_scores
-            )
+        # Every stage's inputs are logged, so each can learn from what it served: the ranker's
+        # context and candidate rows, and the retriever's user and item features.
+        item_features = stage.logged_item_features(snapshot.candidate_features)
+        if candidates is None or item_features is not snapshot.candidate_features:
+            shown = stage.item_rows(answer["items"], item_features, retrieval_scores)
         else:
             shown = [candidates[j] for j in order]
         if ranks and items:
             by_stage["ranking"] = dict(zip(answer["items"], answer["scores"], strict=True))
-        _log_impressions(state, "recommend", answer, context, answer["items"], shown, by_stage)
+        logged_context = {
+            f: v
+            for f, v in wanted.user.items()
+            if f in snapshot.context_features or f in stage.user_features
+        }
+        _log_impressions(
+            state, "recommend", answer, logged_context, answer["items"], shown, by_stage
+        )
     return Response(_encode_json(answer), media_type="application/json")
 
 
@@ -751,6 +802,11 @@ async def _model(state: ServerState, request: Request) -> Response:
     info["cache"] = {"hit_rate": state.cache.hit_rate(), "bytes": state.cache.bytes}
     if state.retriever is not None:
         info["retrieval"] = state.retriever.describe()
+        if (rw := state.retrieval_watcher) is not None:
+            info["retrieval"]["deltas_skipped"] = rw.deltas_skipped
+            info["retrieval"]["quarantined_deltas"] = [
+                {"version": v, "reason": why} for v, why in sorted(rw.quarantined.items())
+            ]
     if state.variants is not None:
         info["variants"] = state.variants.describe()
     if state.preranker is not None:
@@ -817,7 +873,7 @@ async def _status(state: ServerState, request: Request) -> Response:
         "serving": snapshot.serving_version,
     }
     if state.retriever is not None:
-        versions["retrieval"] = state.retriever.version
+        versions["retrieval"] = state.retriever.serving_version
     if state.preranker is not None:
         versions["preranking"] = state.preranker.version
     degraded = _degraded(state)

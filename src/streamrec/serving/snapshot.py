@@ -17,6 +17,7 @@ import torch
 
 from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.models.persistence import LoadedModel, load_model
+from streamrec.serving.delta_apply import apply_delta
 from streamrec.serving.request import RankRequestReader
 from streamrec.store.delta import TableDelta
 
@@ -90,22 +91,7 @@ class Snapshot:
         tables: dict[str, TableDelta],
         dense: dict[str, torch.Tensor] | None,
     ) -> None:
-        own = self.model.dynamic_tables()
-        for name, delta in tables.items():
-            table = own.get(name)
-            if table is None:
-                continue
-            if manifest.get("full"):  # a snapshot: rows it does not hold are gone
-                live = table.live_fids()
-                table.delete(live[~np.isin(live, delta.fids.numpy())])
-            if delta.deleted.numel():
-                table.delete(delta.deleted.numpy())
-            if delta.fids.numel():
-                table.upsert(delta.fids.numpy(), delta.weights().numpy())
-            if table.has_disk_tier:
-                table.trim()  # upserted rows came up to DRAM; the budget holds
-        if dense is not None:
-            self.model.load_dense_state_dict(dense)
+        apply_delta(self.model, manifest, tables, dense)
         self.delta_version = int(manifest["version"])
         self.delta_applied_at = time.time()
 

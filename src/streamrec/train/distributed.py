@@ -107,6 +107,9 @@ class DistributedTrainer(Trainer):
             return None
         return self.checkpoint_root.parent
 
+    def nothing_to_learn(self, examples: int) -> bool:
+        return False  # a rank's empty share still steps with the averaged gradients
+
     def agree_any(self, flag: bool) -> bool:
         """Whether any rank says yes (a health stop: every rank must stop at the same step)."""
         vote = torch.tensor([1 if flag else 0], dtype=torch.int32)

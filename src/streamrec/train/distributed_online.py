@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from streamrec.config import JobConfig
+from streamrec.config import ConfigError, JobConfig
 from streamrec.data.stream.base import StreamSource, StreamUnavailable
 from streamrec.embedding.reshard import reshard
 from streamrec.store import read_manifest
@@ -91,6 +91,11 @@ class DistributedOnlineTrainer(OnlineTrainer):
                         reshard(table.settings, [table.state_dict()], self.world)[self.rank]
                     )
             trainer, state = DistributedTrainer(model, config, None, progress=False), {}
+        if not trainer.model.predicts_labels:
+            raise ConfigError(
+                "online training under torchrun takes a ranking model; train a two-tower "
+                "retriever online in one process (`streamrec online`, no torchrun)"
+            )
         shard_for_training(trainer, config, self._exchange_group, self._timeout)
         return trainer, config, state
 

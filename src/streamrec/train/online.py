@@ -51,9 +51,11 @@ from tqdm import tqdm
 from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.data.stream.base import Message, StreamSource, StreamUnavailable
+from streamrec.data.stream.joined import JoinedSource
 from streamrec.json_records import StreamRecordDecoder, majority_kinds
 from streamrec.models.persistence import load_model
 from streamrec.models.registry import build_model
+from streamrec.schema import Label
 from streamrec.store import read_manifest
 from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import load_checkpoint
@@ -192,13 +194,28 @@ class OnlineTrainer:
             loaded = load_model(self.online_config.init_model)
             self.kinds = loaded.manifest.get("input_kinds", {})
             self.base_version = int(loaded.manifest.get("model_version", 0))
+            schema = loaded.config.schema
+            if not schema.labels and (labels := self._labels_for_unlabelled(config)):
+                # A model trained on an unlabelled interaction log (a two-tower retriever)
+                # learns online from labels: those the config declares, else a joined
+                # impression log's (its clicks) — positives are its examples.
+                schema = schema.model_copy(update={"labels": labels})
             return loaded.model, loaded.config.model_copy(
-                update={"online": config.online, "train": config.train}
+                update={"online": config.online, "train": config.train, "schema_": schema}
             )
         seed_everything(config.train.seed)  # dense init: same model in every run
         self.kinds = {}
         self.base_version = None  # deltas from a fresh model apply to its checkpoints
         return build_model(config.model, config.schema, config.table_configs()), config
+
+    def _labels_for_unlabelled(self, config: JobConfig) -> list[Label]:
+        """The labels a model saved without any learns from: the config's, else — on a joined
+        source — one per label column the join writes (`online.join.tasks`)."""
+        if config.schema.labels:
+            return list(config.schema.labels)
+        if isinstance(self.source, JoinedSource):
+            return [Label(name=n) for n in dict.fromkeys(config.online.join.tasks.values())]
+        return []
 
     # ------------------------------------------------------------------ decoding
     def decode(self, messages: list[Message]) -> pa.Table | None:
@@ -265,9 +282,10 @@ class OnlineTrainer:
         table = self.decode(messages)
         if table is not None:
             batch = self.encode_schema.encode(table)
-            self.model.eval()
-            preds = self.model.predict(batch).numpy()  # predict first …
-            self.metrics.update(batch.labels[:, : preds.shape[1]].numpy(), preds)
+            if self.model.predicts_labels:  # a retriever predicts no label: nothing to score
+                self.model.eval()
+                preds = self.model.predict(batch).numpy()  # predict first …
+                self.metrics.update(batch.labels[:, : preds.shape[1]].numpy(), preds)
             self.trainer.train_step(batch)  # … then learn
             self.events_trained += batch.size
             self._pending_consumed_at.append(consumed_at)

@@ -118,6 +118,7 @@ class Trainer:
         self.sparse = SparseOptimizer(model)  # the embedding half of every optimizer step
         self.optimizer_steps = 0  # steps taken (applied or skipped); batches / accumulation
         self.skipped_steps = 0  # steps whose gradients held a NaN or inf
+        self.empty_steps = 0  # steps with no example to learn from (not taken)
         self.rows_evicted = 0  # by TTL / capacity, this process
         self.last_grad_norm: float | None = None  # when clipping or the NaN check measures it
         self.run_metrics: RunMetrics | None = None  # made at the first metrics row
@@ -268,6 +269,13 @@ class Trainer:
         examples = self.step_examples()
         self._micro = self._loss_terms = 0
         self.optimizer_steps += 1
+        if self.nothing_to_learn(examples):
+            # A batch no loss term came from (a retriever's joined batch without a click): no
+            # step — Adam's momentum would still move every weight — and no gradient check.
+            self.empty_steps += 1
+            self.sparse.zero_grad()
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
         measured = bool(cfg.grad_clip_norm or cfg.skip_nonfinite_steps)
         if self._check_gradients:
             self.health.check_gradients(
@@ -288,6 +296,11 @@ class Trainer:
             self.sparse.zero_grad()
         self.optimizer.zero_grad(set_to_none=True)
         return applied
+
+    def nothing_to_learn(self, examples: int) -> bool:
+        """Whether the waiting gradients come from no example at all (one process: its own
+        count; torchrun ranks always step together)."""
+        return examples == 0
 
     def step_examples(self) -> int:
         """How many loss terms (examples × tasks) the waiting gradients average over: each
