@@ -8,10 +8,11 @@
   3. start the model server (retrieve 1,000 → rank → top 10), logging every answer's features
      to an impression log and taking clicks on POST /v1/feedback, and a frozen twin;
   4. run the loop: rounds of returning simulated users ask for 10 items, click what they would
-     watch (with position bias), the online trainer joins impressions with clicks, learns,
-     and sends a delta to the server every second — CTR per round next to the frozen model's;
+     watch (with position bias); two online trainers — the ranker's and the retriever's —
+     join impressions with clicks, learn, and each sends a delta to the server every second
+     (the retriever's re-indexed before it serves) — CTR per round next to the frozen model's;
   5. ask POST /v1/recommend for three users and print what they get.
-Everything runs on this machine: two server processes and a trainer thread; no services.
+Everything runs on this machine: two server processes and two trainer threads; no services.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def run_demo(
     log(f"[3/5] serving retrieve {RETRIEVED:,} → rank → top 10, logging impressions and "
         "taking clicks on POST /v1/feedback; a frozen twin beside it")
     log(f"[4/5] the loop: {rounds} rounds of {users_per_round} returning users; clicks → "
-        "joiner → online training → a delta every second")
+        "joiner → online training of the ranker and the retriever → a delta each every second")
     examples = sorted(users.queries)[:3]
 
     def recommend_three(url: str) -> dict[str, Any]:
@@ -108,8 +109,10 @@ def run_demo(
         f"{ctr['frozen']:.4f} ({ctr['closed_loop'] / max(ctr['frozen'], 1e-9):.2f}×), "
         f"retrieval only {ctr['retrieval_only']:.4f}, popularity {ctr['popularity']:.4f}; "
         f"{loop['impressions_logged']:,} of {loop['impressions_served']:,} answers logged, "
-        f"{loop['actions_joined']:,} clicks joined, {loop['examples_trained']:,} examples "
-        f"trained, {loop['deltas']} deltas"
+        f"{loop['actions_joined']:,} clicks joined; the ranker trained on "
+        f"{loop['examples_trained']:,} examples ({loop['deltas']} deltas), the retriever on "
+        f"{loop['retriever_examples_trained'] or 0:,} ({loop['retriever_deltas_served'] or 0} "
+        "deltas served, each re-indexed)"
     )
 
     log("[5/5] POST /v1/recommend for three users:")

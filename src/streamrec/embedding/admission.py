@@ -21,8 +21,11 @@ with probability 1 − (1 − p)^c.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
+import torch
 
 from streamrec.embedding.hashmap import mix64
 
@@ -37,6 +40,34 @@ def new_sketch(width: int) -> np.ndarray:
     """uint16 [SKETCH_DEPTH, width] counters; width is rounded up to a power of two."""
     width = 1 << max(4, (width - 1).bit_length())
     return np.zeros((SKETCH_DEPTH, width), np.uint16)
+
+
+def sketch_state(sketch: np.ndarray) -> dict[str, torch.Tensor]:
+    """The sketch as state-dict tensors. Dense (`sketch`) once a third of its counters are
+    set; before that, only the set ones (`sketch_nonzero` int32 positions in the flattened
+    sketch, `sketch_counts`, `sketch_shape`): 6 bytes a set counter against 2 bytes a counter —
+    a table that saw 7,200 rows stores ~0.2 MB instead of 8 MB, in every checkpoint and model."""
+    flat = sketch.reshape(-1)
+    nonzero = np.flatnonzero(flat)
+    if 3 * nonzero.size >= flat.size:
+        return {"sketch": torch.from_numpy(sketch.view(np.int16).copy())}
+    return {
+        "sketch_nonzero": torch.from_numpy(nonzero.astype(np.int32)),
+        "sketch_counts": torch.from_numpy(flat[nonzero].view(np.int16).copy()),
+        "sketch_shape": torch.tensor(sketch.shape, dtype=torch.int64),
+    }
+
+
+def sketch_from_state(state: Any) -> np.ndarray:
+    """The uint16 sketch `sketch_state` stored (either form; `state` a dict of tensors or a
+    lazily read tensor file)."""
+    if "sketch" in state.keys():
+        return state["sketch"].numpy().view(np.uint16).copy()
+    shape = tuple(int(x) for x in state["sketch_shape"].tolist())
+    sketch = np.zeros(shape, np.uint16)
+    positions = state["sketch_nonzero"].numpy().astype(np.int64)
+    sketch.reshape(-1)[positions] = state["sketch_counts"].numpy().view(np.uint16)
+    return sketch
 
 
 @numba.njit(nogil=True, cache=True)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from streamrec.embedding.admission import sketch_from_state, sketch_state
 from streamrec.embedding.sharded import owner_of
 from streamrec.embedding.table import DynamicTable
 from streamrec.store import read_manifest, read_tensors
@@ -36,9 +37,9 @@ def reshard(
     merged = {k: v[order] for k, v in merged.items()}
     owners = owner_of(merged["fid"], world)
     version = max(int(s["counters"][2]) for s in states)
-    sketch = np.zeros_like(states[0]["sketch"].numpy().view(np.uint16), dtype=np.int64)
+    sketch = np.zeros_like(sketch_from_state(states[0]), dtype=np.int64)
     for s in states:
-        sketch += s["sketch"].numpy().view(np.uint16)
+        sketch += sketch_from_state(s)
     sketch = np.minimum(sketch, 65535).astype(np.uint16)
     out = []
     for rank in range(world):
@@ -53,7 +54,7 @@ def reshard(
                 "last_seen": torch.from_numpy(merged["last_seen"][mine].copy()),
                 "row_version": torch.from_numpy(merged["row_version"][mine].copy()),
                 "free_rows": torch.zeros(0, dtype=torch.int64),
-                "sketch": torch.from_numpy(sketch.view(np.int16).copy()),
+                **sketch_state(sketch),
                 "counters": torch.tensor([n, 0, version, 0]),
                 "deleted_fids": torch.zeros(0, dtype=torch.int64),
                 "deleted_versions": torch.zeros(0, dtype=torch.int64),

@@ -30,7 +30,13 @@ import numba
 import numpy as np
 import torch
 
-from streamrec.embedding.admission import admit_draw, new_sketch, sketch_add
+from streamrec.embedding.admission import (
+    admit_draw,
+    new_sketch,
+    sketch_add,
+    sketch_from_state,
+    sketch_state,
+)
 from streamrec.embedding.dedup import dedup
 from streamrec.embedding.hashmap import ShardedMap, map_delete, map_find, map_insert, mix64
 from streamrec.embedding.optimizers import RowOptimizer, apply_rows
@@ -443,7 +449,7 @@ class DynamicTable:
         deleted_fids = np.concatenate([f for _, f in self._deleted] or [np.empty(0, np.int64)])
         return {
             "free_rows": torch.from_numpy(self._free[:top].copy()),
-            "sketch": torch.from_numpy(self._sketch.view(np.int16).copy()),
+            **sketch_state(self._sketch),
             "counters": torch.tensor([n, top, self.version, int(self._draws[0].view(np.int64))]),
             "deleted_fids": torch.from_numpy(deleted_fids),
             "deleted_versions": torch.from_numpy(deleted_versions),
@@ -496,10 +502,10 @@ class DynamicTable:
         fresh._free[:top] = state["free_rows"].numpy()
         fresh._alloc[:] = (n, top)
         fresh._draws[0] = np.int64(draws).view(np.uint64)
-        sketch = state["sketch"].numpy().view(np.uint16)
+        sketch = sketch_from_state(state)
         if fresh.admit_min_count and sketch.shape != fresh._sketch.shape:  # a serving copy's
             sketch = fresh._sketch  # dropped sketch: admission counts start afresh
-        fresh._sketch = sketch.copy()
+        fresh._sketch = sketch
         fresh.version = version
         dv = state["deleted_versions"].numpy()
         df = state["deleted_fids"].numpy()

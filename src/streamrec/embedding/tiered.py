@@ -568,6 +568,9 @@ class _Without:
     def __getitem__(self, name: str) -> Any:
         return self._inner[name]
 
+    def keys(self) -> list[str]:
+        return [k for k in self._inner.keys() if k not in self._hidden]
+
     def shape(self, name: str) -> Any:
         return self._inner.shape(name)
 

@@ -7,9 +7,9 @@ drops and counts (`/metrics`, `/v1/status`), never fails a request:
     {"request_id": "…", "event_time": 1765000000.123,   # seconds, the server's clock
      "endpoint": "recommend", "versions": {"retrieval": 3, "ranking": 12}, "variant": "main",
      "scored_by": "ranking",
-     "context": {"user_id": 7, "age": 30, …},          # as decoded, the ranker's context
+     "context": {"user_id": 7, "age": 30, …},          # as decoded: what ranker or retriever read
      "items": [{"item_id": 50, "position": 0,
-                "features": {"genres": ["Drama"]},     # the candidate row the ranker scored
+                "features": {"genres": ["Drama"]},     # the row the ranker scored (+ item tower's)
                 "scores": {"retrieval": 0.41, "ranking": 0.73}}, …]}
 
 The online joiner (`data/stream/joiner.impressions_of`) turns a record into one impression
