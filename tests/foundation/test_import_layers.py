@@ -1,6 +1,8 @@
 """Imports flow one way (docs/architecture.md): a module imports its own package or a lower
-layer, never a higher one, and the modules form no cycle — imports inside functions included,
-so a cycle cannot hide behind a deferred import."""
+layer, never a higher one nor a sibling of its own layer (`train` and `serving` never import
+each other: the model directory is their contract), and the modules form no cycle — imports
+inside functions and relative imports included, so nothing hides behind a deferred import or
+a leading dot."""
 
 from __future__ import annotations
 
@@ -22,8 +24,7 @@ LAYERS: list[set[str]] = [
     {"config_docs", "data"},
     {"models"},
     {"retrieval"},
-    {"train"},
-    {"serving"},
+    {"train", "serving"},  # siblings: neither imports the other
     {"api"},
     {"closed_loop"},  # the loop with simulated users: benchmarks/closed_loop.py and the demo
     {"demo"},
@@ -47,7 +48,14 @@ def unit_of(module: str) -> str:
 
 def imports_of(path: Path) -> set[str]:
     """Every streamrec module `path` imports, at any depth (TYPE_CHECKING blocks excluded)."""
-    tree = ast.parse(path.read_text())
+    return imports_in(path.read_text(), module_name(path), path.name == "__init__.py")
+
+
+def imports_in(source: str, module: str, is_package: bool = False) -> set[str]:
+    """Every streamrec module the code of `module` imports; relative imports are resolved
+    against its package (`is_package`: the module is a package's __init__)."""
+    package = module if is_package else module.rpartition(".")[0]
+    tree = ast.parse(source)
     skip: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
@@ -56,7 +64,14 @@ def imports_of(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if id(node) in skip:
             continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if isinstance(node, ast.ImportFrom) and node.level > 0:  # from .x import y
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            if node.module:
+                found.add(target)
+            else:  # from . import x: each name is a module of the package
+                found.update(f"{target}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
             if node.module == "streamrec":  # from streamrec import api
                 found.update(f"streamrec.{a.name}" for a in node.names)
             elif node.module.split(".")[0] == "streamrec":
@@ -75,9 +90,10 @@ def test_every_unit_has_a_layer() -> None:
     assert units - set(LAYER_OF) == set(), "add the new package or module to LAYERS"
 
 
-def test_imports_only_go_down() -> None:
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of a unit from its own layer or a higher one (its own unit is fine)."""
     upward = []
-    for module, targets in import_graph().items():
+    for module, targets in graph.items():
         here = unit_of(module)
         if here == "streamrec":  # the package's own lazy __init__
             continue
@@ -85,7 +101,40 @@ def test_imports_only_go_down() -> None:
             there = unit_of(target)
             if there != here and LAYER_OF[there] >= LAYER_OF[here]:
                 upward.append(f"{module} imports {target}")
-    assert upward == []
+    return sorted(upward)
+
+
+def test_imports_only_go_down() -> None:
+    assert upward_imports(import_graph()) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "wrong"),
+    [
+        ("streamrec.serving.app", "from streamrec.train.trainer import Trainer", True),
+        ("streamrec.train.online", "import streamrec.serving.app", True),
+        ("streamrec.data.loader", "def f():\n    from streamrec.models import base", True),
+        ("streamrec.serving.app", "from ..train import trainer", True),  # relative, upward
+        ("streamrec.serving.app", "from .batcher import DynamicBatcher", False),
+        ("streamrec.serving.app", "from ..store import read_manifest", False),
+        ("streamrec.models.base", "from streamrec.embedding.table import DynamicTable", False),
+    ],
+)
+def test_the_rule_catches_an_upward_or_sideways_import(module, source, wrong) -> None:
+    graph = {module: imports_in(source, module)}
+    assert bool(upward_imports(graph)) == wrong, graph
+
+
+def test_relative_imports_resolve_against_the_package() -> None:
+    assert imports_in("from . import batcher", "streamrec.serving.app") == {
+        "streamrec.serving.batcher"
+    }
+    assert imports_in("from .x import y", "streamrec.serving", is_package=True) == {
+        "streamrec.serving.x"
+    }
+    assert imports_in("from ...kinds import K", "streamrec.embedding.storage.rocksdb") == {
+        "streamrec.kinds"
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:

@@ -106,7 +106,8 @@ LoadedDelta = tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor] | No
 
 class RetrievalStage:
     USER_VECTORS = 100_000  # distinct users' vectors kept (~130 B each at dim 32)
-    INDEX_CHUNK_ROWS = 65_536  # catalog rows embedded per item-tower call when re-indexing
+    INDEX_CHUNK_ROWS = 512  # catalog rows embedded per item-tower call when re-indexing (the
+    # server lets requests run between chunks: a chunk holds the GIL ~2 ms)
 
     def __init__(self, directory: Path) -> None:
         loaded = load_retrieval_model(directory)
@@ -164,13 +165,17 @@ class RetrievalStage:
 
     # ------------------------------------------------------------------ learning from deltas
     def apply_deltas(
-        self, deltas: list[LoadedDelta], swap: Callable[[Callable[[], None]], None]
+        self,
+        deltas: list[LoadedDelta],
+        swap: Callable[[Callable[[], None]], None],
+        pause: Callable[[], None] = lambda: None,
     ) -> None:
         """Serve `deltas` (in version order, all for this model): applied to the shadow towers,
         the catalog re-indexed with them, then `swap(fn)` runs `fn` where requests run (the
         server's event loop) to put towers, index and an empty user-vector cache in service at
         once. A delta that does not fit raises (the caller quarantines it); the shadow, maybe
-        half-changed, is dropped and made afresh from the served towers next time."""
+        half-changed, is dropped and made afresh from the served towers next time. `pause()` is
+        called between chunks of the re-index (the server's: give requests the GIL)."""
         if not deltas:
             return
         with self._update_lock:
@@ -180,7 +185,7 @@ class RetrievalStage:
                 apply_delta(shadow, manifest, tables, dense)
             started = time.perf_counter()
             fresh = ServedTowers(
-                shadow.eval(), self._index_catalog(shadow), int(deltas[-1][0]["version"])
+                shadow.eval(), self._index_catalog(shadow, pause), int(deltas[-1][0]["version"])
             )
             indexed = time.perf_counter()
             retired = self._live
@@ -206,7 +211,7 @@ class RetrievalStage:
         return copy.eval()
 
     @torch.inference_mode()
-    def _index_catalog(self, model: TwoTower) -> Retriever:
+    def _index_catalog(self, model: TwoTower, pause: Callable[[], None]) -> Retriever:
         """Every catalog item embedded by `model`'s item tower, in an index like the served one."""
         ids = np.fromiter(self.catalog.keys(), np.int64, len(self.catalog))
         rows = list(self.catalog.values())
@@ -214,6 +219,7 @@ class RetrievalStage:
         for start in range(0, len(rows), self.INDEX_CHUNK_ROWS):
             table = rows_table({}, rows[start : start + self.INDEX_CHUNK_ROWS], self.kinds)
             parts.append(model.item_vectors(self.schema.encode(table, with_labels=False)).numpy())
+            pause()
         served = self._live.retriever
         retriever = Retriever(served.dim, served.params)
         retriever.build(ids, np.concatenate(parts) if parts else np.zeros((0, served.dim)))

@@ -15,6 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from streamrec.serving.retrieval_stage import LoadedDelta, RetrievalStage
+from streamrec.serving.watcher import (
+    WATCHER_NICENESS,
+    lower_thread_priority,
+    short_gil_slices,
+    yield_to_requests,
+)
 from streamrec.store import CorruptModelError
 from streamrec.store.delta import list_deltas, read_delta, read_delta_manifest
 
@@ -44,6 +50,7 @@ class RetrievalWatcher(threading.Thread):
         self._stop.set()
 
     def run(self) -> None:
+        lower_thread_priority(WATCHER_NICENESS)  # re-indexing is background work
         while not self._stop.wait(self.poll):
             try:
                 self.check_deltas()
@@ -72,7 +79,7 @@ class RetrievalWatcher(threading.Thread):
         if not pending:
             return
         try:
-            self.stage.apply_deltas(pending, self.swap)
+            self._apply(pending)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             # RuntimeError: rows or weights that do not fit the towers (torch's error). Which
             # delta? Serve them one at a time next round: the bad one is found and skipped.
@@ -87,10 +94,16 @@ class RetrievalWatcher(threading.Thread):
         for delta in pending:
             version = int(delta[0]["version"])
             try:
-                self.stage.apply_deltas([delta], self.swap)
+                self._apply([delta])
             except (KeyError, ValueError, TypeError, RuntimeError) as e:
                 self._quarantine(version, e)
             self._seen = max(self._seen, version)
+
+    def _apply(self, deltas: list[LoadedDelta]) -> None:
+        """As the ranker's watcher loads a model: short GIL slices, and a pause for requests
+        between chunks of the re-index, so that serving's p99 does not carry it."""
+        with short_gil_slices():
+            self.stage.apply_deltas(deltas, self.swap, yield_to_requests)
 
     def _quarantine(self, version: int, error: Exception) -> None:
         reason = f"{type(error).__name__}: {error}"[:500]

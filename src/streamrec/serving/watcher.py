@@ -51,7 +51,7 @@ LOADING_SWITCH_INTERVAL_S = 0.0002
 
 
 @contextmanager
-def _short_gil_slices(interval: float = LOADING_SWITCH_INTERVAL_S) -> Iterator[None]:
+def short_gil_slices(interval: float = LOADING_SWITCH_INTERVAL_S) -> Iterator[None]:
     previous = sys.getswitchinterval()
     sys.setswitchinterval(min(previous, interval))
     try:
@@ -66,11 +66,11 @@ def _short_gil_slices(interval: float = LOADING_SWITCH_INTERVAL_S) -> Iterator[N
 LOAD_PAUSE_S = 0.003
 
 
-def _yield_to_requests() -> None:
+def yield_to_requests() -> None:
     time.sleep(LOAD_PAUSE_S)
 
 
-def _lower_thread_priority(niceness: int) -> None:
+def lower_thread_priority(niceness: int) -> None:
     """Linux applies setpriority to a single thread when given its thread id."""
     try:
         tid = threading.get_native_id()
@@ -125,7 +125,7 @@ class Watcher(threading.Thread):
         self._stop.set()
 
     def run(self) -> None:
-        _lower_thread_priority(WATCHER_NICENESS)
+        lower_thread_priority(WATCHER_NICENESS)
         use_compute_threads(self.batcher.threads)  # warm-up inference runs on this thread
         while not self._stop.wait(self.poll):
             try:
@@ -159,17 +159,17 @@ class Watcher(threading.Thread):
             return  # reported already; wait for a newer one
         started = time.time()
         try:
-            with _short_gil_slices():
-                fresh = Snapshot.load(directory, pause=_yield_to_requests)
+            with short_gil_slices():
+                fresh = Snapshot.load(directory, pause=yield_to_requests)
         except Exception as e:  # a corrupt or half-removed model: keep serving the current one
             self.failed_model = (directory, version, str(e)[:500])
             log.error("model %s at %s did not load, still serving the current one: %s",
                       version, directory, e)
             return
-        with _short_gil_slices():
+        with short_gil_slices():
             loaded = time.time()
             for table in list(self.batcher.recent_tables):  # warm-up on recorded requests
-                _yield_to_requests()
+                yield_to_requests()
                 fresh.predict(table)
         warmed = time.time()
 
@@ -236,7 +236,7 @@ class Watcher(threading.Thread):
                     self.deltas_skipped += 1  # written for another model: its rows are not read
                     snapshot.delta_version = max(snapshot.delta_version, version)
                     continue
-                with _short_gil_slices():
+                with short_gil_slices():
                     manifest, tables, dense = read_delta(self.deltas_dir, version, manifest)
                 self.newest_delta_seen_at = time.time()
                 self.batcher.run_control(
