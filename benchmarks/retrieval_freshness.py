@@ -45,7 +45,7 @@ class RetrieverDeltas(threading.Thread):
         super().__init__(daemon=True)
         loaded = load_model(retriever_dir)
         self.model = loaded.model.eval()
-        self.exporter = DeltaExporter(self.model, deltas, int(loaded.manifest["model_version"]))
+        self.exporter = DeltaExporter(self.model, deltas, loaded.manifest.model_version)
         self.every = every
         self.on = threading.Event()
         self.done = threading.Event()

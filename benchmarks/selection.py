@@ -146,7 +146,7 @@ def failure(dirs: dict[str, Path], events: list, port: int, tmp: Path) -> dict:
                         "a=50,b=50")
     url = f"http://127.0.0.1:{port}"
     loaded = load_model(b)
-    exporter = DeltaExporter(loaded.model, b / "deltas", loaded.manifest["model_version"])
+    exporter = DeltaExporter(loaded.model, b / "deltas", loaded.manifest.model_version)
     items = loaded.model.dynamic_tables()["item_id"]
     marks: dict[str, float] = {}
 

@@ -73,7 +73,7 @@ def _churn(run_dir: str, tmp: str, seconds: float, ready, go, finished) -> None:
     run = Path(run_dir)
     loaded = load_model(run)
     staged = Path(tmp) / "staged_model"
-    save_model(staged, loaded.model, loaded.config, {"input_kinds": loaded.manifest["input_kinds"]})
+    save_model(staged, loaded.model, loaded.config, {"input_kinds": loaded.manifest.input_kinds})
     table = loaded.model.dynamic_tables()["item_id"]
     # Warm up (compile the optimizer and export kernels) before the window: a trainer is warm,
     # and on this shared 2-core box a cold writer's JIT compilation would be timed as the
@@ -81,7 +81,7 @@ def _churn(run_dir: str, tmp: str, seconds: float, ready, go, finished) -> None:
     warmup = DeltaExporter(loaded.model, Path(tmp) / "warmup_deltas", 0)
     table.apply_gradients(torch.arange(1, 51), torch.zeros(50, table.dim))
     warmup.export()
-    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest.model_version)
     ready.set()
     go.wait()
     for i in range(10):
@@ -204,7 +204,7 @@ def main() -> None:
             run / "model",
             loaded.model,
             loaded.config,
-            {"input_kinds": loaded.manifest["input_kinds"]},
+            {"input_kinds": loaded.manifest.input_kinds},
         )
         del loaded, table
     report: dict = {

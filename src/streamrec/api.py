@@ -104,9 +104,7 @@ def train(
 def evaluate(model_dir: str | Path, data: str | None = None, fmt: str | None = None) -> dict:
     """Metrics of a saved model: a ranker on `data` (default: its validation split), a
     retriever (recall@k, NDCG) on its config's test split."""
-    manifest = read_manifest(model_dir)
-    # models saved before the field was named `model_type` call it `kind`
-    if manifest.get("model_type", manifest.get("kind")) == "retrieval":
+    if read_manifest(model_dir).is_retrieval:
         return evaluate_retrieval_dir(model_dir)
     return evaluate_model_dir(model_dir, data, fmt)
 

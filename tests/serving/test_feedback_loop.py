@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 from streamrec.data.stream import LocalLogSource
+from streamrec.store import read_manifest
+from streamrec.store.delta import list_deltas, read_delta_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 USERS = [{"user_id": u, "age": 20 + u, "gender": "F", "occupation": "writer"} for u in range(20)]
@@ -87,6 +89,10 @@ def test_served_impressions_join_feedback_and_the_delta_changes_the_clicked_scor
     status = json.loads(done.stdout)
     assert status["events_trained"] == 10 * len(USERS) and status["dead_lettered"] == 0, status
     assert status["windowed"]["label"]["positives"] == len(clicked)
+    newest = list_deltas(online / "deltas")[-1]  # every section written is a declared one
+    assert read_delta_manifest(online / "deltas", newest).model_extra == {}
+    checkpoint = read_manifest(online / "checkpoint")
+    assert checkpoint.model_extra == {} and checkpoint.online.events_trained == 10 * len(USERS)
     deadline = time.monotonic() + 30
     while server.get("/v1/model").json()["deltas_applied"] < 1:
         assert time.monotonic() < deadline, "the server never applied the loop's delta"

@@ -95,7 +95,7 @@ def test_the_preranker_follows_its_own_deltas_and_reports_a_corrupt_one(
     shutil.copytree(preranker_run / "model", run / "model")
     server = start_server(trained_run, "--retriever", str(retriever_run), "--preranker", str(run))
     loaded = load_model(run)
-    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest.model_version)
     items = loaded.model.dynamic_tables()["item_id"]
     body = {"user": USER, "k": 10, "debug": True}
     before = server.post("/v1/recommend", json=body).json()

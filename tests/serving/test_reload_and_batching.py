@@ -38,7 +38,7 @@ def test_full_reload_under_load_fails_no_request(trained_run, tmp_path, start_se
     time.sleep(0.5)
     loaded = load_model(run)
     save_model(
-        run / "model", loaded.model, loaded.config, {"input_kinds": loaded.manifest["input_kinds"]}
+        run / "model", loaded.model, loaded.config, {"input_kinds": loaded.manifest.input_kinds}
     )
     deadline = time.time() + 30
     while server.get("/v1/model").json()["model_version"] == old_version:
@@ -62,7 +62,7 @@ def test_a_paced_load_pauses_between_tables_and_loads_the_same_model(trained_run
     pauses: list[float] = []
     paced = Snapshot.load(trained_run, pause=lambda: pauses.append(time.perf_counter()))
     plain = Snapshot.load(trained_run)
-    tables = paced.loaded.manifest["tables"]
+    tables = paced.loaded.manifest.tables
     assert len(pauses) == 2 + len(tables) and len(tables) > 2
     rows = _rows(plain, 50).table(plain.kinds)
     assert (paced.predict(rows) == plain.predict(rows)).all()

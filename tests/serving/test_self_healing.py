@@ -49,7 +49,7 @@ def test_a_corrupt_delta_is_quarantined_later_ones_apply_and_a_new_model_heals(
     run = tmp_path / "run"
     shutil.copytree(trained_run / "model", run / "model")
     loaded = load_model(run)
-    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest.model_version)
     items = loaded.model.dynamic_tables()["item_id"]
 
     def move(item: int):
@@ -87,7 +87,7 @@ def test_a_corrupt_delta_is_quarantined_later_ones_apply_and_a_new_model_heals(
     assert _scores(restarted) == after
 
     save_model(run / "model", loaded.model, loaded.config,  # the next full snapshot
-               {"input_kinds": loaded.manifest["input_kinds"]})
+               {"input_kinds": loaded.manifest.input_kinds})
     healed = _wait(restarted, lambda i: i["reloads"] == 1)
     assert healed["quarantined_deltas"] == [] and healed["degraded"] == []
     assert restarted.get("/readyz").json()["status"] == "ok"
@@ -104,7 +104,7 @@ def test_a_full_snapshot_delta_heals_a_quarantined_one(trained_run, tmp_path, st
     shutil.copytree(trained_run / "model", run / "model")
     loaded = load_model(run)
     exporter = DeltaExporter(
-        loaded.model, tmp_path / "staging", loaded.manifest["model_version"], snapshot_every=4
+        loaded.model, tmp_path / "staging", loaded.manifest.model_version, snapshot_every=4
     )
     items = loaded.model.dynamic_tables()["item_id"]
     server = start_server(run)
@@ -250,7 +250,7 @@ def test_non_finite_scores_are_refused_with_503_never_served_as_null(trained_run
     run = tmp_path / "run"
     shutil.copytree(trained_run / "model", run / "model")
     loaded = load_model(run)
-    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest.model_version)
     items = loaded.model.dynamic_tables()["item_id"]
     items.upsert(np.array([10]), np.full((1, items.dim), 3e38, np.float32))
     exporter.export()
@@ -274,7 +274,7 @@ def test_a_model_with_nan_rows_is_refused_at_start_with_one_line(trained_run, tm
     items = loaded.model.dynamic_tables()["item_id"]
     items.upsert(np.array([10]), np.full((1, items.dim), np.nan, np.float32))
     save_model(tmp_path / "model", loaded.model, loaded.config,
-               {"input_kinds": loaded.manifest["input_kinds"]})
+               {"input_kinds": loaded.manifest.input_kinds})
     done = subprocess.run([sys.executable, "-m", "streamrec", "serve", str(tmp_path / "model"),
                            "--port", "0"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
@@ -290,7 +290,7 @@ def test_a_delta_with_nan_rows_is_quarantined_and_the_last_good_rows_keep_answer
     run = tmp_path / "run"
     shutil.copytree(trained_run / "model", run / "model")
     loaded = load_model(run)
-    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest.model_version)
     items = loaded.model.dynamic_tables()["item_id"]
     items.apply_gradients(torch.tensor([ITEMS[0]]), torch.full((1, items.dim), -5.0))
     exporter.export()

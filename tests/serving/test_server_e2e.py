@@ -35,7 +35,7 @@ def test_scores_equal_the_offline_model(server, trained_run):
     )
     offline = loaded.model.predict(loaded.config.schema.encode(rows, with_labels=False))
     np.testing.assert_allclose(served, offline[:, 0].numpy(), rtol=1e-5, atol=1e-6)
-    assert body["model_version"].startswith(str(loaded.manifest["model_version"]))
+    assert body["model_version"].startswith(str(loaded.manifest.model_version))
 
 
 def test_model_endpoint_lists_context_and_candidate_features(server):
@@ -73,7 +73,7 @@ def test_a_delta_changes_touched_ids_only(server, trained_run):
     body = {"context": CONTEXT, "candidates": _candidates([50, 1])}
     before = server.post("/v1/rank", json=body).json()["scores"]["label"]
     loaded = load_model(trained_run)
-    exporter = DeltaExporter(loaded.model, trained_run / "deltas", loaded.manifest["model_version"])
+    exporter = DeltaExporter(loaded.model, trained_run / "deltas", loaded.manifest.model_version)
     item_table = loaded.model.dynamic_tables()["item_id"]
     item_table.apply_gradients(torch.tensor([50]), torch.full((1, item_table.dim), -5.0))
     exporter.export()
@@ -95,7 +95,7 @@ def test_a_delta_for_another_base_model_is_skipped_unread(trained_run, tmp_path,
     body = {"context": CONTEXT, "candidates": _candidates([1])}
     before = server.post("/v1/rank", json=body).json()["scores"]["label"]
     loaded = load_model(run)
-    other_base = loaded.manifest["model_version"] + 1
+    other_base = loaded.manifest.model_version + 1
     exporter = DeltaExporter(loaded.model, run / "deltas", other_base)
     item_table = loaded.model.dynamic_tables()["item_id"]
     item_table.apply_gradients(torch.tensor([1]), torch.full((1, item_table.dim), -5.0))

@@ -32,7 +32,7 @@ def status_server(trained_run, tmp_path, start_server):
 def _write_delta(run, consumed_seconds_ago: float) -> None:
     """A delta as an online trainer writes it: rows, when its events were read, a warning."""
     loaded = load_model(run)
-    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest["model_version"])
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest.model_version)
     exporter.version = len(list((run / "deltas").glob("0*"))) if (run / "deltas").exists() else 0
     table = loaded.model.dynamic_tables()["item_id"]
     table.apply_gradients(torch.tensor([50]), torch.full((1, table.dim), -1.0))

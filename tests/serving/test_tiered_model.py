@@ -63,8 +63,8 @@ def test_a_tiered_model_trains_exactly_like_an_in_memory_one(tiered_run, trained
     items = loaded.model.dynamic_tables()["item_id"]
     assert items.cold_rows > 1000 and items.hot_rows <= items.budget_rows
     manifest = loaded.manifest
-    assert manifest["tables"]["item_id"]["disk_tier"].endswith(".disk")
-    assert any(name.endswith(".sst") for name in manifest["file_sizes"])
+    assert manifest.tables["item_id"].disk_tier.endswith(".disk")
+    assert any(name.endswith(".sst") for name in manifest.file_sizes)
 
 
 def _flip_byte(f: Path) -> None:

@@ -250,7 +250,7 @@ def test_a_failing_variant_leaves_rotation_within_seconds_and_no_request_fails(
     b = copy_of("b")
     server = start_server(trained_run, "--variant", f"b={b}", "--split", "main=50,b=50")
     loaded = load_model(b)
-    exporter = DeltaExporter(loaded.model, b / "deltas", loaded.manifest["model_version"])
+    exporter = DeltaExporter(loaded.model, b / "deltas", loaded.manifest.model_version)
     items = loaded.model.dynamic_tables()["item_id"]
     statuses: list[int] = []
     stop = threading.Event()

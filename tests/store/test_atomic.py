@@ -48,8 +48,8 @@ def test_kill_9_while_replacing_a_directory_leaves_a_complete_one(tmp_path):
         recover_dir(target)  # what a run directory's start does (no-op with RENAME_EXCHANGE)
         manifest = verify(target)  # every file present and matching its checksum
         x = read_tensors(target, "t.safetensors", manifest)["x"]
-        assert torch.all(x == manifest["generation"])
-        generations.add(manifest["generation"])
+        assert torch.all(x == manifest.generation)
+        generations.add(manifest.generation)
         remove_temporaries(tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert len(generations) > 5  # the kills landed at different moments
@@ -63,7 +63,7 @@ def test_replace_dir_without_exchange_is_recovered_after_a_kill_between_renames(
     aside = tmp_path / ".model.old-123-456"
     target.rename(aside)  # the first rename happened; the process died before the second
     recover_dir(target)
-    assert read_manifest(target)["generation"] == 1 and not aside.exists()
+    assert read_manifest(target).generation == 1 and not aside.exists()
 
 
 def test_replace_dir_swaps_in_the_new_directory(tmp_path):
@@ -102,11 +102,11 @@ def test_manifest_file_names_cannot_leave_their_folder(tmp_path):
     model = write_model_dir(tmp_path / "m", model_manifest(), {"t.safetensors": ones})
     manifest = read_manifest(model)
     for name in ("../secret.safetensors", str(secret), "t.safetensors/../../secret.safetensors"):
-        manifest["files"][name] = manifest["files"]["t.safetensors"]
+        manifest.files[name] = manifest.files["t.safetensors"]
         with pytest.raises(CorruptModelError, match="outside"):
             read_tensors(model, name, manifest)
     (model / "link.safetensors").symlink_to(secret)
-    manifest["files"]["link.safetensors"] = manifest["files"]["t.safetensors"]
+    manifest.files["link.safetensors"] = manifest.files["t.safetensors"]
     with pytest.raises(CorruptModelError, match="outside"):
         read_tensors(model, "link.safetensors", manifest)
     with pytest.raises(CorruptModelError, match="not a relative path"):
@@ -117,8 +117,8 @@ def test_a_manifest_that_drifted_is_refused_when_written_and_when_read(tmp_path)
     with pytest.raises(CorruptModelError, match="being written.*tables"):
         write_model_dir(tmp_path / "m", {**model_manifest(), "tables": {"t": {"rows": -1}}}, {})
     model = write_model_dir(tmp_path / "m", model_manifest(), {"t.pt": {"x": torch.ones(2)}})
-    manifest = read_manifest(model)
-    manifest["input_kinds"] = {"user_id": "integer"}  # not a kind any reader knows
-    (model / "manifest.json").write_text(json.dumps(manifest))
+    raw = json.loads((model / "manifest.json").read_text())
+    raw["input_kinds"] = {"user_id": "integer"}  # not a kind any reader knows
+    (model / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(CorruptModelError, match="malformed manifest .*input_kinds.user_id"):
         read_manifest(model)

@@ -28,7 +28,7 @@ def test_versions_are_numbered_on_and_only_the_newest_two_kept(tmp_path):
         _write(root, g)
     assert list_versions(root) == [4, 5]
     (root / ".000000000006.tmp-1-2").mkdir()  # a write in progress is not a version
-    assert read_manifest(find_model_dir(tmp_path))["generation"] == 5
+    assert read_manifest(find_model_dir(tmp_path)).generation == 5
     assert find_model_dir(root) == version_path(root, 5)
     assert find_deltas_dir(tmp_path) == tmp_path / "deltas"
 
@@ -39,7 +39,7 @@ def test_an_unreadable_newest_version_falls_back_to_the_previous(tmp_path):
     newest = _write(root, 2)
     (newest / "t.safetensors").write_bytes(b"flipped")
     loaded = load_newest(root, verify)
-    assert loaded["generation"] == 1
+    assert loaded.generation == 1
 
 
 def test_a_folder_of_versions_none_readable_is_an_error(tmp_path):

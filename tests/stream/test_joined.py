@@ -96,7 +96,7 @@ def test_joined_streams_train_every_impression_once_across_a_crash(tmp_path):
         if messages:
             first.step(messages)
             steps += 1
-    covered = read_manifest(tmp_path / "run" / "checkpoint")["online"]["events_trained"]
+    covered = read_manifest(tmp_path / "run" / "checkpoint").online.events_trained
     assert 0 < covered < first.events_trained
     first.close()  # the process dies here, and its run-directory lock with it
     resumed = OnlineTrainer(cfg, _source(tmp_path, cfg), tmp_path / "run", progress=False)
@@ -176,9 +176,10 @@ def _trained(run) -> int:
         return 0
 
 
-def _joiner_stats(manifest: dict) -> dict:
+def _joiner_stats(manifest) -> dict:
     """The joiner's counters, from wherever the checkpoint keeps the source's state."""
     found = []
+    manifest = manifest.model_dump(mode="json", by_alias=True)
 
     def walk(node):
         if isinstance(node, dict):

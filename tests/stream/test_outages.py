@@ -196,8 +196,8 @@ def test_brokers_gone_longer_than_the_timeout_end_the_run_with_a_checkpoint(
         assert status["events_trained"] == 1000 - len(bad)
         from streamrec.store import read_manifest
 
-        saved = read_manifest(run / "checkpoint")["online"]
-        assert saved["events_trained"] == 1000 - len(bad)  # a rerun continues from here
+        saved = read_manifest(run / "checkpoint").online
+        assert saved.events_trained == 1000 - len(bad)  # a rerun continues from here
     finally:
         cluster.kill()
 

@@ -157,7 +157,7 @@ def test_a_model_saved_from_a_users_own_loop_serves_ints_as_ints(tmp_path):
     trainer = _trainer()
     trainer.train_step(trainer.config.schema.encode(_rows(128, 7)))
     directory = save_model(tmp_path / "m", trainer.model, trainer.config)
-    kinds = load_model(directory).manifest["input_kinds"]
+    kinds = load_model(directory).manifest.input_kinds
     assert kinds == {"x": "float", "user": "int", "item": "int"}
     assert Snapshot.load(directory).kinds["user"] == "int"
     config = parse_config(RAW)  # never fitted: nothing says how to read user and item

@@ -70,7 +70,7 @@ def load_resharded_tables(model: nn.Module, rank_dirs: list[Path], world: int, r
     manifests = [read_manifest(d) for d in rank_dirs]
     for name, table in model.dynamic_tables().items():
         states = [
-            read_tensors(d, m["tables"][name]["file"], m)
+            read_tensors(d, m.tables[name].file, m)
             for d, m in zip(rank_dirs, manifests, strict=True)
         ]
         table.load_state_dict(reshard(table.settings, states, world)[rank])

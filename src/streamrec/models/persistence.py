@@ -22,6 +22,7 @@ from streamrec.models.base import RankingModel
 from streamrec.models.registry import build_model
 from streamrec.schema import Schema
 from streamrec.store import read_manifest, read_tensors, write_model_dir
+from streamrec.store.manifest import ModelManifest
 from streamrec.store.model_dir import check_directory, open_tensors
 from streamrec.table_config import TableConfig
 
@@ -30,7 +31,7 @@ from streamrec.table_config import TableConfig
 class LoadedModel:
     model: RankingModel
     config: JobConfig
-    manifest: dict[str, Any]
+    manifest: ModelManifest
     path: Path
 
 
@@ -86,7 +87,7 @@ def save_model(
     come from `extra_manifest`, else from the schema — a fitted schema declares every one;
     a schema that leaves some undeclared is refused rather than served with guessed types."""
     fragment, files, directories = model_files(model)
-    manifest = {
+    fields = {
         "created": time.time(),
         "model_version": int(time.time() * 1000),
         "config": config.to_dict(),
@@ -94,10 +95,10 @@ def save_model(
         **fragment,
         **(extra_manifest or {}),
     }
-    if not manifest.get("input_kinds"):
-        manifest["input_kinds"] = schema_kinds(model.schema)
+    if not fields.get("input_kinds"):
+        fields["input_kinds"] = schema_kinds(model.schema)
     files.update(extra_tensor_files or {})
-    return write_model_dir(path, manifest, files, extra_files, directories=directories)
+    return write_model_dir(path, fields, files, extra_files, directories=directories)
 
 
 def load_model(
@@ -119,8 +120,8 @@ def load_model(
     step = pause or (lambda: None)
     directory = find_model_dir(path)
     manifest = read_manifest(directory)
-    config = parse_config(manifest["config"], source=str(directory / "manifest.json"))
-    config.schema_ = config.schema_.model_validate(manifest["schema"])
+    config = parse_config(manifest.config, source=str(directory / "manifest.json"))
+    config.schema_ = config.schema_.model_validate(manifest.schema_)
     table_configs = config.table_configs()
     if storage == "private" and any(c.storage for c in table_configs.values()):
         table_configs = _private_storage(table_configs, private_dir(directory.parent))
@@ -129,12 +130,12 @@ def load_model(
     model.load_dense_state_dict(read_tensors(directory, "dense.safetensors", manifest))
     step()
     tables = model.dynamic_tables()
-    for name, entry in manifest["tables"].items():
+    for name, entry in manifest.tables.items():
         if name not in tables:
             raise ValueError(f"{directory}: the model has no table {name!r}")
-        hot = open_tensors(directory, entry["file"], manifest)
+        hot = open_tensors(directory, entry.file, manifest)
         table = tables[name]
-        disk = entry.get("disk_tier")
+        disk = entry.disk_tier
         if disk is not None:
             if not isinstance(table, TieredTable):
                 raise ValueError(f"{directory}: table {name!r} has a disk tier but no storage")
@@ -181,15 +182,12 @@ def export_for_serving(
     config.default_table.optimizer = "sgd"
     for cfg in config.tables.values():
         cfg.optimizer = "sgd"
-    extra = {
-        k: v
-        for k, v in loaded.manifest.items()
-        if k in ("input_kinds", "metrics", "model_type", "kind", "retrieval")
-    }
-    extra["exported_from"] = {
-        "path": str(loaded.path),
-        "model_version": loaded.manifest.get("model_version"),
-    }
+    manifest = loaded.manifest
+    extra = manifest.model_dump(
+        mode="json", include={"input_kinds", "metrics", "model_type", "retrieval"},
+        exclude_none=True,
+    )
+    extra["exported_from"] = {"path": str(loaded.path), "model_version": manifest.model_version}
     out = save_model(dst, loaded.model, config, extra)
     return {
         "model_dir": str(out),

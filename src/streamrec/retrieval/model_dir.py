@@ -42,15 +42,17 @@ def load_retrieval_model(directory: Path) -> RetrievalModel:
     loaded = load_model(directory)
     manifest = loaded.manifest
     schema = loaded.config.schema
-    saved = manifest.get("input_kinds", {})
+    saved = manifest.input_kinds
     declared = schema.declared_kinds()  # for a model saved without kinds
     kinds = {f: saved.get(f) or declared.get(f, "string") for f in schema.input_columns(False)}
-    meta = manifest["retrieval"]
+    meta = manifest.retrieval
+    if meta is None:
+        raise CorruptModelError(f"{directory}: the manifest has no retrieval section")
     retriever = Retriever.from_bytes(
         read_file(directory, INDEX_FILE, manifest),
-        meta["dim"],
-        IndexParams.from_manifest(meta["index"]),
-        meta.get("tombstones"),
+        meta.dim,
+        IndexParams.from_manifest(meta.index),
+        meta.tombstones,
     )
     catalog = pq.read_table(io.BytesIO(read_file(directory, CATALOG_FILE, manifest)))
     rows = {
@@ -62,7 +64,7 @@ def load_retrieval_model(directory: Path) -> RetrievalModel:
         kinds,
         retriever,
         rows,
-        int(manifest.get("model_version", 0)),
+        manifest.model_version,
         directory,
     )
 

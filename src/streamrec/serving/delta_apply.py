@@ -8,18 +8,17 @@ no request reads).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
 from streamrec.models.with_tables import WithTables
 from streamrec.store.delta import TableDelta
+from streamrec.store.manifest import DeltaManifest
 
 
 def apply_delta(
     model: WithTables,
-    manifest: dict[str, Any],
+    manifest: DeltaManifest,
     tables: dict[str, TableDelta],
     dense: dict[str, torch.Tensor] | None,
 ) -> None:
@@ -30,7 +29,7 @@ def apply_delta(
         table = own.get(name)
         if table is None:
             continue
-        if manifest.get("full"):  # a snapshot: rows it does not hold are gone
+        if manifest.full:  # a snapshot: rows it does not hold are gone
             live = table.live_fids()
             table.delete(live[~np.isin(live, delta.fids.numpy())])
         if delta.deleted.numel():

@@ -42,6 +42,8 @@ from streamrec.serving.request import (
     given_features,
     rows_table,
 )
+from streamrec.store.delta import TableDelta
+from streamrec.store.manifest import DeltaManifest
 
 
 def recommend_body_type(kinds: dict[str, str]) -> type:
@@ -101,7 +103,7 @@ class ServedTowers:
 
 
 # A delta: (its manifest, its tables' rows, its dense weights or None), as `read_delta` reads it.
-LoadedDelta = tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor] | None]
+LoadedDelta = tuple[DeltaManifest, dict[str, TableDelta], dict[str, torch.Tensor] | None]
 
 
 class RetrievalStage:
@@ -185,7 +187,7 @@ class RetrievalStage:
                 apply_delta(shadow, manifest, tables, dense)
             started = time.perf_counter()
             fresh = ServedTowers(
-                shadow.eval(), self._index_catalog(shadow, pause), int(deltas[-1][0]["version"])
+                shadow.eval(), self._index_catalog(shadow, pause), deltas[-1][0].version
             )
             indexed = time.perf_counter()
             retired = self._live

@@ -67,8 +67,8 @@ class RetrievalWatcher(threading.Thread):
                 continue
             try:
                 manifest = read_delta_manifest(self.deltas_dir, version)
-                base = manifest.get("base_model_version")
-                if base is not None and int(base) != self.stage.version:
+                base = manifest.base_model_version
+                if base is not None and base != self.stage.version:
                     self.deltas_skipped += 1  # another model's: its rows are not read
                     self._seen = version
                     continue
@@ -84,15 +84,15 @@ class RetrievalWatcher(threading.Thread):
             # RuntimeError: rows or weights that do not fit the towers (torch's error). Which
             # delta? Serve them one at a time next round: the bad one is found and skipped.
             if len(pending) == 1:
-                self._quarantine(int(pending[0][0]["version"]), e)
+                self._quarantine(pending[0][0].version, e)
             else:
                 self._one_at_a_time(pending)
             return
-        self._seen = max(self._seen, int(pending[-1][0]["version"]))
+        self._seen = max(self._seen, pending[-1][0].version)
 
     def _one_at_a_time(self, pending: list[LoadedDelta]) -> None:
         for delta in pending:
-            version = int(delta[0]["version"])
+            version = delta[0].version
             try:
                 self._apply([delta])
             except (KeyError, ValueError, TypeError, RuntimeError) as e:

@@ -28,11 +28,11 @@ class Snapshot:
         self.model = loaded.model.eval()
         self.config = loaded.config
         self.schema = loaded.config.schema
-        self.model_version: int = int(loaded.manifest.get("model_version", 0))
+        self.model_version: int = loaded.manifest.model_version
         # An online checkpoint already contains the deltas written before it.
-        self.delta_version = int(loaded.manifest.get("last_delta_version", 0))
+        self.delta_version = loaded.manifest.last_delta_version
         self.delta_applied_at: float | None = None
-        kinds = loaded.manifest.get("input_kinds") or {}
+        kinds = dict(loaded.manifest.input_kinds)
         wanted = self.schema.input_columns(with_labels=False)
         declared = self.schema.declared_kinds()  # for a model saved without kinds
         self.kinds = {c: kinds.get(c) or declared.get(c, "string") for c in wanted}
@@ -92,7 +92,7 @@ class Snapshot:
         dense: dict[str, torch.Tensor] | None,
     ) -> None:
         apply_delta(self.model, manifest, tables, dense)
-        self.delta_version = int(manifest["version"])
+        self.delta_version = manifest.version
         self.delta_applied_at = time.time()
 
     def describe(self) -> dict[str, Any]:

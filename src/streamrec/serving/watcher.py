@@ -34,6 +34,8 @@ from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.snapshot import Snapshot
 from streamrec.store import CorruptModelError, find_model_dir, read_manifest
 from streamrec.store.delta import list_deltas, read_delta, read_delta_manifest
+from streamrec.store.manifest import DeltaManifest
+from streamrec.store.model_dir import manifest_stamp
 
 log = logging.getLogger("streamrec.serving")
 
@@ -119,6 +121,7 @@ class Watcher(threading.Thread):
         # version → (reason, base model version): deltas skipped as unreadable
         self.quarantined: dict[int, tuple[str, int | None]] = {}
         self.failed_model: tuple[Path, int, str] | None = None  # a new model that did not load
+        self._manifest_stamp: tuple[Path, int, int, int] | None = None  # of the version read
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -149,8 +152,11 @@ class Watcher(threading.Thread):
     def check_model(self) -> None:
         try:
             directory = find_model_dir(self.model_path)
-            manifest = read_manifest(directory)
-            version = int(manifest.get("model_version", 0))
+            stamp = manifest_stamp(directory)
+            if stamp == self._manifest_stamp:
+                return  # the same manifest file: the same model, nothing read or parsed
+            version = read_manifest(directory).model_version
+            self._manifest_stamp = stamp
         except (CorruptModelError, OSError, ValueError, TypeError):
             return  # mid-replacement or removed: keep the current model
         if version == self.batcher.snapshot.model_version:
@@ -230,8 +236,7 @@ class Watcher(threading.Thread):
             base = None
             try:
                 manifest = read_delta_manifest(self.deltas_dir, version)
-                base = manifest.get("base_model_version")
-                base = None if base is None else int(base)
+                base = manifest.base_model_version
                 if base is not None and base != snapshot.model_version:
                     self.deltas_skipped += 1  # written for another model: its rows are not read
                     snapshot.delta_version = max(snapshot.delta_version, version)
@@ -248,23 +253,18 @@ class Watcher(threading.Thread):
                 snapshot.delta_version = max(snapshot.delta_version, version)
                 continue
             self.deltas_applied += 1
-            if manifest.get("full"):  # a full snapshot heals every gap before it
+            if manifest.full:  # a full snapshot heals every gap before it
                 self._forget_quarantine_before(version)
             self._note_freshness(manifest)
 
-    def _note_freshness(self, manifest: dict) -> None:
+    def _note_freshness(self, manifest: DeltaManifest) -> None:
         """What an applied delta says about staleness: created → applied (delta lag), its
         oldest event consumed → applied (event → served), the trainer's health warnings."""
         now = time.time()
-        self.delta_lag_s = _seconds_since(now, manifest.get("created"))
-        consumed = manifest.get("consumed_at")
-        self.event_to_served_s = _seconds_since(
-            now, consumed[0] if isinstance(consumed, list) and consumed else None
-        )
-        health = manifest.get("health")
-        self.training_health = [h for h in health if isinstance(h, dict)] if isinstance(
-            health, list
-        ) else []
+        self.delta_lag_s = _seconds_since(now, manifest.created)
+        consumed = manifest.consumed_at
+        self.event_to_served_s = _seconds_since(now, consumed[0] if consumed else None)
+        self.training_health = list(manifest.health)
         if self.metrics is not None:
             self.metrics.deltas.inc()
             if self.delta_lag_s is not None:

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from streamrec.store.manifest import DELTA_FORMAT
+from streamrec.store.manifest import DELTA_FORMAT, DeltaManifest, parse_manifest
 from streamrec.store.model_dir import (
     CorruptModelError,
-    read_manifest,
+    read_manifest_json,
     read_tensors,
     write_model_dir,
 )
@@ -85,26 +85,28 @@ def list_deltas(deltas_dir: str | Path, after: int = 0) -> list[int]:
     return list_versions(deltas_dir, after)
 
 
-def read_delta_manifest(deltas_dir: str | Path, version: int) -> dict[str, Any]:
+def read_delta_manifest(deltas_dir: str | Path, version: int) -> DeltaManifest:
     """A delta's manifest alone (base model version, times): enough to decide whether to read
     the rest — a server skips deltas written for another base without reading their rows."""
-    return read_manifest(delta_path(deltas_dir, version), kind=DELTA_FORMAT)
+    path = delta_path(deltas_dir, version)
+    raw = read_manifest_json(path, DELTA_FORMAT)
+    return parse_manifest(raw, str(path / "manifest.json"))  # type: ignore[return-value]
 
 
 def read_delta(
-    deltas_dir: str | Path, version: int, manifest: dict[str, Any] | None = None
-) -> tuple[dict[str, Any], dict[str, TableDelta], dict[str, torch.Tensor] | None]:
+    deltas_dir: str | Path, version: int, manifest: DeltaManifest | None = None
+) -> tuple[DeltaManifest, dict[str, TableDelta], dict[str, torch.Tensor] | None]:
     path = delta_path(deltas_dir, version)
     if manifest is None:
-        manifest = read_manifest(path, kind=DELTA_FORMAT)
+        manifest = read_delta_manifest(deltas_dir, version)
     tables = {}
-    for name, entry in manifest["tables"].items():
-        t = read_tensors(path, entry["file"], manifest)
+    for name, entry in manifest.tables.items():
+        t = read_tensors(path, entry.file, manifest)
         tables[name] = TableDelta(
             t["fids"], t["values"], t["deleted"], t.get("scale"), t.get("offset")
         )
         _require_finite(path, f"table {name}", tables[name].weights(), t["fids"])
-    dense = read_tensors(path, manifest["dense"], manifest) if manifest.get("dense") else None
+    dense = read_tensors(path, manifest.dense, manifest) if manifest.dense else None
     for key, tensor in (dense or {}).items():
         _require_finite(path, f"dense weight {key}", tensor)
     return manifest, tables, dense

@@ -34,8 +34,16 @@ from safetensors.torch import save as st_save
 
 from streamrec.store.atomic import fsync_dir, replace_dir, temp_sibling, write_synced
 from streamrec.store.errors import CorruptModelError
-from streamrec.store.manifest import MODEL_FORMAT, check_manifest
+from streamrec.store.manifest import (
+    MODEL_FORMAT,
+    DeltaManifest,
+    ModelManifest,
+    check_manifest,
+    parse_manifest,
+)
 from streamrec.store.versions import MANIFEST, newest_version
+
+AnyManifest = ModelManifest | DeltaManifest
 
 FORMAT = MODEL_FORMAT
 FORMAT_VERSION = 1
@@ -190,27 +198,43 @@ def _member(base: Path, rel: str) -> Path:
     return target
 
 
-def read_manifest(path: str | Path, kind: str = FORMAT) -> dict[str, Any]:
-    p = find_model_dir(path) if kind == FORMAT else Path(path)
+def read_manifest(path: str | Path) -> ModelManifest:
+    """The typed manifest of the model directory `path` (a run or model directory) finds."""
+    p = find_model_dir(path)
+    return parse_manifest(read_manifest_json(p, FORMAT), str(p / MANIFEST))  # type: ignore[return-value]
+
+
+def manifest_stamp(directory: Path) -> tuple[Path, int, int, int]:
+    """(directory, inode, size, mtime ns) of a model directory's manifest file: a cheap
+    "is it still the same version" probe. A new version is a new file — a directory is
+    replaced whole, by rename — so an equal stamp means nothing to read or parse."""
+    st = (directory / MANIFEST).stat()
+    return directory, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def read_manifest_json(p: Path, kind: str) -> dict[str, Any]:
+    """The directory `p`'s manifest.json as JSON, if it is a `kind` manifest this streamrec
+    reads (parse it with `parse_manifest`)."""
     try:
         manifest = json.loads((p / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CorruptModelError(f"{p / MANIFEST}: unreadable ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != kind:
         raise CorruptModelError(f"{p / MANIFEST}: not a {kind} manifest")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    version = manifest.get("format_version", 0)
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise CorruptModelError(
-            f"{p / MANIFEST}: format version {manifest['format_version']} is newer than this "
+            f"{p / MANIFEST}: format version {version} is newer than this "
             f"streamrec reads ({FORMAT_VERSION}); upgrade streamrec"
         )
-    return check_manifest(manifest, str(p / MANIFEST))
+    return manifest
 
 
-def read_file(path: str | Path, rel: str, manifest: dict[str, Any]) -> bytes:
+def read_file(path: str | Path, rel: str, manifest: AnyManifest) -> bytes:
     """A file of a model (or delta) directory, after checking its sha256 against the manifest."""
     base = Path(path)
     p = _member(base if (base / MANIFEST).exists() else find_model_dir(base), rel)
-    expected = manifest.get("files", {}).get(rel)
+    expected = manifest.files.get(rel)
     if expected is None:
         raise CorruptModelError(f"{p}: not listed in the manifest")
     try:
@@ -222,7 +246,7 @@ def read_file(path: str | Path, rel: str, manifest: dict[str, Any]) -> bytes:
     return data
 
 
-def read_tensors(path: str | Path, rel: str, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+def read_tensors(path: str | Path, rel: str, manifest: AnyManifest) -> dict[str, torch.Tensor]:
     data = read_file(path, rel, manifest)
     try:
         return st_load(data)
@@ -297,12 +321,12 @@ class TensorFile:
         return self.slice(name, 0, shape[0])
 
 
-def open_tensors(path: str | Path, rel: str, manifest: dict[str, Any]) -> TensorFile:
+def open_tensors(path: str | Path, rel: str, manifest: AnyManifest) -> TensorFile:
     """Like `read_tensors`, but the checksum is computed streaming and the tensors stay on disk
     until read."""
     base = Path(path)
     p = _member(base if (base / MANIFEST).exists() else find_model_dir(base), rel)
-    expected = manifest.get("files", {}).get(rel)
+    expected = manifest.files.get(rel)
     if expected is None:
         raise CorruptModelError(f"{p}: not listed in the manifest")
     digest = hashlib.sha256()
@@ -320,10 +344,10 @@ def open_tensors(path: str | Path, rel: str, manifest: dict[str, Any]) -> Tensor
         raise CorruptModelError(f"{p}: not a safetensors file ({e})") from None
 
 
-def verify(path: str | Path) -> dict[str, Any]:
+def verify(path: str | Path) -> ModelManifest:
     """Check every file of a model directory; returns the manifest."""
     manifest = read_manifest(path)
-    for rel in manifest.get("files", {}):
+    for rel in manifest.files:
         read_file(path, rel, manifest)
     return manifest
 
@@ -336,7 +360,7 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def check_directory(path: str | Path, rel: str, manifest: dict[str, Any]) -> Path:
+def check_directory(path: str | Path, rel: str, manifest: AnyManifest) -> Path:
     """The folder `rel` of a model directory (a tiered table's disk tier), after checking that
     it holds exactly the files the manifest lists under it, each with its sha256 → the folder.
 
@@ -348,7 +372,7 @@ def check_directory(path: str | Path, rel: str, manifest: dict[str, Any]) -> Pat
     are hashed on several threads (hashlib releases the GIL)."""
     base = Path(path)
     folder = _member(base, rel)
-    listed = {k[len(rel) + 1 :]: v for k, v in manifest.get("files", {}).items()
+    listed = {k[len(rel) + 1 :]: v for k, v in manifest.files.items()
               if k.startswith(rel + "/")}
     if not folder.is_dir():
         raise CorruptModelError(f"{folder}: missing (the manifest lists {len(listed)} files)")

@@ -81,13 +81,13 @@ def load_checkpoint(
     loaded = load_model(path, storage="configured")  # a resuming trainer owns its folders
     model = loaded.model
     optimizer = optimizer_factory(model)
-    trainer = loaded.manifest.get("trainer")
+    trainer = loaded.manifest.trainer
     if trainer is None:
         raise ValueError(f"{path}: a model directory without trainer state cannot be resumed")
     restore_optimizer(
         optimizer,
         read_tensors(loaded.path, "optimizer.safetensors", loaded.manifest),
-        trainer["optimizer"],
+        trainer.optimizer,
     )
     torch.set_rng_state(read_tensors(loaded.path, "rng.safetensors", loaded.manifest)["torch"])
-    return model, loaded.config, optimizer, trainer["position"]
+    return model, loaded.config, optimizer, trainer.position

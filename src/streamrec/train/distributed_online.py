@@ -90,7 +90,7 @@ class DistributedOnlineTrainer(OnlineTrainer):
                     table.load_state_dict(
                         reshard(table.settings, [table.state_dict()], self.world)[self.rank]
                     )
-            trainer, state = DistributedTrainer(model, config, None, progress=False), {}
+            trainer, state = DistributedTrainer(model, config, None, progress=False), None
         if not trainer.model.predicts_labels:
             raise ConfigError(
                 "online training under torchrun takes a ranking model; train a two-tower "

@@ -19,7 +19,7 @@ def evaluate_model_dir(
     """Metrics of a saved model on `data` (default: the validation split of its config)."""
     loaded = load_model(path)
     config = loaded.config
-    kinds = loaded.manifest.get("input_kinds") or {}  # read files as the model was trained
+    kinds = dict(loaded.manifest.input_kinds)  # read files as the model was trained
     dead = DeadLetter()
     source: Callable | None
     if data is not None:
@@ -36,7 +36,7 @@ def evaluate_model_dir(
     metrics = trainer.evaluate(BatchLoader(source, config.schema, 4096))
     result = {
         "metrics": metrics,
-        "model_version": loaded.manifest.get("model_version"),
+        "model_version": loaded.manifest.model_version,
         "rejected_rows": dead.count,
     }
     if hasattr(loaded.model, "gate_means"):  # COLD: which features earn their cost

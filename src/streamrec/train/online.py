@@ -58,6 +58,7 @@ from streamrec.models.registry import build_model
 from streamrec.schema import Label
 from streamrec.store import read_manifest
 from streamrec.store.atomic import write_atomic
+from streamrec.store.manifest import ModelManifest, OnlineSection
 from streamrec.train.checkpoint import load_checkpoint
 from streamrec.train.delta_export import DeltaExporter, consumed_range
 from streamrec.train.health import HealthStop
@@ -89,29 +90,30 @@ class OnlineTrainer:
         self.online_config = config.online
         self.checkpoint_version = 0  # the newest checkpoint written or resumed from
         self.trainer, config, state = self._load_or_build(config)
-        if state and source is not None:
+        if state is not None and source is not None:
             try:
-                if hasattr(source, "restore") and "source_state" in state:
-                    source.restore(state["source_state"])  # e.g. two streams + joiner state
+                if hasattr(source, "restore") and state.source_state is not None:
+                    source.restore(state.source_state)  # e.g. two streams + joiner state
                 else:
-                    source.seek(int(state["next_offset"]))
+                    source.seek(state.next_offset)
             except Exception:  # e.g. a StreamGap: let go of the run directory, then say why
                 self.run_dir.release()
                 raise
-            self.log(f"resumed from checkpoint at offset {state['next_offset']}")
+            self.log(f"resumed from checkpoint at offset {state.next_offset}")
+        state = state or OnlineSection()  # a fresh run: every count starts at 0
         self.config = config
         self.model = self.trainer.model
         self.schema = config.schema
         self.encode_schema = self.schema.with_labels_mapped()  # the decoder maps labels
         self._decoder: StreamRecordDecoder | None = None
         self._unknown_kinds: list[str] = []
-        self.events_consumed = int(state.get("events_consumed", 0))
-        self.events_trained = int(state.get("events_trained", 0))
+        self.events_consumed = state.events_consumed
+        self.events_trained = state.events_trained
         self.dead = DeadLetter(self.out / "dead_letter.jsonl")
-        self.dead.count = int(state.get("dead_lettered", 0))
+        self.dead.count = state.dead_lettered
         if self._writes_run_dir():
-            self.dead.rewind(int(state.get("dead_letter_bytes", 0)))
-        self.next_offset = int(state.get("next_offset", 0))
+            self.dead.rewind(state.dead_letter_bytes)
+        self.next_offset = state.next_offset
         self.metrics = MetricAccumulator(
             self.schema.task_names or ["label"],
             window=self.online_config.metrics_window,
@@ -125,10 +127,8 @@ class OnlineTrainer:
             self.online_config.dense_every,
             self.online_config.snapshot_every_deltas,
         )
-        if "delta_since_versions" in state:  # checkpoints before it: from the restored tables
-            self.exporter.table_versions.update(
-                {k: int(v) for k, v in state["delta_since_versions"].items()}
-            )
+        if state.delta_since_versions is not None:  # checkpoints before it: from the tables
+            self.exporter.table_versions.update(state.delta_since_versions)
         # Events/s, lag, last delta and windowed AUC on one line; off when not a terminal.
         self._bar = tqdm(
             desc="online", unit=" events", disable=None if progress else True,
@@ -138,7 +138,7 @@ class OnlineTrainer:
         # Called after each delta with (version, wall times its events were consumed at).
         self.on_delta = None
         self._pending_consumed_at: list[float] = []
-        self._batches_since_delta = int(state.get("batches_since_delta", 0))
+        self._batches_since_delta = state.batches_since_delta
         # Set from another thread to end `run` after the current batch (then, as at any end:
         # a delta, a checkpoint, the status).
         self.stop_requested = threading.Event()
@@ -160,8 +160,8 @@ class OnlineTrainer:
         """Whether this process owns the run directory's lock and tidies it (rank 0)."""
         return True
 
-    def _load_or_build(self, config: JobConfig) -> tuple[Trainer, JobConfig, dict[str, Any]]:
-        """→ (trainer, config, online state of the checkpoint resumed from, or {}). Also sets
+    def _load_or_build(self, config: JobConfig) -> tuple[Trainer, JobConfig, OnlineSection | None]:
+        """→ (trainer, config, online state of the checkpoint resumed from, or None). Also sets
         `self.kinds` and `self.base_version`."""
 
         def load(path: Path) -> tuple:
@@ -171,19 +171,18 @@ class OnlineTrainer:
         resumed = self.run_dir.load_checkpoint(load)
         if resumed is not None:
             path, (model, config, optimizer, position), manifest = resumed
-            self.kinds = manifest.get("input_kinds", {})
+            self.kinds = dict(manifest.input_kinds)
             self.checkpoint_version = int(path.name) if path.name.isdigit() else 0
             return self._resumed(model, config, optimizer, position, manifest)
         model, config = self._initial_model(config)
-        return self._trainer_class()(model, config, None, progress=False), config, {}
+        return self._trainer_class()(model, config, None, progress=False), config, None
 
     def _trainer_class(self) -> type:
         return Trainer
 
-    def _resumed(self, model, config, optimizer, position, manifest) -> tuple:
-        state = manifest.get("online", {})
-        base = state.get("base_model_version")
-        self.base_version = int(base) if base is not None else None
+    def _resumed(self, model, config, optimizer, position, manifest: ModelManifest) -> tuple:
+        state = manifest.online  # None: a checkpoint written by no online run
+        self.base_version = state.base_model_version if state is not None else None
         trainer = self._trainer_class()(model, config, None, optimizer, progress=False)
         trainer.restore_position(position)
         return trainer, config, state
@@ -192,8 +191,8 @@ class OnlineTrainer:
         """`online.init_model` (a trained model directory), or a fresh model from the config."""
         if self.online_config.init_model:
             loaded = load_model(self.online_config.init_model)
-            self.kinds = loaded.manifest.get("input_kinds", {})
-            self.base_version = int(loaded.manifest.get("model_version", 0))
+            self.kinds = dict(loaded.manifest.input_kinds)
+            self.base_version = loaded.manifest.model_version
             schema = loaded.config.schema
             if not schema.labels and (labels := self._labels_for_unlabelled(config)):
                 # A model trained on an unlabelled interaction log (a two-tower retriever)

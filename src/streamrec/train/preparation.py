@@ -66,7 +66,7 @@ def checkpoint_start(path: Path, config: JobConfig) -> Start:
         path, lambda m: build_dense_optimizer(m, config.train)
     )
     saved.train = config.train.model_copy(deep=True)
-    kinds = read_manifest(path).get("input_kinds", {})
+    kinds = dict(read_manifest(path).input_kinds)
     return Start(model, saved, kinds, optimizer, position)
 
 

@@ -123,4 +123,4 @@ class RunDir:
             manifest = read_delta_manifest(self.deltas, versions[-1])
         except CorruptModelError:
             return 0
-        return int(manifest.get("checkpoint_version") or 0)
+        return manifest.checkpoint_version

@@ -75,7 +75,7 @@ def load_sharded_checkpoint(
     saved_world = int(json.loads((step_dir / WORLD).read_text())["world_size"])
     mine = step_dir / f"rank-{min(rank, saved_world - 1):03d}"
     model, config, optimizer, position = load_checkpoint(mine, optimizer_factory)
-    kinds = read_manifest(mine).get("input_kinds", {})
+    kinds = dict(read_manifest(mine).input_kinds)
     if saved_world != world:
         rank_dirs = [step_dir / f"rank-{r:03d}" for r in range(saved_world)]
         load_resharded_tables(model, rank_dirs, world, rank)
