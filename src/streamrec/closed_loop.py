@@ -366,6 +366,21 @@ def wait_for_sync(
     return False
 
 
+def wait_until_served(server: ServerProcess, final: dict[str, int], timeout: float = 30.0) -> None:
+    """Until the server serves the ranker's delta `final["delta_version"]` and, when given,
+    the retriever's `final["retrieval"]` (or `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = server.get("/v1/model")
+        ranker = model.get("delta_version", 0) >= final["delta_version"]
+        retriever = "retrieval" not in final or (
+            model.get("retrieval", {}).get("delta_version", 0) >= final["retrieval"]
+        )
+        if ranker and retriever:
+            return
+        time.sleep(0.1)
+
+
 def _caught_up(trainer: LoopTrainer, impressions: int, served_delta: int) -> bool:
     if trainer.error is not None:
         raise RuntimeError(f"the loop's trainer failed: {trainer.error!r}")
@@ -494,9 +509,16 @@ def run_closed_loop(
             )
         status = trainer.stop()
         joined = dict(trainer.joiner.stats)
+        final = {"delta_version": trainer.trainer.exporter.version}
         trainer = None
-        retriever_status = retriever_trainer.stop() if retriever_trainer is not None else None
+        retriever_status = None
+        if retriever_trainer is not None:
+            retriever_status = retriever_trainer.stop()
+            final["retrieval"] = retriever_trainer.trainer.exporter.version
         retriever_trainer = None
+        # The trainers' last deltas are served before anything is measured: a re-index
+        # inside the latency window is the loop's cost, not the impression log's.
+        wait_until_served(loop, final)
         extra = before_stop(loop.url) if before_stop is not None else None
         served = loop.get("/v1/status")
         latency = {"logging_on": None, "logging_off": None}

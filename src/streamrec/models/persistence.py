@@ -34,6 +34,23 @@ class LoadedModel:
     manifest: ModelManifest
     path: Path
 
+    @property
+    def input_kinds(self) -> dict[str, str]:
+        """How every reader reads each input column of this model (`saved_input_kinds`)."""
+        return saved_input_kinds(self.manifest, self.config.schema)
+
+
+def saved_input_kinds(manifest: ModelManifest, schema: Schema) -> dict[str, str]:
+    """The one answer to "how is input column c read" for a saved model or checkpoint —
+    serving, evaluation, batch scoring, online training and resumption all ask here: the kind
+    recorded when it was trained, else the schema's declaration, else a string (models saved
+    before kinds were recorded hashed every undeclared column as text)."""
+    saved, declared = manifest.input_kinds, schema.declared_kinds()
+    return {
+        c: saved.get(c) or declared.get(c) or "string"
+        for c in schema.input_columns(with_labels=False)
+    }
+
 
 def model_files(
     model: RankingModel,

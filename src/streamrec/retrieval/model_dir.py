@@ -41,10 +41,7 @@ class RetrievalModel:
 def load_retrieval_model(directory: Path) -> RetrievalModel:
     loaded = load_model(directory)
     manifest = loaded.manifest
-    schema = loaded.config.schema
-    saved = manifest.input_kinds
-    declared = schema.declared_kinds()  # for a model saved without kinds
-    kinds = {f: saved.get(f) or declared.get(f, "string") for f in schema.input_columns(False)}
+    kinds = loaded.input_kinds
     meta = manifest.retrieval
     if meta is None:
         raise CorruptModelError(f"{directory}: the manifest has no retrieval section")

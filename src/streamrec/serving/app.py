@@ -714,8 +714,11 @@ async def _cascade(
         state.intake.recent.add(answer["request_id"])
     if logged:
         # Every stage's inputs are logged, so each can learn from what it served: the ranker's
-        # context and candidate rows, and the retriever's user and item features.
-        item_features = stage.logged_item_features(snapshot.candidate_features)
+        # context and candidate rows, the retriever's user and item features, the pre-ranker's.
+        pre_features = pre.snapshot if pre is not None else None
+        item_features = stage.logged_item_features(
+            snapshot.candidate_features, pre_features.candidate_features if pre_features else ()
+        )
         if candidates is None or item_features is not snapshot.candidate_features:
             shown = stage.item_rows(answer["items"], item_features, retrieval_scores)
         else:
@@ -725,7 +728,9 @@ async def _cascade(
         logged_context = {
             f: v
             for f, v in wanted.user.items()
-            if f in snapshot.context_features or f in stage.user_features
+            if f in snapshot.context_features
+            or f in stage.user_features
+            or (pre_features is not None and f in pre_features.context_features)
         }
         _log_impressions(
             state, "recommend", answer, logged_context, answer["items"], shown, by_stage

@@ -86,7 +86,7 @@ def score_file(
         raise DataError(f"{out}: write scores to a {' / '.join(OUTPUT_SUFFIXES)} file")
     loaded = load_model(model_dir)
     model, schema = loaded.model.eval(), loaded.config.schema
-    kinds = dict(loaded.manifest.input_kinds)
+    kinds = loaded.input_kinds
     tasks = schema.task_names or ["label"]
     names = ["score"] if len(tasks) == 1 else [f"score_{t}" for t in tasks]
     bf16 = (precision or loaded.config.train.precision) == "bf16"

@@ -141,10 +141,14 @@ class RetrievalStage:
         """The request features the user tower reads."""
         return self._user_features
 
-    def logged_item_features(self, ranker_features: list[str]) -> list[str]:
-        """The item features an impression record holds: the ranker's candidate features and
-        the item tower's — `ranker_features` itself when it already has them all."""
-        missing = [f for f in self.model.item_features if f not in ranker_features]
+    def logged_item_features(
+        self, ranker_features: list[str], others: list[str] | tuple[str, ...] = ()
+    ) -> list[str]:
+        """The item features an impression record holds: the ranker's candidate features, the
+        item tower's and `others` (a pre-ranker's) — `ranker_features` itself when it already
+        has them all."""
+        wanted = [*self.model.item_features, *others]
+        missing = list(dict.fromkeys(f for f in wanted if f not in ranker_features))
         return ranker_features + missing if missing else ranker_features
 
     @property

@@ -32,10 +32,8 @@ class Snapshot:
         # An online checkpoint already contains the deltas written before it.
         self.delta_version = loaded.manifest.last_delta_version
         self.delta_applied_at: float | None = None
-        kinds = dict(loaded.manifest.input_kinds)
         wanted = self.schema.input_columns(with_labels=False)
-        declared = self.schema.declared_kinds()  # for a model saved without kinds
-        self.kinds = {c: kinds.get(c) or declared.get(c, "string") for c in wanted}
+        self.kinds = loaded.input_kinds
         context = set(self.config.serving.context_features)
         self.context_features = [c for c in wanted if c in context]
         self.candidate_features = [c for c in wanted if c not in context]

@@ -19,7 +19,7 @@ def evaluate_model_dir(
     """Metrics of a saved model on `data` (default: the validation split of its config)."""
     loaded = load_model(path)
     config = loaded.config
-    kinds = dict(loaded.manifest.input_kinds)  # read files as the model was trained
+    kinds = loaded.input_kinds  # read files as the model was trained
     dead = DeadLetter()
     source: Callable | None
     if data is not None:

@@ -53,7 +53,7 @@ from streamrec.data.errors import DeadLetter
 from streamrec.data.stream.base import Message, StreamSource, StreamUnavailable
 from streamrec.data.stream.joined import JoinedSource
 from streamrec.json_records import StreamRecordDecoder, majority_kinds
-from streamrec.models.persistence import load_model
+from streamrec.models.persistence import load_model, saved_input_kinds
 from streamrec.models.registry import build_model
 from streamrec.schema import Label
 from streamrec.store import read_manifest
@@ -171,7 +171,7 @@ class OnlineTrainer:
         resumed = self.run_dir.load_checkpoint(load)
         if resumed is not None:
             path, (model, config, optimizer, position), manifest = resumed
-            self.kinds = dict(manifest.input_kinds)
+            self.kinds = saved_input_kinds(manifest, config.schema)
             self.checkpoint_version = int(path.name) if path.name.isdigit() else 0
             return self._resumed(model, config, optimizer, position, manifest)
         model, config = self._initial_model(config)
@@ -191,7 +191,7 @@ class OnlineTrainer:
         """`online.init_model` (a trained model directory), or a fresh model from the config."""
         if self.online_config.init_model:
             loaded = load_model(self.online_config.init_model)
-            self.kinds = dict(loaded.manifest.input_kinds)
+            self.kinds = loaded.input_kinds
             self.base_version = loaded.manifest.model_version
             schema = loaded.config.schema
             if not schema.labels and (labels := self._labels_for_unlabelled(config)):

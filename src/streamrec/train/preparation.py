@@ -16,6 +16,7 @@ from streamrec.config import ConfigError, JobConfig
 from streamrec.data.loader import BatchLoader, shuffle_blocks
 from streamrec.data.splits import DatasetSplits
 from streamrec.models.base import RankingModel
+from streamrec.models.persistence import saved_input_kinds
 from streamrec.models.registry import build_model
 from streamrec.schema import input_kinds
 from streamrec.store import read_manifest
@@ -66,7 +67,7 @@ def checkpoint_start(path: Path, config: JobConfig) -> Start:
         path, lambda m: build_dense_optimizer(m, config.train)
     )
     saved.train = config.train.model_copy(deep=True)
-    kinds = dict(read_manifest(path).input_kinds)
+    kinds = saved_input_kinds(read_manifest(path), saved.schema)
     return Start(model, saved, kinds, optimizer, position)
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from streamrec.embedding.reshard import load_resharded_tables
+from streamrec.models.persistence import saved_input_kinds
 from streamrec.store import read_manifest
 from streamrec.store.atomic import write_atomic
 from streamrec.train.checkpoint import load_checkpoint
@@ -75,7 +76,7 @@ def load_sharded_checkpoint(
     saved_world = int(json.loads((step_dir / WORLD).read_text())["world_size"])
     mine = step_dir / f"rank-{min(rank, saved_world - 1):03d}"
     model, config, optimizer, position = load_checkpoint(mine, optimizer_factory)
-    kinds = dict(read_manifest(mine).input_kinds)
+    kinds = saved_input_kinds(read_manifest(mine), config.schema)
     if saved_world != world:
         rank_dirs = [step_dir / f"rank-{r:03d}" for r in range(saved_world)]
         load_resharded_tables(model, rank_dirs, world, rank)
