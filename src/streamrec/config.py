@@ -36,7 +36,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Every change is checked, by file, `--set`, a flag or code (`cfg.train.epochs = 0` raises)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataConfig(_Strict):
@@ -528,7 +529,7 @@ class JobConfig(_Strict):
         description="online training from a stream",
     )
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
     @property
     def schema(self) -> Schema:  # type: ignore[override]

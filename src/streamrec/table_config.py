@@ -35,7 +35,7 @@ def parse_bytes(value: int | str) -> int:
 class StorageConfig(BaseModel):
     """Where a table keeps the rows its memory budget has no room for (`TieredTable`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     memory_budget: int = Field(
         description="bytes of DRAM this table's rows may use (weights, optimizer state, "
@@ -63,7 +63,7 @@ class StorageConfig(BaseModel):
 
 
 class TableConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     dim: int = Field(16, gt=0, description="embedding width")
     optimizer: Literal["sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl"] = Field(

@@ -65,3 +65,21 @@ def test_malformed_field_ranges_and_label_maps_are_config_errors():
     bad_label = {"schema": {"labels": [{"name": "y", "values": {"-1": 0, "1": 7}}]}}
     with pytest.raises(ConfigError, match="must map to 0 or 1"):
         parse_config(bad_label)
+
+
+def test_a_change_made_in_code_is_validated_as_the_file_would_be():
+    import pydantic
+    import pytest
+
+    cfg = load_config("examples/ml100k_deepfm.yaml")
+    for section, field, bad in [
+        (cfg.train, "epochs", 0),
+        (cfg.data, "batch_size", -1),
+        (cfg.default_table, "dim", 0),
+        (cfg.serving, "max_batch_rows", 0),
+        (cfg.train, "no_such_setting", 1),
+    ]:
+        with pytest.raises(pydantic.ValidationError):
+            setattr(section, field, bad)
+    cfg.train.epochs = 2  # a valid change is taken
+    assert cfg.train.epochs == 2
