@@ -56,7 +56,7 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
         rows, inverse, handle = table.lookup(mine, now=0, insert=True)
         rows.requires_grad_(True)
         _step_loss(rows, inverse, mine).backward()
-        table.apply_gradients(rows.grad, handle)
+        table.apply_gradients(handle, rows.grad)
     live = table.local.live_rows()
     fids = table.local.state_dict()["fid"].numpy()[live]
     assert (owner_of(fids, world) == rank).all()
@@ -104,7 +104,7 @@ def _hybrid_worker(rank: int, world: int, init: str, out: str, staleness: int) -
         rows.requires_grad_(True)
         target = torch.from_numpy(((mine % 13) / 13.0).astype(np.float32))[:, None]
         (rows[torch.from_numpy(inverse)] * target).sum().backward()
-        table.apply_gradients(rows.grad, handle)
+        table.apply_gradients(handle, rows.grad)
         in_flight.append(table.in_flight)
     table.flush()
     assert table.in_flight == 0

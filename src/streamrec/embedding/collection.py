@@ -163,9 +163,13 @@ class EmbeddingCollection(nn.Module):
         self.row_gradients = []
         for grads in pending.values():
             lookup = grads[0].lookup
-            if len(grads) > 1 and hasattr(lookup, "merge"):
-                handle, grad = lookup.merge([g.handle for g in grads], [g.grad for g in grads])
-                lookup.apply_gradients(handle, grad)
+            merged = (
+                lookup.merge([g.handle for g in grads], [g.grad for g in grads])
+                if len(grads) > 1
+                else None
+            )
+            if merged is not None:
+                lookup.apply_gradients(*merged)
                 continue
             for g in grads:
                 lookup.apply_gradients(g.handle, g.grad)
@@ -189,19 +193,13 @@ class EmbeddingCollection(nn.Module):
             if not any(t.has_disk_tier for t in tables):
                 continue
             _, fids, segments = self._group_ids(plan, batch)
-            if hasattr(plan.lookup, "prefetch"):
-                plan.lookup.prefetch(fids, segments)
-                continue
-            for i, table in enumerate(tables):  # a sharded group: each rank's own tables
-                if table.has_disk_tier:
-                    table.prefetch(fids[segments[i] : segments[i + 1]])
+            plan.lookup.prefetch(fids, segments)
 
     def wait_prefetch(self) -> None:
         """Return once no prefetch thread reads the tables (before they change outside a
         lookup: eviction, deltas)."""
         for plan in self._plans:
-            if hasattr(plan.lookup, "wait_prefetch"):
-                plan.lookup.wait_prefetch()
+            plan.lookup.wait_prefetch()
 
     def _group_ids(
         self, plan: _GroupPlan, batch: Batch

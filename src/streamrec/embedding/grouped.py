@@ -27,6 +27,7 @@ import torch
 
 from streamrec.embedding.dedup import dedup_range
 from streamrec.embedding.hashmap import map_find, map_prefetch
+from streamrec.embedding.lookup import RowLookup
 from streamrec.embedding.optimizers import apply_rows
 from streamrec.embedding.table import DynamicTable, _seconds
 from streamrec.embedding.views import (
@@ -66,7 +67,7 @@ def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-class TableGroup:
+class TableGroup(RowLookup):
     def __init__(self, tables: Sequence[DynamicTable]) -> None:
         if not tables:
             raise ValueError("a TableGroup needs at least one table")

@@ -42,6 +42,7 @@ from torch import nn
 from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.embedding.dedup import dedup
 from streamrec.embedding.hashmap import fid_hash
+from streamrec.embedding.lookup import RowLookup
 from streamrec.embedding.table import DynamicTable
 
 
@@ -88,7 +89,7 @@ class Routed:
     owned: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per table: received idx, back, rows
 
 
-class ShardedGroup:
+class ShardedGroup(RowLookup):
     """Tables of one dim spread over the ranks of `group` (see the module docstring)."""
 
     def __init__(
@@ -222,7 +223,8 @@ class ShardedTable:
         fids = np.ascontiguousarray(fids, dtype=np.int64)
         return self._group.lookup(fids, np.array([0, fids.shape[0]]), now, insert)
 
-    def apply_gradients(self, grads: torch.Tensor, handle: Routed) -> None:
+    def apply_gradients(self, handle: Routed, grads: torch.Tensor) -> None:
+        """As every RowLookup's: the handle first, then grads [U, dim]."""
         self._group.apply_gradients(handle, grads)
 
 

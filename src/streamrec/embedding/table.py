@@ -24,6 +24,8 @@ can exceed `capacity` by the ids admitted in those steps.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -419,6 +421,21 @@ class DynamicTable:
         self._state_init = self.optimizer.initial_state(self.dim)
         self._state = ChunkedRows(0, np.float32, self._weights.chunk_rows)
         self._state.reserve(self._weights.capacity)
+
+    def saved_form(self) -> tuple[Any, Callable[[Path], dict[str, str]] | None]:
+        """How a model directory stores this table: (its tensor file's content, a writer of
+        its disk-tier folder — None: the table has none). `load_saved` reads it back."""
+        return self.state_dict(), None
+
+    def load_saved(self, state: Any, disk_folder: Path | None) -> None:
+        """Restore what `saved_form` stored (`disk_folder`: the checked disk-tier folder, or
+        None)."""
+        if disk_folder is not None:
+            raise ValueError(
+                f"table {self.name!r} was saved with a disk tier, but its settings have no "
+                "storage: add `storage:` to the table's config"
+            )
+        self.load_state_dict(state)
 
     def drop_admission_state(self) -> None:
         """Serving never admits an id: free the count-min sketch (4 × sketch_width counters,

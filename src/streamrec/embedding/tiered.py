@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -522,6 +523,16 @@ class TieredTable(DynamicTable):
         super().load_state_dict(state)
         self._on_disk = _flags(self._weights)  # sized for the loaded rows: all hot, no copies
         self.trim()
+
+    def saved_form(self) -> tuple[Any, Callable[[Path], dict[str, str]] | None]:
+        """The DRAM tier streamed to its file, and the disk tier as a hard-linked folder."""
+        return self.hot_state_file(), self.checkpoint_cold
+
+    def load_saved(self, state: Any, disk_folder: Path | None) -> None:
+        if disk_folder is None:  # saved by an in-memory table: every row comes in through DRAM
+            self.load_state_dict(state)
+        else:
+            self.load_tiered(state, disk_folder)
 
     def load_tiered(self, hot_state: Any, cold_checkpoint: str | Path) -> None:
         """Restore a checkpoint: the DRAM tier from `hot_state`, and the disk tier as a

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from streamrec.config import JobConfig, parse_config
-from streamrec.embedding.tiered import TieredTable, private_dir
+from streamrec.embedding.tiered import private_dir
 from streamrec.models.base import RankingModel
 from streamrec.models.registry import build_model
 from streamrec.schema import Schema
@@ -70,12 +70,10 @@ def model_files(
             "version": table.version,
             "config": table.settings.model_dump(),
         }
-        if isinstance(table, TieredTable):
-            files[rel] = table.hot_state_file()
+        files[rel], write_disk_tier = table.saved_form()
+        if write_disk_tier is not None:
             tables[name]["disk_tier"] = directory = f"tables/{i:03d}.disk"
-            directories[directory] = table.checkpoint_cold
-        else:
-            files[rel] = table.state_dict()
+            directories[directory] = write_disk_tier
     return {"tables": tables}, files, directories
 
 
@@ -153,12 +151,10 @@ def load_model(
         hot = open_tensors(directory, entry.file, manifest)
         table = tables[name]
         disk = entry.disk_tier
-        if disk is not None:
-            if not isinstance(table, TieredTable):
-                raise ValueError(f"{directory}: table {name!r} has a disk tier but no storage")
-            table.load_tiered(hot, check_directory(directory, disk, manifest))
-        else:
-            table.load_state_dict(hot)
+        try:
+            table.load_saved(hot, check_directory(directory, disk, manifest) if disk else None)
+        except ValueError as e:
+            raise ValueError(f"{directory}: {e}") from None
         step()
     model.eval()
     return LoadedModel(model, config, manifest, directory)

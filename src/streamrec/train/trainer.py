@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from streamrec.batch import Batch
 from streamrec.config import JobConfig, TrainConfig
+from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.embedding.sparse_optimizer import SparseOptimizer, clip_grad_norm_
 from streamrec.models.objective import Objective
 from streamrec.models.with_tables import WithTables
@@ -147,10 +148,8 @@ class Trainer:
 
     def _tiered_collections(self) -> list[Any]:
         """The model's embedding collections holding a tiered table (prefetch targets)."""
-        return [
-            m for m in self.model.modules()
-            if hasattr(m, "prefetch") and getattr(m, "has_disk_tier", False)
-        ]
+        modules = self.model.modules()
+        return [m for m in modules if isinstance(m, EmbeddingCollection) and m.has_disk_tier]
 
     def train_step(self, batch: Batch, upcoming: Batch | None = None) -> float:
         """One step on `batch`. `upcoming`, the batch after it, lets tiered tables read its
