@@ -113,6 +113,8 @@ class RetrievalStage:
 
     def __init__(self, directory: Path) -> None:
         loaded = load_retrieval_model(directory)
+        for table in loaded.model.dynamic_tables().values():
+            table.drop_admission_state()  # serving never admits an id (deltas upsert rows)
         self._live = ServedTowers(loaded.model, loaded.retriever)
         self._shadow: TwoTower | None = None  # made on the first delta
         self._update_lock = threading.Lock()  # one writer: deltas, added items
@@ -214,6 +216,8 @@ class RetrievalStage:
         """A second, independent copy of the served towers (tables, weights, item counts)."""
         copy = load_model(self.path).model
         copy.load_state_dict(self._live.model.state_dict())
+        for table in copy.dynamic_tables().values():
+            table.drop_admission_state()
         return copy.eval()
 
     @torch.inference_mode()

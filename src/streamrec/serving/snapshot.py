@@ -26,6 +26,8 @@ class Snapshot:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.model = loaded.model.eval()
+        for table in self.model.dynamic_tables().values():
+            table.drop_admission_state()  # serving never admits an id (deltas upsert rows)
         self.config = loaded.config
         self.schema = loaded.config.schema
         self.model_version: int = loaded.manifest.model_version
