@@ -437,6 +437,27 @@ def measure_p99(
     return report["p99_ms"]
 
 
+def compare_p99(
+    urls: dict[str, str], queries: list[dict[str, Any]], k: int, qps: float, repeats: int = 3
+) -> dict[str, float | None]:
+    """Median p99 ms of each server, measured in turn `repeats` times (A B A B …: both see the
+    same host noise), after one warm-up request per query on each: the servers then differ in
+    what they do per request (logging), not in which users' vectors their caches hold (a
+    learning retriever's cache starts empty at each delta — a cost of learning, which
+    `benchmarks/retrieval_freshness.py` measures)."""
+    with httpx.Client(timeout=30) as client:
+        for url in urls.values():
+            for q in queries:
+                client.post(url + "/v1/recommend", json={"user": q, "k": k})
+    runs: dict[str, list[float]] = {name: [] for name in urls}
+    for _ in range(repeats):
+        for name, url in urls.items():
+            p99 = measure_p99(url, queries, k, qps, 8.0)
+            if p99 is not None:
+                runs[name].append(p99)
+    return {name: float(np.median(v)) if v else None for name, v in runs.items()}
+
+
 def run_closed_loop(
     ranker_config: JobConfig,
     ranker_dir: Path,
@@ -526,8 +547,9 @@ def run_closed_loop(
         latency = {"logging_on": None, "logging_off": None}
         if latency_qps > 0:
             sample = list(users.queries.values())[:200]
-            latency["logging_on"] = measure_p99(loop.url, sample, k, latency_qps, 8.0)
-            latency["logging_off"] = measure_p99(frozen.url, sample, k, latency_qps, 8.0)
+            latency = compare_p99(
+                {"logging_on": loop.url, "logging_off": frozen.url}, sample, k, latency_qps
+            )
             served = loop.get("/v1/status")
         impression_log = served["impression_log"]
         served_retrieval = loop.get("/v1/model").get("retrieval", {})
