@@ -33,6 +33,23 @@ def _records(path: Path, expected: int) -> list[dict]:
         time.sleep(0.1)
 
 
+def _online(config: str, imps: Path, acts: Path, out: Path, init: Path, *extra: str) -> dict:
+    """`streamrec online` over the impression log joined with the actions, until idle: every
+    impression trained, nothing dead-lettered. → its final status."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec", "online", str(REPO / "examples" / config),
+         "--source", str(imps), "--actions", str(acts), "--out", str(out),
+         "--init-model", str(init), "--stop-when-idle", "6", "--json",
+         "--set", "online.join.window_seconds=2", "--set", "online.sync_interval_seconds=1",
+         *extra],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["events_trained"] == 10 * len(USERS) and status["dead_lettered"] == 0, status
+    return status
+
+
 def test_served_impressions_join_feedback_and_the_delta_changes_the_clicked_score(
     trained_run, retriever_run, start_server, tmp_path
 ):
@@ -78,16 +95,7 @@ def test_served_impressions_join_feedback_and_the_delta_changes_the_clicked_scor
     first = answers[0]
     probe = {"context": USERS[0], "candidates": [{"item_id": first["items"][0]}]}
     before = server.post("/v1/rank", json=probe).json()["scores"]["label"][0]
-    done = subprocess.run(
-        [sys.executable, "-m", "streamrec", "online", str(REPO / "examples/ml100k_deepfm.yaml"),
-         "--source", str(imps), "--actions", str(acts), "--out", str(online),
-         "--init-model", str(trained_run / "model"), "--stop-when-idle", "6", "--json",
-         "--set", "online.join.window_seconds=2", "--set", "online.sync_interval_seconds=1"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    status = json.loads(done.stdout)
-    assert status["events_trained"] == 10 * len(USERS) and status["dead_lettered"] == 0, status
+    status = _online("ml100k_deepfm.yaml", imps, acts, online, trained_run / "model")
     assert status["windowed"]["label"]["positives"] == len(clicked)
     newest = list_deltas(online / "deltas")[-1]  # every section written is a declared one
     assert read_delta_manifest(online / "deltas", newest).model_extra == {}
@@ -101,17 +109,10 @@ def test_served_impressions_join_feedback_and_the_delta_changes_the_clicked_scor
     assert after != before
 
     # The retriever learns from the same two streams (its positives: the clicked impressions)
-    done = subprocess.run(
-        [sys.executable, "-m", "streamrec", "online", str(REPO / "examples/ml100k_two_tower.yaml"),
-         "--source", str(imps), "--actions", str(acts), "--out", str(online_retriever),
-         "--group", "retriever",  # its own reading position: the ranker's run has its own
-         "--init-model", str(retriever_run / "model"), "--stop-when-idle", "6", "--json",
-         "--set", "online.join.window_seconds=2", "--set", "online.sync_interval_seconds=1"],
-        capture_output=True, text=True, timeout=300,
+    _online(  # its own consumer group: its own reading position, beside the ranker's
+        "ml100k_two_tower.yaml", imps, acts, online_retriever, retriever_run / "model",
+        "--group", "retriever",
     )
-    assert done.returncode == 0, done.stderr
-    status = json.loads(done.stdout)
-    assert status["events_trained"] == 10 * len(USERS) and status["dead_lettered"] == 0, status
     deadline = time.monotonic() + 30
     while (retrieval := server.get("/v1/model").json()["retrieval"])["delta_version"] < 1:
         assert time.monotonic() < deadline, "the server never served the retriever's delta"

@@ -43,6 +43,9 @@ def test_with_clicks_in_the_schema_only_clicked_rows_are_positives(sample, ml100
     assert logits.shape == (batch.size // 4, batch.size // 4)
     objective = model.objective(logits, batch)
     assert objective.terms == batch.size // 4 and objective.scores is None
+    batch.labels = torch.zeros(batch.size, 1)
+    batch.labels[3] = 1.0  # one click: no other clicked item to tell it from
+    assert model.objective(model(batch), batch).terms == 0
     batch.labels = torch.zeros(batch.size, 1)  # nothing clicked: nothing to learn, no rows made
     before = {name: len(t) for name, t in model.dynamic_tables().items()}
     objective = model.objective(model(batch), batch)

@@ -104,10 +104,12 @@ class TwoTower(WithTables):
         return logits.masked_fill(same & ~torch.eye(batch.size, dtype=torch.bool), float("-inf"))
 
     def objective(self, logits: torch.Tensor, batch: Batch) -> Objective:
-        """Cross-entropy of each positive row's own item among the batch's (logits [P, P])."""
+        """Cross-entropy of each positive row's own item among the batch's (logits [P, P]).
+        Fewer than two positives: no negative to tell apart, nothing to learn (0 terms: the
+        Trainer takes no step)."""
         logits = logits.float()
         rows = logits.shape[0]
-        if rows == 0:
+        if rows < 2:
             return Objective(logits.sum() * 0.0, 0)
         return Objective(F.cross_entropy(logits, torch.arange(rows)), rows)
 

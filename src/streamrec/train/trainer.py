@@ -358,7 +358,7 @@ class Trainer:
         bar = tqdm(
             desc=f"epoch {self.epoch + 1}",
             unit=" samples",
-            disable=not self.progress,
+            disable=None if self.progress else True,  # None: on a terminal only, never in logs
             leave=False,
             dynamic_ncols=True,
         )
