@@ -101,12 +101,14 @@ def train(
     )
 
 
-def evaluate(model_dir: str | Path, data: str | None = None, fmt: str | None = None) -> dict:
+def evaluate(
+    model_dir: str | Path, data: str | None = None, fmt: str | None = None, progress: bool = False
+) -> dict:
     """Metrics of a saved model: a ranker on `data` (default: its validation split), a
-    retriever (recall@k, NDCG) on its config's test split."""
+    retriever (recall@k, NDCG) on its config's test split. `progress`: a bar on a terminal."""
     if read_manifest(model_dir).is_retrieval:
         return evaluate_retrieval_dir(model_dir)
-    return evaluate_model_dir(model_dir, data, fmt)
+    return evaluate_model_dir(model_dir, data, fmt, progress=progress)
 
 
 def impressions(
@@ -170,15 +172,20 @@ def predict(
     fmt: str | None = None,
     id_column: str | None = None,
     precision: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score every row of `data` into `out` (.parquet / .csv / .tsv); malformed rows go to
-    OUT.dead_letter.jsonl and are counted in `rejected_rows`."""
+    OUT.dead_letter.jsonl and are counted in `rejected_rows`. `progress`: a bar on a
+    terminal."""
     out = Path(out)
     dead = DeadLetter(out.with_name(out.name + ".dead_letter.jsonl"))
     try:
         if precision not in (None, "fp32", "bf16"):
             raise ValueError(f"precision {precision!r}: choose fp32 or bf16")
-        report = score_file(model_dir, data, out, fmt, id_column, dead=dead, precision=precision)
+        report = score_file(
+            model_dir, data, out, fmt, id_column, dead=dead, precision=precision,
+            progress=progress,
+        )
     finally:
         dead.close()
     return {**report, "rejected_rows": dead.count}

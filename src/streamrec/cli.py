@@ -269,7 +269,7 @@ def evaluate(
     from streamrec.store import CorruptModelError
 
     try:
-        report = api.evaluate(model_dir, data, fmt)
+        report = api.evaluate(model_dir, data, fmt, progress=not as_json)
     except (DataError, ConfigError, CorruptModelError, ValueError) as e:
         _fail(str(e))
     if as_json:
@@ -352,7 +352,9 @@ def predict(
     if not out.parent.is_dir():
         _fail(f"{out}: the folder {out.parent} does not exist — create it, or write elsewhere")
     try:
-        report = api.predict(model_dir, data, out, fmt, id_column, precision)
+        report = api.predict(
+            model_dir, data, out, fmt, id_column, precision, progress=not as_json
+        )
     except (DataError, CorruptModelError, SchemaError, ValueError) as e:
         _fail(str(e))
     if as_json:

@@ -100,3 +100,42 @@ def test_bad_requests_are_one_line_errors(model):
     for done in (wrong_suffix, no_id, no_folder):
         assert "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _on_a_terminal(*args: str) -> str:
+    """What `streamrec ARGS` writes to a terminal (a pseudo-terminal of 120 × 40)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "streamrec", *args],
+                            stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=300)
+    os.close(leader)
+    assert proc.returncode == 0, out.decode(errors="replace")
+    return out.decode(errors="replace")
+
+
+def test_eval_and_predict_show_progress_on_a_terminal_and_never_in_a_log(model):
+    scores = model / "progress.parquet"
+    predict = ("predict", str(model / "run"), "--data", str(model / "train.csv"), "--out",
+               str(scores))
+    assert "scoring" in _on_a_terminal(*predict)
+    assert "evaluating" in _on_a_terminal("eval", str(model / "run"), "--data",
+                                         str(model / "train.csv"))
+    logged = _cli(*predict)  # output captured, as a log or CI would: no bar
+    assert logged.returncode == 0 and "scoring" not in logged.stderr + logged.stdout

@@ -415,15 +415,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch]) -> dict[str, dict[str, float]]:
+        """Lifetime metrics per task over `batches` (a rows-scored bar on a terminal)."""
         self.model.eval()
         acc = MetricAccumulator(self.tasks)
+        bar = tqdm(desc="evaluating", unit=" rows", disable=None if self.progress else True,
+                   leave=False)
         for batch in batches:
+            bar.update(batch.size)
             preds = self.model.predict(batch)
             acc.update(
                 batch.labels[:, : preds.shape[1]].numpy(),
                 preds.numpy(),
                 None if batch.group_ids is None else batch.group_ids.numpy(),
             )
+        bar.close()
         return acc.lifetime()
 
     def fit(
