@@ -436,9 +436,29 @@ class Schema(_Strict):
 # ------------------------------------------------------------------------- arrow helpers
 def _column(data: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
     if name not in data.schema.names:
-        raise SchemaError(f"column {name!r} is missing (have: {', '.join(data.schema.names)})")
+        names = data.schema.names
+        raise SchemaError(
+            f"column {name!r} is missing (have: {', '.join(names)}){_header_hint(names)}"
+        )
     col = data.column(name)
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _header_hint(names: list[str]) -> str:
+    """What to do when a file's "column names" are data: a headerless file read as CSV."""
+    if len(names) == 1 and "\t" in names[0]:
+        return (
+            " — the file looks tab-separated: use --format tsv (or data.format: tsv; a Criteo "
+            "file: --format criteo)"
+        )
+    looks_like_data = sum(n == "" or n.lstrip("-").replace(".", "", 1).isdigit() for n in names)
+    if names and looks_like_data > len(names) / 2:
+        return (
+            " — those look like values, not column names: the file has no header row. A "
+            "Criteo file? use --format criteo (or data.format: criteo); else add a header row "
+            "naming the columns"
+        )
+    return ""
 
 
 def _flat(col: pa.Array) -> pa.Array:

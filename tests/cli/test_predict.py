@@ -139,3 +139,20 @@ def test_eval_and_predict_show_progress_on_a_terminal_and_never_in_a_log(model):
                                          str(model / "train.csv"))
     logged = _cli(*predict)  # output captured, as a log or CI would: no bar
     assert logged.returncode == 0 and "scoring" not in logged.stderr + logged.stdout
+
+
+def test_a_headerless_file_gets_an_error_that_names_the_fix(model, tmp_path):
+    """A Criteo-like file read as CSV/TSV: its first line is data, so the "column names" are
+    values — said in one line with the --format to use, never a traceback."""
+    rows = "\n".join(f"{i % 2}\t{i % 5}\t\t{i % 3}\tab{i % 7}" for i in range(50)) + "\n"
+    (tmp_path / "headerless.tsv").write_text(rows)
+    done = _cli("predict", str(model / "run"), "--data", str(tmp_path / "headerless.tsv"),
+                "--out", str(tmp_path / "s.parquet"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "headerless.tsv:1" in done.stderr and "--format criteo" in done.stderr
+
+    (tmp_path / "values.csv").write_text("7,0.5,x\n" + "8,0.25,y\n" * 20)  # names unique
+    done = _cli("predict", str(model / "run"), "--data", str(tmp_path / "values.csv"),
+                "--out", str(tmp_path / "s.parquet"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "no header row" in done.stderr and "--format criteo" in done.stderr

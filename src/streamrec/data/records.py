@@ -223,6 +223,13 @@ def read_csv(
     dead = dead if dead is not None else DeadLetter()
     read_options = pacsv.ReadOptions(block_size=chunk_bytes, use_threads=False)
     inferred = _inferred_schema(path, read_options, delimiter)
+    repeated = sorted({n for n in inferred.names if inferred.names.count(n) > 1})
+    if repeated:
+        raise DataError(
+            f"{path}:1: the header names {repeated[:5]} more than once — is line 1 data, not "
+            "column names? A Criteo file: use --format criteo (or data.format: criteo); "
+            "otherwise give the file a header row naming each column once"
+        )
     declared = {c: t for c, t in (column_types or {}).items() if c in inferred.names}
     # Read as text and parsed here: the pinned kinds we parse, and the columns whose kind the
     # majority decides; Arrow parses only what neither covers (dates, timestamps).
