@@ -134,18 +134,34 @@ def data_inspect(
 @data_app.command("convert")
 def data_convert(
     src: str = typer.Argument(..., help="Input file."),
-    dst: Path = typer.Argument(..., help="Output .parquet file."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output .parquet file (default: SRC with .parquet)."
+    ),
+    legacy_dst: Path | None = typer.Argument(
+        None, hidden=True, help="Deprecated: the output as a second argument; use --out."
+    ),
     fmt: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed row."),
     dead_letter: Path | None = typer.Option(None, help="Write malformed rows here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Convert a file to Parquet (streamed, bounded memory; written atomically)."""
+    """Convert a file to Parquet (streamed, bounded memory; written atomically):
+    `streamrec data convert train.tsv --format criteo --out train.parquet`."""
     import pyarrow.parquet as pq
 
     from streamrec.data.errors import DeadLetter
     from streamrec.data.formats import read_records
 
+    if out is not None and legacy_dst is not None:
+        _fail(f"two outputs given ({legacy_dst} and --out {out}): give only --out")
+    dst = out or legacy_dst
+    if dst is None:
+        source = Path(src)
+        if source.suffix == ".parquet" or source.is_dir():
+            _fail(f"{src}: give the output file with --out FILE.parquet")
+        dst = source.with_suffix(".parquet")
+    if legacy_dst is not None:
+        typer.echo("note: the output as a second argument is deprecated; use --out", err=True)
     dead = DeadLetter(dead_letter, strict=strict)
     tmp = dst.with_name(dst.name + ".tmp")
     rows = 0
@@ -226,6 +242,9 @@ def train(
     cfg = _load_config(config, sets, seed)  # --epochs validated as --set train.epochs is
     out = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     from streamrec.train.health import HealthStop
+
+    for note in cfg.data.advice():
+        typer.echo(f"note: {note}", err=True)
 
     try:
         report = api.train(cfg, out, resume=resume, progress=not quiet)
@@ -448,7 +467,7 @@ def demo(
 def serve(
     model_dir: Path = typer.Argument(..., help="A model directory or a training run directory."),
     host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you say so)."),
-    port: int = typer.Option(8080, help="TCP port."),
+    port: int = typer.Option(8080, envvar="STREAMREC_PORT", help="TCP port (or $STREAMREC_PORT)."),
     token: str | None = typer.Option(
         None,
         help="Require 'Authorization: Bearer TOKEN' on every request but the health probes "
@@ -863,9 +882,42 @@ def online(
 
 
 config_app = typer.Typer(
-    help="The job config: its JSON schema and reference.", no_args_is_help=True
+    help="The job config: a starting config for your data, its JSON schema and reference.",
+    no_args_is_help=True,
 )
 app.add_typer(config_app, name="config")
+
+
+@config_app.command("init")
+def config_init(
+    data: str = typer.Argument(..., help="Your training data (a file; MovieLens: a folder)."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Where to write the config (default: <data name>.yaml here)."
+    ),
+    fmt: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
+    label: str | None = typer.Option(
+        None, help="The label column (default: one named label, click, target, y, rating…)."
+    ),
+    valid: str | None = typer.Option(None, help="Validation data, if you have a file of it."),
+    force: bool = typer.Option(False, help="Overwrite --out if it exists."),
+) -> None:
+    """Write a commented starting config for your data that trains as is: the label, and per
+    column an id table or a dense feature, each line saying why. Edit it, then `streamrec
+    train CONFIG`."""
+    from streamrec.config_init import starting_config
+    from streamrec.store.atomic import write_atomic
+
+    target = out or Path(f"{Path(data).stem or 'job'}.yaml")
+    if target.exists() and not force:
+        _fail(f"{target} exists: give another --out, or --force to overwrite it")
+    try:
+        text = starting_config(data, fmt, label, valid, target)
+    except DataError as e:
+        _fail(str(e))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, text)
+    typer.echo(text, nl=False)
+    typer.echo(f"wrote {target}: edit it, then  streamrec train {target}", err=True)
 
 
 @config_app.command("schema")

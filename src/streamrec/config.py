@@ -43,7 +43,8 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     format: str = Field(
         "csv",
-        description=r"criteo \| csv \| tsv \| parquet \| ml-100k \| ml-latest-small",
+        description=r"criteo \| csv \| tsv \| parquet \| libsvm \| libfm \| libffm \| ml-100k "
+        r"\| ml-latest-small (libsvm/libfm/libffm: see data.fields)",
     )
     train: str | None = Field(None, description="training file (or folder for MovieLens)")
     valid: list[str] = Field(default_factory=list, description="validation files")
@@ -77,6 +78,23 @@ class DataConfig(_Strict):
             if len(bounds) != 2 or not 0 <= bounds[0] < bounds[1]:
                 raise ValueError(f"field {name!r}: give [first, end) with 0 <= first < end")
         return fields
+
+    def advice(self) -> list[str]:
+        """Settings that are valid but probably not what the user meant, one line each (the
+        train command prints them as notes before the first step)."""
+        notes = []
+        if self.format in ("libsvm", "libfm") and self.fields is None:
+            notes.append(
+                f"{self.format}: every feature index is one field `features` sharing one "
+                "table; set data.fields ({name: [first, end)} of feature indices) for "
+                "per-field tables, which FM / DeepFM / DCN-v2 need to learn field interactions"
+            )
+        if not self.valid and self.split == "none":
+            notes.append(
+                "no validation data (data.valid, or data.split: per_user_time): the run "
+                "reports no metrics and keeps the last epoch, not the best"
+            )
+        return notes
 
     dead_letter: str | None = Field(
         None,

@@ -96,4 +96,41 @@ def markdown() -> str:
             )
             queue += [m for m in _models(field.annotation) if m.__name__ not in seen]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + FORMATS_SECTION.splitlines()) + "\n"
+
+
+FORMATS_SECTION = """## Data formats
+
+`data.format` (and `--format` on the commands that read files): `csv` and `tsv` (a header
+row names the columns), `parquet`, `criteo` (the headerless Criteo TSV: `label`, `I1`…`I13`,
+`C1`…`C26`), `ml-100k` / `ml-latest-small` (MovieLens), and the sparse text formats of
+libSVM, libFM and libFFM:
+
+    libsvm, libfm:  LABEL INDEX:VALUE INDEX:VALUE ...
+    libffm:         LABEL FIELD:INDEX:VALUE ...
+
+Each field of such a file becomes an id list `<field>` (its feature indices, used as ids) and
+a weight list `<field>_w` (their values), which an embedding pools with `weights:`. Name the
+fields with `data.fields` — without it a libsvm/libfm file is one field `features`, one table
+for every index, and a model that crosses fields (FM, DeepFM, DCN-v2) has nothing to cross
+(`train` says so). A job that trains as is on such a file:
+
+```yaml
+schema:
+  labels: [{name: label, values: {-1: 0, 1: 1}}]     # a -1/+1 file; a 0/1 file needs no values
+  embeddings:
+    - {name: user, weights: user_w, kind: list<int>}  # a field's indices are its ids,
+    - {name: item, weights: item_w, kind: list<int>}  # their values the pooling weights
+default_table: {dim: 8, optimizer: adagrad, lr: 0.05}
+data:
+  format: libsvm
+  train: train.libsvm
+  valid: [valid.libsvm]
+  fields: {user: [0, 1000], item: [1000, 3000]}      # [first, end) of the feature indices
+model: {name: fm}
+train: {epochs: 3}
+```
+
+For libffm, `data.fields` maps a name to [first, end) of field numbers (default: one field
+`f<number>` per field number).
+"""

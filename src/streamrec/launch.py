@@ -35,8 +35,11 @@ def _quiet_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
-    sys.stderr.write("error: terminated (SIGTERM); the next start continues from the last "
-                     "checkpoint\n")
+    if sys.argv[1:2] == ["serve"]:  # stopped while loading: a server keeps no state to resume
+        sys.stderr.write("error: terminated (SIGTERM) before the server started\n")
+    else:
+        sys.stderr.write("error: terminated (SIGTERM); the next start continues from the last "
+                         "checkpoint\n")
     raise Terminated(TERMINATED)
 
 

@@ -63,9 +63,18 @@ def test_inspect_ml_latest_small(ml_small_dir):
 
 def test_convert_to_parquet_and_bad_input_messages(tmp_path, criteo_train):
     out = tmp_path / "c.parquet"
-    result = _run("data", "convert", str(criteo_train), str(out), "--format", "criteo", "--json")
+    result = _run(
+        "data", "convert", str(criteo_train), "--out", str(out), "--format", "criteo", "--json"
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["rows"] == 7200 and pq.read_table(out).num_rows == 7200
+    # the old positional output still works, with a note; both at once is refused
+    old_form = tmp_path / "old.parquet"
+    legacy = _run("data", "convert", str(criteo_train), str(old_form), "--format", "criteo")
+    assert legacy.returncode == 0 and "use --out" in legacy.stderr
+    assert pq.read_table(old_form).num_rows == 7200
+    both = _run("data", "convert", str(criteo_train), str(old_form), "--out", str(out))
+    assert both.returncode == 2 and "give only --out" in both.stderr
     missing = _run("data", "inspect", str(tmp_path / "nope.tsv"), "--format", "criteo")
     assert missing.returncode == 2 and "nope.tsv: no such file" in missing.stderr
     assert "Traceback" not in missing.stderr

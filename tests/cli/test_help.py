@@ -49,6 +49,8 @@ def test_help_names_every_argument_and_option(path: tuple[str, ...]) -> None:
     assert command.help, f"{' '.join(path)} has no description"
     assert " ".join(command.help.split("\n")[0].split()) in text
     for param in command.params:
+        if getattr(param, "hidden", False):  # a deprecated spelling, kept working, not shown
+            continue
         name = param.opts[0] if param.param_type_name == "option" else param.name
         assert getattr(param, "help", None), f"{' '.join(path)} {name}: no help text"
         assert name in text, f"{' '.join(path)}: {name} missing from its --help"

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"embedding"},
     {"config", "json_records"},
     {"config_docs", "data"},
-    {"models"},
+    {"models", "config_init"},  # config_init: a starting config from a data file
     {"retrieval"},
     {"train", "serving"},  # siblings: neither imports the other
     {"api"},

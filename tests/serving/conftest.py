@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -123,3 +124,24 @@ def start_server():
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium (.ci/run installs it; there, a missing browser fails the test)."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        if os.environ.get("STREAMREC_REQUIRE_SERVICES") == "1":
+            pytest.fail("chromium is required in CI")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return binary
+
+
+def browser_dom(chromium: str, url: str, profile: Path) -> str:
+    """The DOM of `url` after its scripts ran (headless, 6 s of virtual time)."""
+    browser = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--no-first-run", f"--user-data-dir={profile}", "--window-size=1280,1100",
+        "--virtual-time-budget=6000", "--dump-dom", url,
+    ]
+    return subprocess.run(browser, capture_output=True, text=True, timeout=120).stdout

@@ -1,10 +1,10 @@
 """The status page at GET /, loaded by a real browser (headless Chromium) from a real server."""
 
-import os
 import re
 import shutil
 import subprocess
 import time
+from datetime import datetime, timezone
 
 import pytest
 import torch
@@ -77,17 +77,6 @@ def test_status_json_reports_traffic_freshness_and_training_health(status_server
     assert status["cache"]["hit_rate"] > 0.5  # the same three rows, twenty times
 
 
-@pytest.fixture
-def chromium() -> str:
-    """Debian's chromium (.ci/run installs it; there, a missing browser fails the test)."""
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        if os.environ.get("STREAMREC_REQUIRE_SERVICES") == "1":
-            pytest.fail("chromium is required in CI")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    return binary
-
-
 def test_the_page_shows_the_version_and_a_latency_chart_in_a_browser(
     status_server, chromium, tmp_path
 ):
@@ -104,7 +93,11 @@ def test_the_page_shows_the_version_and_a_latency_chart_in_a_browser(
     dom = subprocess.run(
         [*browser, "--dump-dom", page], capture_output=True, text=True, timeout=120
     ).stdout
-    assert f'<b id="serving-version">{version}</b>' in dom, dom[-2000:]
+    model_ms, delta = version.split(".")
+    trained = datetime.fromtimestamp(int(model_ms) / 1000, timezone.utc)
+    human = f"{trained:%Y-%m-%d %H:%M:%S} UTC + delta {delta}"  # not a 13-digit number
+    assert f'<b id="serving-version" data-version="{version}">{human}</b>' in dom, dom[-2000:]
+    assert "one model, every request (no --variant)" in dom  # no box left empty
     points = int(re.search(r'id="chart" data-points="(\d+)"', dom).group(1))
     assert points >= 1
     assert dom.count("<polyline") == 3  # QPS, p50, p99

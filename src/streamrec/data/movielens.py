@@ -75,7 +75,7 @@ def _fetch_ml100k_from_wheel(dest: Path) -> Path:
         with zipfile.ZipFile(wheels[0]) as z:
             for name in ML100K_FILES:
                 data = z.read(f"recbole/dataset_example/ml-100k/{name}")
-                tmp_file = dest / (name + ".tmp")
+                tmp_file = dest / f"{name}.{os.getpid()}.tmp"  # two first runs at once
                 tmp_file.write_bytes(data)
                 tmp_file.replace(dest / name)
     return dest

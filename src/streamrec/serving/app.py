@@ -46,7 +46,7 @@ from streamrec.serving.compute_allocation import ComputeAllocator, ComputeLevel
 from streamrec.serving.feedback import FeedbackReader, ServedRequests
 from streamrec.serving.impression_log import ImpressionLog
 from streamrec.serving.metrics import ServerMetrics
-from streamrec.serving.openapi import DOCS_PAGE, openapi_document
+from streamrec.serving.openapi import DOCS_PAGE, openapi_document, request_examples
 from streamrec.serving.prerank_stage import PreRankStage
 from streamrec.serving.recent_traffic import RecentTraffic
 from streamrec.serving.request import CandidateRows, RequestError, TypedBodyReader
@@ -586,6 +586,12 @@ async def _rank(state: ServerState, request: Request) -> Response:
     _note_variant(state, answer, variant)
     if state.intake is not None:
         state.intake.recent.add(answer["request_id"])
+    headers = None
+    missing = rows.missing_counts()
+    if missing:
+        for feature, count in missing.items():
+            state.metrics.missing_values.labels(feature).inc(count)
+        headers = {"X-Missing-Features": ",".join(missing)}
     if state.log_rank and "item_id" in rows.columns and state.impressions.wants():
         ids = rows.columns["item_id"]
         features = [
@@ -594,7 +600,7 @@ async def _rank(state: ServerState, request: Request) -> Response:
         ]
         ranking = {i: float(s) for i, s in zip(ids, scores[:, 0], strict=True) if i is not None}
         _log_impressions(state, "rank", answer, {}, ids, features, {"ranking": ranking})
-    return Response(_encode_json(answer), media_type="application/json")
+    return Response(_encode_json(answer), media_type="application/json", headers=headers)
 
 
 USER_KEY = "user_id"  # the feature that keys sticky routing (and a user's activity)
@@ -824,6 +830,15 @@ async def _model(state: ServerState, request: Request) -> Response:
 
 async def _openapi(state: ServerState, request: Request) -> Response:
     snapshot = state.batcher.snapshot
+    retriever = state.retriever
+    examples = request_examples(
+        snapshot.kinds,
+        snapshot.context_features,
+        snapshot.candidate_features,
+        None
+        if retriever is None
+        else {f: retriever.kinds[f] for f in retriever.user_features if f in retriever.kinds},
+    )
     document = openapi_document(
         snapshot.request_reader.body_type,
         snapshot.schema.task_names or ["label"],
@@ -835,6 +850,7 @@ async def _openapi(state: ServerState, request: Request) -> Response:
         feedback=state.intake is not None,
         token=state.token is not None,
         token_guards_health=state.guard_health,
+        examples=examples,
     )
     return JSONResponse(document)
 

@@ -97,6 +97,13 @@ class ServerMetrics:
         )
         self.scores = ScoreHistogram()
         r.register(self.scores)
+        self.missing_values = Counter(
+            "streamrec_missing_feature_values",
+            "/v1/rank rows that lacked a model input (left out or null), by feature: such a "
+            "row reads the feature's missing value, as an empty training cell does",
+            ["feature"],
+            registry=r,
+        )
         self.ids_looked_up = Counter(
             "streamrec_ids_looked_up", "embedding ids looked up for requests", registry=r
         )

@@ -42,19 +42,25 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _post(summary: str, body: str, ok: dict[str, Any], codes: tuple[int, ...]) -> dict[str, Any]:
-    return {
-        "post": {
-            "summary": summary,
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}
-                },
-            },
-            "responses": {"200": ok, **_errors(*codes)},
-        }
+def _post(
+    summary: str,
+    body: str,
+    ok: dict[str, Any],
+    codes: tuple[int, ...],
+    description: str | None = None,
+    example: Any = None,
+) -> dict[str, Any]:
+    content: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{body}"}}
+    if example is not None:
+        content["example"] = example  # what /docs pre-fills: a body this server answers
+    op: dict[str, Any] = {
+        "summary": summary,
+        "requestBody": {"required": True, "content": {"application/json": content}},
+        "responses": {"200": ok, **_errors(*codes)},
     }
+    if description:
+        op["description"] = description
+    return {"post": op}
 
 
 def _get(summary: str, ok: dict[str, Any], guarded: bool = True) -> dict[str, Any]:
@@ -64,6 +70,37 @@ def _get(summary: str, ok: dict[str, Any], guarded: bool = True) -> dict[str, An
     else:
         op["security"] = []  # open even under --token
     return {"get": op}
+
+
+def _example_value(kind: str, n: int) -> Any:
+    """A value of an input kind (`streamrec.kinds`): the n-th id, a float, a string."""
+    if kind.startswith("list<"):
+        return [_example_value(kind[5:-1], n)]
+    return {"int": n, "float": 1.0}.get(kind, "a")
+
+
+def request_examples(
+    kinds: dict[str, str],
+    context_features: list[str],
+    candidate_features: list[str],
+    user_kinds: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Bodies this server answers, one per operation, filled for every input the models read
+    (context once, two candidates; a retriever's user features): what /docs pre-fills."""
+    out: dict[str, Any] = {
+        "rank": {
+            "context": {f: _example_value(kinds[f], 1) for f in context_features},
+            "candidates": [
+                {f: _example_value(kinds[f], n) for f in candidate_features} for n in (1, 2)
+            ],
+        }
+    }
+    if user_kinds is not None:
+        out["recommend"] = {
+            "user": {f: _example_value(k, 1) for f, k in sorted(user_kinds.items())},
+            "k": 10,
+        }
+    return out
 
 
 _VARIANT = {
@@ -81,10 +118,13 @@ def openapi_document(
     token_guards_health: bool,
     variants: bool = False,
     feedback: bool = False,
+    examples: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """rank_body: the served snapshot's request type (`RankRequestReader.body_type`); tasks:
     the model's score names; model: name and version for `info`; retrieval: the retriever's
-    (RecommendBody, ItemsBody) types, None without one."""
+    (RecommendBody, ItemsBody) types, None without one; examples: request bodies by operation
+    ("rank", "recommend") that this server answers, shown and sent by /docs."""
+    examples = examples or {}
     types: list[type] = [rank_body] + (list(retrieval) if retrieval else [])
     types += [PromoteBody] if variants else []
     types += [FeedbackBody] if feedback else []
@@ -118,6 +158,11 @@ def openapi_document(
         "/v1/rank": _post(
             "Score candidates for one context", rank_body.__name__, rank_ok,
             (401, 413, 422, 503),
+            description="Context features apply to every candidate. A model input left out "
+            "(or null) is missing: it reads what an empty cell of the training file reads, is "
+            "counted per feature in streamrec_missing_feature_values_total, and the response "
+            "names it in the X-Missing-Features header. An unknown feature is a 422.",
+            example=examples.get("rank"),
         ),
         "/v1/model": _get("The served model: versions, deltas, reloads, cache",
                           _json({"type": "object"}, "model description")),
@@ -179,6 +224,7 @@ def openapi_document(
                 "the top k items and their scores",
             ),
             (401, 404, 413, 422, 503),
+            example=examples.get("recommend"),
         )
         paths["/v1/items"] = _post(
             "Index new or changed items without a rebuild",
@@ -253,8 +299,14 @@ h1{font-size:1.4em}.op{border:1px solid #ddd;border-radius:6px;margin:1em 0;padd
 .m{font-weight:bold;text-transform:uppercase;margin-right:.6em;color:#06c}
 pre{background:#f6f6f6;padding:.6em;overflow:auto;font-size:12px}
 .code{display:inline-block;min-width:3em;font-weight:bold}
+textarea{width:100%;font:12px monospace;box-sizing:border-box}
+button{margin:.3em 0;padding:.2em 1em}.ok{color:#070}.bad{color:#b00}
+details{margin:.3em 0}summary{cursor:pointer;color:#555}
 </style></head><body>
-<h1 id="title">streamrec API</h1><p id="desc"></p><div id="ops">loading /openapi.json …</div>
+<h1 id="title">streamrec API</h1><p id="desc"></p>
+<p>Each operation below can be sent from this page: edit the example body, press
+<b>Send</b>. The raw description is <a href="/openapi.json">/openapi.json</a>.</p>
+<div id="ops">loading /openapi.json …</div>
 <script>
 function deref(doc, s, depth){
   if(!s||typeof s!=='object'||depth>6) return s;  // strings (a `required` name) as they are
@@ -266,30 +318,84 @@ function deref(doc, s, depth){
     else out[k]=v;}
   return out;
 }
+function sample(s, depth){
+  // an example value valid for schema s: its example or default, else the simplest fit
+  if(!s||depth>8) return null;
+  if(s.example!==undefined) return s.example;
+  if(s['default']!==undefined) return s['default'];
+  if(s.anyOf){var t=s.anyOf.filter(function(x){return x.type!=='null'});
+    return t.length?sample(t[0],depth+1):null;}
+  if(s['enum']) return s['enum'][0];
+  if(s.type==='object'){var o={};
+    Object.keys(s.properties||{}).forEach(function(k){o[k]=sample(s.properties[k],depth+1)});
+    return o;}
+  if(s.type==='array'){var n=Math.max(s.minItems||0,1), a=[];
+    for(var i=0;i<n;i++) a.push(sample(s.items,depth+1)); return a;}
+  if(s.type==='integer') return Math.max(s.minimum===undefined?1:s.minimum,1);
+  if(s.type==='number') return s.minimum===undefined?0.5:s.minimum;
+  if(s.type==='string') return 'a';
+  if(s.type==='boolean') return false;
+  return null;
+}
+function headers(){
+  var token=sessionStorage.getItem('streamrec-token'), h={'Content-Type':'application/json'};
+  if(token) h.Authorization='Bearer '+token;
+  return h;
+}
+function send(method, path, area, out){
+  out.textContent='sending …'; out.className='';
+  var init={method:method.toUpperCase(),headers:headers()};
+  if(area) init.body=area.value;
+  return fetch(path,init).then(function(r){return r.text().then(function(text){
+    var shown=text; try{shown=JSON.stringify(JSON.parse(text),null,1);}catch(e){}
+    out.setAttribute('data-status',String(r.status));
+    out.className=r.ok?'ok':'bad';
+    out.textContent=r.status+' '+r.statusText+'\\n'+shown;});
+  }).catch(function(e){out.setAttribute('data-status','error');
+    out.className='bad'; out.textContent='request failed: '+e;});
+}
 function show(doc){
   document.getElementById('title').textContent=doc.info.title+' (version '+doc.info.version+')';
   document.getElementById('desc').textContent=doc.info.description||'';
   var ops=document.getElementById('ops'); ops.textContent='';
+  var buttons={};
   Object.keys(doc.paths).sort().forEach(function(path){
     var item=doc.paths[path];
     Object.keys(item).forEach(function(method){
       var op=item[method], div=document.createElement('div'); div.className='op';
+      div.id=method+' '+path;
       var h=document.createElement('div');
       h.innerHTML='<span class="m"></span><code></code> — <span></span>';
       h.children[0].textContent=method; h.children[1].textContent=path;
       h.children[2].textContent=op.summary||''; div.appendChild(h);
-      var body=op.requestBody&&op.requestBody.content['application/json'];
-      if(body){var pre=document.createElement('pre');
-        pre.textContent='request body: '+JSON.stringify(deref(doc,body.schema,0),null,1);
-        div.appendChild(pre);}
+      if(op.description){var p=document.createElement('p'); p.textContent=op.description;
+        div.appendChild(p);}
+      var body=op.requestBody&&op.requestBody.content['application/json'], area=null;
+      if(body){var schema=deref(doc,body.schema,0);
+        var d=document.createElement('details'), sm=document.createElement('summary');
+        sm.textContent='request body schema'; d.appendChild(sm);
+        var pre=document.createElement('pre'); pre.className='schema';
+        pre.textContent=JSON.stringify(schema,null,1); d.appendChild(pre); div.appendChild(d);
+        area=document.createElement('textarea'); area.rows=6;
+        area.value=JSON.stringify(body.example!==undefined?body.example:sample(schema,0));
+        div.appendChild(area);}
+      var b=document.createElement('button'); b.textContent='Send';
+      var out=document.createElement('pre'); out.className='result';
+      b.onclick=function(){send(method,path,area,out)}; buttons[method+' '+path]=b;
+      div.appendChild(b); div.appendChild(out);
       Object.keys(op.responses||{}).forEach(function(code){
         var r=document.createElement('div');
         r.innerHTML='<span class="code"></span><span></span>';
         r.children[0].textContent=code; r.children[1].textContent=op.responses[code].description;
         div.appendChild(r);});
       ops.appendChild(div);});});
+  // #send=post%20/v1/rank: a link that opens the page and sends that operation's example
+  var m=location.hash.match(/send=([^&]+)/);
+  if(m&&buttons[decodeURIComponent(m[1])]) buttons[decodeURIComponent(m[1])].click();
 }
 function load(){
+  var m=location.hash.match(/token=([^&]+)/);
+  if(m) sessionStorage.setItem('streamrec-token',decodeURIComponent(m[1]));
   var token=sessionStorage.getItem('streamrec-token');
   fetch('/openapi.json',{headers:token?{Authorization:'Bearer '+token}:{}}).then(function(r){
     if(r.status===401){var t=prompt('This server needs its --token:');

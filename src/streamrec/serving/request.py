@@ -4,8 +4,12 @@ into a 4xx.
 A rank request is {"context": {feature: value(s)}, "candidates": [{feature: value(s)}, …]}.
 Context features are broadcast to every candidate. Each value must fit the kind the feature had
 in the training data (int / float / string, or a list of them) — ints stay ids and strings are
-hashed, exactly as in training. A feature left out is missing (the schema's missing handling);
-a feature the model does not know is an error, not silently ignored.
+hashed, exactly as in training. A feature left out (or null) is missing — it reads what an
+empty cell of the training file reads (a dense feature its `fill`, an id feature its `missing`
+token or an empty bag, an encoding its all-zero row) —
+and is counted per feature in `streamrec_missing_feature_values_total`; a response whose rows
+lack a feature names it in the `X-Missing-Features` header. A feature the model does not know
+is an error, not silently ignored.
 
 `RankRequestReader` decodes and validates a body in one pass in C (msgspec, with a struct type
 built from the model's input kinds): on this path the server spends ~15 µs per 100-candidate
@@ -102,6 +106,12 @@ class CandidateRows:
 
     columns: dict[str, list[Any]]
     num_rows: int
+
+    def missing_counts(self) -> dict[str, int]:
+        """Feature → how many rows lack it (left out, or null): such a row reads the schema's
+        missing value for it, as a training row with an empty cell does."""
+        counts = {name: column.count(None) for name, column in self.columns.items()}
+        return {name: count for name, count in counts.items() if count}
 
     @classmethod
     def from_dicts(

@@ -46,6 +46,14 @@ function fmt(x,unit,digits){
   if(x===null||x===undefined||isNaN(x)) return '—';
   return (+x).toFixed(digits===undefined?1:digits)+(unit||'');
 }
+function human(v){
+  // a version "1765045923123.4" is the model's training time (ms) and the deltas applied since
+  if(v===null||v===undefined) return '—';
+  var parts=String(v).split('.'), ms=+parts[0];
+  if(!(ms>1e12)) return String(v);
+  var t=new Date(ms).toISOString().replace('T',' ').slice(0,19)+' UTC';
+  return parts.length>1?t+' + delta '+parts[1]:t;
+}
 function ago(t){ if(!t) return '—'; return fmt(Date.now()/1000-t,' s ago',0); }
 function tile(key,value,cls){
   var d=document.createElement('div'); d.className='tile '+(cls||'');
@@ -97,17 +105,18 @@ function list(id,items,render){
 }
 function show(s){
   document.getElementById('model').textContent=s.model;
-  document.getElementById('serving-version').textContent=s.versions.serving;
+  var sv=document.getElementById('serving-version');
+  sv.textContent=human(s.versions.serving); sv.setAttribute('data-version',s.versions.serving);
   document.getElementById('updated').textContent=new Date().toLocaleTimeString();
   document.getElementById('error').textContent='';
   var f=s.freshness, r=s.traffic.last_minute, tiles=document.getElementById('tiles');
   tiles.textContent='';
   tiles.appendChild(tile('status',s.status,s.status==='ok'?'ok':'bad'));
-  tiles.appendChild(tile('versions base · delta',s.versions.model+' · '+s.versions.delta));
+  tiles.appendChild(tile('model trained · deltas',human(s.versions.model)+' · '+s.versions.delta));
   if(s.versions.retrieval!==undefined)
-    tiles.appendChild(tile('retrieval version',s.versions.retrieval));
+    tiles.appendChild(tile('retrieval version',human(s.versions.retrieval)));
   if(s.versions.preranking!==undefined)
-    tiles.appendChild(tile('pre-ranking version',s.versions.preranking));
+    tiles.appendChild(tile('pre-ranking version',human(s.versions.preranking)));
   tiles.appendChild(tile('event → served',fmt(f.event_to_served_s,' s',2)));
   tiles.appendChild(tile('delta lag',fmt(f.delta_lag_s,' s',2)));
   tiles.appendChild(tile('last delta applied',ago(f.last_delta_applied_at)));
@@ -130,7 +139,9 @@ function show(s){
   list('allocation',a?a.levels:[],function(l){return l.name+': '+
     fmt(100*l.recent_share,' %',0)+' of the last 10 s ('+l.requests+' since start)'});
   var vt=document.getElementById('variants'); vt.textContent='';
-  if(s.variants){
+  if(!s.variants){var none=document.createElement('tr');
+    none.innerHTML='<td>one model, every request (no --variant)</td>'; vt.appendChild(none);}
+  else{
     var vh=document.createElement('tr');
     vh.innerHTML='<th>variant</th><th>version</th><th>role</th><th>share</th><th>served</th>'+
       '<th>clicks</th><th>failures</th><th>state</th>';
@@ -138,7 +149,7 @@ function show(s){
     s.variants.variants.forEach(function(v){var tr=document.createElement('tr');
       var st=v.role==='shadow'?('mean |Δscore| '+fmt(v.shadow_mean_abs_diff,'',4)):
         (v.in_rotation?'in rotation':'OUT: '+v.out_reason);
-      [v.name,v.version,v.role,fmt(100*v.share,' %',1),v.served,v.clicks,v.failures,st]
+      [v.name,human(v.version),v.role,fmt(100*v.share,' %',1),v.served,v.clicks,v.failures,st]
         .forEach(function(x){var td=document.createElement('td'); td.textContent=x;
           tr.appendChild(td);});
       if(!v.in_rotation&&v.role!=='shadow') tr.className='bad';
