@@ -1025,11 +1025,16 @@ def main() -> None:
         # A signal that lands inside a numba-compiled call: its handler's exception (Ctrl-C,
         # or launch.py's SIGTERM exit) comes back wrapped as "returned a result with an
         # exception set". Exit as the signal says; the handler has already said why.
-        cause = e.__cause__ or e.__context__
-        if isinstance(cause, KeyboardInterrupt):
-            sys.exit(130)
-        if isinstance(cause, SystemExit):
-            sys.exit(cause.code)
+        # The handler's exception may sit deeper in the chain (a `finally` that raised while
+        # it unwound): walk all of it.
+        cause, seen = e.__cause__ or e.__context__, set()
+        while cause is not None and id(cause) not in seen:
+            seen.add(id(cause))
+            if isinstance(cause, KeyboardInterrupt):
+                sys.exit(130)
+            if isinstance(cause, SystemExit):
+                sys.exit(cause.code)
+            cause = cause.__cause__ or cause.__context__
         raise
     except OSError as e:
         if e.errno not in FULL_DISK:

@@ -597,10 +597,9 @@ def offline_recall(
     from streamrec.retrieval.evaluate import ranking_metrics
     from streamrec.serving.request import rows_table
     from streamrec.serving.snapshot import Snapshot
-    from streamrec.store import find_model_dir
 
     stage = RetrievalStage.load(retriever_dir)
-    ranker = Snapshot.load(find_model_dir(ranker_dir))
+    ranker = Snapshot.load(ranker_dir)
     answers: dict[str, dict[int, list[int]]] = {"retrieval": {}, "ranked": {}}
     for user, query in users.queries.items():
         items, scores = stage.retrieve(RecommendRequest(query, k, users.seen[user]), k1)

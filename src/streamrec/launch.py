@@ -34,7 +34,12 @@ def _quiet_interrupt(signum: int, frame: FrameType | None) -> None:
     os._exit(INTERRUPTED)  # crash-only: the last complete write is what the next start reads
 
 
+_terminated_by_signal = False
+
+
 def _terminated(signum: int, frame: FrameType | None) -> None:
+    global _terminated_by_signal
+    _terminated_by_signal = True
     if sys.argv[1:2] == ["serve"]:  # stopped while loading: a server keeps no state to resume
         sys.stderr.write("error: terminated (SIGTERM) before the server started\n")
     else:
@@ -51,4 +56,12 @@ def main() -> None:
         signal.signal(signal.SIGTERM, _terminated)
     from streamrec.cli import main as run_command
 
-    run_command()
+    try:
+        run_command()
+    except SystemError:
+        # SIGTERM's exception raised inside numba-compiled code can come back as a SystemError
+        # that no longer carries it (CPython keeps only the innermost pending exception): the
+        # handler ran and said why, so exit as it would have.
+        if _terminated_by_signal:
+            sys.exit(TERMINATED)
+        raise

@@ -141,6 +141,16 @@ def test_eval_and_predict_show_progress_on_a_terminal_and_never_in_a_log(model):
     assert logged.returncode == 0 and "scoring" not in logged.stderr + logged.stdout
 
 
+def test_train_shows_a_bar_with_a_total_from_its_second_epoch(model, tmp_path):
+    """The first epoch's rows are unknown until read (a CSV has no row count); from then on
+    the bar has a total, so a percentage and an ETA."""
+    shown = _on_a_terminal("train", str(model / "job.yaml"), "--out", str(tmp_path / "run"))
+    assert "epoch 1" in shown and "epoch 2" in shown
+    second = shown[shown.index("epoch 2"):]
+    assert "/3000" in second and "%" in second, second[:500]
+    assert "/3000" not in shown[:shown.index("epoch 2")]
+
+
 def test_a_headerless_file_gets_an_error_that_names_the_fix(model, tmp_path):
     """A Criteo-like file read as CSV/TSV: its first line is data, so the "column names" are
     values — said in one line with the --format to use, never a traceback."""

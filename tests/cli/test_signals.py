@@ -81,3 +81,21 @@ def test_sigterm_is_143_with_one_line_and_the_run_continues_where_it_stopped(
     assert again.returncode == 0, err
     status = json.loads(out)
     assert status["events_consumed"] == n and status["events_trained"] == n
+
+
+def test_a_sigterm_whose_exception_numba_lost_still_exits_143():
+    """Under load a SIGTERM inside a numba call came back as a bare SystemError (the handler's
+    exception no longer in its chain) and the run ended with exit 1 and a traceback."""
+    program = (
+        "import sys, streamrec.cli as cli, streamrec.launch as launch\n"
+        "def lost(): raise SystemError('returned a result with an exception set')\n"
+        "cli.main = lost\n"
+        "launch._terminated_by_signal = {flag}\n"
+        "launch.main()\n"
+    )
+    signalled = subprocess.run([sys.executable, "-c", program.format(flag=True)],
+                               capture_output=True, text=True, timeout=60)
+    assert signalled.returncode == 143 and "Traceback" not in signalled.stderr
+    unrelated = subprocess.run([sys.executable, "-c", program.format(flag=False)],
+                               capture_output=True, text=True, timeout=60)
+    assert unrelated.returncode == 1 and "SystemError" in unrelated.stderr  # not hidden

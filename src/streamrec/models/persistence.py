@@ -21,9 +21,8 @@ from streamrec.embedding.tiered import private_dir
 from streamrec.models.base import RankingModel
 from streamrec.models.registry import build_model
 from streamrec.schema import Schema
-from streamrec.store import read_manifest, read_tensors, write_model_dir
+from streamrec.store import ModelDir, write_model_dir
 from streamrec.store.manifest import ModelManifest
-from streamrec.store.model_dir import check_directory, open_tensors
 from streamrec.table_config import TableConfig
 
 
@@ -33,6 +32,11 @@ class LoadedModel:
     config: JobConfig
     manifest: ModelManifest
     path: Path
+
+    @property
+    def directory(self) -> ModelDir:
+        """The directory it was loaded from, with its manifest (read no second time)."""
+        return ModelDir(self.path, self.manifest)
 
     @property
     def input_kinds(self) -> dict[str, str]:
@@ -117,7 +121,7 @@ def save_model(
 
 
 def load_model(
-    path: str | Path,
+    path: str | Path | ModelDir,
     pause: Callable[[], None] | None = None,
     storage: Literal["private", "configured"] = "private",
 ) -> LoadedModel:
@@ -130,11 +134,9 @@ def load_model(
     `private` (servers, evaluation, tools) in a fresh folder beside the model directory,
     removed when the table is closed or collected — never the trainer's folder;
     `configured` (a trainer resuming) in the folder the settings name."""
-    from streamrec.store import find_model_dir
-
     step = pause or (lambda: None)
-    directory = find_model_dir(path)
-    manifest = read_manifest(directory)
+    model_dir = ModelDir.open(path)
+    directory, manifest = model_dir.path, model_dir.manifest
     config = parse_config(manifest.config, source=str(directory / "manifest.json"))
     config.schema_ = config.schema_.model_validate(manifest.schema_)
     table_configs = config.table_configs()
@@ -142,17 +144,17 @@ def load_model(
         table_configs = _private_storage(table_configs, private_dir(directory.parent))
     model = build_model(config.model, config.schema_, table_configs)
     step()
-    model.load_dense_state_dict(read_tensors(directory, "dense.safetensors", manifest))
+    model.load_dense_state_dict(model_dir.read_tensors("dense.safetensors"))
     step()
     tables = model.dynamic_tables()
     for name, entry in manifest.tables.items():
         if name not in tables:
             raise ValueError(f"{directory}: the model has no table {name!r}")
-        hot = open_tensors(directory, entry.file, manifest)
+        hot = model_dir.open_tensors(entry.file)
         table = tables[name]
         disk = entry.disk_tier
         try:
-            table.load_saved(hot, check_directory(directory, disk, manifest) if disk else None)
+            table.load_saved(hot, model_dir.check_directory(disk) if disk else None)
         except ValueError as e:
             raise ValueError(f"{directory}: {e}") from None
         step()

@@ -18,7 +18,6 @@ from streamrec.models.persistence import load_model
 from streamrec.models.two_tower import TwoTower
 from streamrec.retrieval.index import IndexParams, Retriever
 from streamrec.store import CorruptModelError, find_model_dir
-from streamrec.store.model_dir import read_file
 
 INDEX_FILE = "retrieval/index.faiss"
 CATALOG_FILE = "retrieval/catalog.parquet"
@@ -46,12 +45,12 @@ def load_retrieval_model(directory: Path) -> RetrievalModel:
     if meta is None:
         raise CorruptModelError(f"{directory}: the manifest has no retrieval section")
     retriever = Retriever.from_bytes(
-        read_file(directory, INDEX_FILE, manifest),
+        loaded.directory.read_file(INDEX_FILE),
         meta.dim,
         IndexParams.from_manifest(meta.index),
         meta.tombstones,
     )
-    catalog = pq.read_table(io.BytesIO(read_file(directory, CATALOG_FILE, manifest)))
+    catalog = pq.read_table(io.BytesIO(loaded.directory.read_file(CATALOG_FILE)))
     rows = {
         int(i): r for i, r in zip(catalog["item_id"].to_pylist(), catalog.to_pylist(), strict=True)
     }

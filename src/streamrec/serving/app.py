@@ -66,7 +66,7 @@ from streamrec.serving.variants import (
     build_variants,
 )
 from streamrec.serving.watcher import Watcher
-from streamrec.store import find_deltas_dir, find_model_dir
+from streamrec.store import find_deltas_dir
 
 
 @dataclass
@@ -152,8 +152,8 @@ def create_app(
     "runs/imps"}). `retriever_deltas`: where the retriever's deltas come from (default: its run
     directory's `deltas/`; `serving/retrieval_watcher.py`). With a
     `token`, every endpoint but the health probes needs it (`guard_health=True`: those too)."""
-    directory = find_model_dir(model_dir)
-    snapshot = Snapshot.load(directory)
+    snapshot = Snapshot.load(model_dir)  # the directory found once, its manifest read once
+    directory = snapshot.loaded.path
     # validated like the config file: max_batch_rows=0 or an unknown key is refused, not kept
     serving = snapshot.config.serving
     settings = type(serving).model_validate({**serving.model_dump(), **overrides})

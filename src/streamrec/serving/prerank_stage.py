@@ -22,7 +22,6 @@ import numpy as np
 from streamrec.serving.batcher import use_compute_threads
 from streamrec.serving.request import rows_table
 from streamrec.serving.snapshot import Snapshot
-from streamrec.store import find_model_dir
 
 _thread = threading.local()  # whether this worker thread has its OpenMP settings
 
@@ -50,7 +49,7 @@ class PreRankStage:
     @classmethod
     def load(cls, path: str | Path, keep: int) -> PreRankStage:
         """The pre-ranking model in `path` (a run or model directory)."""
-        return cls(Snapshot.load(find_model_dir(path)), keep)
+        return cls(Snapshot.load(path), keep)
 
     @property
     def version(self) -> str:

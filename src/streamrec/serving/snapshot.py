@@ -19,6 +19,7 @@ from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.models.persistence import LoadedModel, load_model
 from streamrec.serving.delta_apply import apply_delta
 from streamrec.serving.request import RankRequestReader
+from streamrec.store import ModelDir
 from streamrec.store.delta import TableDelta
 
 
@@ -42,7 +43,9 @@ class Snapshot:
         self.request_reader = RankRequestReader(self.kinds)
 
     @classmethod
-    def load(cls, path: str | Path, pause: Callable[[], None] | None = None) -> Snapshot:
+    def load(
+        cls, path: str | Path | ModelDir, pause: Callable[[], None] | None = None
+    ) -> Snapshot:
         return cls(load_model(path, pause))
 
     @property

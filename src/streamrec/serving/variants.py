@@ -37,7 +37,7 @@ from streamrec.serving.batcher import DynamicBatcher
 from streamrec.serving.cache import PredictionCache
 from streamrec.serving.snapshot import Snapshot
 from streamrec.serving.watcher import Watcher
-from streamrec.store import find_deltas_dir, find_model_dir
+from streamrec.store import find_deltas_dir
 
 Policy = Literal["weights", "thompson"]
 
@@ -242,7 +242,7 @@ def build_variants(
     for name, path in options.others.items():
         if name in members:
             raise ValueError(f"two variants are named {name!r}")
-        snapshot = Snapshot.load(find_model_dir(path))
+        snapshot = Snapshot.load(path)
         if (contract := _request_contract(snapshot)) != expected:
             raise ValueError(
                 f"variant {name!r} ({path}) reads {contract}, {main.name!r} reads {expected}: "

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from streamrec.serving.batcher import use_compute_threads
 from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.snapshot import Snapshot
-from streamrec.store import CorruptModelError, find_model_dir, read_manifest
+from streamrec.store import CorruptModelError, ModelDir, find_model_dir
 from streamrec.store.delta import list_deltas, read_delta, read_delta_manifest
 from streamrec.store.manifest import DeltaManifest
 from streamrec.store.model_dir import manifest_stamp
@@ -155,7 +155,8 @@ class Watcher(threading.Thread):
             stamp = manifest_stamp(directory)
             if stamp == self._manifest_stamp:
                 return  # the same manifest file: the same model, nothing read or parsed
-            version = read_manifest(directory).model_version
+            opened = ModelDir.open(directory)  # read once: the reload below uses it too
+            version = opened.manifest.model_version
             self._manifest_stamp = stamp
         except (CorruptModelError, OSError, ValueError, TypeError):
             return  # mid-replacement or removed: keep the current model
@@ -166,7 +167,7 @@ class Watcher(threading.Thread):
         started = time.time()
         try:
             with short_gil_slices():
-                fresh = Snapshot.load(directory, pause=yield_to_requests)
+                fresh = Snapshot.load(opened, pause=yield_to_requests)
         except Exception as e:  # a corrupt or half-removed model: keep serving the current one
             self.failed_model = (directory, version, str(e)[:500])
             log.error("model %s at %s did not load, still serving the current one: %s",

@@ -2,6 +2,7 @@
 
 from streamrec.store.model_dir import (
     CorruptModelError,
+    ModelDir,
     find_deltas_dir,
     find_model_dir,
     read_manifest,
@@ -12,6 +13,7 @@ from streamrec.store.model_dir import (
 
 __all__ = [
     "CorruptModelError",
+    "ModelDir",
     "find_deltas_dir",
     "find_model_dir",
     "read_manifest",

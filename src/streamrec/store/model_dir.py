@@ -344,6 +344,40 @@ def open_tensors(path: str | Path, rel: str, manifest: AnyManifest) -> TensorFil
         raise CorruptModelError(f"{p}: not a safetensors file ({e})") from None
 
 
+@dataclass(frozen=True)
+class ModelDir:
+    """One model directory: found once (a run directory → `model/`, an online run → its newest
+    checkpoint) and its manifest read and validated once; every file of it is then read
+    through here, each checked against that manifest. A loader holds one of these instead of
+    a path it would resolve again and a manifest it would read again."""
+
+    path: Path
+    manifest: ModelManifest
+
+    @classmethod
+    def open(cls, path: str | Path | ModelDir) -> ModelDir:
+        if isinstance(path, ModelDir):
+            return path
+        directory = find_model_dir(path)
+        return cls(directory, read_manifest(directory))
+
+    def read_file(self, rel: str) -> bytes:
+        return read_file(self.path, rel, self.manifest)
+
+    def read_tensors(self, rel: str) -> dict[str, torch.Tensor]:
+        return read_tensors(self.path, rel, self.manifest)
+
+    def open_tensors(self, rel: str) -> TensorFile:
+        return open_tensors(self.path, rel, self.manifest)
+
+    def check_directory(self, rel: str) -> Path:
+        return check_directory(self.path, rel, self.manifest)
+
+    def stamp(self) -> tuple[Path, int, int, int]:
+        """`manifest_stamp`: has this directory been replaced since it was opened?"""
+        return manifest_stamp(self.path)
+
+
 def verify(path: str | Path) -> ModelManifest:
     """Check every file of a model directory; returns the manifest."""
     manifest = read_manifest(path)

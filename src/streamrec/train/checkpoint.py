@@ -17,7 +17,6 @@ import torch
 from streamrec.config import JobConfig
 from streamrec.models.base import RankingModel
 from streamrec.models.persistence import load_model, save_model
-from streamrec.store import read_tensors
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -86,8 +85,8 @@ def load_checkpoint(
         raise ValueError(f"{path}: a model directory without trainer state cannot be resumed")
     restore_optimizer(
         optimizer,
-        read_tensors(loaded.path, "optimizer.safetensors", loaded.manifest),
+        loaded.directory.read_tensors("optimizer.safetensors"),
         trainer.optimizer,
     )
-    torch.set_rng_state(read_tensors(loaded.path, "rng.safetensors", loaded.manifest)["torch"])
+    torch.set_rng_state(loaded.directory.read_tensors("rng.safetensors")["torch"])
     return model, loaded.config, optimizer, trainer.position

@@ -104,6 +104,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.optimizer = optimizer or build_dense_optimizer(model, self.train_config)
         self.progress = progress
+        self.epoch_rows: int | None = None  # rows of a whole epoch, once one has been read
         self.tasks = config.schema.task_names or ["label"]
         self.global_step = 0
         self.epoch = 0
@@ -358,10 +359,12 @@ class Trainer:
         bar = tqdm(
             desc=f"epoch {self.epoch + 1}",
             unit=" samples",
+            total=self.epoch_rows,  # known from the second epoch on: then a bar with an ETA
             disable=None if self.progress else True,  # None: on a terminal only, never in logs
             leave=False,
             dynamic_ncols=True,
         )
+        rows_seen = 0
         start = time.perf_counter()
         ahead = any(c.prefetches for c in self._tiered_collections())
         for i, (batch, upcoming) in enumerate(_with_next(batches, ahead)):
@@ -380,6 +383,7 @@ class Trainer:
                 recent_scores.append(scored.scores.numpy())
                 del recent_labels[:-20], recent_scores[:-20]
             bar.update(batch.size)
+            rows_seen += batch.size
             if self.global_step % self.train_config.log_every_steps == 0:
                 running_auc = (  # a model with no labels (a retriever) has no AUC
                     auc(np.concatenate(recent_labels), np.concatenate(recent_scores))
@@ -406,6 +410,8 @@ class Trainer:
                     }
                 )
             self.raise_if_health_stop()
+        if skip == 0:
+            self.epoch_rows = rows_seen
         if self._micro:  # the epoch's last batches, fewer than grad_accumulation_steps
             self.optimizer_step()
         self.evict()  # what an epoch's end saves (checkpoint, model) keeps TTL and capacity
