@@ -124,6 +124,8 @@ def test_every_shell_block_of_the_readme_runs(tmp_path, data_dir, ml100k) -> Non
                     pass
         output = log.read_text()
         assert proc.returncode == 0, f"README shell block {i} failed:\n{block}\n{output[-4000:]}"
+        # the examples are quiet: no traceback, no training-health warning
+        assert "Traceback" not in output and "health: " not in output, output[-4000:]
     for made in ("criteo/model", "ratings/model", "ranker/model", "loop/deltas",
                  "online/status.json"):
         assert (checkout / "runs" / made).exists(), made

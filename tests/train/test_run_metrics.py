@@ -116,3 +116,21 @@ def test_without_tensorboard_installed_the_run_says_so_and_keeps_metrics_csv(
     lines: list[str] = []
     RunMetrics(tmp_path / "online", note=lines.append)  # an online run: into its log
     assert lines and "pip install" in lines[0]
+
+
+def test_a_run_with_one_training_point_still_shows_it(tmp_path):
+    """A one-epoch run shorter than log_every_steps logs one training row: drawn as a line
+    it showed nothing (the README's Criteo run); it is drawn as a point."""
+    from streamrec.train.report import curves_figure
+    from streamrec.train.run_metrics import RunMetrics
+
+    log = RunMetrics(tmp_path)
+    log.row({"phase": "train", "epoch": 1, "step": 20, "samples": 5120, "loss": 0.52,
+             "auc": 0.61})
+    log.row({"phase": "valid", "epoch": 1, "step": 29, "samples": 7200, "logloss": 0.48,
+             "auc": 0.72})
+    fig = curves_figure(tmp_path)
+    loss_axes = fig.axes[0]
+    train = [line for line in loss_axes.lines if line.get_label() == "train loss (running)"]
+    assert len(train) == 1 and train[0].get_marker() == "o"
+    assert list(train[0].get_xdata()) == [5120.0] and list(train[0].get_ydata()) == [0.52]

@@ -587,7 +587,7 @@ async def _rank(state: ServerState, request: Request) -> Response:
     if state.intake is not None:
         state.intake.recent.add(answer["request_id"])
     headers = None
-    missing = rows.missing_counts()
+    missing = rows.missing
     if missing:
         for feature, count in missing.items():
             state.metrics.missing_values.labels(feature).inc(count)

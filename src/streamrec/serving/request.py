@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
@@ -106,12 +106,10 @@ class CandidateRows:
 
     columns: dict[str, list[Any]]
     num_rows: int
-
-    def missing_counts(self) -> dict[str, int]:
-        """Feature → how many rows lack it (left out, or null): such a row reads the schema's
-        missing value for it, as a training row with an empty cell does."""
-        counts = {name: column.count(None) for name, column in self.columns.items()}
-        return {name: count for name, count in counts.items() if count}
+    # feature → rows lacking it (left out, or null), for the features that any row lacks:
+    # such a row reads the schema's missing value, as a training row with an empty cell does.
+    # Counted while a request is read (a context value is checked once, not per row).
+    missing: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dicts(
@@ -247,10 +245,15 @@ class RankRequestReader:
             raise RequestError(413, f"{n} candidates; the limit is {max_candidates}")
         context = request.context
         columns = {}
+        missing = {}
         for name, attr, get in self._fields:
             value = getattr(context, attr)
             if value is msgspec.UNSET:
-                columns[name] = list(map(get, candidates))
+                columns[name] = column = list(map(get, candidates))
+                if absent := column.count(None):
+                    missing[name] = absent
             else:
                 columns[name] = [value] * n
-        return CandidateRows(columns, n), request.request_id
+                if value is None:
+                    missing[name] = n
+        return CandidateRows(columns, n, missing), request.request_id

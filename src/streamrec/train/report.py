@@ -24,6 +24,19 @@ def _title(run_dir: Path) -> str:
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw the run's curves (`curves_figure`) to a PNG: `out`, default RUN/curves.png."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(run_dir)
+    out = Path(out) if out else Path(run_dir) / "curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def curves_figure(run_dir: str | Path):  # -> matplotlib.figure.Figure
+    """Loss (left) and AUC (right) against samples: training (running), validation per
+    epoch, online (windowed) — whichever the run's metrics.csv holds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,8 +74,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ]
     for ax, phase, key, style, label in curves:
         x, y = series(phase, key)
-        if x:
-            ax.plot(x, y, style, label=label)
+        if x:  # a short run logs one training point: a line through it would not show
+            ax.plot(x, y, style if len(x) > 1 else "o", label=label)
     ax_loss.set_ylabel("log loss")
     ax_auc.set_ylabel("AUC")
     for ax in (ax_loss, ax_auc):
@@ -71,7 +84,4 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             ax.legend(fontsize=8)
     fig.suptitle(_title(run_dir))
     fig.tight_layout()
-    out = Path(out) if out else run_dir / "curves.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
