@@ -135,6 +135,11 @@ def test_eval_and_predict_show_progress_on_a_terminal_and_never_in_a_log(model):
     predict = ("predict", str(model / "run"), "--data", str(model / "train.csv"), "--out",
                str(scores))
     assert "scoring" in _on_a_terminal(*predict)
+    as_parquet = model / "train.parquet"  # a footer with the row count: a total and an ETA
+    pq.write_table(pacsv.read_csv(model / "train.csv"), as_parquet)
+    shown = _on_a_terminal("predict", str(model / "run"), "--data", str(as_parquet), "--out",
+                           str(model / "progress2.parquet"))
+    assert "scoring" in shown and "/3000" in shown
     assert "evaluating" in _on_a_terminal("eval", str(model / "run"), "--data",
                                          str(model / "train.csv"))
     logged = _cli(*predict)  # output captured, as a log or CI would: no bar

@@ -73,6 +73,19 @@ def read_records(
         raise DataError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
+def known_row_count(path: str | Path | None, fmt: str | None = None) -> int | None:
+    """Rows of `path` when the file says so without being read (a Parquet footer), for a
+    progress bar's total; None for text formats, where only reading them tells."""
+    try:
+        if path is None or (fmt or guess_format(path)) != "parquet" or Path(path).is_dir():
+            return None
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    except (DataError, OSError, pa.ArrowException):
+        return None  # the reader itself reports what is wrong with the file
+
+
 def _cast_to(batch: pa.RecordBatch, types: dict[str, pa.DataType], path: object) -> pa.RecordBatch:
     """The batch with the pinned columns in their declared types."""
     names = batch.schema.names

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from streamrec.batch import Batch
 from streamrec.config import JobConfig
 from streamrec.data.errors import DataError, DeadLetter
-from streamrec.data.formats import guess_format, read_records
+from streamrec.data.formats import guess_format, known_row_count, read_records
 from streamrec.models.persistence import load_model
 from streamrec.store.atomic import temp_sibling
 
@@ -97,9 +97,10 @@ def score_file(
     writer = None
     rows = 0
     started = time.perf_counter()
-    bar = tqdm(desc="scoring", unit=" rows", disable=None if progress else True, leave=False)
+    fmt = fmt or _format(data, loaded.config)
+    bar = tqdm(desc="scoring", unit=" rows", total=known_row_count(data, fmt),
+               disable=None if progress else True, leave=False)
     try:
-        fmt = fmt or _format(data, loaded.config)
         fields = loaded.config.data.fields
         blocks = read_records(data, fmt, dead, block_rows, kinds, fields)
         for batch, encoded in _read_ahead(blocks, lambda b: schema.encode(b, with_labels=False)):
