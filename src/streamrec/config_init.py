@@ -69,6 +69,9 @@ def _label_rule(name: str, column: pa.ChunkedArray) -> tuple[dict[str, Any], str
         rarer = min(counts, key=lambda c: c["counts"])["values"]
         return {"name": name, "positive": [rarer]}, f"two values: {rarer!r} (the rarer) is 1"
     numbers = np.asarray(values.cast(pa.float64()).to_numpy(zero_copy_only=False))
+    numbers = numbers[np.isfinite(numbers)]  # a NaN cell is a missing label, not a value
+    if numbers.size == 0:
+        raise DataError(f"label column {name!r} has no numeric value in the sampled rows")
     distinct = set(np.unique(numbers).tolist())
     if distinct <= {0.0, 1.0}:
         return {"name": name}, "0/1"
@@ -83,7 +86,7 @@ def _label_rule(name: str, column: pa.ChunkedArray) -> tuple[dict[str, Any], str
     )
 
 
-def _column_role(name: str, column: pa.ChunkedArray, rows: int) -> tuple[str, dict, str]:
+def _column_role(name: str, column: pa.ChunkedArray) -> tuple[str, dict, str]:
     """(role, entry, why): role is embedding, dense, timestamp or skip."""
     t = column.type
     present = column.drop_null()
@@ -146,6 +149,8 @@ def starting_config(
 ) -> str:
     """The commented YAML of a job that trains on `data` as is; paths relative to the folder
     of `config_path` (where it will be written). DataError names what could not be decided."""
+    if valid is not None:  # checked now, not at the first epoch's end
+        next(iter(read_records(valid, fmt, DeadLetter())), None)
     table = _sample(data, fmt, sample_rows)
     names = table.column_names
     if label is None:
@@ -170,7 +175,7 @@ def starting_config(
     for name in names:
         if name == label or name in weights.values():
             continue
-        role, entry, why = _column_role(name, table.column(name), table.num_rows)
+        role, entry, why = _column_role(name, table.column(name))
         if role in ("dense", "embedding") and _decides(table.column(name), labels):
             role, why = "skip", "it decides the label on every sampled row: a leak"
         if role == "embedding" and name in weights:

@@ -86,6 +86,9 @@ def test_it_refuses_what_it_cannot_decide_and_names_the_fix(tmp_path):
     wrong = _run("config", "init", str(tmp_path / "x.csv"), "--label", "c",
                  "--out", str(tmp_path / "x.yaml"))
     assert wrong.returncode == 2 and "no column 'c'" in wrong.stderr
+    no_valid = _run("config", "init", str(tmp_path / "x.csv"), "--label", "a",
+                    "--valid", str(tmp_path / "gone.csv"), "--out", str(tmp_path / "x.yaml"))
+    assert no_valid.returncode == 2 and "gone.csv" in no_valid.stderr
     assert not (tmp_path / "x.yaml").exists()
 
 
