@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -592,73 +593,45 @@ def serve(
     from streamrec.serving.app import create_app
     from streamrec.serving.batcher import quiet_garbage_collector, use_compute_threads
     from streamrec.serving.http import server_config
+    from streamrec.serving.options import ServerOptions
+    from streamrec.serving.variants import variant_options
 
     use_compute_threads(threads or 1)  # the main thread: loading, and request handling
     from streamrec.store import CorruptModelError
 
     _require_free_port(host, port)  # before minutes of model loading, not after
 
-    overrides = {
-        k: v
-        for k, v in {
-            "max_batch_rows": max_batch_rows,
-            "max_delay_ms": max_delay_ms,
-            "cache_bytes": cache_bytes,
-            "threads": threads,
-        }.items()
-        if v is not None
-    }
-    from streamrec.serving.variants import VariantOptions, parse_split
-
-    variants = None
-    if variant or shadow or split or policy != "weights":
-        if policy not in ("weights", "thompson"):
-            _fail(f"--policy is weights or thompson, not {policy!r}")
-        if policy == "thompson" and actions is None:
-            _fail("--policy thompson learns from clicks: add --actions STREAM")
-        others = {}
-        for spec in variant:
-            other, sep, path = spec.partition("=")
-            if not sep or not other or not path:
-                _fail(f"--variant wants NAME=DIR; got {spec!r}")
-            others[other] = Path(path)
-        try:
-            weights = parse_split(split) if split else None
-        except ValueError as e:
-            _fail(str(e))
-        variants = VariantOptions(
-            others, name, weights, tuple(shadow), policy, sticky, actions, tuple(reward_action)
-        )
-    allocation = None
-    if slo_ms is not None or capacity_qps is not None or allocation_file is not None:
-        allocation = _read_mapping(allocation_file) if allocation_file is not None else {}
-        changes = {"enabled": True, "slo_ms": slo_ms, "capacity_qps": capacity_qps}
-        allocation.update({k: v for k, v in changes.items() if v is not None})
     try:
         api = create_app(
-            model_dir,
-            token=token,
-            deltas_dir=deltas,
-            retriever_dir=retriever,
-            retriever_deltas=retriever_deltas,
-            guard_health=token_guards_health,
-            preranker_dir=preranker,
-            prerank_keep=prerank_keep,
-            retrieve=retrieve,
-            allocation=allocation,
-            variants=variants,
-            feedback={
-                k: v
-                for k, v in {
-                    "impressions": log_impressions,
-                    "actions": actions,
-                    "sample_rate": log_sample_rate,
-                    "max_queue": log_queue,
-                    "log_rank": log_rank,
-                }.items()
-                if v is not None
-            },
-            **overrides,
+            ServerOptions(
+                model_dir=model_dir,
+                deltas_dir=deltas,
+                token=token,
+                guard_health=token_guards_health,
+                retriever_dir=retriever,
+                retriever_deltas=retriever_deltas,
+                retrieve=retrieve,
+                preranker_dir=preranker,
+                prerank_keep=prerank_keep,
+                variants=variant_options(
+                    variant, name, split, tuple(shadow), policy, sticky, actions,
+                    tuple(reward_action),
+                ),
+                serving=_given(
+                    max_batch_rows=max_batch_rows,
+                    max_delay_ms=max_delay_ms,
+                    cache_bytes=cache_bytes,
+                    threads=threads,
+                    compute_allocation=_allocation_changes(slo_ms, capacity_qps, allocation_file),
+                    feedback=_given(
+                        impressions=log_impressions,
+                        actions=actions,
+                        sample_rate=log_sample_rate,
+                        max_queue=log_queue,
+                        log_rank=log_rank,
+                    ),
+                ),
+            )
         )
     except (CorruptModelError, FileNotFoundError, ValueError) as e:  # pydantic's too
         _fail(str(e))
@@ -668,6 +641,23 @@ def serve(
     server.run()
     if not server.started:  # e.g. the port is taken: uvicorn has logged why
         raise typer.Exit(1)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The flags the user gave (not None, and not an empty section): only these change the
+    model's `serving:` settings."""
+    return {k: v for k, v in values.items() if v is not None and v != {}}
+
+
+def _allocation_changes(
+    slo_ms: float | None, capacity_qps: float | None, allocation_file: Path | None
+) -> dict[str, Any] | None:
+    """serving.compute_allocation changes: any of the three flags turns allocation on; the
+    file's fields first, the flags over them."""
+    if slo_ms is None and capacity_qps is None and allocation_file is None:
+        return None
+    changes = _read_mapping(allocation_file) if allocation_file is not None else {}
+    return {**changes, "enabled": True, **_given(slo_ms=slo_ms, capacity_qps=capacity_qps)}
 
 
 def _require_free_port(host: str, port: int) -> None:

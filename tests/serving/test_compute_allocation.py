@@ -23,6 +23,7 @@ from streamrec.serving.compute_allocation import (
     choose_levels,
     solve_lambda,
 )
+from streamrec.serving.options import ServerOptions
 
 LEVELS = [
     ComputeLevel(1000, 100, 1.0, 1.0),
@@ -238,7 +239,9 @@ def test_bad_allocation_settings_are_refused_at_start(tmp_path, trained_run, ret
         )
 
     with pytest.raises(ValueError, match="add --retriever"):
-        create_app(trained_run, allocation={"enabled": True})
+        create_app(
+            ServerOptions(model_dir=trained_run, serving={"compute_allocation": {"enabled": True}})
+        )
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text("levels:\n  - {k1: 10, k2: 20, gain: 1, cost: 1}\n")
     refused = serve("--retriever", str(retriever_run), "--allocation", str(wrong))

@@ -246,6 +246,7 @@ def test_non_finite_scores_are_refused_with_503_never_served_as_null(trained_run
     from starlette.testclient import TestClient
 
     from streamrec.serving.app import create_app
+    from streamrec.serving.options import ServerOptions
 
     run = tmp_path / "run"
     shutil.copytree(trained_run / "model", run / "model")
@@ -254,7 +255,8 @@ def test_non_finite_scores_are_refused_with_503_never_served_as_null(trained_run
     items = loaded.model.dynamic_tables()["item_id"]
     items.upsert(np.array([10]), np.full((1, items.dim), 3e38, np.float32))
     exporter.export()
-    with TestClient(create_app(run)) as client:  # the delta is applied before serving
+    # the delta is applied before serving
+    with TestClient(create_app(ServerOptions(model_dir=run))) as client:
         poisoned = {"context": CONTEXT, "candidates": [{"item_id": 10}, {"item_id": 20}]}
         for _ in range(2):  # the second time too: a NaN is never cached
             r = client.post("/v1/rank", json=poisoned)

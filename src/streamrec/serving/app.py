@@ -47,6 +47,7 @@ from streamrec.serving.feedback import FeedbackReader, ServedRequests
 from streamrec.serving.impression_log import ImpressionLog
 from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.openapi import DOCS_PAGE, openapi_document, request_examples
+from streamrec.serving.options import ServerOptions
 from streamrec.serving.prerank_stage import PreRankStage
 from streamrec.serving.recent_traffic import RecentTraffic
 from streamrec.serving.request import CandidateRows, RequestError, TypedBodyReader
@@ -61,7 +62,6 @@ from streamrec.serving.stream_writer import QueuedStreamWriter
 from streamrec.serving.variants import (
     PromoteBody,
     Variant,
-    VariantOptions,
     VariantSet,
     build_variants,
 )
@@ -127,46 +127,22 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def create_app(
-    model_dir: str | Path,
-    token: str | None = None,
-    deltas_dir: str | Path | None = None,
-    watch: bool = True,
-    retriever_dir: str | Path | None = None,
-    retriever_deltas: str | Path | None = None,
-    guard_health: bool = False,
-    preranker_dir: str | Path | None = None,
-    prerank_keep: int = 100,
-    retrieve: int | None = None,
-    allocation: dict[str, Any] | None = None,
-    variants: VariantOptions | None = None,
-    feedback: dict[str, Any] | None = None,
-    **overrides: Any,
-) -> Starlette:
-    """Build the ASGI app. `overrides` replace fields of the model's `serving:` settings
-    (e.g. max_batch_rows=1, max_delay_ms=0 to switch batching off), `allocation` fields of its
-    `serving.compute_allocation` (e.g. {"enabled": True, "slo_ms": 50}); `retrieve` the items
-    /v1/recommend retrieves (default: the retriever's `retrieval.candidates`); `variants` other
-    ranking models served beside this one (`serving/variants.py`); `feedback` fields of its
-    `serving.feedback` (the impression log and the action stream, e.g. {"impressions":
-    "runs/imps"}). `retriever_deltas`: where the retriever's deltas come from (default: its run
-    directory's `deltas/`; `serving/retrieval_watcher.py`). With a
-    `token`, every endpoint but the health probes needs it (`guard_health=True`: those too)."""
+def create_app(options: ServerOptions) -> Starlette:
+    """Build the ASGI app from one `ServerOptions` (what `streamrec serve`'s flags map onto):
+    the ranking model and its deltas, the retriever and pre-ranker of /v1/recommend, variants,
+    the token, and changes to the model's `serving:` section (validated as a whole)."""
+    state = _build_state(options)
+    app = Starlette(routes=_routes(state), lifespan=_lifespan(state))
+    app.state.server = state
+    return app
+
+
+def _build_state(options: ServerOptions) -> ServerState:
+    """Load every stage and open every stream; nothing runs until the lifespan starts it."""
+    model_dir = options.model_dir
     snapshot = Snapshot.load(model_dir)  # the directory found once, its manifest read once
     directory = snapshot.loaded.path
-    # validated like the config file: max_batch_rows=0 or an unknown key is refused, not kept
-    serving = snapshot.config.serving
-    settings = type(serving).model_validate({**serving.model_dump(), **overrides})
-    if allocation:
-        checked = type(settings.compute_allocation).model_validate(
-            {**settings.compute_allocation.model_dump(), **allocation}
-        )
-        settings = settings.model_copy(update={"compute_allocation": checked})
-    if feedback:
-        loop = type(settings.feedback).model_validate(
-            {**settings.feedback.model_dump(), **feedback}
-        )
-        settings = settings.model_copy(update={"feedback": loop})
+    settings = options.settings(snapshot.config.serving)
     metrics = ServerMetrics()
 
     def on_batch(rows: int, seconds: float) -> None:
@@ -190,8 +166,8 @@ def create_app(
         on_batch,
         settings.threads,
     )
-    if deltas_dir is None:
-        deltas_dir = find_deltas_dir(model_dir)
+    watch = options.watch
+    deltas_dir = options.deltas_dir or find_deltas_dir(model_dir)
     watcher = (
         Watcher(batcher, Path(model_dir), Path(deltas_dir), settings.poll_seconds, metrics)
         if watch
@@ -203,35 +179,15 @@ def create_app(
         metrics,
         settings,
         watcher,
-        token,
-        guard_health=guard_health,
+        options.token,
+        guard_health=options.guard_health,
     )
-    state.retriever = RetrievalStage.load(retriever_dir) if retriever_dir is not None else None
-    if retrieve is not None and state.retriever is not None:
-        state.retriever.candidates = retrieve
-    if watch and state.retriever is not None:
-        state.retrieval_watcher = RetrievalWatcher(
-            state.retriever,
-            Path(retriever_deltas or find_deltas_dir(retriever_dir)),
-            _unset_swap,  # the event loop's, once it runs (lifespan)
-            settings.poll_seconds,
-        )
-    if preranker_dir is not None:
-        if state.retriever is None:
-            raise ValueError("a pre-ranker sits between retrieval and ranking: add --retriever")
-        state.preranker = PreRankStage.load(preranker_dir, prerank_keep)
-        if watch:
-            state.prerank_watcher = Watcher(
-                state.preranker,
-                Path(preranker_dir),
-                find_deltas_dir(preranker_dir),
-                settings.poll_seconds,
-            )
+    _load_recommend_stages(state, options)
 
     if settings.feedback.impressions or settings.feedback.actions:
         _open_feedback_streams(state, settings.feedback)  # before the variants: their click
         # reader reads the actions
-    if variants is not None:
+    if (variants := options.variants) is not None:
         main = Variant(variants.main_name, str(directory), batcher, state.cache, watcher)
         state.variants = build_variants(variants, main, settings, watch)
         if variants.actions is not None:
@@ -244,10 +200,39 @@ def create_app(
                 frozenset(variants.reward_actions),
             )
     if settings.compute_allocation.enabled:
-        if state.retriever is None:
-            raise ValueError("compute allocation sizes /v1/recommend's stages: add --retriever")
         state.allocator = ComputeAllocator(settings.compute_allocation)
+    return state
 
+
+def _load_recommend_stages(state: ServerState, options: ServerOptions) -> None:
+    """The retriever (and pre-ranker) of /v1/recommend, each following its own deltas."""
+    watch, poll_seconds = options.watch, state.settings.poll_seconds
+    if (retriever_dir := options.retriever_dir) is not None:
+        state.retriever = RetrievalStage.load(retriever_dir)
+        if options.retrieve is not None:
+            state.retriever.candidates = options.retrieve
+        if watch:
+            state.retrieval_watcher = RetrievalWatcher(
+                state.retriever,
+                Path(options.retriever_deltas or find_deltas_dir(retriever_dir)),
+                _unset_swap,  # the event loop's, once it runs (lifespan)
+                poll_seconds,
+            )
+    if (preranker_dir := options.preranker_dir) is not None:
+        state.preranker = PreRankStage.load(preranker_dir, options.prerank_keep)
+        if watch:
+            state.prerank_watcher = Watcher(
+                state.preranker,
+                Path(preranker_dir),
+                find_deltas_dir(preranker_dir),
+                poll_seconds,
+            )
+
+
+def _lifespan(state: ServerState) -> Callable[[Starlette], Any]:
+    """Start the workers, watchers and writers before the first request; stop them (queued
+    impressions written, tiered tables' private disk copies removed) after the last."""
+    batcher, watcher = state.batcher, state.watcher
     others = list(state.variants.variants.values())[1:] if state.variants else []
 
     @asynccontextmanager
@@ -296,7 +281,11 @@ def create_app(
         batcher.snapshot.close()  # tiered tables: their private disk copies go now (uvicorn
         # re-raises SIGTERM after this, so nothing at interpreter exit would run)
 
-    routes = [
+    return lifespan
+
+
+def _routes(state: ServerState) -> list[Route]:
+    return [
         Route("/v1/rank", _endpoint(state, "rank", _rank), methods=["POST"]),
         Route("/v1/recommend", _endpoint(state, "recommend", _recommend), methods=["POST"]),
         Route("/v1/items", _endpoint(state, "items", _add_items), methods=["POST"]),
@@ -317,9 +306,6 @@ def create_app(
         ),
         Route("/", _endpoint(state, "page", _page), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.server = state
-    return app
 
 
 def _open_feedback_streams(state: ServerState, options: FeedbackLoopConfig) -> None:

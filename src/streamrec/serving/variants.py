@@ -296,6 +296,36 @@ def _unit_hash(key: object) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
+def variant_options(
+    specs: list[str],
+    main_name: str = "main",
+    split: str | None = None,
+    shadows: tuple[str, ...] = (),
+    policy: str = "weights",
+    sticky: bool = False,
+    actions: str | None = None,
+    reward_actions: tuple[str, ...] = ("click",),
+) -> VariantOptions | None:
+    """`serve`'s variant flags as options; None when they ask for nothing beyond one model.
+    `specs` are NAME=DIR. Raises ValueError naming the flag that is wrong."""
+    if not (specs or shadows or split or policy != "weights"):
+        return None
+    if policy not in ("weights", "thompson"):
+        raise ValueError(f"--policy is weights or thompson, not {policy!r}")
+    if policy == "thompson" and actions is None:
+        raise ValueError("--policy thompson learns from clicks: add --actions STREAM")
+    others: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--variant wants NAME=DIR; got {spec!r}")
+        others[name] = Path(path)
+    weights = parse_split(split) if split else None
+    return VariantOptions(
+        others, main_name, weights, tuple(shadows), policy, sticky, actions, tuple(reward_actions)
+    )
+
+
 def parse_split(text: str) -> dict[str, float]:
     """"main=90,new=10" → {"main": 90.0, "new": 10.0}."""
     weights: dict[str, float] = {}
