@@ -67,7 +67,7 @@ def test_two_rank_online_training_matches_one_process_and_serves(tmp_path, ml_sm
     run = tmp_path / "two"
     versions = list_deltas(run / "deltas")
     assert versions == list(range(1, s2["last_delta_version"] + 1))
-    _, tables, _ = read_delta(run / "deltas", versions[0])
+    tables = read_delta(run / "deltas", versions[0]).tables
     owners = set(owner_of(tables["item_id"].fids.numpy(), 2).tolist())
     assert owners == {0, 1}
 

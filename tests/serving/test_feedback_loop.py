@@ -16,7 +16,7 @@ import pytest
 
 from streamrec.data.stream import LocalLogSource
 from streamrec.store import read_manifest
-from streamrec.store.delta import list_deltas, read_delta_manifest
+from streamrec.store.delta import DeltaDir, list_deltas
 
 REPO = Path(__file__).resolve().parents[2]
 USERS = [{"user_id": u, "age": 20 + u, "gender": "F", "occupation": "writer"} for u in range(20)]
@@ -98,7 +98,7 @@ def test_served_impressions_join_feedback_and_the_delta_changes_the_clicked_scor
     status = _online("ml100k_deepfm.yaml", imps, acts, online, trained_run / "model")
     assert status["windowed"]["label"]["positives"] == len(clicked)
     newest = list_deltas(online / "deltas")[-1]  # every section written is a declared one
-    assert read_delta_manifest(online / "deltas", newest).model_extra == {}
+    assert DeltaDir.open(online / "deltas", newest).manifest.model_extra == {}
     checkpoint = read_manifest(online / "checkpoint")
     assert checkpoint.model_extra == {} and checkpoint.online.events_trained == 10 * len(USERS)
     deadline = time.monotonic() + 30

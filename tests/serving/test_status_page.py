@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from streamrec.models.persistence import load_model
+from streamrec.store.manifest import DeltaProgress
 from streamrec.train.delta_export import DeltaExporter
 
 TOKEN = "s3cret"
@@ -38,10 +39,10 @@ def _write_delta(run, consumed_seconds_ago: float) -> None:
     table.apply_gradients(torch.tensor([50]), torch.full((1, table.dim), -1.0))
     now = time.time()
     exporter.export(
-        {
-            "consumed_at": [now - consumed_seconds_ago, now - 1.0],
-            "health": [{"rule": "loss_not_decreasing", "message": "flat for 500 steps"}],
-        }
+        DeltaProgress(
+            consumed_at=[now - consumed_seconds_ago, now - 1.0],
+            health=[{"rule": "loss_not_decreasing", "message": "flat for 500 steps"}],
+        )
     )
 
 

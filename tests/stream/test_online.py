@@ -246,7 +246,7 @@ def test_a_resumed_run_still_sends_every_change_made_before_its_checkpoint(tmp_p
     resumed.run(stop_when_idle=0.5)
     sent: dict[str, set[int]] = {}
     for version in list_deltas(tmp_path / "run" / "deltas"):
-        _, tables, _ = read_delta(tmp_path / "run" / "deltas", version)
+        tables = read_delta(tmp_path / "run" / "deltas", version).tables
         for name, delta in tables.items():
             sent.setdefault(name, set()).update(delta.fids.tolist())
     final = load_model(tmp_path / "run" / "checkpoint").model

@@ -9,34 +9,27 @@ no request reads).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from streamrec.models.with_tables import WithTables
-from streamrec.store.delta import TableDelta
-from streamrec.store.manifest import DeltaManifest
+from streamrec.store.delta import Delta
 
 
-def apply_delta(
-    model: WithTables,
-    manifest: DeltaManifest,
-    tables: dict[str, TableDelta],
-    dense: dict[str, torch.Tensor] | None,
-) -> None:
+def apply_delta(model: WithTables, delta: Delta) -> None:
     """Upsert each table's changed rows and delete its removed ids (a full snapshot delta also
     drops every row it does not hold); load the dense weights when the delta carries them."""
     own = model.dynamic_tables()
-    for name, delta in tables.items():
+    for name, rows in delta.tables.items():
         table = own.get(name)
         if table is None:
             continue
-        if manifest.full:  # a snapshot: rows it does not hold are gone
+        if delta.manifest.full:  # a snapshot: rows it does not hold are gone
             live = table.live_fids()
-            table.delete(live[~np.isin(live, delta.fids.numpy())])
-        if delta.deleted.numel():
-            table.delete(delta.deleted.numpy())
-        if delta.fids.numel():
-            table.upsert(delta.fids.numpy(), delta.weights().numpy())
+            table.delete(live[~np.isin(live, rows.fids.numpy())])
+        if rows.deleted.numel():
+            table.delete(rows.deleted.numpy())
+        if rows.fids.numel():
+            table.upsert(rows.fids.numpy(), rows.weights().numpy())
         if table.has_disk_tier:
             table.trim()  # upserted rows came up to DRAM; the budget holds
-    if dense is not None:
-        model.load_dense_state_dict(dense)
+    if delta.dense is not None:
+        model.load_dense_state_dict(delta.dense)

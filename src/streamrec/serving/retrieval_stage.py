@@ -42,8 +42,7 @@ from streamrec.serving.request import (
     given_features,
     rows_table,
 )
-from streamrec.store.delta import TableDelta
-from streamrec.store.manifest import DeltaManifest
+from streamrec.store.delta import Delta
 
 
 def recommend_body_type(kinds: dict[str, str]) -> type:
@@ -100,10 +99,6 @@ class ServedTowers:
     retriever: Retriever
     delta_version: int = 0
     vectors: OrderedDict[bytes, np.ndarray] = field(default_factory=OrderedDict)
-
-
-# A delta: (its manifest, its tables' rows, its dense weights or None), as `read_delta` reads it.
-LoadedDelta = tuple[DeltaManifest, dict[str, TableDelta], dict[str, torch.Tensor] | None]
 
 
 class RetrievalStage:
@@ -174,7 +169,7 @@ class RetrievalStage:
     # ------------------------------------------------------------------ learning from deltas
     def apply_deltas(
         self,
-        deltas: list[LoadedDelta],
+        deltas: list[Delta],
         swap: Callable[[Callable[[], None]], None],
         pause: Callable[[], None] = lambda: None,
     ) -> None:
@@ -189,11 +184,11 @@ class RetrievalStage:
         with self._update_lock:
             shadow = self._shadow or self._copy_of_served()
             self._shadow = None
-            for manifest, tables, dense in deltas:
-                apply_delta(shadow, manifest, tables, dense)
+            for delta in deltas:
+                apply_delta(shadow, delta)
             started = time.perf_counter()
             fresh = ServedTowers(
-                shadow.eval(), self._index_catalog(shadow, pause), deltas[-1][0].version
+                shadow.eval(), self._index_catalog(shadow, pause), deltas[-1].manifest.version
             )
             indexed = time.perf_counter()
             retired = self._live
@@ -202,8 +197,8 @@ class RetrievalStage:
                 self._live = fresh
 
             swap(put_in_service)
-            for manifest, tables, dense in deltas:  # no request reads it any more
-                apply_delta(retired.model, manifest, tables, dense)
+            for delta in deltas:  # no request reads it any more
+                apply_delta(retired.model, delta)
             self._shadow = retired.model
             self.deltas_applied += len(deltas)
             self.last_reindex = {

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from streamrec.serving.retrieval_stage import LoadedDelta, RetrievalStage
+from streamrec.serving.retrieval_stage import RetrievalStage
 from streamrec.serving.watcher import (
     WATCHER_NICENESS,
     lower_thread_priority,
@@ -22,7 +22,7 @@ from streamrec.serving.watcher import (
     yield_to_requests,
 )
 from streamrec.store import CorruptModelError
-from streamrec.store.delta import list_deltas, read_delta, read_delta_manifest
+from streamrec.store.delta import Delta, DeltaDir, list_deltas
 
 log = logging.getLogger("streamrec.serving")
 
@@ -61,18 +61,18 @@ class RetrievalWatcher(threading.Thread):
 
     def check_deltas(self) -> None:
         after = max(self._seen, self.stage.delta_version)
-        pending: list[LoadedDelta] = []
+        pending: list[Delta] = []
         for version in list_deltas(self.deltas_dir, after=after):
             if version in self.quarantined:
                 continue
             try:
-                manifest = read_delta_manifest(self.deltas_dir, version)
-                base = manifest.base_model_version
+                directory = DeltaDir.open(self.deltas_dir, version)
+                base = directory.manifest.base_model_version
                 if base is not None and base != self.stage.version:
                     self.deltas_skipped += 1  # another model's: its rows are not read
                     self._seen = version
                     continue
-                pending.append(read_delta(self.deltas_dir, version, manifest))
+                pending.append(directory.read())
             except (CorruptModelError, KeyError, ValueError, TypeError) as e:
                 self._quarantine(version, e)
                 break  # serve what came before it; the ones after it, next time
@@ -84,22 +84,22 @@ class RetrievalWatcher(threading.Thread):
             # RuntimeError: rows or weights that do not fit the towers (torch's error). Which
             # delta? Serve them one at a time next round: the bad one is found and skipped.
             if len(pending) == 1:
-                self._quarantine(pending[0][0].version, e)
+                self._quarantine(pending[0].manifest.version, e)
             else:
                 self._one_at_a_time(pending)
             return
-        self._seen = max(self._seen, pending[-1][0].version)
+        self._seen = max(self._seen, pending[-1].manifest.version)
 
-    def _one_at_a_time(self, pending: list[LoadedDelta]) -> None:
+    def _one_at_a_time(self, pending: list[Delta]) -> None:
         for delta in pending:
-            version = delta[0].version
+            version = delta.manifest.version
             try:
                 self._apply([delta])
             except (KeyError, ValueError, TypeError, RuntimeError) as e:
                 self._quarantine(version, e)
             self._seen = max(self._seen, version)
 
-    def _apply(self, deltas: list[LoadedDelta]) -> None:
+    def _apply(self, deltas: list[Delta]) -> None:
         """As the ranker's watcher loads a model: short GIL slices, and a pause for requests
         between chunks of the re-index, so that serving's p99 does not carry it."""
         with short_gil_slices():

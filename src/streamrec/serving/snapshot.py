@@ -20,7 +20,7 @@ from streamrec.models.persistence import LoadedModel, load_model
 from streamrec.serving.delta_apply import apply_delta
 from streamrec.serving.request import RankRequestReader
 from streamrec.store import ModelDir
-from streamrec.store.delta import TableDelta
+from streamrec.store.delta import Delta
 
 
 class Snapshot:
@@ -88,14 +88,9 @@ class Snapshot:
                 table.ids_resolved = table.dram_misses = 0
         return out
 
-    def apply_delta(
-        self,
-        manifest: dict[str, Any],
-        tables: dict[str, TableDelta],
-        dense: dict[str, torch.Tensor] | None,
-    ) -> None:
-        apply_delta(self.model, manifest, tables, dense)
-        self.delta_version = manifest.version
+    def apply_delta(self, delta: Delta) -> None:
+        apply_delta(self.model, delta)
+        self.delta_version = delta.manifest.version
         self.delta_applied_at = time.time()
 
     def describe(self) -> dict[str, Any]:

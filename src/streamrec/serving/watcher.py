@@ -33,7 +33,7 @@ from streamrec.serving.batcher import use_compute_threads
 from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.snapshot import Snapshot
 from streamrec.store import CorruptModelError, ModelDir, find_model_dir
-from streamrec.store.delta import list_deltas, read_delta, read_delta_manifest
+from streamrec.store.delta import DeltaDir, list_deltas
 from streamrec.store.manifest import DeltaManifest
 from streamrec.store.model_dir import manifest_stamp
 
@@ -236,18 +236,17 @@ class Watcher(threading.Thread):
             snapshot = self.batcher.snapshot
             base = None
             try:
-                manifest = read_delta_manifest(self.deltas_dir, version)
+                directory = DeltaDir.open(self.deltas_dir, version)
+                manifest = directory.manifest
                 base = manifest.base_model_version
                 if base is not None and base != snapshot.model_version:
                     self.deltas_skipped += 1  # written for another model: its rows are not read
                     snapshot.delta_version = max(snapshot.delta_version, version)
                     continue
                 with short_gil_slices():
-                    manifest, tables, dense = read_delta(self.deltas_dir, version, manifest)
+                    delta = directory.read()
                 self.newest_delta_seen_at = time.time()
-                self.batcher.run_control(
-                    lambda m=manifest, t=tables, d=dense, s=snapshot: s.apply_delta(m, t, d)
-                ).result()
+                self.batcher.run_control(lambda d=delta, s=snapshot: s.apply_delta(d)).result()
             except (CorruptModelError, KeyError, ValueError, TypeError, RuntimeError) as e:
                 # RuntimeError: rows or dense weights that do not fit the model (torch's error)
                 self.quarantine(version, f"{type(e).__name__}: {e}", base)

@@ -13,13 +13,13 @@ upserts (a fid may be deleted and re-admitted within one interval).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from streamrec.store.manifest import DELTA_FORMAT, DeltaManifest, parse_manifest
+from streamrec.store.manifest import DELTA_FORMAT, DeltaManifest, DeltaProgress, parse_manifest
 from streamrec.store.model_dir import (
     CorruptModelError,
     read_manifest_json,
@@ -53,8 +53,14 @@ def write_delta(
     version: int,
     tables: dict[str, TableDelta],
     dense: dict[str, torch.Tensor] | None,
-    manifest: dict[str, Any],
+    *,
+    base_model_version: int,
+    precision: str,
+    full: bool,
+    progress: DeltaProgress | None = None,
 ) -> Path:
+    """Write delta `version` atomically; its manifest is built here from typed parts (and
+    checked against `DeltaManifest` before anything is written)."""
     files: dict[str, dict[str, torch.Tensor]] = {}
     entries = {}
     for i, (name, d) in enumerate(sorted(tables.items())):
@@ -71,13 +77,17 @@ def write_delta(
         }
     if dense is not None:
         files["dense.safetensors"] = dense
-    full = {
-        **manifest,
+    manifest = {
+        **(progress or DeltaProgress()).model_dump(exclude_none=True),
+        "base_model_version": base_model_version,
+        "created": time.time(),
+        "precision": precision,
+        "full": full,
         "version": version,
         "tables": entries,
         "dense": "dense.safetensors" if dense is not None else None,
     }
-    return write_model_dir(delta_path(deltas_dir, version), full, files, kind=DELTA_FORMAT)
+    return write_model_dir(delta_path(deltas_dir, version), manifest, files, kind=DELTA_FORMAT)
 
 
 def list_deltas(deltas_dir: str | Path, after: int = 0) -> list[int]:
@@ -85,31 +95,56 @@ def list_deltas(deltas_dir: str | Path, after: int = 0) -> list[int]:
     return list_versions(deltas_dir, after)
 
 
-def read_delta_manifest(deltas_dir: str | Path, version: int) -> DeltaManifest:
-    """A delta's manifest alone (base model version, times): enough to decide whether to read
-    the rest — a server skips deltas written for another base without reading their rows."""
-    path = delta_path(deltas_dir, version)
-    raw = read_manifest_json(path, DELTA_FORMAT)
-    return parse_manifest(raw, str(path / "manifest.json"))  # type: ignore[return-value]
+@dataclass(frozen=True)
+class DeltaDir:
+    """One delta directory, its manifest read and validated once. The manifest alone (base
+    model version, times) decides whether to read the rest: a server skips a delta written for
+    another base without reading its rows."""
+
+    path: Path
+    manifest: DeltaManifest
+
+    @classmethod
+    def open(cls, deltas_dir: str | Path, version: int) -> DeltaDir:
+        path = delta_path(deltas_dir, version)
+        raw = read_manifest_json(path, DELTA_FORMAT)
+        manifest = parse_manifest(raw, str(path / "manifest.json"))
+        assert isinstance(manifest, DeltaManifest)  # read_manifest_json checked the format
+        return cls(path, manifest)
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def read(self) -> Delta:
+        """Its rows and dense weights, every file checked against the manifest and every value
+        finite (CorruptModelError otherwise)."""
+        tables = {}
+        for name, entry in self.manifest.tables.items():
+            t = read_tensors(self.path, entry.file, self.manifest)
+            tables[name] = TableDelta(
+                t["fids"], t["values"], t["deleted"], t.get("scale"), t.get("offset")
+            )
+            _require_finite(self.path, f"table {name}", tables[name].weights(), t["fids"])
+        dense = None
+        if self.manifest.dense:
+            dense = read_tensors(self.path, self.manifest.dense, self.manifest)
+        for key, tensor in (dense or {}).items():
+            _require_finite(self.path, f"dense weight {key}", tensor)
+        return Delta(self.manifest, tables, dense)
 
 
-def read_delta(
-    deltas_dir: str | Path, version: int, manifest: DeltaManifest | None = None
-) -> tuple[DeltaManifest, dict[str, TableDelta], dict[str, torch.Tensor] | None]:
-    path = delta_path(deltas_dir, version)
-    if manifest is None:
-        manifest = read_delta_manifest(deltas_dir, version)
-    tables = {}
-    for name, entry in manifest.tables.items():
-        t = read_tensors(path, entry.file, manifest)
-        tables[name] = TableDelta(
-            t["fids"], t["values"], t["deleted"], t.get("scale"), t.get("offset")
-        )
-        _require_finite(path, f"table {name}", tables[name].weights(), t["fids"])
-    dense = read_tensors(path, manifest.dense, manifest) if manifest.dense else None
-    for key, tensor in (dense or {}).items():
-        _require_finite(path, f"dense weight {key}", tensor)
-    return manifest, tables, dense
+@dataclass(frozen=True)
+class Delta:
+    """A delta as read: its manifest, each table's rows, and the dense weights (or None)."""
+
+    manifest: DeltaManifest
+    tables: dict[str, TableDelta]
+    dense: dict[str, torch.Tensor] | None
+
+
+def read_delta(deltas_dir: str | Path, version: int) -> Delta:
+    return DeltaDir.open(deltas_dir, version).read()
 
 
 def _require_finite(

@@ -138,18 +138,14 @@ class DeltaTableEntry(_Section):
     dtype: str
 
 
-class DeltaManifest(_Section):
-    format: Literal["streamrec-delta"]
-    format_version: int = Field(ge=1)
-    version: int = Field(ge=1)
-    base_model_version: int | None = None
-    created: float
-    precision: Literal["fp32", "fp16", "int8"]
-    full: bool = Field(False, description="a full snapshot: replaces the tables' content")
+class DeltaProgress(_Section):
+    """What an online trainer says about a delta it writes: where in the stream it is, how much
+    it learnt, how fresh the events are, and its health. The writer builds one of these; the
+    exporter adds the rest of the `DeltaManifest`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     checkpoint_version: int = Field(0, ge=0, description="the checkpoint the trainer had made")
-    tables: dict[str, DeltaTableEntry]
-    dense: str | None = None
-    files: dict[str, str]
     offsets: dict[str, int] | None = Field(None, description="the stream offsets it covers")
     events_trained: int | None = Field(None, ge=0)
     consumed_at: list[float] | None = Field(
@@ -158,6 +154,21 @@ class DeltaManifest(_Section):
     health: list[dict[str, Any]] = Field(
         default_factory=list, description="the trainer's active health warnings"
     )
+
+
+class DeltaManifest(DeltaProgress):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)  # a newer writer's keys
+
+    format: Literal["streamrec-delta"]
+    format_version: int = Field(ge=1)
+    version: int = Field(ge=1)
+    base_model_version: int | None = None
+    created: float
+    precision: Literal["fp32", "fp16", "int8"]
+    full: bool = Field(False, description="a full snapshot: replaces the tables' content")
+    tables: dict[str, DeltaTableEntry]
+    dense: str | None = None
+    files: dict[str, str]
 
 
 _TYPES: dict[str, type[BaseModel]] = {MODEL_FORMAT: ModelManifest, DELTA_FORMAT: DeltaManifest}

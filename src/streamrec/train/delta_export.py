@@ -13,22 +13,21 @@ every rank of a distributed trainer makes it alike.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from streamrec.embedding.export import quantize
 from streamrec.models.base import RankingModel
 from streamrec.store.delta import TableDelta, list_deltas, write_delta
+from streamrec.store.manifest import DeltaProgress
 
 
-def consumed_range(consumed_at: list[float]) -> dict[str, Any]:
+def consumed_range(consumed_at: list[float]) -> list[float] | None:
     """The manifest field `consumed_at`: [first, last] wall time (Unix seconds) at which the
     trainer read the events this delta learnt from. A server that applies the delta reports
-    now − first as its event → served freshness. Empty when the delta holds no new events."""
-    return {"consumed_at": [min(consumed_at), max(consumed_at)]} if consumed_at else {}
+    now − first as its event → served freshness. None when the delta holds no new events."""
+    return [min(consumed_at), max(consumed_at)] if consumed_at else None
 
 
 class DeltaExporter:
@@ -54,8 +53,8 @@ class DeltaExporter:
             if table.has_disk_tier:  # log rows that go to disk changed, for the next delta
                 table.track_changes = True
 
-    def export(self, extra: dict[str, Any] | None = None, force_dense: bool = False) -> Path:
-        return self.write(self.collect(), extra, force_dense)
+    def export(self, progress: DeltaProgress | None = None, force_dense: bool = False) -> Path:
+        return self.write(self.collect(), progress, force_dense)
 
     def is_snapshot(self, version: int) -> bool:
         return self.snapshot_every > 0 and version % self.snapshot_every == 0
@@ -78,7 +77,7 @@ class DeltaExporter:
     def write(
         self,
         tables: dict[str, TableDelta],
-        extra: dict[str, Any] | None = None,
+        progress: DeltaProgress | None = None,
         force_dense: bool = False,
     ) -> Path:
         """The next delta: these table rows, and the dense weights when due."""
@@ -87,11 +86,13 @@ class DeltaExporter:
         dense = None
         if full or force_dense or self.version % self.dense_every == 0:
             dense = {k: v.detach().clone() for k, v in self.model.dense_state_dict().items()}
-        manifest = {
-            "base_model_version": self.base_model_version,
-            "created": time.time(),
-            "precision": self.precision,
-            "full": full,
-            **(extra or {}),
-        }
-        return write_delta(self.deltas_dir, self.version, tables, dense, manifest)
+        return write_delta(
+            self.deltas_dir,
+            self.version,
+            tables,
+            dense,
+            base_model_version=self.base_model_version,
+            precision=self.precision,
+            full=full,
+            progress=progress,
+        )

@@ -33,6 +33,7 @@ from streamrec.data.stream.base import StreamSource, StreamUnavailable
 from streamrec.embedding.reshard import reshard
 from streamrec.store import read_manifest
 from streamrec.store.delta import TableDelta
+from streamrec.store.manifest import DeltaProgress
 from streamrec.train.delta_export import consumed_range
 from streamrec.train.distributed import (
     DistributedTrainer,
@@ -243,12 +244,12 @@ class DistributedOnlineTrainer(OnlineTrainer):
             merged = {name: _concat([parts[name] for parts in everyone]) for name in mine}
             path = self.exporter.write(
                 merged,
-                {
-                    "offsets": {"next": self.next_offset},
-                    "events_trained": self.events_trained,
-                    "health": self._health(),
-                    **consumed_range(self._pending_consumed_at),
-                },
+                DeltaProgress(
+                    offsets={"next": self.next_offset},
+                    events_trained=self.events_trained,
+                    health=self._health(),
+                    consumed_at=consumed_range(self._pending_consumed_at),
+                ),
             )
             if self.on_delta is not None:
                 self.on_delta(self.exporter.version, list(self._pending_consumed_at))

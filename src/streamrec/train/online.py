@@ -58,7 +58,7 @@ from streamrec.models.registry import build_model
 from streamrec.schema import Label
 from streamrec.store import read_manifest
 from streamrec.store.atomic import write_atomic
-from streamrec.store.manifest import ModelManifest, OnlineSection
+from streamrec.store.manifest import DeltaProgress, ModelManifest, OnlineSection
 from streamrec.train.checkpoint import load_checkpoint
 from streamrec.train.delta_export import DeltaExporter, consumed_range
 from streamrec.train.health import HealthStop
@@ -351,13 +351,13 @@ class OnlineTrainer:
 
     def sync(self) -> Path:
         path = self.exporter.export(
-            {
-                "offsets": {"next": self.next_offset},
-                "events_trained": self.events_trained,
-                "checkpoint_version": self.checkpoint_version,
-                "health": self._health(),
-                **consumed_range(self._pending_consumed_at),
-            }
+            DeltaProgress(
+                offsets={"next": self.next_offset},
+                events_trained=self.events_trained,
+                checkpoint_version=self.checkpoint_version,
+                health=self._health(),
+                consumed_at=consumed_range(self._pending_consumed_at),
+            )
         )
         now = time.time()
         if self.on_delta is not None:

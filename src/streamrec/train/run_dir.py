@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from streamrec.store import CorruptModelError
 from streamrec.store.atomic import recover_dir, remove_temporaries
-from streamrec.store.delta import list_deltas, read_delta_manifest
+from streamrec.store.delta import DeltaDir, list_deltas
 from streamrec.store.model_dir import MANIFEST
 from streamrec.store.versions import load_newest, write_version
 
@@ -120,7 +120,7 @@ class RunDir:
         if not versions:
             return 0
         try:
-            manifest = read_delta_manifest(self.deltas, versions[-1])
+            newest = DeltaDir.open(self.deltas, versions[-1])
         except CorruptModelError:
             return 0
-        return manifest.checkpoint_version
+        return newest.manifest.checkpoint_version
