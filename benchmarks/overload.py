@@ -104,8 +104,7 @@ def measure_levels(
             items, scores = retrieval.retrieve(RecommendRequest(features, k, seen[uid]), level.k1)
             if level.preranked:
                 keep = max(level.k2, k)
-                rows = retrieval.item_rows(items, pre.snapshot.candidate_features)
-                items, scores = pre.top(features, items, rows, keep)
+                items, scores = pre.top(features, items, retrieval, scores, keep)
             elif level.k2:
                 items, scores = items[: max(level.k2, k)], scores[: max(level.k2, k)]
             if level.k2:

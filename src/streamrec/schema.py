@@ -328,6 +328,22 @@ class Schema(_Strict):
             timestamps,
         )
 
+    def dense_spans(self) -> dict[str, slice]:
+        """Feature → its columns of `Batch.dense`, in the order `encode` lays them out (dense
+        features, then encodings): what code that assembles a Batch by parts writes to."""
+        spans, start = {}, 0
+        for f in (*self.dense, *self.encodings):
+            spans[f.name] = slice(start, start + f.width)
+            start += f.width
+        return spans
+
+    def encode_dense(self, data: pa.Table | pa.RecordBatch, name: str) -> np.ndarray:
+        """The dense feature `name` of `data`, transformed as `encode` does: float32 [n, width]."""
+        for f in self.dense:
+            if f.name == name:
+                return self._dense_block(data, f)
+        raise SchemaError(f"{name!r} is not a dense feature of this schema")
+
     def _label(self, data: pa.Table | pa.RecordBatch, lab: Label) -> np.ndarray:
         col = _column(data, lab.name)
         if col.null_count:

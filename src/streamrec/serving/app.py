@@ -40,11 +40,12 @@ from starlette.routing import Route
 from streamrec.config import FeedbackLoopConfig, ServingConfig
 from streamrec.retrieval.impression_set import RETRIEVAL_SCORE
 from streamrec.serving.action_intake import ActionIntake
-from streamrec.serving.batcher import DynamicBatcher, Overloaded
+from streamrec.serving.batcher import DynamicBatcher, EncodedRows, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
 from streamrec.serving.compute_allocation import ComputeAllocator, ComputeLevel
 from streamrec.serving.feedback import FeedbackReader, ServedRequests
 from streamrec.serving.impression_log import ImpressionLog
+from streamrec.serving.item_encoding import EncodingsBySnapshot, ItemEncodings
 from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.openapi import DOCS_PAGE, openapi_document, request_examples
 from streamrec.serving.options import ServerOptions
@@ -93,6 +94,9 @@ class ServerState:
     impressions: ImpressionLog | None = None  # what was served, with its features (--log-…)
     intake: ActionIntake | None = None  # POST /v1/feedback → the action stream (--actions)
     log_rank: bool = False  # /v1/rank answers are logged too
+    ranker_encodings: EncodingsBySnapshot = field(  # /v1/recommend's catalog rows, encoded
+        default_factory=lambda: EncodingsBySnapshot(per_request=(RETRIEVAL_SCORE,))
+    )
 
 
 log = logging.getLogger("streamrec.serving")
@@ -656,8 +660,9 @@ async def _cascade(
         versions["preranking"] = pre.version
         keep = pre.keep if level is None else max(level.k2, wanted.k)  # K2 = 0: k
         if len(items) > keep or not ranks:
-            rows = stage.item_rows(items, pre.snapshot.candidate_features, retrieval_scores)
-            items, scores = await asyncio.to_thread(pre.top, wanted.user, items, rows, keep)
+            items, scores = await asyncio.to_thread(
+                pre.top, wanted.user, items, stage, np.asarray(scores, np.float64), keep
+            )
             scored_by = "preranking"
             if logged:
                 by_stage["preranking"] = dict(zip(items, np.asarray(scores).tolist(), strict=True))
@@ -671,12 +676,18 @@ async def _cascade(
     context = {f: v for f, v in wanted.user.items() if f in snapshot.context_features}
     candidates: list[dict[str, Any]] | None = None
     if items and ranks:
-        candidates = stage.item_rows(items, snapshot.candidate_features, retrieval_scores)
-        ranked, versions["ranking"], variant = await rank_rows(
-            state,
-            CandidateRows.from_dicts(context, candidates, snapshot.kinds),
-            wanted.user.get(USER_KEY),
-        )
+        encodings = state.ranker_encodings.of(snapshot) if state.variants is None else None
+        if encodings is not None:  # the catalog's cached encodings: no rows built
+            ranked, versions["ranking"] = await _rank_encoded(
+                state, encodings, context, items, np.asarray(scores, np.float64)
+            )
+        else:  # variants: each may read other features — rows every one of them can read
+            candidates = stage.item_rows(items, snapshot.candidate_features, retrieval_scores)
+            ranked, versions["ranking"], variant = await rank_rows(
+                state,
+                CandidateRows.from_dicts(context, candidates, snapshot.kinds),
+                wanted.user.get(USER_KEY),
+            )
         scores = ranked[:, 0]
         scored_by = "ranking"
     order = np.argsort(-np.asarray(scores), kind="stable")[: wanted.k]
@@ -728,6 +739,42 @@ async def _cascade(
             state, "recommend", answer, logged_context, answer["items"], shown, by_stage
         )
     return Response(_encode_json(answer), media_type="application/json")
+
+
+async def _rank_encoded(
+    state: ServerState,
+    encodings: ItemEncodings,
+    context: dict[str, Any],
+    items: list[int],
+    retrieval_scores: np.ndarray,
+) -> tuple[np.ndarray, str]:
+    """The ranker's scores [items, tasks] of catalog items and its version: rows assembled from
+    the catalog's cached encodings (`serving/item_encoding.py`), batched with other requests.
+    The prediction cache is not consulted: its keys are rows, which this path never builds."""
+    batcher, stage = state.batcher, state.retriever
+    assert stage is not None
+    snapshot = batcher.snapshot
+    per_request = {RETRIEVAL_SCORE: retrieval_scores}
+    batch = encodings.batch(context, np.asarray(items, np.int64), stage, per_request)
+
+    def as_rows() -> CandidateRows:
+        by_item = dict(zip(items, retrieval_scores.tolist(), strict=True))
+        rows = stage.item_rows(items, batcher.snapshot.candidate_features, by_item)
+        return CandidateRows.from_dicts(context, rows, batcher.snapshot.kinds)
+
+    if batcher.wants_warmup_rows():  # now and then: rows a reloaded model warms up on
+        batcher.note_warmup_rows(as_rows().take(list(range(min(len(items), 64)))))
+    state.metrics.cache_misses.inc(len(items))
+    state.metrics.queue_rows.set(batcher.queued_rows)
+    scores = await batcher.submit(EncodedRows(batch, snapshot, as_rows))
+    if not np.isfinite(scores).all():
+        raise NonFiniteScores(
+            f"model {snapshot.serving_version} returned non-finite scores "
+            f"({int((~np.isfinite(scores)).sum())} of {scores.size}); it needs a new model "
+            "or delta"
+        )
+    state.metrics.scores.observe_many(scores)
+    return scores, snapshot.serving_version
 
 
 def _log_impressions(

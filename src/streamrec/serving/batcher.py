@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from streamrec.batch import Batch
 from streamrec.serving.request import CandidateRows
 from streamrec.serving.snapshot import Snapshot
 
@@ -54,13 +55,31 @@ def quiet_garbage_collector() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+WARMUP_EVERY = 256  # encoded-row requests between two notes of warm-up rows
+
+
 class Overloaded(Exception):
     """The queue is full; retry later."""
 
 
 @dataclass
+class EncodedRows:
+    """Rows a request has already encoded for one model (`serving/item_encoding.py`): the
+    worker scores them as they are while that model serves, and encodes `as_rows()` afresh
+    when another model was swapped in since."""
+
+    batch: Batch
+    snapshot: Snapshot
+    as_rows: Callable[[], CandidateRows]
+
+    @property
+    def num_rows(self) -> int:
+        return self.batch.size
+
+
+@dataclass
 class _Pending:
-    rows: CandidateRows
+    rows: CandidateRows | EncodedRows
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     queued_at: float
@@ -93,6 +112,7 @@ class DynamicBatcher:
         # Recent rows, to warm up a new model before it is swapped in: a fresh model's first
         # inference costs ~2× a warm one; more warm-up rounds only take the GIL from requests.
         self.recent_tables: list[pa.Table] = []
+        self._encoded_requests = 0  # requests that submitted encoded rows
 
     @property
     def queued_rows(self) -> int:
@@ -110,7 +130,18 @@ class DynamicBatcher:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def submit(self, rows: CandidateRows) -> asyncio.Future:
+    def wants_warmup_rows(self) -> bool:
+        """Whether a request that submits encoded rows should also note some as rows (every
+        `WARMUP_EVERY`-th such request, and whenever none is kept): a reloaded model warms up
+        on `recent_tables`, which encoded rows never fill."""
+        self._encoded_requests += 1
+        return not self.recent_tables or self._encoded_requests % WARMUP_EVERY == 0
+
+    def note_warmup_rows(self, rows: CandidateRows) -> None:
+        self.recent_tables.append(rows.table(self.snapshot.kinds))
+        del self.recent_tables[:-2]
+
+    def submit(self, rows: CandidateRows | EncodedRows) -> asyncio.Future:
         """Queue rows for inference; the future resolves to float32 [rows, tasks]."""
         loop = asyncio.get_running_loop()
         with self._lock:
@@ -166,9 +197,14 @@ class DynamicBatcher:
 
     def _predict(self, batch: list[_Pending]) -> list[tuple[np.ndarray | None, Exception | None]]:
         """(scores, None) or (None, error) per request of the batch."""
+        table = None
         try:
-            table = CandidateRows.concat([p.rows for p in batch]).table(self.snapshot.kinds)
-            scores = self.snapshot.predict(table)
+            parts = [p.rows for p in batch]
+            if all(isinstance(r, CandidateRows) for r in parts):
+                table = CandidateRows.concat(parts).table(self.snapshot.kinds)  # type: ignore[arg-type]
+                scores = self.snapshot.predict(table)
+            else:
+                scores = self.snapshot.predict_batch(self._encoded(parts))
         except Exception as e:  # a bad batch fails its requests, never the worker
             if len(batch) == 1:
                 return [(None, e)]
@@ -179,9 +215,31 @@ class DynamicBatcher:
             n = p.rows.num_rows
             outcomes.append((np.ascontiguousarray(scores[start : start + n]), None))
             start += n
-        self.recent_tables.append(table.slice(0, min(table.num_rows, 256)))  # zero-copy
-        del self.recent_tables[:-2]
+        if table is not None:
+            self.recent_tables.append(table.slice(0, min(table.num_rows, 256)))  # zero-copy
+            del self.recent_tables[:-2]
         return outcomes
+
+    def _encoded(self, parts: list[CandidateRows | EncodedRows]) -> Batch:
+        """One Batch of every request's rows, in order: encoded rows as they are (or afresh,
+        for a model swapped in since), row requests encoded together."""
+        snapshot = self.snapshot
+        out: list[Batch] = []
+        plain: list[CandidateRows] = []
+
+        def flush() -> None:
+            if plain:
+                out.append(snapshot.encode(CandidateRows.concat(plain).table(snapshot.kinds)))
+                plain.clear()
+
+        for rows in parts:
+            if isinstance(rows, EncodedRows) and rows.snapshot is snapshot:
+                flush()
+                out.append(rows.batch)
+            else:
+                plain.append(rows.as_rows() if isinstance(rows, EncodedRows) else rows)
+        flush()
+        return out[0] if len(out) == 1 else Batch.concat(out)
 
     def _infer(self, batch: list[_Pending], rows: int) -> None:
         started = time.perf_counter()

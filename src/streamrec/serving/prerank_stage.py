@@ -19,11 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from streamrec.retrieval.impression_set import RETRIEVAL_SCORE
 from streamrec.serving.batcher import use_compute_threads
+from streamrec.serving.item_encoding import Catalog, EncodingsBySnapshot
 from streamrec.serving.request import rows_table
 from streamrec.serving.snapshot import Snapshot
 
 _thread = threading.local()  # whether this worker thread has its OpenMP settings
+WARMUP_ROWS = 256  # rows kept for warming up a reloaded model
+WARMUP_EVERY = 256  # encoded calls between two recordings of them
 
 
 class PreRankStage:
@@ -35,6 +39,8 @@ class PreRankStage:
         self.threads = 1
         self.recent_tables: list[Any] = []  # the last rows scored: a reloaded model's warm-up
         self._lock = threading.Lock()
+        self._encodings = EncodingsBySnapshot(per_request=(RETRIEVAL_SCORE,))
+        self._calls = 0
 
     def run_control(self, op: Callable[[], object]) -> Future:
         """Run `op` (a delta, a model swap) between two scorings; → its finished future."""
@@ -71,24 +77,67 @@ class PreRankStage:
         self,
         user: dict[str, Any],
         items: list[int],
-        catalog_rows: list[dict[str, Any]],
+        catalog: Catalog,
+        retrieval_scores: np.ndarray | None = None,
         keep: int | None = None,
     ) -> tuple[list[int], np.ndarray]:
-        """The `keep` (default: the stage's) items of `items` (each with its catalog row) the
-        pre-ranker scores highest, best first, and their scores. The user's features outside
-        the model's context are ignored (the retriever may read more than the pre-ranker
-        does); a wrong type is a 422."""
+        """The `keep` (default: the stage's) items of `items` the pre-ranker scores highest,
+        best first, and their scores. Each item's features come from `catalog` (encoded once
+        per model and catalog version, `serving/item_encoding.py`), `retrieval_scores`
+        (float [len(items)]) feed a model that reads `retrieval_score`. The user's features
+        outside the model's context are ignored (the retriever may read more than the
+        pre-ranker does); a wrong type is a 422."""
         if not getattr(_thread, "configured", False):  # a fresh asyncio worker thread
             use_compute_threads(self.threads)
             _thread.configured = True
         with self._lock:
             snap = self.snapshot
-            context = {f: v for f, v in user.items() if f in snap.context_features}
-            rows = [{f: r[f] for f in snap.candidate_features if f in r} for r in catalog_rows]
-            table = rows_table(context, rows, snap.kinds)  # a wrong type: RequestError (422)
-            scores = snap.predict(table)[:, 0]
-            self.recent_tables = [table.slice(0, min(table.num_rows, 256))]
+            encodings = self._encodings.of(snap)
+            if encodings is not None:
+                per_request = {RETRIEVAL_SCORE: retrieval_scores}
+                batch = encodings.batch(user, np.asarray(items), catalog, per_request)
+                scores = snap.model.predict(batch).numpy()[:, 0]
+                self._calls += 1
+                if self._calls % WARMUP_EVERY == 1:  # rows a reloaded model warms up on
+                    few = slice(0, WARMUP_ROWS)
+                    self.recent_tables = [self._rows_table(
+                        snap, user, items[few], catalog,
+                        None if retrieval_scores is None else retrieval_scores[few],
+                    )]
+            else:  # a per-request input the encodings cannot assemble: the row path
+                scores = self._row_scores(snap, user, items, catalog, retrieval_scores)
         keep = min(keep or self.keep, len(items))
         best = np.argpartition(-scores, keep - 1)[:keep]
         best = best[np.argsort(-scores[best], kind="stable")]
         return [items[i] for i in best], scores[best]
+
+    def _row_scores(
+        self,
+        snap: Snapshot,
+        user: dict[str, Any],
+        items: list[int],
+        catalog: Catalog,
+        retrieval_scores: np.ndarray | None,
+    ) -> np.ndarray:
+        table = self._rows_table(snap, user, items, catalog, retrieval_scores)
+        self.recent_tables = [table.slice(0, min(table.num_rows, WARMUP_ROWS))]
+        return snap.predict(table)[:, 0]
+
+    @staticmethod
+    def _rows_table(
+        snap: Snapshot,
+        user: dict[str, Any],
+        items: list[int],
+        catalog: Catalog,
+        retrieval_scores: np.ndarray | None,
+    ) -> Any:
+        """The rows as an Arrow table, the row path's way (a wrong type: RequestError 422)."""
+        context = {f: v for f, v in user.items() if f in snap.context_features}
+        rows = [
+            {f: r[f] for f in snap.candidate_features if f in r}
+            for r in catalog.catalog_rows(items)
+        ]
+        if retrieval_scores is not None and RETRIEVAL_SCORE in snap.candidate_features:
+            for row, score in zip(rows, retrieval_scores.tolist(), strict=True):
+                row[RETRIEVAL_SCORE] = score
+        return rows_table(context, rows, snap.kinds)

@@ -116,6 +116,7 @@ class RetrievalStage:
         self.schema = loaded.config.schema
         self.kinds = loaded.kinds
         self.catalog = loaded.catalog
+        self.catalog_version = 0
         self.candidates = loaded.config.retrieval.candidates
         self.version = loaded.version
         self.path = loaded.path
@@ -305,6 +306,10 @@ class RetrievalStage:
         found = ids[0] >= 0
         return [int(i) for i in ids[0][found]], scores[0][found]
 
+    def catalog_rows(self, items: list[int]) -> list[dict[str, Any]]:
+        """Each item's catalog row (the `Catalog` that `serving/item_encoding.py` reads)."""
+        return [self.catalog[i] for i in items]
+
     def item_rows(
         self, items: list[int], features: list[str], scores: dict[int, float] | None = None
     ) -> list[dict[str, Any]]:
@@ -328,3 +333,4 @@ class RetrievalStage:
             towers.retriever.add(ids, vectors.numpy())
             for r in rows:
                 self.catalog[int(r["item_id"])] = r
+            self.catalog_version += 1  # cached encodings of catalog rows start over

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from streamrec.batch import Batch
 from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.models.persistence import LoadedModel, load_model
 from streamrec.serving.delta_apply import apply_delta
@@ -55,7 +56,14 @@ class Snapshot:
     @torch.inference_mode()
     def predict(self, table: pa.Table) -> np.ndarray:
         """Calibrated probabilities [rows, tasks]."""
-        batch = self.schema.encode(table, with_labels=False)
+        return self.predict_batch(self.encode(table))
+
+    def encode(self, table: pa.Table) -> Batch:
+        return self.schema.encode(table, with_labels=False)
+
+    @torch.inference_mode()
+    def predict_batch(self, batch: Batch) -> np.ndarray:
+        """Calibrated probabilities [rows, tasks] of rows already encoded for this model."""
         return self.model.predict(batch).numpy()
 
     def take_id_counts(self) -> tuple[int, int]:

@@ -1,0 +1,172 @@
+"""ItemEncodings: a cascade request's rows assembled from cached item encodings, the context
+encoded once and per-request columns — the very Batch `Schema.encode` builds from the rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamrec.batch import Batch
+from streamrec.schema import DenseFeature, EmbeddingFeature, EncodingFeature, Schema
+from streamrec.serving.item_encoding import ItemEncodings
+from streamrec.serving.request import RequestError, rows_table
+
+KINDS = {
+    "price": "float",
+    "retrieval_score": "float",
+    "age": "float",
+    "gender": "string",
+    "genres": "string",
+    "user_id": "int",
+    "item_id": "int",
+    "tags": "list<int>",
+    "tags_w": "list<float>",
+}
+CONTEXT = ["age", "gender", "user_id"]
+CANDIDATE = ["price", "retrieval_score", "genres", "item_id", "tags", "tags_w"]
+
+
+def _schema() -> Schema:
+    sample = pa.table({
+        "price": [1.0, 5.0, 9.0], "age": [20.0, 30.0, 40.0], "retrieval_score": [0.1, 0.2, 0.3],
+        "gender": ["M", "F", "X"], "genres": ["a|b", "c", "a"],
+        "user_id": [1, 2, 3], "item_id": [4, 5, 6], "tags": [[1], [2, 3], []],
+        "tags_w": [[1.0], [1.0, 2.0], []],
+    })
+    return Schema(
+        dense=[
+            DenseFeature(name="price", transform="log1p", missing_indicator=True),
+            DenseFeature(name="retrieval_score"),
+            DenseFeature(name="age", transform="standardize", fill=-1.0),
+        ],
+        encodings=[
+            EncodingFeature(name="gender", kind="string"),
+            EncodingFeature(name="genres", kind="string", separator="|"),
+        ],
+        embeddings=[
+            EmbeddingFeature(name="user_id", kind="int"),
+            EmbeddingFeature(name="item_id", kind="int"),
+            EmbeddingFeature(name="tags", kind="list<int>", weights="tags_w"),
+        ],
+    ).fit(sample)
+
+
+class _Catalog:
+    def __init__(self, rows: dict[int, dict[str, Any]]) -> None:
+        self.rows = rows
+        self.catalog_version = 0
+        self.reads = 0
+
+    def catalog_rows(self, items: list[int]) -> list[dict[str, Any]]:
+        self.reads += len(items)
+        return [self.rows[i] for i in items]
+
+
+def _assert_same(got: Batch, want: Batch) -> None:
+    assert torch.equal(got.dense, want.dense)
+    assert got.sparse.keys() == want.sparse.keys()
+    for name, ids in want.sparse.items():
+        assert torch.equal(got.sparse[name].values, ids.values), name
+        assert torch.equal(got.sparse[name].offsets, ids.offsets), name
+        if ids.weights is None:
+            assert got.sparse[name].weights is None
+        else:
+            assert torch.equal(got.sparse[name].weights, ids.weights), name
+
+
+item_rows = st.fixed_dictionaries(
+    {},
+    optional={
+        "price": st.floats(0, 1e6) | st.none(),
+        "genres": st.sampled_from(["a", "b|c", "a|zz", ""]) | st.none(),
+        "tags": st.lists(st.integers(0, 50), max_size=3),
+    },
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    catalog=st.dictionaries(st.integers(1, 10**12), item_rows, min_size=1, max_size=12),
+    picks=st.lists(st.integers(0, 100), min_size=1, max_size=30),
+    context=st.fixed_dictionaries(
+        {}, optional={"age": st.floats(0, 90), "gender": st.sampled_from(["M", "F", "?"]),
+                      "user_id": st.integers(0, 10**9) | st.none()},
+    ),
+    with_scores=st.booleans(),
+)
+def test_the_assembled_batch_is_the_encoded_rows(catalog, picks, context, with_scores):
+    for row in catalog.values():  # weights go with the tags, one each
+        if "tags" in row:
+            row["tags_w"] = [0.5 + i for i in range(len(row["tags"]))]
+    schema = _schema()
+    ids = sorted(catalog)
+    items = np.array([ids[p % len(ids)] for p in picks], np.int64)  # repeats included
+    scores = np.linspace(-1, 1, len(items)) if with_scores else None
+    encodings = ItemEncodings(schema, KINDS, CONTEXT, CANDIDATE, per_request=("retrieval_score",))
+    source = _Catalog(catalog)
+    got = encodings.batch(context, items, source, {"retrieval_score": scores})
+    rows = [{f: catalog[int(i)][f] for f in CANDIDATE if f in catalog[int(i)]} for i in items]
+    if scores is not None:
+        for row, s in zip(rows, scores.tolist(), strict=True):
+            row["retrieval_score"] = s
+    _assert_same(got, schema.encode(rows_table(context, rows, KINDS), with_labels=False))
+    assert source.reads == len(set(items.tolist()))  # each item encoded once
+    again = encodings.batch(context, items[::-1].copy(), source, {"retrieval_score": scores})
+    assert source.reads == len(set(items.tolist()))  # … and never again
+    want = schema.encode(rows_table(context, rows[::-1], KINDS), with_labels=False)
+    if scores is None:
+        _assert_same(again, want)
+
+
+def test_a_changed_catalog_is_encoded_afresh_and_bad_context_is_a_422():
+    schema = _schema()
+    catalog = _Catalog({7: {"price": 1.0, "genres": "a"}, 8: {"price": 2.0}})
+    encodings = ItemEncodings(schema, KINDS, CONTEXT, CANDIDATE, per_request=("retrieval_score",))
+    before = encodings.batch({}, np.array([7, 8]), catalog)
+    catalog.rows[7] = {"price": 100.0, "genres": "b"}
+    catalog.catalog_version += 1
+    after = encodings.batch({}, np.array([7, 8]), catalog)
+    assert not torch.equal(before.dense[0], after.dense[0])
+    assert torch.equal(before.dense[1], after.dense[1])
+    with pytest.raises(RequestError, match="does not fit"):
+        encodings.batch({"user_id": "not a number"}, np.array([7]), catalog)
+    with pytest.raises(KeyError):
+        encodings.batch({}, np.array([9]), catalog)
+    with pytest.raises(ValueError, match="dense"):
+        ItemEncodings(schema, KINDS, CONTEXT, CANDIDATE, per_request=("genres",))
+
+
+def test_real_models_score_the_cached_encodings_as_they_score_the_rows(
+    trained_run, retriever_run, preranker_run
+):
+    """The MovieLens ranker and COLD pre-ranker over the retriever's catalog (list-valued
+    genres, ids, the retrieval score): the same scores from both paths, to the bit."""
+    from streamrec.retrieval.impression_set import RETRIEVAL_SCORE
+    from streamrec.serving.retrieval_stage import RecommendRequest, RetrievalStage
+    from streamrec.serving.snapshot import Snapshot
+
+    stage = RetrievalStage.load(retriever_run)
+    user = {"user_id": 5, "age": 33, "gender": "F", "occupation": "other"}
+    wanted = RecommendRequest({f: v for f, v in user.items() if f in stage.kinds}, 300, set())
+    items, found = stage.retrieve(wanted)
+    scores = np.asarray(found, np.float64)
+    for model in (trained_run, preranker_run):
+        snap = Snapshot.load(model)
+        context = {f: v for f, v in user.items() if f in snap.context_features}
+        encodings = ItemEncodings(
+            snap.schema, snap.kinds, snap.context_features, snap.candidate_features,
+            per_request=(RETRIEVAL_SCORE,),
+        )
+        got = snap.predict_batch(
+            encodings.batch(context, np.asarray(items), stage, {RETRIEVAL_SCORE: scores})
+        )
+        by_item = dict(zip(items, scores.tolist(), strict=True))
+        rows = stage.item_rows(items, snap.candidate_features, by_item)
+        want = snap.predict(rows_table(context, rows, snap.kinds))
+        np.testing.assert_array_equal(got, want)
