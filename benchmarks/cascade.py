@@ -13,11 +13,14 @@ returns K1 = 1,000 unseen items, and the top 50 by
 
 are compared with the user's held-out items (recall@50, as the demo's retrieval figure).
 Compute per request, two ways: the wall time to encode and score the rows each stage scores,
-through the server's own path (`rows_table` → `Snapshot.predict`), summed per user; and the
-models' multiply-adds (every Linear layer's in × out, per row scored) — the measure that does
-not depend on how heavy the ranker is next to per-call overheads.
-Peer: the full ranker over K1 (two-stage serving today). Targets (issue 21): cascade recall
-≥ 0.98× full, at ≤ 1/5 of its compute.
+through the server's own /v1/recommend path (the catalog's cached encodings, the context
+encoded once: `serving/item_encoding.py`), summed per user; and the models' multiply-adds
+(every Linear layer's in × out, per row scored) — the measure that does not depend on how
+heavy the ranker is next to per-call overheads.
+Peers: the full ranker over K1 on the same path ("full"), and on the row path every request
+took before issue 33 ("full_rows": dicts → Arrow → `Schema.encode`; its scores are checked
+equal to the new path's). Targets: cascade recall ≥ 0.98× full (issue 21), wall time ≤ 0.35×
+full (issue 33).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -10,14 +11,21 @@ from pathlib import Path
 import httpx
 
 
-def start_server(model: Path, port: int, *extra: str) -> subprocess.Popen:
+def start_server(
+    model: Path, port: int, *extra: str, src: Path | None = None
+) -> subprocess.Popen:
     """Serve `model` on 127.0.0.1:`port` with the prediction cache off (every row computed)
-    and `extra` flags; returns once /readyz answers 200."""
+    and `extra` flags; returns once /readyz answers 200. `src`: another checkout's `src/` to
+    run instead of this one (a benchmark's "today's code" peer)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamrec", "serve", str(model), "--port", str(port),
          "--cache-bytes", "0", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     for _ in range(600):
         try:

@@ -337,6 +337,19 @@ class Schema(_Strict):
             start += f.width
         return spans
 
+    def encode_features(
+        self, data: pa.Table | pa.RecordBatch, names: set[str]
+    ) -> tuple[dict[str, np.ndarray], dict[str, JaggedIds]]:
+        """Only the features `names` of `data`, each as `encode` encodes it: (dense feature or
+        encoding → float32 [n, width], embedding feature → its ids). For callers that encode
+        some features of a row once and reuse them (`serving/item_encoding.py`)."""
+        dense = {f.name: self._dense_block(data, f) for f in self.dense if f.name in names}
+        dense.update(
+            {f.name: self._encoding_block(data, f) for f in self.encodings if f.name in names}
+        )
+        sparse = {f.name: self._embedding_ids(data, f) for f in self.embeddings if f.name in names}
+        return dense, sparse
+
     def encode_dense(self, data: pa.Table | pa.RecordBatch, name: str) -> np.ndarray:
         """The dense feature `name` of `data`, transformed as `encode` does: float32 [n, width]."""
         for f in self.dense:

@@ -18,8 +18,11 @@ the bit), so a model scores it exactly as it scores the rows.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import torch
@@ -43,10 +46,67 @@ class Catalog(Protocol):
         ...
 
 
+@dataclass
+class _Ids:
+    """One sparse feature's ids of the cached items, row after row (numpy: a gather of a few
+    hundred rows costs microseconds, where torch's per-op dispatch costs tens)."""
+
+    values: np.ndarray  # int64 [N]
+    offsets: np.ndarray  # int64 [rows + 1]
+    weights: np.ndarray | None  # float32 [N]
+
+    @classmethod
+    def of(cls, ids: JaggedIds) -> _Ids:
+        weights = None if ids.weights is None else ids.weights.numpy()
+        return cls(ids.values.numpy(), ids.offsets.numpy(), weights)
+
+    def append(self, more: _Ids) -> _Ids:
+        weights = None
+        if self.weights is not None and more.weights is not None:
+            weights = np.concatenate([self.weights, more.weights])
+        return _Ids(
+            np.concatenate([self.values, more.values]),
+            np.concatenate([self.offsets, more.offsets[1:] + self.offsets[-1]]),
+            weights,
+        )
+
+    def take(self, rows: np.ndarray) -> JaggedIds:
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if offsets[-1] == len(rows) and (lengths == 1).all():  # one id a row: a plain gather
+            at = starts
+        else:
+            at = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - starts, lengths)
+        weights = None if self.weights is None else torch.from_numpy(self.weights[at])
+        return JaggedIds(torch.from_numpy(self.values[at]), torch.from_numpy(offsets), weights)
+
+
+@dataclass
+class _Encoded:
+    """The cached items' encodings: `Batch.dense` rows and each sparse feature's ids."""
+
+    dense: np.ndarray  # float32 [rows, D]
+    sparse: dict[str, _Ids]
+
+    @classmethod
+    def of(cls, batch: Batch) -> _Encoded:
+        return cls(batch.dense.numpy(), {k: _Ids.of(v) for k, v in batch.sparse.items()})
+
+    def append(self, more: _Encoded) -> _Encoded:
+        return _Encoded(
+            np.concatenate([self.dense, more.dense]),
+            {k: v.append(more.sparse[k]) for k, v in self.sparse.items()},
+        )
+
+
 class ItemEncodings:
     """One model's encoding of catalog items, cached by item id, and the assembly of a
-    request's rows from it. Thread-safe: the cache only grows under a lock, and a reader
+    request's rows from it. Thread-safe: the cache only changes under a lock, and a reader
     takes the arrays it gathers from in one reference."""
+
+    CONTEXTS = 4096  # distinct contexts whose encodings are kept (a user's requests repeat it)
 
     def __init__(
         self,
@@ -59,24 +119,27 @@ class ItemEncodings:
         self.schema = schema
         self.kinds = kinds
         self.context_features = list(context_features)
+        self._context_kinds = {f: kinds[f] for f in self.context_features if f in kinds}
         self.per_request = [f for f in per_request if f in candidate_features]
         self.item_features = [f for f in candidate_features if f not in self.per_request]
-        dense = {f.name for f in schema.dense}
+        dense = {f.name: f for f in schema.dense}
         if unsupported := [f for f in self.per_request if f not in dense]:
             raise ValueError(f"per-request inputs must be dense features: {unsupported}")
+        self._per_request_fill = {f: dense[f].fill for f in self.per_request}
         self.spans = schema.dense_spans()
         self._lock = threading.Lock()
         self._catalog_version: int | None = None
         self._ids = np.empty(0, np.int64)  # sorted item ids of the cached rows
         self._rows = np.empty(0, np.int64)  # row of each sorted id in `_cached`
-        self._cached: Batch | None = None
+        self._cached: _Encoded | None = None
+        self._contexts: OrderedDict[bytes, tuple[dict, dict]] = OrderedDict()
 
     def batch(
         self,
         context: dict[str, Any],
         items: np.ndarray,
         catalog: Catalog,
-        per_request: dict[str, np.ndarray] | None = None,
+        per_request: dict[str, np.ndarray | None] | None = None,
     ) -> Batch:
         """The encoded rows (context + each item's catalog features + `per_request` columns,
         float [len(items)] each) for `items` (int64 [n]). A context value of the wrong type is
@@ -84,30 +147,44 @@ class ItemEncodings:
         items = np.asarray(items, np.int64)
         n = len(items)
         cached, rows = self._rows_of(items, catalog)
-        out = cached.take(torch.from_numpy(rows))
-        one = self.schema.encode(
-            rows_table(
-                {f: v for f, v in context.items() if f in self.context_features},
-                [{}],
-                self.kinds,
-            ),
-            with_labels=False,
-        )
-        dense = out.dense.numpy()
-        for name in self.context_features:
-            if name in out.sparse:
-                out.sparse[name] = _repeat(one.sparse[name], n)
-            if (span := self.spans.get(name)) is not None:
-                dense[:, span] = one.dense.numpy()[0, span]
+        context_dense, context_sparse = self._context(context)
+        dense = cached.dense[rows]
+        for name, block in context_dense.items():
+            dense[:, self.spans[name]] = block[0]
         for name in self.per_request:
             values = (per_request or {}).get(name)
-            column = pa.table({name: pa.array(values if values is not None else [None] * n,
-                                              pa.float64())})
-            if (span := self.spans.get(name)) is not None:
-                dense[:, span] = self.schema.encode_dense(column, name)
-        return out
+            if values is None:  # as a row without the value: the feature's missing value
+                column = pa.table({name: pa.nulls(n, pa.float64())})
+            else:
+                column = pa.table({name: np.asarray(values, np.float64)})
+            dense[:, self.spans[name]] = self.schema.encode_dense(column, name)
+        sparse = {
+            name: _repeat(context_sparse[name], n) if name in context_sparse else ids.take(rows)
+            for name, ids in cached.sparse.items()
+        }
+        return Batch(
+            torch.zeros((n, 0), dtype=torch.float32), torch.from_numpy(dense), sparse
+        )
 
-    def _rows_of(self, items: np.ndarray, catalog: Catalog) -> tuple[Batch, np.ndarray]:
+    def _context(self, context: dict[str, Any]) -> tuple[dict, dict]:
+        """The context's encodings (dense blocks [1, w], ids of one row), from a small cache
+        keyed by its values."""
+        values = {f: v for f, v in context.items() if f in self._context_kinds}
+        key = _encode_key(values)
+        with self._lock:
+            hit = self._contexts.get(key)
+            if hit is not None:
+                self._contexts.move_to_end(key)
+                return hit
+        one = rows_table(values, [{}], self._context_kinds)  # a wrong type: RequestError 422
+        encoded = self.schema.encode_features(one, set(self._context_kinds))
+        with self._lock:
+            self._contexts[key] = encoded
+            if len(self._contexts) > self.CONTEXTS:
+                self._contexts.popitem(last=False)
+        return encoded
+
+    def _rows_of(self, items: np.ndarray, catalog: Catalog) -> tuple[_Encoded, np.ndarray]:
         """(the cache, each item's row in it), encoding the items it lacks first."""
         with self._lock:
             if catalog.catalog_version != self._catalog_version:  # a row changed: start over
@@ -125,13 +202,17 @@ class ItemEncodings:
 
     def _add(self, new_ids: np.ndarray, catalog: Catalog) -> None:
         rows = catalog.catalog_rows(new_ids.tolist())
-        encoded = self.schema.encode(
-            rows_table({}, [{f: r[f] for f in self.item_features if f in r} for r in rows],
-                       self.kinds),
-            with_labels=False,
+        encoded = _Encoded.of(
+            self.schema.encode(
+                rows_table(
+                    {}, [{f: r[f] for f in self.item_features if f in r} for r in rows],
+                    self.kinds,
+                ),
+                with_labels=False,
+            )
         )
-        start = 0 if self._cached is None else self._cached.size
-        self._cached = encoded if self._cached is None else Batch.concat([self._cached, encoded])
+        start = 0 if self._cached is None else len(self._cached.dense)
+        self._cached = encoded if self._cached is None else self._cached.append(encoded)
         ids = np.concatenate([self._ids, new_ids])
         rows_at = np.concatenate([self._rows, np.arange(start, start + len(new_ids))])
         order = np.argsort(ids, kind="stable")
@@ -140,6 +221,9 @@ class ItemEncodings:
     @property
     def cached_items(self) -> int:
         return len(self._ids)
+
+
+_encode_key = msgspec.msgpack.Encoder(order="deterministic").encode
 
 
 class EncodingsBySnapshot:
@@ -168,7 +252,7 @@ class EncodingsBySnapshot:
 def _repeat(one: JaggedIds, n: int) -> JaggedIds:
     """A one-row JaggedIds as the same ids on each of n rows."""
     length = int(one.offsets[1])
-    weights = one.weights.repeat(n) if one.weights is not None else None
-    return JaggedIds(
-        one.values.repeat(n), torch.arange(n + 1, dtype=torch.int64) * length, weights
-    )
+    values = np.tile(one.values.numpy(), n)
+    weights = None if one.weights is None else torch.from_numpy(np.tile(one.weights.numpy(), n))
+    offsets = np.arange(n + 1, dtype=np.int64) * length
+    return JaggedIds(torch.from_numpy(values), torch.from_numpy(offsets), weights)

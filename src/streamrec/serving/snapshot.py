@@ -56,7 +56,7 @@ class Snapshot:
     @torch.inference_mode()
     def predict(self, table: pa.Table) -> np.ndarray:
         """Calibrated probabilities [rows, tasks]."""
-        return self.predict_batch(self.encode(table))
+        return self.model.predict(self.encode(table)).numpy()
 
     def encode(self, table: pa.Table) -> Batch:
         return self.schema.encode(table, with_labels=False)
