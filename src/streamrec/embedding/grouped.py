@@ -29,7 +29,7 @@ from streamrec.embedding.dedup import dedup_range
 from streamrec.embedding.hashmap import map_find, map_prefetch
 from streamrec.embedding.lookup import RowLookup
 from streamrec.embedding.optimizers import apply_rows
-from streamrec.embedding.table import DynamicTable, _seconds
+from streamrec.embedding.table import DynamicTable, StorageLayout, _seconds
 from streamrec.embedding.views import (
     PREFETCH_AHEAD,
     f32_2d,
@@ -87,21 +87,23 @@ class TableGroup(RowLookup):
         self.ids_looked_up = 0  # out of training: ids looked up …
         self.ids_unknown = 0  # … and those without a row
         self._layout: dict[str, np.ndarray] = {}
+        self._first: StorageLayout | None = None
 
     def layout(self) -> dict[str, np.ndarray]:
         """Every table's storage addresses stacked [T, …]; rebuilt only after storage moved."""
         clock = storage_clock()
         if clock != self._layout_clock:
-            ts = self.tables
+            ts = [t.storage_layout() for t in self.tables]
             self._layout = {
-                "slots": _stack([t._map.slot_ptrs for t in ts]),
-                "caps": _stack([t._map.caps for t in ts]),
-                "weights": _stack([t._weights.ptrs for t in ts]),
-                "state": _stack([t._state.ptrs for t in ts]),
-                "count": _stack([t._count.ptrs for t in ts]),
-                "seen": _stack([t._seen.ptrs for t in ts]),
-                "version": _stack([t._row_version.ptrs for t in ts]),
+                "slots": _stack([t.slot_ptrs for t in ts]),
+                "caps": _stack([t.caps for t in ts]),
+                "weights": _stack([t.weights for t in ts]),
+                "state": _stack([t.state for t in ts]),
+                "count": _stack([t.count for t in ts]),
+                "seen": _stack([t.seen for t in ts]),
+                "version": _stack([t.version for t in ts]),
             }
+            self._first = ts[0]  # shard bits, chunk size and state width: alike in a group
             self._layout_clock = clock
         return self._layout
 
@@ -113,17 +115,18 @@ class TableGroup(RowLookup):
         now_s = _seconds(now)
         self.wait_prefetch()
         lay = self.layout()
-        first = self.tables[0]
+        first = self._first
+        assert first is not None  # set by layout()
         tabs, ufids, rows, counts, inverse = _dedup_resolve(
             fids,
             segments,
             lay["slots"],
             lay["caps"],
-            first._map.shard_bits,
+            first.shard_bits,
             lay["count"],
             lay["seen"],
-            first._count.shift,
-            first._count.mask,
+            first.shift,
+            first.mask,
             now_s,
             insert,
         )
@@ -237,11 +240,12 @@ class TableGroup(RowLookup):
         g = np.ascontiguousarray(g)
         for t in self.tables:
             t.version += 1
-        first = self.tables[0]
         lay = self.layout()
+        first = self._first
+        assert first is not None  # set by layout()
         versions = np.array([t.version for t in self.tables], np.int64)
         apply_rows(  # parallel inside; rows are distinct per table
-            first.optimizer.code,
+            self.tables[0].optimizer.code,
             self._hp,
             tabs,
             rows,
@@ -251,9 +255,9 @@ class TableGroup(RowLookup):
             lay["version"],
             versions,
             self.dim,
-            first._state.width,
-            first._weights.shift,
-            first._weights.mask,
+            first.state_width,
+            first.shift,
+            first.mask,
         )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,25 @@ from streamrec.table_config import TableConfig
 
 _ADMIT_ALL, _ADMIT_MIN_COUNT, _ADMIT_PROBABILITY = 0, 1, 2
 _INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class StorageLayout:
+    """Where a table's storage lives, for kernels that work on several tables at once
+    (`embedding/grouped.py`): each per-row array's chunk addresses (row r in chunk r >> shift,
+    at offset r & mask) and its hash map's. Valid until storage moves (`storage_clock`)."""
+
+    slot_ptrs: np.ndarray  # the hash map's shard arrays
+    caps: np.ndarray
+    shard_bits: int
+    weights: np.ndarray
+    state: np.ndarray
+    count: np.ndarray
+    seen: np.ndarray
+    version: np.ndarray
+    state_width: int
+    shift: int  # the same for every per-row array: one chunk size
+    mask: int
 
 
 class DynamicTable:
@@ -108,6 +128,13 @@ class DynamicTable:
         # process-local counters behind the admission-starving health rule.
         self.new_ids_seen = 0
         self.new_ids_admitted = 0
+
+    def storage_layout(self) -> StorageLayout:
+        return StorageLayout(
+            self._map.slot_ptrs, self._map.caps, self._map.shard_bits, self._weights.ptrs,
+            self._state.ptrs, self._count.ptrs, self._seen.ptrs, self._row_version.ptrs,
+            self._state.width, self._weights.shift, self._weights.mask,
+        )
 
     # ------------------------------------------------------------------------ sizes
     def __len__(self) -> int:
