@@ -170,3 +170,50 @@ def test_real_models_score_the_cached_encodings_as_they_score_the_rows(
         rows = stage.item_rows(items, snap.candidate_features, by_item)
         want = snap.predict(rows_table(context, rows, snap.kinds))
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_batcher_scores_encoded_rows_beside_row_requests_and_re_encodes_after_a_swap(
+    trained_run, retriever_run
+):
+    """One inference batch of [rows, encoded rows, rows]: each request gets its own scores,
+    as if scored alone; encoded rows made for a model swapped out since are encoded afresh
+    from `as_rows` (a new model may read its inputs differently)."""
+    from streamrec.serving.batcher import DynamicBatcher, EncodedRows, _Pending
+    from streamrec.serving.request import CandidateRows
+    from streamrec.serving.retrieval_stage import RetrievalStage
+    from streamrec.serving.snapshot import Snapshot
+
+    stage = RetrievalStage.load(retriever_run)
+    old, new = Snapshot.load(trained_run), Snapshot.load(trained_run)
+    items = sorted(stage.catalog)[:40]
+    context = {"user_id": 5, "age": 33, "gender": "F", "occupation": "other"}
+
+    def rows_for(snap, some):
+        ctx = {f: v for f, v in context.items() if f in snap.context_features}
+        return CandidateRows.from_dicts(
+            ctx, stage.item_rows(some, snap.candidate_features), snap.kinds
+        )
+
+    def encoded_for(snap, some, calls):
+        encodings = ItemEncodings(snap.schema, snap.kinds, snap.context_features,
+                                  snap.candidate_features)
+        ctx = {f: v for f, v in context.items() if f in snap.context_features}
+
+        def as_rows():
+            calls.append(1)
+            return rows_for(new, some)
+
+        return EncodedRows(encodings.batch(ctx, np.array(some), stage), snap, as_rows)
+
+    batcher = DynamicBatcher(new)
+    for encoded_with, re_encoded in ((new, 0), (old, 1)):
+        calls: list[int] = []
+        parts = [rows_for(new, items[:10]), encoded_for(encoded_with, items[10:30], calls),
+                 rows_for(new, items[30:])]
+        outcomes = batcher._predict([_Pending(p, None, None, 0.0) for p in parts])
+        alone = [new.predict(rows_for(new, some).table(new.kinds))
+                 for some in (items[:10], items[10:30], items[30:])]
+        for (scores, error), want in zip(outcomes, alone, strict=True):
+            assert error is None
+            np.testing.assert_allclose(scores, want, rtol=0, atol=1e-6)
+        assert len(calls) == re_encoded
