@@ -122,6 +122,10 @@ def test_the_assembled_batch_is_the_encoded_rows(catalog, picks, context, with_s
     want = schema.encode(rows_table(context, rows[::-1], KINDS), with_labels=False)
     if scores is None:
         _assert_same(again, want)
+    # another user, some values the same: a context not seen before is encoded, not confused
+    other = {**context, "user_id": 123_456_789, "gender": "F" if context.get("gender") else None}
+    mixed = encodings.batch(other, items, source, {"retrieval_score": scores})
+    _assert_same(mixed, schema.encode(rows_table(other, rows, KINDS), with_labels=False))
 
 
 def test_a_changed_catalog_is_encoded_afresh_and_bad_context_is_a_422():
