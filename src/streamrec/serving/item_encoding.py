@@ -8,11 +8,14 @@ for 1,000 rows against 0.5 ms of pre-ranker inference). Here each part is encode
   * an item's catalog features: once per model and catalog version, cached — the encoding
     of a catalog row does not change with deltas (they change table rows, not fids), only
     with a new model (its schema) or a changed catalog row (POST /v1/items);
-  * the context: once per request, then broadcast to its rows;
+  * the context: once per request, then broadcast to its rows — and kept for the last
+    4,096 distinct contexts (a returning user's requests repeat theirs);
   * the per-request columns (`retrieval_score`): one vectorised column encoding.
 
 The `Batch` assembled is the one `Schema.encode` would build from the same rows (tested to
-the bit), so a model scores it exactly as it scores the rows.
+the bit), so a model scores it exactly as it scores the rows. Memory: one encoded row per
+catalog item a request has asked for, per model — the size of the catalog's own dicts or
+less (float32 dense columns and int64 ids).
 """
 
 from __future__ import annotations
