@@ -530,11 +530,19 @@ async def _infer(
 ) -> np.ndarray:
     """Scores [rows (or len(subset)), tasks] from the batcher; NonFiniteScores if any is NaN
     or infinite (they are never cached nor served)."""
+    return await _submit(state, batcher, rows if subset is None else rows.take(subset))
+
+
+async def _submit(
+    state: ServerState, batcher: DynamicBatcher, rows: CandidateRows | EncodedRows
+) -> np.ndarray:
+    """Scores [rows, tasks] from the batcher; NonFiniteScores if any is NaN or infinite."""
     state.metrics.queue_rows.set(state.batcher.queued_rows)
-    scores = await batcher.submit(rows if subset is None else rows.take(subset))
+    version = batcher.snapshot.serving_version
+    scores = await batcher.submit(rows)
     if not np.isfinite(scores).all():
         raise NonFiniteScores(
-            f"model {batcher.snapshot.serving_version} returned non-finite scores "
+            f"model {version} returned non-finite scores "
             f"({int((~np.isfinite(scores)).sum())} of {scores.size}); it needs a new model "
             "or delta"
         )
@@ -679,7 +687,7 @@ async def _cascade(
         encodings = state.ranker_encodings.of(snapshot) if state.variants is None else None
         if encodings is not None:  # the catalog's cached encodings: no rows built
             ranked, versions["ranking"] = await _rank_encoded(
-                state, encodings, context, items, np.asarray(scores, np.float64)
+                state, encodings, wanted.user, items, np.asarray(scores, np.float64)
             )
         else:  # variants: each may read other features — rows every one of them can read
             candidates = stage.item_rows(items, snapshot.candidate_features, retrieval_scores)
@@ -744,7 +752,7 @@ async def _cascade(
 async def _rank_encoded(
     state: ServerState,
     encodings: ItemEncodings,
-    context: dict[str, Any],
+    user: dict[str, Any],
     items: list[int],
     retrieval_scores: np.ndarray,
 ) -> tuple[np.ndarray, str]:
@@ -755,24 +763,23 @@ async def _rank_encoded(
     assert stage is not None
     snapshot = batcher.snapshot
     per_request = {RETRIEVAL_SCORE: retrieval_scores}
-    batch = encodings.batch(context, np.asarray(items, np.int64), stage, per_request)
+    batch = encodings.batch(user, np.asarray(items, np.int64), stage, per_request)
 
-    def as_rows() -> CandidateRows:
-        by_item = dict(zip(items, retrieval_scores.tolist(), strict=True))
-        rows = stage.item_rows(items, batcher.snapshot.candidate_features, by_item)
-        return CandidateRows.from_dicts(context, rows, batcher.snapshot.kinds)
+    def rows_of(n: int) -> CandidateRows:
+        """The first n items as rows for the model serving now (which may read other
+        features than the one the batch was encoded for)."""
+        current = batcher.snapshot
+        some = items[:n]
+        by_item = dict(zip(some, retrieval_scores[:n].tolist(), strict=True))
+        context = {f: v for f, v in user.items() if f in current.context_features}
+        rows = stage.item_rows(some, current.candidate_features, by_item)
+        return CandidateRows.from_dicts(context, rows, current.kinds)
 
     if batcher.wants_warmup_rows():  # now and then: rows a reloaded model warms up on
-        batcher.note_warmup_rows(as_rows().take(list(range(min(len(items), 64)))))
+        batcher.note_warmup_rows(rows_of(64))
     state.metrics.cache_misses.inc(len(items))
-    state.metrics.queue_rows.set(batcher.queued_rows)
-    scores = await batcher.submit(EncodedRows(batch, snapshot, as_rows))
-    if not np.isfinite(scores).all():
-        raise NonFiniteScores(
-            f"model {snapshot.serving_version} returned non-finite scores "
-            f"({int((~np.isfinite(scores)).sum())} of {scores.size}); it needs a new model "
-            "or delta"
-        )
+    encoded = EncodedRows(batch, snapshot, lambda: rows_of(len(items)))
+    scores = await _submit(state, batcher, encoded)
     state.metrics.scores.observe_many(scores)
     return scores, snapshot.serving_version
 
