@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from streamrec import __version__
 from streamrec.config import FeedbackLoopConfig, ServingConfig
 from streamrec.retrieval.impression_set import RETRIEVAL_SCORE
 from streamrec.serving.action_intake import ActionIntake
@@ -45,6 +46,7 @@ from streamrec.serving.cache import PredictionCache, row_key
 from streamrec.serving.compute_allocation import ComputeAllocator, ComputeLevel
 from streamrec.serving.feedback import FeedbackReader, ServedRequests
 from streamrec.serving.impression_log import ImpressionLog
+from streamrec.serving.inference_protocol import infer_response, tensor_metadata
 from streamrec.serving.item_encoding import EncodingsBySnapshot, ItemEncodings
 from streamrec.serving.metrics import ServerMetrics
 from streamrec.serving.openapi import DOCS_PAGE, openapi_document, request_examples
@@ -309,6 +311,27 @@ def _routes(state: ServerState) -> list[Route]:
             "/v1/variants/rollback", _endpoint(state, "rollback", _rollback), methods=["POST"]
         ),
         Route("/", _endpoint(state, "page", _page), methods=["GET"]),
+        *_inference_protocol_routes(state),
+    ]
+
+
+def _inference_protocol_routes(state: ServerState) -> list[Route]:
+    """KServe v2 / Triton's REST API (`serving/inference_protocol.py`)."""
+    model = "/v2/models/{name}"
+    versioned = model + "/versions/{version}"
+    return [
+        Route("/v2", _endpoint(state, "v2_server", _v2_server), methods=["GET"]),
+        Route("/v2/health/live", _endpoint(state, "v2_live", _v2_live), methods=["GET"]),
+        Route("/v2/health/ready", _endpoint(state, "v2_ready", _v2_ready), methods=["GET"]),
+        *(
+            Route(path, _endpoint(state, name, handler), methods=[method])
+            for base in (model, versioned)
+            for path, name, handler, method in (
+                (base, "v2_model", _v2_model, "GET"),
+                (base + "/ready", "v2_model_ready", _v2_model_ready, "GET"),
+                (base + "/infer", "infer", _v2_infer, "POST"),
+            )
+        ),
     ]
 
 
@@ -329,9 +352,9 @@ def _open_feedback_streams(state: ServerState, options: FeedbackLoopConfig) -> N
         state.intake = ActionIntake(writer(options.actions))
 
 
-_PROBES = ("healthz", "readyz")
+_PROBES = ("healthz", "readyz", "v2_live", "v2_ready")
 _STATIC_PAGES = ("docs", "page")
-_TRAFFIC = frozenset(("rank", "recommend", "items"))  # what the status page's chart counts
+_TRAFFIC = frozenset(("rank", "infer", "recommend", "items"))  # what the status page's chart counts
 
 
 def _authorized(state: ServerState, name: str, request: Request) -> bool:
@@ -575,12 +598,25 @@ async def _rank(state: ServerState, request: Request) -> Response:
     )
     user = rows.columns.get(USER_KEY, [None])[0] if rows.num_rows else None
     scores, version, variant = await rank_rows(state, rows, user)
-    tasks = snapshot.schema.task_names or ["label"]
     answer = {
         "model_version": version,
-        "scores": {t: scores[:, i].tolist() for i, t in enumerate(tasks)},
+        "scores": {t: scores[:, i].tolist() for i, t in enumerate(snapshot.tasks)},
         "request_id": request_id or _request_ids.next(),
     }
+    headers = _note_ranked(state, rows, scores, answer, variant)
+    return Response(_encode_json(answer), media_type="application/json", headers=headers)
+
+
+def _note_ranked(
+    state: ServerState,
+    rows: CandidateRows,
+    scores: np.ndarray,
+    answer: dict[str, Any],
+    variant: Variant | None,
+) -> dict[str, str] | None:
+    """What every scoring API (/v1/rank, /v2 infer) does after scoring: the variant and request
+    remembered for the feedback that may follow, missing features counted (and named in the
+    returned headers), the impression logged. `answer` holds model_version and request_id."""
     _note_variant(state, answer, variant)
     if state.intake is not None:
         state.intake.recent.add(answer["request_id"])
@@ -598,7 +634,81 @@ async def _rank(state: ServerState, request: Request) -> Response:
         ]
         ranking = {i: float(s) for i, s in zip(ids, scores[:, 0], strict=True) if i is not None}
         _log_impressions(state, "rank", answer, {}, ids, features, {"ranking": ranking})
-    return Response(_encode_json(answer), media_type="application/json", headers=headers)
+    return headers
+
+
+def _served_model(state: ServerState, request: Request) -> Snapshot:
+    """The snapshot a /v2/models/{name}[/versions/{version}] path names; 404 otherwise. The
+    server serves one model, named by its config's `name`, at its newest version (a delta moves
+    the version on; an older one is gone)."""
+    snapshot = state.batcher.snapshot
+    name = request.path_params["name"]
+    if name != snapshot.config.name:
+        raise RequestError(404, f"no model '{name}'; this server serves '{snapshot.config.name}'")
+    version = request.path_params.get("version")
+    if version is not None and version not in (
+        snapshot.serving_version, str(snapshot.model_version)
+    ):
+        raise RequestError(
+            404, f"model '{name}' version '{version}' is not served; the server serves "
+            f"{snapshot.serving_version} (deltas move it on: leave the version out for the "
+            "newest)"
+        )
+    return snapshot
+
+
+async def _v2_infer(state: ServerState, request: Request) -> Response:
+    """Open Inference Protocol inference (`serving/inference_protocol.py`): the same scoring as
+    /v1/rank — cache, batcher, variants, impressions — from tensors."""
+    snapshot = _served_model(state, request)
+    body = await _body_bytes(state, request)
+    call = snapshot.infer_reader.read(
+        body,
+        request.headers.get("inference-header-content-length"),
+        state.settings.max_body_bytes,
+        state.settings.max_candidates,
+    )
+    rows = call.rows
+    scores, version, variant = await rank_rows(state, rows, rows.columns.get(USER_KEY, [None])[0])
+    answer = {"model_version": version, "request_id": call.request_id or _request_ids.next()}
+    headers = _note_ranked(state, rows, scores, answer, variant) or {}
+    content, protocol_headers = infer_response(
+        snapshot.config.name, version, answer["request_id"], call, scores, snapshot.tasks
+    )
+    return Response(content, headers={**headers, **protocol_headers})
+
+
+async def _v2_server(state: ServerState, request: Request) -> Response:
+    return JSONResponse(
+        {"name": "streamrec", "version": __version__, "extensions": ["binary_tensor_data"]}
+    )
+
+
+async def _v2_live(state: ServerState, request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def _v2_ready(state: ServerState, request: Request) -> Response:
+    alive = state.batcher.alive
+    return JSONResponse({"ready": alive}, status_code=200 if alive else 503)
+
+
+async def _v2_model(state: ServerState, request: Request) -> Response:
+    snapshot = _served_model(state, request)
+    return JSONResponse({
+        "name": snapshot.config.name,
+        "versions": [snapshot.serving_version],
+        "platform": f"streamrec_{snapshot.config.model.name}",
+        **tensor_metadata(snapshot.kinds, snapshot.tasks),
+    })
+
+
+async def _v2_model_ready(state: ServerState, request: Request) -> Response:
+    snapshot = _served_model(state, request)
+    alive = state.batcher.alive
+    return JSONResponse(
+        {"name": snapshot.config.name, "ready": alive}, status_code=200 if alive else 503
+    )
 
 
 USER_KEY = "user_id"  # the feature that keys sticky routing (and a user's activity)

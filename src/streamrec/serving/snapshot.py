@@ -19,6 +19,7 @@ from streamrec.batch import Batch
 from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.models.persistence import LoadedModel, load_model
 from streamrec.serving.delta_apply import apply_delta
+from streamrec.serving.inference_protocol import InferRequestReader
 from streamrec.serving.request import RankRequestReader
 from streamrec.store import ModelDir
 from streamrec.store.delta import Delta
@@ -42,6 +43,8 @@ class Snapshot:
         self.context_features = [c for c in wanted if c in context]
         self.candidate_features = [c for c in wanted if c not in context]
         self.request_reader = RankRequestReader(self.kinds)
+        self.tasks: list[str] = self.schema.task_names or ["label"]  # what scores are named
+        self.infer_reader = InferRequestReader(self.kinds, self.tasks)  # /v2 (KServe) bodies
 
     @classmethod
     def load(
@@ -112,6 +115,7 @@ class Snapshot:
             "model_version": self.model_version,
             "delta_version": self.delta_version,
             "serving_version": self.serving_version,
+            "name": self.config.name,  # what /v2/models/{name} calls it
             "model": self.config.model.name,
             "tasks": self.schema.task_names or ["label"],
             "features": {"context": self.context_features, "candidate": self.candidate_features},
