@@ -73,7 +73,7 @@ def main() -> None:
                                                providers=["CPUExecutionProvider"])
         wanted = {i.name for i in session.get_inputs()}
 
-        def feeds(t: pa.Table, wanted=wanted) -> dict:
+        def feeds(t: pa.Table, wanted=wanted, kinds=kinds) -> dict:
             return {k: v for k, v in onnx_inputs(t, kinds).items() if k in wanted}
 
         with torch.inference_mode():

@@ -80,11 +80,18 @@ def train(
     resume: bool = False,
     progress: bool = True,
     overrides: Sequence[str] = (),
+    warm_start: str | Path | None = None,
 ) -> TrainReport:
     """Train what `config` describes into the run directory `out`: a two-tower retriever
     (`model.name: two_tower`), the sharded job when launched by torchrun with several ranks (or
-    resuming from a sharded checkpoint), else the single-process job."""
+    resuming from a sharded checkpoint), else the single-process job. `warm_start`: a model (or
+    checkpoint) to continue from on `config`'s data — the daily retrain (single process)."""
     cfg = as_config(config, overrides)
+    if warm_start is not None and (cfg.model.name == "two_tower" or wants_sharded_run(out, resume)):
+        raise ValueError(
+            "--warm-start continues a ranking model in one process (two-tower retrievers and "
+            "torchrun jobs continue with `streamrec online --init-model`)"
+        )
     if cfg.model.name == "two_tower":
         details, model_dir = train_two_tower(cfg, out, resume=resume, progress=progress)
         return TrainReport(
@@ -94,7 +101,9 @@ def train(
         result, model_dir = run_distributed_training(cfg, out, resume=resume, progress=progress)
         rank = int(os.environ.get("RANK", "0"))
     else:
-        result, model_dir = run_training(cfg, out, resume=resume, progress=progress)
+        result, model_dir = run_training(
+            cfg, out, resume=resume, progress=progress, warm_start_from=warm_start
+        )
         rank = 0
     return TrainReport(
         "ranking", result.metrics, model_dir, result.samples_per_s, rank, result.to_json()

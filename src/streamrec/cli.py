@@ -227,10 +227,19 @@ def train(
         help="Continue from OUT/checkpoint if it exists (workers that torchrun restarts after "
         "a failure, with --max-restarts, do this by themselves).",
     ),
+    warm_start: Path | None = typer.Option(
+        None, "--warm-start",
+        help="Continue from this model (a model, run or checkpoint directory) on the config's "
+        "data: its tables with their optimizer state, dense weights and fitted schema (a "
+        "checkpoint also brings the dense optimizer's state) — the daily retrain. The config "
+        "must train the same architecture on the same features.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a model from a config; writes OUT/model (serve it, eval it) and OUT/metrics.csv."""
+    """Train a model from a config; writes OUT/model (serve it, eval it) and OUT/metrics.csv.
+    Its manifest records its lineage: parent model, data files (sizes, SHA-256), config hash,
+    code version."""
     import time
 
     from streamrec import api
@@ -248,7 +257,7 @@ def train(
         typer.echo(f"note: {note}", err=True)
 
     try:
-        report = api.train(cfg, out, resume=resume, progress=not quiet)
+        report = api.train(cfg, out, resume=resume, progress=not quiet, warm_start=warm_start)
     except (DataError, ConfigError, CorruptModelError, RunDirBusy, SchemaError, ValueError) as e:
         _fail(str(e))
     except HealthStop as e:
@@ -462,6 +471,71 @@ def _export_onnx(
         + (f"; {unreachable:,} rows keyed by strings not in the data are unreachable"
            if unreachable else "")
     )
+
+
+@app.command("push")
+def push(
+    candidate: Path | None = typer.Argument(
+        None, help="The model to publish: a model, run or checkpoint directory."
+    ),
+    to: Path = typer.Option(
+        ..., "--to",
+        help="The serving folder (a folder of versions; `streamrec serve DIR` serves its "
+        "newest and reloads when a push lands).",
+    ),
+    gate: str = typer.Option(
+        "auc >= baseline - 0.002",
+        help='Conditions the candidate must meet, on the same validation rows as the model '
+        'serving now: METRIC OP baseline[ ± NUMBER] or METRIC OP NUMBER, joined by "and"; '
+        "METRIC is auc, gauc, logloss, ne or calibration (TASK.METRIC for another task).",
+    ),
+    data: str | None = typer.Option(
+        None, help="Validation data for both models (default: the candidate's validation split)."
+    ),
+    fmt: str | None = typer.Option(None, "--format", "-f", help=FORMAT_HELP),
+    rollback: bool = typer.Option(
+        False, "--rollback", help="Serve the version before the newest again (no CANDIDATE)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Publish a model to a serving folder if it passes a gate against the model serving now;
+    keeps the two before it for --rollback. Exit code 1 when the gate refuses the candidate.
+    Every push, refusal and rollback is appended to DIR/push_log.jsonl."""
+    from streamrec import push as publishing
+    from streamrec.config import ConfigError
+    from streamrec.store import CorruptModelError
+
+    if rollback == (candidate is not None):
+        _fail("give a CANDIDATE to push, or --rollback alone")
+    try:
+        if rollback:
+            report = publishing.rollback(to)
+        else:
+            report = publishing.push(candidate, to, gate, data, fmt)
+    except (publishing.PushError, CorruptModelError, ConfigError, DataError, ValueError) as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(report)
+    elif rollback:
+        typer.echo(
+            f"rolled back: {to} serves version {report['version']} (model "
+            f"{report['serving_after']}) instead of {report['rolled_back']}"
+        )
+    else:
+        for check in report["checks"]:
+            mark = "✔" if check["passed"] else "✘"
+            typer.echo(f"{mark} {check['condition']}: {check['why']}")
+        if report["published"]:
+            before = report["serving_before"]
+            typer.echo(
+                f"published as version {report['version']} of {to}: model "
+                + (f"{before} → " if before is not None else "")
+                + f"{report['serving_after']}"
+            )
+        else:
+            typer.echo(f"refused: {to} still serves model {report['serving_before']}")
+    if not rollback and not report["published"]:
+        raise typer.Exit(1)
 
 
 @app.command("report")

@@ -90,6 +90,28 @@ class ExportedFrom(_Section):
     model_version: int | None = None
 
 
+class ParentModel(_Section):
+    path: str
+    model_version: int
+
+
+class DataFile(_Section):
+    path: str
+    bytes: int = Field(ge=0)
+    sha256: str
+
+
+class Lineage(_Section):
+    """Where a model came from (`train/lineage.py`): enough to say what changed between two
+    models, and to refuse to call two runs the same when they are not."""
+
+    parent: ParentModel | None = Field(None, description="the model it was warm-started from")
+    data_format: str
+    data: list[DataFile] = Field(default_factory=list, description="the files it read")
+    config_sha256: str = Field(description="of the config as trained (schema fitted)")
+    code_version: str = Field(description="streamrec's version, and git commit when known")
+
+
 class ModelManifest(_Section):
     format: Literal["streamrec-model"]
     format_version: int = Field(ge=1)
@@ -114,6 +136,7 @@ class ModelManifest(_Section):
     world_size: int | None = Field(None, ge=1)
     trained_on_ranks: int | None = Field(None, ge=1)
     exported_from: ExportedFrom | None = None
+    lineage: Lineage | None = None
     file_sizes: dict[str, int] = Field(
         default_factory=dict, description="bytes of each file of a folder (a disk tier's SSTs)"
     )

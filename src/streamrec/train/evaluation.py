@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from streamrec.config import DataConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.data.formats import read_records
 from streamrec.data.loader import BatchLoader
@@ -14,9 +15,14 @@ from streamrec.train.trainer import Trainer
 
 
 def evaluate_model_dir(
-    path: str | Path, data: str | None = None, fmt: str | None = None, progress: bool = False
+    path: str | Path,
+    data: str | None = None,
+    fmt: str | None = None,
+    progress: bool = False,
+    data_config: DataConfig | None = None,
 ) -> dict:
-    """Metrics of a saved model on `data` (default: the validation split of its config)."""
+    """Metrics of a saved model on `data` (default: the validation split of its config, or of
+    `data_config` — to compare two models on the same rows)."""
     loaded = load_model(path)
     config = loaded.config
     kinds = loaded.input_kinds  # read files as the model was trained
@@ -29,7 +35,7 @@ def evaluate_model_dir(
                 data, fmt or config.data.format, dead, kinds=kinds, fields=config.data.fields
             )
     else:
-        source = open_splits(config.data, dead, kinds).valid
+        source = open_splits(data_config or config.data, dead, kinds).valid
         if source is None:
             raise ValueError("the model's config names no validation data: pass --data")
     trainer = Trainer(loaded.model, config, None, progress=progress)

@@ -13,7 +13,15 @@ from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.data.splits import DatasetSplits, check_columns, open_splits
 from streamrec.models.persistence import save_model
-from streamrec.train.preparation import checkpoint_start, fit, fresh_start, seed_everything
+from streamrec.store.manifest import ParentModel
+from streamrec.train.lineage import lineage
+from streamrec.train.preparation import (
+    checkpoint_start,
+    fit,
+    fresh_start,
+    seed_everything,
+    warm_start,
+)
 from streamrec.train.run_dir import RunDir
 from streamrec.train.trainer import Trainer, TrainResult
 
@@ -28,19 +36,26 @@ def open_training_data(config: JobConfig, dead: DeadLetter) -> tuple[DatasetSpli
 
 
 def run_training(
-    config: JobConfig, out: str | Path, resume: bool = False, progress: bool = True
+    config: JobConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    warm_start_from: str | Path | None = None,
 ) -> tuple[TrainResult, Path]:
+    """Train `config` into the run directory `out`: afresh, from its checkpoint (`resume`), or
+    from another model (`warm_start_from`: the daily retrain, `preparation.warm_start`)."""
     if config.model.name == "two_tower":
         raise ValueError("a two_tower config trains with streamrec.api.train (or train_two_tower)")
     run = RunDir(out).open()  # one writer per run directory
     try:
-        return _train(run, config, resume, progress)
+        return _train(run, config, resume, progress, warm_start_from)
     finally:
         run.release()
 
 
 def _train(
-    run: RunDir, config: JobConfig, resume: bool, progress: bool
+    run: RunDir, config: JobConfig, resume: bool, progress: bool,
+    warm_start_from: str | Path | None,
 ) -> tuple[TrainResult, Path]:
     out = run.path
     seed_everything(config.train.seed)
@@ -52,7 +67,10 @@ def _train(
     if start is None:
         if not resume:
             run.start_afresh()
-        start = fresh_start(config, splits)
+        if warm_start_from is not None:
+            start = warm_start(Path(warm_start_from), config)
+        else:
+            start = fresh_start(config, splits)
     pinned.update(start.kinds)  # validation files, later epochs: read as the model saw its sample
     trainer = Trainer(start.model, start.config, out, start.optimizer, progress=progress)
     result = fit(trainer, start, splits)
@@ -66,6 +84,14 @@ def _train(
             "train": result.to_json(),
             "dead_lettered": dead.count,
             "input_kinds": start.kinds,
+            "lineage": lineage(
+                start.config,
+                None
+                if start.parent is None
+                else ParentModel(
+                    path=str(start.parent.resolve()), model_version=start.parent_version
+                ),
+            ).model_dump(mode="json"),
         },
     )
     return result, model_dir

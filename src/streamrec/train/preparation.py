@@ -42,6 +42,8 @@ class Start:
     kinds: dict[str, str]
     optimizer: torch.optim.Optimizer | None = None
     position: dict | None = None
+    parent: Path | None = None  # a warm start's model directory
+    parent_version: int | None = None
 
     @property
     def resumed(self) -> bool:
@@ -69,6 +71,63 @@ def checkpoint_start(path: Path, config: JobConfig) -> Start:
     saved.train = config.train.model_copy(deep=True)
     kinds = saved_input_kinds(read_manifest(path), saved.schema)
     return Start(model, saved, kinds, optimizer, position)
+
+
+def warm_start(path: Path, config: JobConfig) -> Start:
+    """The daily retrain's start: the model at `path` — its tables with their optimizer state,
+    its dense weights, and its fitted schema (so that yesterday's weights read today's inputs
+    as they learnt them) — trained on `config`'s data from epoch 0. The dense optimizer's state
+    comes too when `path` holds it (a checkpoint: `RUN/checkpoint`); a model directory has
+    none, and a fresh dense optimizer starts. Tables keep their settings (admission, expiry):
+    new ids are admitted and stale ones expire as in any training. ConfigError when `config`
+    trains another architecture or reads other features than the model."""
+    from streamrec.models.persistence import load_model
+    from streamrec.store import CorruptModelError, find_model_dir
+    from streamrec.train.checkpoint import restore_optimizer
+
+    try:
+        directory = find_model_dir(path)
+        loaded = load_model(directory, storage="configured")
+    except (CorruptModelError, FileNotFoundError) as e:
+        raise ConfigError(f"--warm-start: {e}") from None
+    parent = loaded.config
+    if loaded.manifest.is_retrieval:
+        raise ConfigError("--warm-start: a two-tower retriever continues with `streamrec online`")
+    if parent.model.model_dump() != config.model.model_dump():
+        raise ConfigError(
+            f"--warm-start: {directory} is a {parent.model.name} "
+            f"{parent.model.params or ''}; the config trains a {config.model.name} "
+            f"{config.model.params or ''}: a different architecture starts afresh"
+        )
+    ours, theirs = _features(config.schema), _features(parent.schema)
+    if ours != theirs:
+        differ = sorted(ours ^ theirs)
+        raise ConfigError(
+            f"--warm-start: the config and {directory} read different features ({differ}); "
+            "a model with other inputs starts afresh"
+        )
+    warm = config.model_copy(deep=True)
+    warm.schema_ = parent.schema  # fitted statistics and vocabularies as the weights learnt them
+    optimizer = None
+    trainer_state = loaded.manifest.trainer
+    if trainer_state is not None:
+        optimizer = build_dense_optimizer(loaded.model, config.train)
+        restore_optimizer(
+            optimizer, loaded.directory.read_tensors("optimizer.safetensors"),
+            trainer_state.optimizer,
+        )
+    kinds = saved_input_kinds(loaded.manifest, parent.schema)
+    return Start(loaded.model, warm, kinds, optimizer, None, parent=directory,
+                 parent_version=loaded.manifest.model_version)
+
+
+def _features(schema) -> set[tuple[str, str]]:
+    """(section, name) of every label and input a schema declares."""
+    return {
+        (section, item.name)
+        for section in ("labels", "dense", "encodings", "embeddings")
+        for item in getattr(schema, section)
+    }
 
 
 def training_rows(config: JobConfig, source: Callable, epoch: int) -> Callable:
