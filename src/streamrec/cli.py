@@ -234,6 +234,12 @@ def train(
         "checkpoint also brings the dense optimizer's state) — the daily retrain. The config "
         "must train the same architecture on the same features.",
     ),
+    mlflow: str | None = typer.Option(
+        None, "--mlflow",
+        help="Also track the run in MLflow: a tracking URI (http://…, sqlite:///…, file:…) or "
+        "`local` (a store in OUT/mlruns) — params, metrics per step, artifacts, the model "
+        "version (the train.mlflow key; needs the mlflow extra).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -250,6 +256,8 @@ def train(
 
     sets = list(overrides or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
     cfg = _load_config(config, sets, seed)  # --epochs validated as --set train.epochs is
+    if mlflow:
+        cfg.train.mlflow = mlflow
     out = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     from streamrec.train.health import HealthStop
 
@@ -496,6 +504,11 @@ def push(
     rollback: bool = typer.Option(
         False, "--rollback", help="Serve the version before the newest again (no CANDIDATE)."
     ),
+    mlflow: str | None = typer.Option(
+        None, "--mlflow",
+        help="Register each published model as a new version of the MLflow registered model "
+        "named by its config (a tracking URI; needs the mlflow extra).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Publish a model to a serving folder if it passes a gate against the model serving now;
@@ -511,8 +524,9 @@ def push(
         if rollback:
             report = publishing.rollback(to)
         else:
-            report = publishing.push(candidate, to, gate, data, fmt)
-    except (publishing.PushError, CorruptModelError, ConfigError, DataError, ValueError) as e:
+            report = publishing.push(candidate, to, gate, data, fmt, mlflow=mlflow)
+    except (publishing.PushError, CorruptModelError, ConfigError, DataError, ValueError,
+            RuntimeError) as e:
         _fail(str(e))
     if as_json:
         _print_json(report)
@@ -942,6 +956,12 @@ def online(
         "the run ends with exit 4 and a checkpoint; shorter outages are waited out. Default: "
         "online.service_timeout_seconds (30).",
     ),
+    mlflow: str | None = typer.Option(
+        None, "--mlflow",
+        help="Also track the run in MLflow: a tracking URI (http://…, sqlite:///…, file:…) or "
+        "`local` (a store in OUT/mlruns) — params, metrics per step, artifacts, the model "
+        "version (the train.mlflow key; needs the mlflow extra).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
 ) -> None:
     """Train online from a stream: predict first, then learn; deltas for the server."""
@@ -956,6 +976,8 @@ def online(
     if service_timeout is not None:
         overrides = [*(overrides or []), f"online.service_timeout_seconds={service_timeout}"]
     cfg = _load_config(config, overrides, seed)
+    if mlflow:
+        cfg.train.mlflow = mlflow
     try:
         status = api.online(
             cfg,

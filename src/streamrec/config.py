@@ -236,6 +236,11 @@ class TrainConfig(_Strict):
         "fp32", description="bf16: autocast the dense layers (CPU AVX-512-BF16 / GPU)"
     )
     log_every_steps: int = Field(20, gt=0, description="metrics.csv row every N steps")
+    mlflow: str | None = Field(
+        None,
+        description="also track the run in MLflow: a tracking URI (http://…, sqlite:///…, "
+        "file:…) or `local` (a store in RUN/mlruns); needs the mlflow extra",
+    )
     checkpoint_every_steps: int = Field(
         0,
         ge=0,

@@ -128,11 +128,13 @@ def push(
     gate: str = DEFAULT_GATE,
     data: str | None = None,
     fmt: str | None = None,
+    mlflow: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate `candidate` and the model serving from `serving_dir` on the same validation
     rows; publish the candidate as the next version if every gate condition holds. Returns the
     report (also appended to `serving_dir/push_log.jsonl`): both models' metrics, each
-    condition, `published`, the served version before and after, and the candidate's lineage."""
+    condition, `published`, the served version before and after, and the candidate's lineage.
+    `mlflow`: a tracking URI where each published model is registered as a model version."""
     conditions = parse_gate(gate)
     source = find_model_dir(candidate)
     manifest = read_manifest(source)
@@ -140,10 +142,12 @@ def push(
         raise PushError("push publishes ranking models; a retriever is served with --retriever")
     root = _versions_folder(serving_dir)
     with _locked(root):
-        return _push(conditions, source, manifest, root, data, fmt)
+        return _push(conditions, source, manifest, root, data, fmt, mlflow)
 
 
-def _push(conditions, source: Path, manifest, root: Path, data, fmt) -> dict[str, Any]:
+def _push(
+    conditions, source: Path, manifest, root: Path, data, fmt, mlflow: str | None
+) -> dict[str, Any]:
     from streamrec.train.evaluation import evaluate_model_dir
 
     remove_temporaries(root)
@@ -174,6 +178,16 @@ def _push(conditions, source: Path, manifest, root: Path, data, fmt) -> dict[str
         published = _publish(source, root)
         report["version"] = int(published.name)
         report["serving_after"] = _version_of(published)
+        if mlflow:
+            from streamrec.train.mlflow_run import register_model_version
+
+            name = str(manifest.config.get("name", "streamrec"))
+            report["mlflow"] = register_model_version(mlflow, name, published, {
+                "streamrec.model_version": str(manifest.model_version),
+                "streamrec.gate": report["gate"],
+                **{f"auc.{t}": f"{m['auc']:.5f}"
+                   for t, m in candidate_eval["metrics"].items() if isinstance(m, dict)},
+            })
     else:
         report["serving_after"] = before
     _log(root, report)

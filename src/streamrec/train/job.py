@@ -15,6 +15,7 @@ from streamrec.data.splits import DatasetSplits, check_columns, open_splits
 from streamrec.models.persistence import save_model
 from streamrec.store.manifest import ParentModel
 from streamrec.train.lineage import lineage
+from streamrec.train.mlflow_run import MlflowRun
 from streamrec.train.preparation import (
     checkpoint_start,
     fit,
@@ -73,6 +74,24 @@ def _train(
             start = fresh_start(config, splits)
     pinned.update(start.kinds)  # validation files, later epochs: read as the model saw its sample
     trainer = Trainer(start.model, start.config, out, start.optimizer, progress=progress)
+    tracked = config.train.mlflow
+    if tracked:
+        trainer.mlflow = MlflowRun.start(tracked, out, config.name, start.config.to_dict())
+    try:
+        result, model_dir = _fit_and_save(trainer, start, splits, dead)
+    except BaseException:
+        if trainer.mlflow is not None:
+            trainer.mlflow.finish(None, status="FAILED")  # --resume continues the same run
+        raise
+    if trainer.mlflow is not None:
+        trainer.mlflow.finish(model_dir)
+    return result, model_dir
+
+
+def _fit_and_save(
+    trainer: Trainer, start, splits: DatasetSplits, dead: DeadLetter
+) -> tuple[TrainResult, Path]:
+    out = trainer.run_dir
     result = fit(trainer, start, splits)
     dead.close()
     model_dir = save_model(

@@ -59,10 +59,12 @@ from streamrec.schema import Label
 from streamrec.store import read_manifest
 from streamrec.store.atomic import write_atomic
 from streamrec.store.manifest import DeltaProgress, ModelManifest, OnlineSection
+from streamrec.store.versions import newest_version
 from streamrec.train.checkpoint import load_checkpoint
 from streamrec.train.delta_export import DeltaExporter, consumed_range
 from streamrec.train.health import HealthStop
 from streamrec.train.metrics import MetricAccumulator, json_ready
+from streamrec.train.mlflow_run import MlflowRun
 from streamrec.train.preparation import seed_everything
 from streamrec.train.run_dir import RunDir
 from streamrec.train.run_metrics import RunMetrics
@@ -114,6 +116,10 @@ class OnlineTrainer:
         if self._writes_run_dir():
             self.dead.rewind(state.dead_letter_bytes)
         self.next_offset = state.next_offset
+        self.mlflow = (  # a restart continues the same MLflow run (RUN/mlflow_run_id)
+            MlflowRun.start(config.train.mlflow, self.out, config.name, config.to_dict())
+            if config.train.mlflow and self._writes_run_dir() else None
+        )
         self.metrics = MetricAccumulator(
             self.schema.task_names or ["label"],
             window=self.online_config.metrics_window,
@@ -331,7 +337,9 @@ class OnlineTrainer:
         """Warnings that started firing: TensorBoard now; status.json and the next delta carry
         the active ones (and from the delta, the server's status page)."""
         if self.run_metrics is None:
-            self.run_metrics = RunMetrics(self.out, self._trained_at_start or None, self.log)
+            self.run_metrics = RunMetrics(
+                self.out, self._trained_at_start or None, self.log, mlflow=self.mlflow
+            )
         step = self.events_trained
         self.run_metrics.scalars("health", {w.key: w.value for w in fired}, step)
         self.run_metrics.flush()
@@ -540,7 +548,9 @@ class OnlineTrainer:
         row = {"phase": "online", "epoch": 0, "step": step, "samples": step, **first}
         row["samples_per_s"] = (step - self._trained_at_start) / elapsed
         if self.run_metrics is None:
-            self.run_metrics = RunMetrics(self.out, self._trained_at_start or None, self.log)
+            self.run_metrics = RunMetrics(
+                self.out, self._trained_at_start or None, self.log, mlflow=self.mlflow
+            )
         self.run_metrics.row(row)
         for task, metrics in status["windowed"].items():
             self.run_metrics.scalars(f"online_{task}", metrics, step)
@@ -575,12 +585,20 @@ class OnlineTrainer:
             self.checkpoint()
             self.write_status()
             self.close()
+            self._finish_mlflow("FAILED")
             raise
         self.sync()
         self.checkpoint()
         self.write_status()
         self.close()
+        self._finish_mlflow("FINISHED")
         return self.status()
+
+    def _finish_mlflow(self, status: str) -> None:
+        """The MLflow run's artifacts, pointing at the newest checkpoint (what serves)."""
+        if self.mlflow is not None:
+            newest = newest_version(self.out / "checkpoint")
+            self.mlflow.finish(newest, status=status)
 
     def _loop(self, stop_when_idle: float | None, max_events: int | None) -> None:
         batch_size = self.config.data.batch_size

@@ -89,6 +89,7 @@ class RunDir:
         shutil.rmtree(self.path / "tb", ignore_errors=True)
         (self.path / "metrics.csv").unlink(missing_ok=True)
         (self.path / "status.json").unlink(missing_ok=True)
+        (self.path / "mlflow_run_id").unlink(missing_ok=True)  # that run was the earlier one's
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, write: Callable[[Path], Path], keep: int = 2) -> Path:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamrec.train.tensorboard import TensorBoardLog
+
+if TYPE_CHECKING:
+    from streamrec.train.mlflow_run import MlflowRun
 
 METRIC_COLUMNS = [
     "phase",
@@ -32,11 +35,14 @@ class RunMetrics:
         run_dir: str | Path,
         resumed_step: int | None = None,
         note: Callable[[str], None] | None = None,
+        mlflow: MlflowRun | None = None,
     ) -> None:
         """resumed_step: the step a resumed run continues from (TensorBoard forgets what a
-        killed process logged after it); note: where a one-time remark goes (a log)."""
+        killed process logged after it); note: where a one-time remark goes (a log); mlflow:
+        an MLflow run that receives every row and scalar too (`train/mlflow_run.py`)."""
         self.path = Path(run_dir) / "metrics.csv"
         self.tensorboard = TensorBoardLog(run_dir, resumed_step, note)
+        self.mlflow = mlflow
 
     def row(self, row: Mapping[str, Any]) -> None:
         """One metrics.csv row (columns METRIC_COLUMNS; `phase`: train | valid | online) and
@@ -52,10 +58,14 @@ class RunMetrics:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         values = {k: v for k, v in row.items() if k not in ("phase", "epoch", "step")}
         self.tensorboard.scalars(str(row.get("phase", "train")), values, int(row["step"]))
+        if self.mlflow is not None:
+            self.mlflow.metrics(str(row.get("phase", "train")), values, int(row["step"]))
 
     def scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
         """Extra TensorBoard scalars that have no metrics.csv column."""
         self.tensorboard.scalars(prefix, values, step)
+        if self.mlflow is not None:
+            self.mlflow.metrics(prefix, values, step)
 
     def flush(self) -> None:
         self.tensorboard.flush()

@@ -44,6 +44,7 @@ from streamrec.train.checkpoint import save_checkpoint
 from streamrec.train.event_clock import EventClock
 from streamrec.train.health import HealthRules, HealthStop, HealthWarning
 from streamrec.train.metrics import MetricAccumulator, auc, json_ready
+from streamrec.train.mlflow_run import MlflowRun
 from streamrec.train.run_dir import BEST, RunDir
 from streamrec.train.run_metrics import RunMetrics
 from streamrec.train.sampling import downsample_negatives
@@ -124,6 +125,7 @@ class Trainer:
         self.rows_evicted = 0  # by TTL / capacity, this process
         self.last_grad_norm: float | None = None  # when clipping or the NaN check measures it
         self.run_metrics: RunMetrics | None = None  # made at the first metrics row
+        self.mlflow: MlflowRun | None = None  # where metrics go too, when the job tracks there
         self.best_epoch = 0  # the best validation epoch so far (1-based; 0: none yet)
         self.best_score: float | None = None
         self._micro = 0  # batches whose gradients wait for the next step
@@ -625,7 +627,9 @@ class Trainer:
 
     def _run_metrics(self) -> RunMetrics:
         if self.run_metrics is None:
-            self.run_metrics = RunMetrics(self.run_dir, self.resumed_from_step)
+            self.run_metrics = RunMetrics(
+                self.run_dir, self.resumed_from_step, mlflow=self.mlflow
+            )
         return self.run_metrics
 
     def _flush_metrics(self) -> None:
