@@ -28,6 +28,7 @@ import pyarrow as pa
 from streamrec.config import load_config
 from streamrec.data.errors import DeadLetter
 from streamrec.data.splits import open_splits
+from streamrec.store import read_manifest
 from streamrec.train.job import run_training
 from streamrec.train.metrics import auc, logloss
 
@@ -74,7 +75,10 @@ def ours(dataset: str, model: str, seed: int) -> tuple[float, float]:
     cfg.default_table = cfg.default_table.model_copy(update=table)
     cfg.train = cfg.train.model_copy(update={**MODEL_TRAIN.get(model, {}), "seed": seed})
     with tempfile.TemporaryDirectory() as tmp:
-        result, _ = run_training(cfg, Path(tmp) / "run", progress=False)
+        result, model_dir = run_training(cfg, Path(tmp) / "run", progress=False)
+        chosen = read_manifest(model_dir).config["model"].get("params", {}).get("row_optimizer")
+    if chosen and model == "lr":
+        print(f"{dataset} seed {seed}: lr rates chosen {chosen}", file=sys.stderr)
     m = result.metrics["label"]
     return m["auc"], m["logloss"]
 
@@ -199,8 +203,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    ap.add_argument("--models", nargs="+", help="only these of ours (default: all), e.g. lr")
+    ap.add_argument("--no-deepctr", action="store_true", help="leave the DeepCTR peer out")
+    ap.add_argument("--lr-defaults", action="store_true",
+                    help="lr with the fixed defaults (rate_search off): the row before it")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.lr_defaults:
+        _LR[0]["rate_search"] = False
     report: dict = {}
     for name in args.datasets:
         path = DATASETS[name]
@@ -209,8 +219,12 @@ def main() -> None:
         data = _frames(path)
         rows: dict = {}
         for model in OUR_MODELS[name]:
+            if args.models and model not in args.models:
+                continue
             rows[f"streamrec_{model}"] = _summary([ours(name, model, s) for s in args.seeds])
         try:
+            if args.no_deepctr:
+                raise ImportError("left out (--no-deepctr)")
             with contextlib.redirect_stdout(sys.stderr):  # DeepCTR prints progress to stdout
                 rows["deepctr_deepfm"] = _summary(
                     [deepctr(data, epochs, shuffle, s) for s in args.seeds]
@@ -225,9 +239,10 @@ def main() -> None:
             if not k.startswith("streamrec") and "auc_mean" in v
         ]
         rows["best_ours_minus_best_peer_auc"] = best_ours - max(peers)
-        rows["lr_minus_sklearn_lr_auc"] = (
-            rows["streamrec_lr"]["auc_mean"] - rows["logistic_regression"]["auc_mean"]
-        )
+        if "streamrec_lr" in rows:
+            rows["lr_minus_sklearn_lr_auc"] = (
+                rows["streamrec_lr"]["auc_mean"] - rows["logistic_regression"]["auc_mean"]
+            )
         report[name] = rows
         if not args.json:
             print(name, json.dumps(rows, indent=1), flush=True)

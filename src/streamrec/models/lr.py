@@ -9,6 +9,8 @@ three datasets of `benchmarks/quality.py` without per-dataset tuning (RESULTS.md
   memorising their labels. Set `ftrl_l1` > 0 for sparse weights (ids whose |z| ≤ λ1 read 0
   and cost nothing in the exported model), or `row_optimizer: {}` to use the tables' own
   optimizer settings.
+* the training job chooses α and λ2 on the validation split (`train/rate_search.py`: a
+  coordinate search of four runs around these defaults) unless the config sets them.
 * bias and dense weights: their own rate, `dense_lr` 0.05 (a deep model's 1e-3 moves the bias
   too slowly to follow the base rate in one pass, and the per-id weights absorb it instead).
 """
@@ -43,10 +45,13 @@ class LR(RankingModel):
         linear_lr: float | None = None,
         row_optimizer: Mapping[str, Any] | None = None,
         dense_lr: float | None = 0.05,
+        rate_search: bool = True,
     ) -> None:
         """row_optimizer: TableConfig fields for the per-id weights, over FTRL_DEFAULTS
         (`{}` alone: the tables' own settings); linear_lr: shorthand for its `lr`;
-        dense_lr: the bias and dense weights' rate (None: `train.dense_lr`)."""
+        dense_lr: the bias and dense weights' rate (None: `train.dense_lr`);
+        rate_search: let the training job choose α and λ2 on the validation split when
+        neither row_optimizer nor linear_lr is given (`train/rate_search.py`)."""
         super().__init__(schema, tables, with_embeddings=False)
         settings = dict(FTRL_DEFAULTS if row_optimizer is None else row_optimizer)
         if row_optimizer:

@@ -7,22 +7,27 @@ The run directory holds `metrics.csv`, `checkpoint/` (the newest checkpoints as 
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 
 from streamrec.config import JobConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.data.splits import DatasetSplits, check_columns, open_splits
 from streamrec.models.persistence import save_model
+from streamrec.models.registry import build_model
 from streamrec.store.manifest import ParentModel
 from streamrec.train.lineage import lineage
 from streamrec.train.mlflow_run import MlflowRun
 from streamrec.train.preparation import (
+    Start,
     checkpoint_start,
     fit,
     fresh_start,
     seed_everything,
     warm_start,
 )
+from streamrec.train.rate_search import search_rates, wants_rate_search
 from streamrec.train.run_dir import RunDir
 from streamrec.train.trainer import Trainer, TrainResult
 
@@ -72,6 +77,8 @@ def _train(
             start = warm_start(Path(warm_start_from), config)
         else:
             start = fresh_start(config, splits)
+            if wants_rate_search(config, splits):
+                start = _rates_chosen(start, splits, progress)
     pinned.update(start.kinds)  # validation files, later epochs: read as the model saw its sample
     trainer = Trainer(start.model, start.config, out, start.optimizer, progress=progress)
     tracked = config.train.mlflow
@@ -88,6 +95,22 @@ def _train(
     return result, model_dir
 
 
+def _rates_chosen(start: Start, splits: DatasetSplits, progress: bool) -> Start:
+    """`start` with the linear model's α and λ2 chosen on the validation split."""
+
+    def trial(config: JobConfig, model, run_dir: Path) -> float:
+        seed_everything(config.train.seed)
+        trainer = Trainer(model, config, run_dir, progress=False)
+        fit(trainer, Start(model, config, start.kinds), splits)
+        return math.nan if trainer.best_score is None else float(trainer.best_score)
+
+    note = (lambda line: print(line, file=sys.stderr)) if progress else (lambda _: None)
+    chosen, trials = search_rates(start.config, trial, note)
+    seed_everything(chosen.train.seed)
+    model = build_model(chosen.model, chosen.schema, chosen.table_configs())
+    return Start(model, chosen, start.kinds, rate_search=trials)
+
+
 def _fit_and_save(
     trainer: Trainer, start, splits: DatasetSplits, dead: DeadLetter
 ) -> tuple[TrainResult, Path]:
@@ -100,7 +123,8 @@ def _fit_and_save(
         start.config,
         {
             "metrics": result.metrics,
-            "train": result.to_json(),
+            "train": result.to_json()
+            | ({"rate_search": start.rate_search} if start.rate_search else {}),
             "dead_lettered": dead.count,
             "input_kinds": start.kinds,
             "lineage": lineage(

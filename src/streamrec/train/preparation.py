@@ -44,6 +44,7 @@ class Start:
     position: dict | None = None
     parent: Path | None = None  # a warm start's model directory
     parent_version: int | None = None
+    rate_search: list[dict] | None = None  # the linear rates tried (`train/rate_search.py`)
 
     @property
     def resumed(self) -> bool:
