@@ -50,3 +50,32 @@ def ml100k():
     from streamrec.data.movielens import load_ml100k
 
     return load_ml100k()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, ml100k) -> Path:
+    """The ML-100k DeepFM example trained for one epoch, once per session: a run directory
+    (`model/`, `checkpoint/`) that tests read — serving, export, warm start, distillation.
+    Tests that change a model copy it first."""
+    from streamrec.config import load_config
+    from streamrec.train.job import run_training
+
+    cfg = load_config(REPO / "examples" / "ml100k_deepfm.yaml")
+    cfg.train.epochs = 1
+    out = tmp_path_factory.mktemp("ml100k_deepfm") / "run"
+    run_training(cfg, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def retriever_run(tmp_path_factory, ml100k) -> Path:
+    """The ML-100k two-tower example trained for one epoch, once per session (read-only)."""
+    from streamrec.config import load_config
+    from streamrec.train.two_tower import train_two_tower
+
+    cfg = load_config(REPO / "examples" / "ml100k_two_tower.yaml")
+    cfg.train.epochs = 1
+    out = tmp_path_factory.mktemp("retriever") / "run"
+    result, _ = train_two_tower(cfg, out, progress=False)
+    assert result["metrics"]["recall@50"] > result["metrics"]["baseline_recall@50"]
+    return out

@@ -63,24 +63,15 @@ def _triton_declares_the_graph(repository: Path) -> None:
     assert declared == in_graph
 
 
-@pytest.fixture(scope="module")
-def ml100k_run(tmp_path_factory, ml100k) -> Path:
-    cfg = load_config(REPO / "examples" / "ml100k_deepfm.yaml")
-    cfg.train.epochs = 1
-    out = tmp_path_factory.mktemp("onnx") / "ml100k"
-    run_training(cfg, out, progress=False)
-    return out
-
-
 def test_the_ml100k_example_scores_the_same_in_onnxruntime_also_for_unknown_ids(
-    ml100k_run, tmp_path
+    trained_run, tmp_path
 ):
-    report = export_onnx(ml100k_run, tmp_path / "repo")
+    report = export_onnx(trained_run, tmp_path / "repo")
     assert report["checked_rows"] == 512 and report["max_abs_difference"] <= 1e-5
     assert report["unreachable_rows"] == {}
     repository = tmp_path / "repo" / "ml100k_deepfm"
     _triton_declares_the_graph(repository)
-    kinds = load_model(ml100k_run).input_kinds
+    kinds = load_model(trained_run).input_kinds
     unseen = pa.table({
         "user_id": [1, 99999, 2, 3],
         "item_id": [50, 172, 10**12, 1],
@@ -92,7 +83,7 @@ def test_the_ml100k_example_scores_the_same_in_onnxruntime_also_for_unknown_ids(
     })
     np.testing.assert_allclose(
         _onnx_scores(repository / "1" / "model.onnx", unseen, kinds),
-        _model_scores(ml100k_run, unseen), atol=1e-5,
+        _model_scores(trained_run, unseen), atol=1e-5,
     )
 
 
@@ -172,11 +163,11 @@ def test_every_transform_encoding_pooling_and_missing_value_scores_the_same(mode
     )
 
 
-def test_strings_not_in_the_training_data_are_counted_unreachable(ml100k_run, tmp_path):
+def test_strings_not_in_the_training_data_are_counted_unreachable(trained_run, tmp_path):
     from streamrec.fid import fids_from_arrow
     from streamrec.models.persistence import save_model
 
-    loaded = load_model(ml100k_run)
+    loaded = load_model(trained_run)
     table = loaded.model.embeddings.tables["zip_code"]
     learnt_from_a_stream = fids_from_arrow(pa.array(["stream-only-1", "stream-only-2"]))
     table.upsert(learnt_from_a_stream, np.ones((2, table.dim), np.float32))
@@ -187,20 +178,15 @@ def test_strings_not_in_the_training_data_are_counted_unreachable(ml100k_run, tm
     assert report["max_abs_difference"] <= 1e-5
 
 
-def test_models_it_cannot_export_are_refused_with_the_reason(tmp_path, ml100k):
-    cfg = load_config(REPO / "examples" / "ml100k_two_tower.yaml")
-    cfg.train.epochs = 1
-    from streamrec.train.two_tower import train_two_tower
-
-    train_two_tower(cfg, tmp_path / "tt", progress=False)
+def test_models_it_cannot_export_are_refused_with_the_reason(retriever_run, tmp_path):
     with pytest.raises(OnnxExportError, match="two-tower"):
-        export_onnx(tmp_path / "tt", tmp_path / "repo")
+        export_onnx(retriever_run, tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
 
 
-def test_the_cli_writes_the_repository_and_reports_it(ml100k_run, tmp_path):
+def test_the_cli_writes_the_repository_and_reports_it(trained_run, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "streamrec", "export", str(ml100k_run), "--format", "onnx",
+        [sys.executable, "-m", "streamrec", "export", str(trained_run), "--format", "onnx",
          "--out", str(tmp_path / "repo"), "--name", "ranker", "--json"],
         capture_output=True, text=True, timeout=300,
     )
@@ -209,7 +195,7 @@ def test_the_cli_writes_the_repository_and_reports_it(ml100k_run, tmp_path):
     assert report["name"] == "ranker" and report["max_abs_difference"] <= 1e-5
     _triton_declares_the_graph(tmp_path / "repo" / "ranker")
     refused = subprocess.run(
-        [sys.executable, "-m", "streamrec", "export", str(ml100k_run), "--format", "onnx",
+        [sys.executable, "-m", "streamrec", "export", str(trained_run), "--format", "onnx",
          "--out", str(tmp_path / "repo"), "--drop-zero-rows"],
         capture_output=True, text=True, timeout=300,
     )

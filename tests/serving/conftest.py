@@ -27,27 +27,6 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, ml100k) -> Path:
-    cfg = load_config(REPO / "examples" / "ml100k_deepfm.yaml")
-    cfg.train.epochs = 1
-    out = tmp_path_factory.mktemp("serving") / "run"
-    run_training(cfg, out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
-def retriever_run(tmp_path_factory, ml100k) -> Path:
-    from streamrec.train.two_tower import train_two_tower
-
-    cfg = load_config(REPO / "examples" / "ml100k_two_tower.yaml")
-    cfg.train.epochs = 1
-    out = tmp_path_factory.mktemp("retriever") / "run"
-    result, _ = train_two_tower(cfg, out, progress=False)
-    assert result["metrics"]["recall@50"] > result["metrics"]["baseline_recall@50"]
-    return out
-
-
-@pytest.fixture(scope="session")
 def preranker_run(tmp_path_factory, ml100k) -> Path:
     cfg = load_config(REPO / "examples" / "ml100k_cold.yaml")
     cfg.train.epochs = 1

@@ -17,15 +17,6 @@ from streamrec.train.preparation import _distilled, _teacher, training_rows
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, ml100k) -> Path:
-    cfg = load_config(REPO / "examples" / "ml100k_deepfm.yaml")
-    cfg.train.epochs = 1
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    run_training(cfg, out, progress=False)
-    return out
-
-
 def _student(teacher: Path, weight: float = 1.0):
     cfg = load_config(REPO / "examples" / "ml100k_cold.yaml")
     cfg.train.epochs = 1
@@ -34,8 +25,8 @@ def _student(teacher: Path, weight: float = 1.0):
     return cfg
 
 
-def test_targets_are_the_teachers_probabilities_for_the_same_rows(teacher_dir):
-    cfg = _student(teacher_dir, weight=0.75)
+def test_targets_are_the_teachers_probabilities_for_the_same_rows(trained_run):
+    cfg = _student(trained_run, weight=0.75)
     splits = open_splits(cfg.data, DeadLetter())
     schema, teacher = _teacher(cfg)
     rows = training_rows(cfg, splits.train, 0)
@@ -49,19 +40,19 @@ def test_targets_are_the_teachers_probabilities_for_the_same_rows(teacher_dir):
     assert first.slice(0, 10).targets.shape == (10, 1)  # a torchrun rank's share keeps them
 
 
-def test_a_distilled_student_trains_end_to_end(teacher_dir, tmp_path):
-    result, model_dir = run_training(_student(teacher_dir), tmp_path / "student", progress=False)
+def test_a_distilled_student_trains_end_to_end(trained_run, tmp_path):
+    result, model_dir = run_training(_student(trained_run), tmp_path / "student", progress=False)
     assert result.metrics["label"]["auc"] > 0.75  # evaluated on real labels, as always
-    assert load_model(model_dir).config.train.distill_from == str(teacher_dir)
+    assert load_model(model_dir).config.train.distill_from == str(trained_run)
 
 
-def test_configs_that_cannot_distil_are_refused(teacher_dir, tmp_path):
+def test_configs_that_cannot_distil_are_refused(trained_run, tmp_path):
     with pytest.raises(ValueError, match="negative_sampling_rate"):
-        cfg = _student(teacher_dir)
+        cfg = _student(trained_run)
         cfg.train.__class__.model_validate(
             {**cfg.train.model_dump(), "negative_sampling_rate": 0.5}
         )
-    cfg = _student(teacher_dir)
+    cfg = _student(trained_run)
     cfg.train.distill_from = str(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="distill_from"):
         _teacher(cfg)

@@ -122,17 +122,12 @@ def test_a_failing_tracking_store_is_reported_once_and_training_goes_on(tmp_path
         MlflowRun.start("nosuchscheme://host", tmp_path / "x", "e", {})
 
 
-def test_push_registers_each_published_model_as_a_version(tmp_path, ml100k):
-    from streamrec.config import load_config
+def test_push_registers_each_published_model_as_a_version(trained_run, tmp_path):
     from streamrec.push import push
-    from streamrec.train.job import run_training
 
-    cfg = load_config(REPO / "examples" / "ml100k_deepfm.yaml")
-    cfg.train.epochs = 1
-    run_training(cfg, tmp_path / "run", progress=False)
     uri = (tmp_path / "registry").as_uri()
-    first = push(tmp_path / "run", tmp_path / "serving", mlflow=uri)
-    second = push(tmp_path / "run", tmp_path / "serving", gate="auc >= baseline", mlflow=uri)
+    first = push(trained_run, tmp_path / "serving", mlflow=uri)
+    second = push(trained_run, tmp_path / "serving", gate="auc >= baseline", mlflow=uri)
     assert [first["mlflow"]["version"], second["mlflow"]["version"]] == [1, 2]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     registered = client.get_model_version("ml100k_deepfm", "2")

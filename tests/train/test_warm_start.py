@@ -22,24 +22,15 @@ from streamrec.train.preparation import warm_start
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def parent_run(tmp_path_factory, ml100k) -> Path:
-    cfg = load_config(REPO / "examples" / "ml100k_deepfm.yaml")
-    cfg.train.epochs = 1
-    out = tmp_path_factory.mktemp("warm") / "parent"
-    run_training(cfg, out, progress=False)
-    return out
-
-
 def _config(epochs: int = 1):
     cfg = load_config(REPO / "examples" / "ml100k_deepfm.yaml")
     cfg.train.epochs = epochs
     return cfg
 
 
-def test_a_warm_start_takes_the_tables_weights_schema_and_optimizer_state(parent_run):
-    parent = load_model(parent_run)
-    from_checkpoint = warm_start(parent_run / "checkpoint", _config())
+def test_a_warm_start_takes_the_tables_weights_schema_and_optimizer_state(trained_run):
+    parent = load_model(trained_run)
+    from_checkpoint = warm_start(trained_run / "checkpoint", _config())
     assert from_checkpoint.position is None  # epochs start again, on the new data
     assert from_checkpoint.optimizer is not None and from_checkpoint.optimizer.state_dict()["state"]
     assert from_checkpoint.config.schema == parent.config.schema  # fitted as the weights learnt
@@ -49,39 +40,39 @@ def test_a_warm_start_takes_the_tables_weights_schema_and_optimizer_state(parent
     dense = dict(parent.model.named_parameters())
     for name, weight in from_checkpoint.model.named_parameters():
         assert (weight == dense[name]).all(), name
-    from_model = warm_start(parent_run, _config())
+    from_model = warm_start(trained_run, _config())
     assert from_model.optimizer is None  # a model directory holds no dense optimizer state
 
 
-def test_a_warm_started_epoch_learns_on_from_the_parent(parent_run, tmp_path):
+def test_a_warm_started_epoch_learns_on_from_the_parent(trained_run, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "streamrec", "train", str(REPO / "examples" / "ml100k_deepfm.yaml"),
          "--out", str(tmp_path / "next"), "--epochs", "1", "--warm-start",
-         str(parent_run / "checkpoint"), "--json", "--quiet"],
+         str(trained_run / "checkpoint"), "--json", "--quiet"],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
     warm_auc = json.loads(done.stdout)["metrics"]["label"]["auc"]
-    parent = read_manifest(parent_run / "model")
+    parent = read_manifest(trained_run / "model")
     assert warm_auc > parent.metrics["label"]["auc"]  # a second epoch's worth, not a first's
     lineage = read_manifest(tmp_path / "next" / "model").lineage
     assert lineage.parent.model_version == read_manifest(
-        sorted((parent_run / "checkpoint").iterdir())[-1]
+        sorted((trained_run / "checkpoint").iterdir())[-1]
     ).model_version
     assert parent.lineage.parent is None
 
 
-def test_a_model_it_cannot_continue_is_refused_with_the_difference(parent_run):
+def test_a_model_it_cannot_continue_is_refused_with_the_difference(trained_run):
     other_model = _config()
     other_model.model.name = "dcnv2"
     with pytest.raises(ConfigError, match="deepfm.*dcnv2"):
-        warm_start(parent_run, other_model)
+        warm_start(trained_run, other_model)
     fewer_features = _config()
     fewer_features.schema.embeddings = fewer_features.schema.embeddings[:-1]
     with pytest.raises(ConfigError, match="zip_code"):
-        warm_start(parent_run, fewer_features)
+        warm_start(trained_run, fewer_features)
     with pytest.raises(ConfigError, match="--warm-start"):
-        warm_start(parent_run / "nothing-here", _config())
+        warm_start(trained_run / "nothing-here", _config())
 
 
 def test_lineage_records_each_data_file_with_its_size_and_hash(tmp_path, criteo_train):
