@@ -100,6 +100,7 @@ def export_onnx(
         expected = model.predict(schema.encode(sample, with_labels=False)).numpy()
     plan = _Plan()
     wrapper = _ExportedModel(model, schema, kinds, strings, plan)
+    _refuse_oversize(wrapper, plan)
     graph = _trace(wrapper, plan, kinds, schema, loaded)
     _add_id_encoders(graph, plan, schema, kinds)
     onnx.checker.check_model(graph)
@@ -148,6 +149,26 @@ def _refuse_unexportable(loaded: LoadedModel, schema: Schema) -> None:
         if isinstance(collection, EmbeddingCollection) and collection.has_disk_tier:
             raise OnnxExportError("a model with a disk tier is not exportable (its rows are not "
                                   "all in memory): export it with `streamrec export` first")
+
+
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: one ONNX model file
+
+
+def _refuse_oversize(wrapper: nn.Module, plan: _Plan) -> None:
+    """An ONNX model is one protobuf, at most 2 GB: refuse before building one that is not."""
+    weights = sum(b.numel() * b.element_size() for b in wrapper.buffers())
+    weights += sum(p.numel() * p.element_size() for p in wrapper.parameters())
+    keys = sum(
+        sum(len(k) + 2 for k in lookup.keys) if lookup.keys and isinstance(lookup.keys[0], str)
+        else 9 * len(lookup.keys)
+        for lookup in plan.lookups
+    ) + sum(9 * len(lookup.rows) for lookup in plan.lookups)
+    if weights + keys > 0.95 * PROTOBUF_LIMIT:
+        raise OnnxExportError(
+            f"the graph would hold {(weights + keys) / 2**30:.1f} GiB of rows and ids, over "
+            "ONNX's 2 GB limit for one model: export fewer rows (`streamrec export "
+            "--drop-zero-rows`, a table `capacity`) or serve it with `streamrec serve`"
+        )
 
 
 def _known_strings(

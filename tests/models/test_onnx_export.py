@@ -200,3 +200,14 @@ def test_the_cli_writes_the_repository_and_reports_it(trained_run, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert refused.returncode == 2 and "--drop-zero-rows" in refused.stderr
+
+
+def test_a_graph_over_the_protobuf_limit_is_refused_before_it_is_built(
+    trained_run, tmp_path, monkeypatch
+):
+    import streamrec.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 100_000)  # the ML-100k graph: ~400 kB
+    with pytest.raises(OnnxExportError, match="2 GB limit"):
+        export_onnx(trained_run, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
