@@ -52,14 +52,17 @@ OUR_MODELS = {
         "dcnv2": (_DCN, {}),
         "dlrm": ({"bottom": [64], "top": [512, 256]}, {}),
         "lr": _LR,
+        "ppnet": ({"hidden": [256, 128]}, {}),  # no *_id features: every feature gates
     },
-    "ml-100k": {"deepfm": (_DEEPFM, {}), "dcnv2": (_DCN, {}), "dlrm": (_DLRM, {}), "lr": _LR},
+    "ml-100k": {"deepfm": (_DEEPFM, {}), "dcnv2": (_DCN, {}), "dlrm": (_DLRM, {}), "lr": _LR,
+                "ppnet": (_DEEPFM, {})},  # gates from user_id and item_id
     "ml-small": {
         "deepfm": (_DEEPFM, {}),
         "dcnv2": (_DCN, {}),
         # ids only, no dense features: per-id effects need the embeddings in the top MLP
         "dlrm": ({**_DLRM, "concat_embeddings": True}, {}),
         "lr": _LR,
+        "ppnet": (_DEEPFM, {}),
     },
 }
 # A linear model is cheap and scikit-learn iterates to convergence: LR gets up to 10 epochs on

@@ -14,6 +14,7 @@ from streamrec.models.dlrm import DLRM
 from streamrec.models.fm import FM
 from streamrec.models.lr import LR
 from streamrec.models.mmoe import MMoE
+from streamrec.models.ppnet import PPNet
 from streamrec.models.two_tower import TwoTower
 from streamrec.models.wide_deep import WideDeep
 from streamrec.schema import Schema
@@ -27,6 +28,7 @@ MODELS: dict[str, type] = {
     "dlrm": DLRM,
     "din": DIN,
     "mmoe": MMoE,
+    "ppnet": PPNet,  # per-layer gates from the user's and item's id embeddings
     "cold": COLD,  # pre-ranking: few features, an SE gate of learned importance
     "two_tower": TwoTower,  # retrieval; its job: streamrec.train.two_tower
 }
