@@ -45,6 +45,7 @@ from streamrec.embedding.export import export_rows
 from streamrec.fid import MISSING_FID, fids_from_arrow
 from streamrec.models.persistence import LoadedModel, load_model
 from streamrec.schema import DenseFeature, EncodingFeature, Schema
+from streamrec.store.atomic import write_atomic
 
 PAD_INT = -1
 PAD_STRING = ""
@@ -104,7 +105,8 @@ def export_onnx(
     graph = _trace(wrapper, plan, kinds, schema, loaded)
     _add_id_encoders(graph, plan, schema, kinds)
     onnx.checker.check_model(graph)
-    got = _score(graph.SerializeToString(), onnx_inputs(sample, kinds))
+    serialized = graph.SerializeToString()
+    got = _score(serialized, onnx_inputs(sample, kinds))
     tasks = schema.task_names or ["label"]
     difference = float(np.abs(np.stack(got, axis=1) - expected).max()) if len(sample) else 0.0
     if difference > TOLERANCE:
@@ -114,10 +116,8 @@ def export_onnx(
         )
     repository = Path(out) / name
     (repository / "1").mkdir(parents=True, exist_ok=True)
-    tmp = repository / "1" / "model.onnx.tmp"
-    tmp.write_bytes(graph.SerializeToString())
-    tmp.replace(repository / "1" / "model.onnx")
-    (repository / "config.pbtxt").write_text(triton_config(name, kinds, schema, tasks))
+    write_atomic(repository / "1" / "model.onnx", serialized)  # a reader sees old or new
+    write_atomic(repository / "config.pbtxt", triton_config(name, kinds, schema, tasks))
     return {
         "repository": str(repository),
         "model": str(repository / "1" / "model.onnx"),
