@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.store import find_model_dir, read_manifest
+from streamrec.store.manifest import ModelManifest
 from streamrec.store.atomic import fsync_dir, remove_temporaries, temp_sibling, write_synced
 from streamrec.store.versions import MANIFEST, list_versions, newest_version, version_path
 
@@ -76,6 +77,11 @@ class Condition:
         if self.against_baseline:
             if baseline is None:
                 return {**result, "threshold": None, "passed": True, "why": "nothing serves yet"}
+            if task not in baseline:
+                raise PushError(
+                    f"gate: the serving model has no task {task!r} (it has {list(baseline)}); "
+                    "compare with an absolute gate (METRIC OP NUMBER)"
+                )
             theirs = float(baseline[task][self.metric])
             threshold = theirs + self.value
             shown = f"baseline {theirs:.5f}" + (f" {self.value:+g}" if self.value else "")
@@ -146,7 +152,13 @@ def push(
 
 
 def _push(
-    conditions, source: Path, manifest, root: Path, data, fmt, mlflow: str | None
+    conditions: list[Condition],
+    source: Path,
+    manifest: ModelManifest,
+    root: Path,
+    data: str | None,
+    fmt: str | None,
+    mlflow: str | None,
 ) -> dict[str, Any]:
     from streamrec.train.evaluation import evaluate_model_dir
 

@@ -65,6 +65,8 @@ def test_conditions_hold_against_the_baseline_or_a_number():
     assert not within.check(undefined, baseline)["passed"]
     with pytest.raises(PushError, match="no task 'click'"):
         parse_gate("click.auc > 0.5")[0].check(candidate, baseline)
+    with pytest.raises(PushError, match="serving model has no task 'label'"):
+        within.check(candidate, {"click": baseline["label"]})
 
 
 def _worse_copy(run: Path, out: Path) -> Path:
