@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.store import find_model_dir, read_manifest
-from streamrec.store.manifest import ModelManifest
 from streamrec.store.atomic import fsync_dir, remove_temporaries, temp_sibling, write_synced
+from streamrec.store.manifest import ModelManifest
 from streamrec.store.versions import MANIFEST, list_versions, newest_version, version_path
 
 KEEP_VERSIONS = 3  # the serving model and two to roll back to
