@@ -23,9 +23,9 @@ LAYERS: list[set[str]] = [
     {"config", "json_records"},
     {"config_docs", "data"},
     {"models", "config_init"},  # config_init: a starting config from a data file
-    {"retrieval"},
+    {"retrieval", "onnx_export"},  # onnx_export: a ranker frozen into one ONNX graph
     {"train", "serving"},  # siblings: neither imports the other
-    {"api"},
+    {"api", "push"},  # push: evaluate (train) and publish to a serving folder (store)
     {"closed_loop"},  # the loop with simulated users: benchmarks/closed_loop.py and the demo
     {"demo"},
     {"cli"},
