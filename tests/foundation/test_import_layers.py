@@ -72,8 +72,10 @@ def imports_in(source: str, module: str, is_package: bool = False) -> set[str]:
             else:  # from . import x: each name is a module of the package
                 found.update(f"{target}.{a.name}" for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "streamrec":  # from streamrec import api
-                found.update(f"streamrec.{a.name}" for a in node.names)
+            if node.module == "streamrec":  # from streamrec import api (a module), or a name
+                for a in node.names:  # of the lazy package __init__ (__version__): no unit
+                    is_module = (SRC / a.name).is_dir() or (SRC / f"{a.name}.py").exists()
+                    found.add(f"streamrec.{a.name}" if is_module else "streamrec")
             elif node.module.split(".")[0] == "streamrec":
                 found.add(node.module)
         elif isinstance(node, ast.Import):
@@ -99,6 +101,8 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
             continue
         for target in targets:
             there = unit_of(target)
+            if there == "streamrec":  # a name the package's lazy __init__ defines
+                continue
             if there != here and LAYER_OF[there] >= LAYER_OF[here]:
                 upward.append(f"{module} imports {target}")
     return sorted(upward)
