@@ -17,12 +17,14 @@ feature, and does everything `Schema.encode` and the tables do:
   what a null reads in `streamrec serve` (the missing token's row, or nothing). Lists are
   `[N, L]` tensors padded with the same values. (An id -1 or a string "" that the model
   learnt as a value is read as that value, not as missing);
+- a sequence feature (`max_length`) keeps the last `max_length` ids of its row, as training
+  does — pad on the right;
 Outputs: one FP32 `[N]` per task, the calibrated probabilities `streamrec serve` returns.
 
 A snapshot: the graph does not follow deltas (re-export to refresh it). Before writing, the
 export scores a sample of the training data in onnxruntime and through the model itself and
 refuses to write a graph that differs by more than `TOLERANCE`. Not exportable (refused with a
-reason): sequence features (`max_length`), per-id weights, two-tower retrievers.
+reason): per-id weights, two-tower retrievers, disk tiers.
 """
 
 from __future__ import annotations
@@ -139,10 +141,6 @@ def _refuse_unexportable(loaded: LoadedModel, schema: Schema) -> None:
     if loaded.config.model.name == "two_tower":
         raise OnnxExportError("a two-tower retriever is not exportable to ONNX (rankers are)")
     for f in schema.embeddings:
-        if f.max_length is not None:
-            raise OnnxExportError(
-                f"feature {f.name!r} is a sequence (max_length): not exportable to ONNX yet"
-            )
         if f.weights:
             raise OnnxExportError(f"feature {f.name!r} has per-id weights: not exportable yet")
     for collection in loaded.model.modules():
@@ -299,27 +297,52 @@ class _FrozenCollection(nn.Module):
     def forward(self, batch: _ExportBatch) -> Embedded:
         out = Embedded()
         for names in self.groups:
-            out.add_group(names, torch.stack([self._pool(batch, f) for f in names], dim=1))
+            bags = {f: self._bag(batch, f) for f in names}
+            out.add_group(names, torch.stack([self._pool(f, *bags[f]) for f in names], dim=1))
+            for f in names:
+                if self.features[f].max_length is not None:  # (padded rows, mask) as DIN reads
+                    index, present = bags[f]
+                    weight = getattr(self, self.weight_of[f])
+                    out.sequences[f] = (F.embedding(index, weight), present)
         return out
 
-    def _pool(self, batch: _ExportBatch, feature: str) -> torch.Tensor:
-        """[N, dim]: the feature's bag pooled as `FeaturePooling` pools it."""
+    def _bag(self, batch: _ExportBatch, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row indices [N, L], real-id mask [N, L]) of a feature's bag: a sequence keeps its
+        last `max_length` ids, left-aligned (`JaggedIds.truncate_last`, `pad_sequence`); an
+        empty bag with `missing: token` holds the missing token's row."""
         index = batch.rows[self.input_of[feature]]
         if index.dim() == 1:
             index = index.unsqueeze(1)
         weight = getattr(self, self.weight_of[feature])
         pad = weight.shape[0] - 1
-        total = F.embedding(index, weight).sum(dim=1)  # unknown and padding rows are zero
-        count = (index != pad).sum(dim=1, keepdim=True).float()
         f = self.features[feature]
-        if f.missing == "token":  # an empty bag reads the missing token's row
-            missing = weight[self.missing_row[feature]].unsqueeze(0)
-            total = torch.where(count == 0, missing, total)
-            count = count.clamp(min=1)
-        if f.pooling == "mean":
-            total = total / count.clamp(min=1)
-        elif f.pooling == "sqrtn":
-            total = total * count.clamp(min=1).rsqrt()
+        present = index != pad
+        if f.max_length is not None:  # the client pads on the right: real ids come first
+            length = present.sum(dim=1, keepdim=True)
+            start = (length - f.max_length).clamp(min=0)
+            position = start + torch.arange(f.max_length).unsqueeze(0)
+            column = position.clamp(max=index.shape[1] - 1)
+            present = position < length
+            index = torch.where(present, index.gather(1, column), torch.full_like(column, pad))
+        if f.missing == "token":
+            empty = ~present.any(dim=1, keepdim=True)
+            first = torch.arange(index.shape[1]).unsqueeze(0) == 0
+            token = torch.full_like(index, self.missing_row[feature])
+            index = torch.where(empty & first, token, index)
+            present = present | (empty & first)
+        return index, present
+
+    def _pool(self, feature: str, index: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """[N, dim]: the feature's bag pooled as `FeaturePooling` pools it."""
+        weight = getattr(self, self.weight_of[feature])
+        rows = F.embedding(index, weight) * present.unsqueeze(-1)  # padding rows are zero
+        total = rows.sum(dim=1)
+        count = present.sum(dim=1, keepdim=True).float().clamp(min=1)
+        pooling = self.features[feature].pooling
+        if pooling == "mean":
+            total = total / count
+        elif pooling == "sqrtn":
+            total = total * count.rsqrt()
         return total
 
 

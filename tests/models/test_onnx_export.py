@@ -211,3 +211,28 @@ def test_a_graph_over_the_protobuf_limit_is_refused_before_it_is_built(
     with pytest.raises(OnnxExportError, match="2 GB limit"):
         export_onnx(trained_run, tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+def test_a_sequence_model_keeps_the_last_ids_as_training_does(tmp_path):
+    from streamrec.models.check import SCHEMA, rows
+
+    pq.write_table(rows(3000, 0), tmp_path / "train.parquet")
+    cfg = parse_config({
+        "name": "din_check", "schema": SCHEMA, "default_table": {"dim": 8},
+        "data": {"format": "parquet", "train": str(tmp_path / "train.parquet")},
+        "model": {"name": "din", "params": {"hidden": [32], "attention_hidden": [16]}},
+        "train": {"epochs": 1},
+    })
+    run_training(cfg, tmp_path / "run", progress=False)
+    report = export_onnx(tmp_path / "run", tmp_path / "repo")
+    assert report["max_abs_difference"] <= 1e-5
+    fresh = rows(300, 1, id_offset=150)  # some ids unseen
+    rng = np.random.default_rng(2)
+    longer = [list(rng.integers(0, 300, rng.integers(0, 10))) for _ in range(300)]
+    fresh = fresh.set_column(fresh.schema.get_field_index("history"), "history",
+                             pa.array(longer, pa.list_(pa.int64())))  # up to 9 ids: max 5 kept
+    kinds = load_model(tmp_path / "run").input_kinds
+    np.testing.assert_allclose(
+        _onnx_scores(tmp_path / "repo" / "din_check" / "1" / "model.onnx", fresh, kinds),
+        _model_scores(tmp_path / "run", fresh), atol=1e-5,
+    )
