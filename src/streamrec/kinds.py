@@ -26,3 +26,8 @@ def arrow_type(kind: str) -> pa.DataType:
     if kind.startswith("list<"):
         return pa.list_(arrow_type(kind[5:-1]))
     return {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}[kind]
+
+
+# What pads a list in a rectangular tensor ([N, L]: ONNX graphs, /v2 infer): an element equal to
+# it is not a value. NaN pads float lists. (An id -1 or a string "" in a list is read as padding.)
+LIST_PAD: dict[str, object] = {"int": -1, "string": ""}

@@ -45,12 +45,13 @@ from streamrec.batch import Batch
 from streamrec.embedding.collection import Embedded, EmbeddingCollection
 from streamrec.embedding.export import export_rows
 from streamrec.fid import MISSING_FID, fids_from_arrow
+from streamrec.kinds import LIST_PAD
 from streamrec.models.persistence import LoadedModel, load_model
 from streamrec.schema import DenseFeature, EncodingFeature, Schema
 from streamrec.store.atomic import write_atomic
 
-PAD_INT = -1
-PAD_STRING = ""
+PAD_INT = LIST_PAD["int"]
+PAD_STRING = LIST_PAD["string"]
 TOLERANCE = 1e-5  # max |ONNX − streamrec| over the check sample, probabilities
 ONNX_TYPES = {"int": "INT64", "float": "FP32", "string": "BYTES"}  # Triton / KServe names
 _TRITON_TYPES = {"int": "TYPE_INT64", "float": "TYPE_FP32", "string": "TYPE_STRING"}

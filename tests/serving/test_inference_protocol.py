@@ -67,6 +67,12 @@ def test_context_is_broadcast_and_left_out_inputs_are_missing():
     assert rows.columns["item_id"] == [10, 11, 12]
     assert rows.columns["tags"] == [["a", "b"], [], ["c"]]
     assert rows.columns["history"] == [[1, 2], [3, 4], [5, 6]]
+    padded = _read({"inputs": [  # rectangular lists padded as an ONNX graph reads them
+        _tensor("tags", "BYTES", [2, 2], ["a", "", "", ""]),
+        _tensor("history", "INT32", [2, 3], [7, -1, -1, 8, 9, -1]),
+    ]})
+    assert padded.rows.columns["tags"] == [["a"], []]
+    assert padded.rows.columns["history"] == [[7], [8, 9]]
     assert rows.columns["price"] == [None] * 3 and rows.missing == {"price": 3}
     assert call.outputs == TASKS and call.binary == [False, False]
 

@@ -10,8 +10,9 @@ The mapping, one input tensor per feature (`GET /v2/models/{name}` lists them):
 - an `int` feature is an integer tensor (INT64 declared; any INT*/UINT* read), a `float`
   feature a floating one (FP32 declared; FP16/FP64 and integers read), a `string` feature BYTES;
 - a scalar feature's shape is `[N]` or `[N, 1]`: one value per candidate;
-- a list feature's shape is `[N, L]` (every candidate's list has L values) or, for lists of
-  different lengths, a BYTES tensor `[N]` whose elements are JSON arrays (`"[\\"Comedy\\"]"`);
+- a list feature's shape is `[N, L]`, each row padded to L with `-1` (ints), `""` (strings) or
+  NaN (floats) as an ONNX graph of `streamrec export --format onnx` reads it, or a BYTES tensor
+  `[N]` whose elements are JSON arrays (`"[\\"Comedy\\"]"`: nothing reserved);
 - a tensor whose first dimension is 1 while others have N is broadcast to every candidate —
   how the context (the user) is sent once;
 - missing values: an input left out is missing for every row; a NaN in a float tensor is
@@ -34,6 +35,7 @@ import msgspec
 import numpy as np
 
 from streamrec.json_records import python_type
+from streamrec.kinds import LIST_PAD
 from streamrec.serving.request import CandidateRows, RequestError, TypedBodyReader, check_size
 
 _INTEGER_TYPES = {
@@ -165,7 +167,11 @@ class InferRequestReader:
         if len(shape) == 2:
             typed = self._typed(tensor, inner, values)
             width = shape[1]
-            return first, [typed[i * width:(i + 1) * width] for i in range(first)]
+            pad = LIST_PAD.get(inner)  # None for floats: NaN, which `_typed` made None
+            return first, [
+                [v for v in typed[i * width : (i + 1) * width] if v is not None and v != pad]
+                for i in range(first)
+            ]
         if len(shape) == 1 and tensor.datatype == "BYTES":
             decode = self._list_json[kind].decode
             rows = []
