@@ -423,7 +423,8 @@ def export(
     strings_from: list[Path] = typer.Option(
         [], "--strings-from",
         help="onnx: more files (in the config's data format) holding string ids the tables "
-        "learnt — e.g. from a stream; the training data is always read.",
+        "learnt — e.g. from a stream; the training data is read too when it is still there "
+        "(if not, the first file also gives the rows the export is checked on).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:

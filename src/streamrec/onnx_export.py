@@ -30,6 +30,7 @@ reason): per-id weights, two-tower retrievers, disk tiers.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ def export_onnx(
     _refuse_unexportable(loaded, schema)
     name = name or loaded.config.name
     strings = _known_strings(loaded, schema, kinds, strings_from or [])
-    sample = _check_sample(loaded, kinds, check_rows)
+    sample = _check_sample(loaded, kinds, check_rows, strings_from or [])
     model = loaded.model.eval()
     with torch.inference_mode():
         expected = model.predict(schema.encode(sample, with_labels=False)).numpy()
@@ -188,24 +189,27 @@ def _known_strings(
     seen: dict[str, list[pa.Array]] = {f: [] for f in wanted}
     dead = DeadLetter(None, strict=False)
     data = loaded.config.data
-    sources = []
-    try:
-        splits = open_splits(data, dead, dict(kinds))
-        sources = [splits.train] + ([splits.valid] if splits.valid else [])
-    except Exception as e:  # any unreadable data: say which, and what to do
-        if not extra:
-            raise OnnxExportError(
-                f"the model's training data cannot be read ({e}); its strings are the keys of "
-                "the exported tables: name files holding them with --strings-from"
-            ) from None
-    sources += [lambda p=p: read_records(str(p), data.format, dead) for p in extra]
-    for source in sources:
+
+    def collect(source: Callable[[], Iterable[pa.RecordBatch]]) -> None:
         for batch in source():
             for f in wanted:
                 if f in batch.schema.names:
                     column = batch.column(f)
                     flat = column.flatten() if pa.types.is_list(column.type) else column
                     seen[f].append(pc.unique(flat.cast(pa.string())))
+
+    try:
+        splits = open_splits(data, dead, dict(kinds))
+        for source in [splits.train] + ([splits.valid] if splits.valid else []):
+            collect(source)
+    except Exception as e:  # any unreadable data: say which, and what to do
+        if not extra:
+            raise OnnxExportError(
+                f"the model's training data cannot be read ({e}); its strings are the keys of "
+                "the exported tables: name files holding them with --strings-from"
+            ) from None
+    for path in extra:
+        collect(lambda path=path: read_records(str(path), data.format, dead))
     return {
         f: pc.unique(pa.chunked_array(parts, pa.string())).drop_null()
         if parts else pa.array([], pa.string())
@@ -213,19 +217,28 @@ def _known_strings(
     }
 
 
-def _check_sample(loaded: LoadedModel, kinds: dict[str, str], rows: int) -> pa.Table:
-    """The first `rows` training rows."""
+def _check_sample(
+    loaded: LoadedModel, kinds: dict[str, str], rows: int, extra: list[Path]
+) -> pa.Table:
+    """The first `rows` training rows — or, when the training data is gone, of the first
+    `extra` file (`--strings-from`)."""
     from streamrec.data.errors import DeadLetter
-    from streamrec.data.splits import open_splits
+    from streamrec.data.formats import read_records
+    from streamrec.data.splits import DatasetSplits, open_splits
 
+    data = loaded.config.data
+    dead = DeadLetter(None, strict=False)
     try:
-        splits = open_splits(loaded.config.data, DeadLetter(None, strict=False), dict(kinds))
-        return splits.sample(rows)
-    except Exception:  # the data is gone: the check cannot run
-        raise OnnxExportError(
-            "the model's training data cannot be read: the export checks its graph against "
-            "the model on it"
-        ) from None
+        return open_splits(data, dead, dict(kinds)).sample(rows)
+    except Exception:  # the data is gone: check on the files given instead, if any
+        if not extra:
+            raise OnnxExportError(
+                "the model's training data cannot be read: the export checks its graph "
+                "against the model on it — name a file of such rows with --strings-from"
+            ) from None
+    given = DatasetSplits(lambda: read_records(str(extra[0]), data.format, dead, kinds=kinds),
+                          None)
+    return given.sample(rows)
 
 
 class _ExportBatch(Batch):

@@ -236,3 +236,21 @@ def test_a_sequence_model_keeps_the_last_ids_as_training_does(tmp_path):
         _onnx_scores(tmp_path / "repo" / "din_check" / "1" / "model.onnx", fresh, kinds),
         _model_scores(tmp_path / "run", fresh), atol=1e-5,
     )
+
+
+def test_a_model_whose_training_data_is_gone_exports_from_the_files_given(
+    tmp_path, criteo_train
+):
+    import shutil
+
+    moved = tmp_path / "train.tsv"
+    shutil.copy(criteo_train, moved)
+    cfg = load_config(REPO / "examples" / "criteo_dlrm.yaml")
+    cfg.train.epochs, cfg.data.train, cfg.data.valid = 1, str(moved), []
+    run_training(cfg, tmp_path / "run", progress=False)
+    moved.unlink()
+    with pytest.raises(OnnxExportError, match="--strings-from"):
+        export_onnx(tmp_path / "run", tmp_path / "repo")
+    report = export_onnx(tmp_path / "run", tmp_path / "repo", strings_from=[criteo_train])
+    assert report["checked_rows"] == 512 and report["max_abs_difference"] <= 1e-5
+    assert report["unreachable_rows"] == {}
