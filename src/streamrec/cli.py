@@ -479,6 +479,8 @@ def _export_onnx(
         f"{report['max_abs_difference']:.1e} of the model"
         + (f"; {unreachable:,} rows keyed by strings not in the data are unreachable"
            if unreachable else "")
+        + (f"; {report['rejected_rows']:,} malformed rows of the data read were skipped"
+           if report["rejected_rows"] else "")
     )
 
 

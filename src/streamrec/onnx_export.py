@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from streamrec.batch import Batch
+from streamrec.data.errors import DeadLetter
 from streamrec.embedding.collection import Embedded, EmbeddingCollection
 from streamrec.embedding.export import export_rows
 from streamrec.fid import MISSING_FID, fids_from_arrow
@@ -98,8 +99,9 @@ def export_onnx(
     kinds = loaded.input_kinds
     _refuse_unexportable(loaded, schema)
     name = name or loaded.config.name
-    strings = _known_strings(loaded, schema, kinds, strings_from or [])
-    sample = _check_sample(loaded, kinds, check_rows, strings_from or [])
+    dead = DeadLetter(None, strict=False)  # malformed rows read: skipped, and counted below
+    strings = _known_strings(loaded, schema, kinds, strings_from or [], dead)
+    sample = _check_sample(loaded, kinds, check_rows, strings_from or [], dead)
     model = loaded.model.eval()
     with torch.inference_mode():
         expected = model.predict(schema.encode(sample, with_labels=False)).numpy()
@@ -134,6 +136,7 @@ def export_onnx(
         },
         "unreachable_rows": plan.unreachable_rows,
         "checked_rows": len(sample),
+        "rejected_rows": dead.count,  # malformed rows of the files read for strings and check
         "max_abs_difference": difference,
         "bytes": (repository / "1" / "model.onnx").stat().st_size,
     }
@@ -172,11 +175,11 @@ def _refuse_oversize(wrapper: nn.Module, plan: _Plan) -> None:
 
 
 def _known_strings(
-    loaded: LoadedModel, schema: Schema, kinds: dict[str, str], extra: list[Path]
+    loaded: LoadedModel, schema: Schema, kinds: dict[str, str], extra: list[Path],
+    dead: DeadLetter,
 ) -> dict[str, pa.Array]:
     """feature → the distinct strings seen in the training data and `extra` files, for every
     string feature of an embedding or encoding."""
-    from streamrec.data.errors import DeadLetter
     from streamrec.data.formats import read_records
     from streamrec.data.splits import open_splits
 
@@ -187,7 +190,6 @@ def _known_strings(
     if not wanted:
         return {}
     seen: dict[str, list[pa.Array]] = {f: [] for f in wanted}
-    dead = DeadLetter(None, strict=False)
     data = loaded.config.data
 
     def collect(source: Callable[[], Iterable[pa.RecordBatch]]) -> None:
@@ -218,16 +220,14 @@ def _known_strings(
 
 
 def _check_sample(
-    loaded: LoadedModel, kinds: dict[str, str], rows: int, extra: list[Path]
+    loaded: LoadedModel, kinds: dict[str, str], rows: int, extra: list[Path], dead: DeadLetter
 ) -> pa.Table:
     """The first `rows` training rows — or, when the training data is gone, of the first
     `extra` file (`--strings-from`)."""
-    from streamrec.data.errors import DeadLetter
     from streamrec.data.formats import read_records
     from streamrec.data.splits import DatasetSplits, open_splits
 
     data = loaded.config.data
-    dead = DeadLetter(None, strict=False)
     try:
         return open_splits(data, dead, dict(kinds)).sample(rows)
     except Exception:  # the data is gone: check on the files given instead, if any

@@ -253,4 +253,8 @@ def test_a_model_whose_training_data_is_gone_exports_from_the_files_given(
         export_onnx(tmp_path / "run", tmp_path / "repo")
     report = export_onnx(tmp_path / "run", tmp_path / "repo", strings_from=[criteo_train])
     assert report["checked_rows"] == 512 and report["max_abs_difference"] <= 1e-5
-    assert report["unreachable_rows"] == {}
+    assert report["unreachable_rows"] == {} and report["rejected_rows"] == 0
+    broken = tmp_path / "with_bad_lines.tsv"  # malformed lines are skipped, and counted
+    broken.write_text(criteo_train.read_text() + "not\ta\tcriteo\trow\n" * 3)
+    report = export_onnx(tmp_path / "run", tmp_path / "repo2", strings_from=[broken])
+    assert report["rejected_rows"] >= 3 and report["max_abs_difference"] <= 1e-5
