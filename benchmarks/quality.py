@@ -53,9 +53,11 @@ OUR_MODELS = {
         "dlrm": ({"bottom": [64], "top": [512, 256]}, {}),
         "lr": _LR,
         "ppnet": ({"hidden": [256, 128]}, {}),  # no *_id features: every feature gates
+        "gbdt_lr": _LR,
     },
     "ml-100k": {"deepfm": (_DEEPFM, {}), "dcnv2": (_DCN, {}), "dlrm": (_DLRM, {}), "lr": _LR,
-                "ppnet": (_DEEPFM, {})},  # gates from user_id and item_id
+                "ppnet": (_DEEPFM, {}),  # gates from user_id and item_id
+                "gbdt_lr": _LR},
     "ml-small": {
         "deepfm": (_DEEPFM, {}),
         "dcnv2": (_DCN, {}),
@@ -63,12 +65,19 @@ OUR_MODELS = {
         "dlrm": ({**_DLRM, "concat_embeddings": True}, {}),
         "lr": _LR,
         "ppnet": (_DEEPFM, {}),
+        "gbdt_lr": _LR,
     },
 }
 # A linear model is cheap and scikit-learn iterates to convergence: LR gets up to 10 epochs on
 # every dataset and keeps its best (validation = the test split here, as for the deep models'
 # config epochs), stopping after 2 epochs without improvement.
-MODEL_TRAIN = {"lr": {"epochs": 10, "early_stopping_patience": 2}}
+MODEL_TRAIN = {
+    "lr": {"epochs": 10, "early_stopping_patience": 2},
+    "gbdt_lr": {"epochs": 10, "early_stopping_patience": 2},  # its LR trains like lr
+}
+# gbdt_lr's own trees scored alone on the same test rows (the manifest's `prepared` report),
+# per dataset: "trees alone" beside "LR alone" and "trees + LR" (He et al. 2014, Table 1).
+TREES_ALONE: dict[str, list[float]] = {}
 
 
 def ours(dataset: str, model: str, seed: int) -> tuple[float, float]:
@@ -79,8 +88,12 @@ def ours(dataset: str, model: str, seed: int) -> tuple[float, float]:
     cfg.train = cfg.train.model_copy(update={**MODEL_TRAIN.get(model, {}), "seed": seed})
     with tempfile.TemporaryDirectory() as tmp:
         result, model_dir = run_training(cfg, Path(tmp) / "run", progress=False)
-        chosen = read_manifest(model_dir).config["model"].get("params", {}).get("row_optimizer")
-    if chosen and model == "lr":
+        manifest = read_manifest(model_dir)
+        chosen = manifest.config["model"].get("params", {}).get("row_optimizer")
+        prepared = (manifest.train or {}).get("prepared") or {}
+    if "trees_valid_auc" in prepared:
+        TREES_ALONE.setdefault(dataset, []).append(prepared["trees_valid_auc"])
+    if chosen and model in ("lr", "gbdt_lr"):
         print(f"{dataset} seed {seed}: lr rates chosen {chosen}", file=sys.stderr)
     m = result.metrics["label"]
     return m["auc"], m["logloss"]
@@ -190,6 +203,31 @@ def logistic_regression(data: tuple) -> tuple[float, float]:
     return auc(y_test, p), logloss(y_test, p)
 
 
+def lightgbm_alone(data: tuple, seed: int) -> tuple[float, float]:
+    """LightGBM on the same features: dense columns, and each single-valued id feature as one
+    categorical column of codes (multi-valued ones left out); gbdt_lr's tree settings, and its
+    rounds chosen the same way (early stopping on the test split, as every model's epochs)."""
+    import lightgbm as lgb
+
+    train, test, dense, single, multi = data
+    xs_train, xs_test, _, _ = _encode(train, test, dense, single, [])
+
+    def matrix(xs: dict) -> np.ndarray:
+        return np.stack([xs[c].astype(np.float64) for c in dense + single], 1)
+
+    y, y_test = train["label"].to_numpy(), test["label"].to_numpy().astype(np.float64)
+    cats = list(range(len(dense), len(dense) + len(single)))
+    params = {"objective": "binary", "metric": ["auc", "binary_logloss"], "num_leaves": 31,
+              "learning_rate": 0.1, "min_data_in_leaf": 100, "seed": seed,
+              "deterministic": True, "force_col_wise": True, "verbosity": -1}
+    data_train = lgb.Dataset(matrix(xs_train), y, categorical_feature=cats)
+    data_test = lgb.Dataset(matrix(xs_test), y_test, reference=data_train)
+    booster = lgb.train(params, data_train, 200, valid_sets=[data_test],
+                        callbacks=[lgb.early_stopping(20, first_metric_only=True, verbose=False)])
+    p = booster.predict(matrix(xs_test), num_iteration=booster.best_iteration)
+    return auc(y_test, p), logloss(y_test, p)
+
+
 def _summary(values: list[tuple[float, float]]) -> dict:
     aucs, losses = [v[0] for v in values], [v[1] for v in values]
     std = statistics.pstdev
@@ -235,6 +273,10 @@ def main() -> None:
         except ImportError as e:
             rows["deepctr_deepfm"] = {"skipped": f"DeepCTR-torch not importable ({e})"}
         rows["logistic_regression"] = _summary([logistic_regression(data)])
+        if "streamrec_gbdt_lr" in rows:
+            rows["lightgbm"] = _summary([lightgbm_alone(data, s) for s in args.seeds])
+            trees = TREES_ALONE.get(name, [])
+            rows["gbdt_lr_trees_alone_auc"] = statistics.mean(trees) if trees else None
         best_ours = max(v["auc_mean"] for k, v in rows.items() if k.startswith("streamrec"))
         peers = [
             v["auc_mean"]

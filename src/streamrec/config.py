@@ -109,8 +109,9 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = Field(
         "deepfm",
-        description="a registered model: lr, fm, deepfm, wide_deep, dcnv2, dlrm, din, mmoe, "
-        "cold (a gated pre-ranker), two_tower",
+        description="a registered model: lr, gbdt_lr (boosted trees' leaves in an LR; needs "
+        "streamrec[trees]), fm, deepfm, wide_deep, dcnv2, dlrm, din, mmoe, ppnet, cold (a gated "
+        "pre-ranker), two_tower",
     )
     params: dict[str, Any] = Field(
         default_factory=dict,

@@ -24,7 +24,7 @@ Outputs: one FP32 `[N]` per task, the calibrated probabilities `streamrec serve`
 A snapshot: the graph does not follow deltas (re-export to refresh it). Before writing, the
 export scores a sample of the training data in onnxruntime and through the model itself and
 refuses to write a graph that differs by more than `TOLERANCE`. Not exportable (refused with a
-reason): per-id weights, two-tower retrievers, disk tiers.
+reason): per-id weights, two-tower retrievers, gbdt_lr's trees, disk tiers.
 """
 
 from __future__ import annotations
@@ -145,6 +145,11 @@ def export_onnx(
 def _refuse_unexportable(loaded: LoadedModel, schema: Schema) -> None:
     if loaded.config.model.name == "two_tower":
         raise OnnxExportError("a two-tower retriever is not exportable to ONNX (rankers are)")
+    if loaded.config.model.name == "gbdt_lr":
+        raise OnnxExportError(
+            "gbdt_lr is not exportable to ONNX: its trees run in LightGBM, outside the torch "
+            "graph; serve it with `streamrec serve`"
+        )
     for f in schema.embeddings:
         if f.weights:
             raise OnnxExportError(f"feature {f.name!r} has per-id weights: not exportable yet")

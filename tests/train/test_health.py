@@ -109,6 +109,20 @@ def test_embedding_norm_growth_and_admission_starving_on_real_tables():
     assert {w.key for w in rules.take_fired()} == {"embedding_norm_growth:item"}
 
 
+def test_rows_that_start_at_zero_grow_without_a_norm_warning():
+    """Linear weights (init_scale 0) grow from almost nothing by learning; the rule measures
+    growth from the initial scale of embeddings, so it leaves them out."""
+    linear = DynamicTable.from_config(TableConfig(dim=1, init_scale=0.0), "leaf@linear")
+    rules = _rules()
+    ids = np.arange(100, dtype=np.int64)
+    linear.resolve(ids)
+    linear.upsert(linear.live_fids(), np.full((100, 1), 0.01, np.float32))
+    rules.check_tables(10, {"leaf@linear": linear})
+    linear.upsert(linear.live_fids(), np.full((100, 1), 1.0, np.float32))  # 100×
+    rules.check_tables(20, {"leaf@linear": linear})
+    assert rules.take_fired() == []
+
+
 def test_calibration_drift_is_judged_only_on_enough_positives():
     rules = _rules(calibration_drift=0.3, calibration_min_positives=100,
                    calibration_warmup_steps=10)

@@ -9,6 +9,9 @@ A model is built from the schema and the table settings; `forward(batch)` return
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
 import torch
 
 from streamrec.batch import Batch
@@ -41,6 +44,28 @@ class RankingModel(WithTables):
         # Negative down-sampling rate w used in training; predictions are re-calibrated with
         # q = p / (p + (1 − p) / w) (He et al. 2014) so that calibration stays ≈ 1.
         self.register_buffer("negative_sampling_rate", torch.ones(()))
+
+    # Whether the model can score. A model that learns something in batch before its first step
+    # (gbdt_lr's trees) is not until `prepare` ran; the training job calls it on a fresh start.
+    prepared = True
+
+    def prepare(
+        self,
+        train: Callable[[], Iterable[Batch]],
+        valid: Callable[[], Iterable[Batch]] | None = None,
+        seed: int = 0,
+    ) -> dict[str, Any] | None:
+        """Learn what must be learnt in batch before the first step, from the training split's
+        batches (and the validation split's). → a report for the manifest, or None: most models
+        have nothing to learn here."""
+        return None
+
+    def prepared_state(self) -> dict[str, torch.Tensor]:
+        """What `prepare` learnt, to give a model built alike (the linear rates' trials)."""
+        return {}
+
+    def load_prepared_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Take another model's `prepared_state()`."""
 
     def embed(self, batch: Batch) -> Embedded:
         if self.embeddings is None:

@@ -89,6 +89,7 @@ def check_model(name: str, params: dict[str, Any] | None = None) -> list[str]:
     torch.manual_seed(0)
     model = _build(config)
     batch = config.schema.encode(rows(256, 1))
+    model.prepare(lambda: [batch])  # what a model learns in batch first (gbdt_lr's trees)
     _learns(model, batch)
     model.eval()
     _eval_admits_nothing(model, config.schema)

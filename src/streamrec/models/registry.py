@@ -12,6 +12,7 @@ from streamrec.models.deepfm import DeepFM
 from streamrec.models.din import DIN
 from streamrec.models.dlrm import DLRM
 from streamrec.models.fm import FM
+from streamrec.models.gbdt_lr import GBDTLR
 from streamrec.models.lr import LR
 from streamrec.models.mmoe import MMoE
 from streamrec.models.ppnet import PPNet
@@ -21,6 +22,7 @@ from streamrec.schema import Schema
 
 MODELS: dict[str, type] = {
     "lr": LR,
+    "gbdt_lr": GBDTLR,  # boosted trees' leaves as ids of an online LR (needs lightgbm)
     "fm": FM,
     "deepfm": DeepFM,
     "wide_deep": WideDeep,

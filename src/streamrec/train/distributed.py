@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from streamrec.batch import Batch
-from streamrec.config import JobConfig, TableConfig
+from streamrec.config import ConfigError, JobConfig, TableConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.embedding.reshard import load_resharded_tables
 from streamrec.embedding.sharded import shard_tables
@@ -243,6 +243,11 @@ def run_distributed_training(
                 shutil.rmtree(out / "checkpoint", ignore_errors=True)
                 shutil.rmtree(out / "best", ignore_errors=True)
             start = fresh_start(config, splits)  # same sample on every rank → same schema
+            if not start.model.prepared:
+                raise ConfigError(
+                    f"model {config.model.name} fits part of itself in batch on one process "
+                    "(gbdt_lr's trees): train it with `streamrec train`, without torchrun"
+                )
         pinned.update(start.kinds)
         trainer = DistributedTrainer(
             start.model, start.config, None, start.optimizer, progress=progress and rank == 0

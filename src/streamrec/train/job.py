@@ -7,6 +7,7 @@ The run directory holds `metrics.csv`, `checkpoint/` (the newest checkpoints as 
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from streamrec.train.preparation import (
     checkpoint_start,
     fit,
     fresh_start,
+    prepare_model,
     seed_everything,
     warm_start,
 )
@@ -77,6 +79,10 @@ def _train(
             start = warm_start(Path(warm_start_from), config)
         else:
             start = fresh_start(config, splits)
+            prepare_model(start, splits)
+            if start.prepared and progress:
+                print(f"{config.model.name} fitted before its first step: "
+                      f"{json.dumps(start.prepared)}", file=sys.stderr)
             if wants_rate_search(config, splits):
                 start = _rates_chosen(start, splits, progress)
     pinned.update(start.kinds)  # validation files, later epochs: read as the model saw its sample
@@ -104,11 +110,15 @@ def _rates_chosen(start: Start, splits: DatasetSplits, progress: bool) -> Start:
         fit(trainer, Start(model, config, start.kinds), splits)
         return math.nan if trainer.best_score is None else float(trainer.best_score)
 
+    def build(config: JobConfig):
+        model = build_model(config.model, config.schema, config.table_configs())
+        model.load_prepared_state(start.model.prepared_state())  # the same trees
+        return model
+
     note = (lambda line: print(line, file=sys.stderr)) if progress else (lambda _: None)
-    chosen, trials = search_rates(start.config, trial, note)
+    chosen, trials = search_rates(start.config, trial, note, build)
     seed_everything(chosen.train.seed)
-    model = build_model(chosen.model, chosen.schema, chosen.table_configs())
-    return Start(model, chosen, start.kinds, rate_search=trials)
+    return Start(build(chosen), chosen, start.kinds, rate_search=trials, prepared=start.prepared)
 
 
 def _fit_and_save(
@@ -124,7 +134,8 @@ def _fit_and_save(
         {
             "metrics": result.metrics,
             "train": result.to_json()
-            | ({"rate_search": start.rate_search} if start.rate_search else {}),
+            | ({"rate_search": start.rate_search} if start.rate_search else {})
+            | ({"prepared": start.prepared} if start.prepared else {}),
             "dead_lettered": dead.count,
             "input_kinds": start.kinds,
             "lineage": lineage(

@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from streamrec.config import JobConfig
+from streamrec.config import ConfigError, JobConfig
 from streamrec.data.errors import DeadLetter
 from streamrec.data.stream.base import Message, StreamSource, StreamUnavailable
 from streamrec.data.stream.joined import JoinedSource
@@ -211,7 +211,14 @@ class OnlineTrainer:
         seed_everything(config.train.seed)  # dense init: same model in every run
         self.kinds = {}
         self.base_version = None  # deltas from a fresh model apply to its checkpoints
-        return build_model(config.model, config.schema, config.table_configs()), config
+        model = build_model(config.model, config.schema, config.table_configs())
+        if not model.prepared:
+            raise ConfigError(
+                f"model {config.model.name} learns part of itself in batch before its first "
+                "step: train it with `streamrec train`, then continue online from the model "
+                "(online.init_model: RUN/model)"
+            )
+        return model, config
 
     def _labels_for_unlabelled(self, config: JobConfig) -> list[Label]:
         """The labels a model saved without any learns from: the config's, else — on a joined

@@ -45,6 +45,7 @@ class Start:
     parent: Path | None = None  # a warm start's model directory
     parent_version: int | None = None
     rate_search: list[dict] | None = None  # the linear rates tried (`train/rate_search.py`)
+    prepared: dict | None = None  # what the model learnt before its first step (`prepare_model`)
 
     @property
     def resumed(self) -> bool:
@@ -59,6 +60,21 @@ def fresh_start(config: JobConfig, splits: DatasetSplits) -> Start:
     fitted.schema_ = config.schema.fit(sample)
     kinds = input_kinds(sample, fitted.schema_.input_columns(with_labels=False))
     return Start(build_model(fitted.model, fitted.schema_, fitted.table_configs()), fitted, kinds)
+
+
+def prepare_model(start: Start, splits: DatasetSplits) -> None:
+    """Let a fresh model learn what it learns in batch before the first step (gbdt_lr fits its
+    trees) from the training split, in file order, and the validation split."""
+    schema = start.config.schema
+    valid = None
+    if splits.valid is not None:
+
+        def valid() -> BatchLoader:
+            return BatchLoader(splits.valid, schema, 65536)
+
+    start.prepared = start.model.prepare(
+        lambda: BatchLoader(splits.train, schema, 65536), valid, start.config.train.seed
+    )
 
 
 def checkpoint_start(path: Path, config: JobConfig) -> Start:

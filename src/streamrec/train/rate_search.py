@@ -11,7 +11,8 @@ and keep-best) in a temporary directory and scored by its best validation epoch
 the saved config names it (`model.params.row_optimizer`), so online training and serving read
 the same rates.
 
-It runs for `model.name: lr` with a validation split, unless the config sets the rates itself
+It runs for `model.name: lr` and `gbdt_lr` (whose trees are fitted once, before the trials)
+with a validation split, unless the config sets the rates itself
 (`row_optimizer`, `linear_lr`) or turns it off (`model.params.rate_search: false`).
 """
 
@@ -24,18 +25,20 @@ from typing import Any
 
 from streamrec.config import JobConfig
 from streamrec.data.splits import DatasetSplits
+from streamrec.models.base import RankingModel
 from streamrec.models.lr import FTRL_DEFAULTS
 from streamrec.models.registry import build_model
 
 ALPHAS = (0.1, 0.3, 1.0)
 L2S = (1.0, 10.0)
 TRIALS = len(ALPHAS) + len(L2S) - 1
+LINEAR_MODELS = ("lr", "gbdt_lr")
 
 
 def wants_rate_search(config: JobConfig, splits: DatasetSplits) -> bool:
     params = config.model.params or {}
     return (
-        config.model.name == "lr"
+        config.model.name in LINEAR_MODELS
         and splits.valid is not None
         and params.get("rate_search", True)
         and "row_optimizer" not in params
@@ -47,17 +50,20 @@ def search_rates(
     fitted: JobConfig,
     train: Callable[[JobConfig, Any, Path], float],
     note: Callable[[str], None] = lambda _: None,
+    build: Callable[[JobConfig], RankingModel] | None = None,
 ) -> tuple[JobConfig, list[dict[str, float]]]:
     """The config with the chosen `row_optimizer`, and every trial {alpha, l2, score}.
     `train(config, model, run_dir)` trains one model as the job would and returns its best
-    validation score (higher is better; NaN never wins)."""
+    validation score (higher is better; NaN never wins); `build(config)` makes each trial's
+    model (default: `build_model`)."""
+    make = build or (lambda c: build_model(c.model, c.schema, c.table_configs()))
     trials: list[dict[str, float]] = []
     scores: dict[tuple[float, float], float] = {}
 
     def trial(alpha: float, l2: float) -> float:
         if (alpha, l2) not in scores:
             config = _with_rates(fitted, alpha, l2)
-            model = build_model(config.model, config.schema, config.table_configs())
+            model = make(config)
             with tempfile.TemporaryDirectory(prefix="streamrec-rate-search-") as tmp:
                 score = train(config, model, Path(tmp))
             scores[alpha, l2] = score
