@@ -14,7 +14,10 @@ its candidates (K1 = 1,000), an impression-shaped DeepFM ranker (`streamrec impr
 1 epoch). Then `streamrec.closed_loop` runs the rounds (the user model is in its docstring):
 the closed loop (impressions logged → clicks on /v1/feedback → online joiner and trainer →
 deltas to the same server, for the ranker and the retriever both; `--ranker-only`: the
-ranker alone), the same models frozen, the retriever's own order, popularity.
+ranker alone), the same models frozen, the retriever's own order, popularity. `--ranker lr
+--explore-share 0.1`: the closed loop's server gives that share of its slots to items its LR
+ranker is unsure of (Thompson sampling on the count-based σ); the result's "explore" says how
+many slots it explored and how often users clicked them; compare with `--explore-share 0`.
 
 `--json` prints one object: rounds, users, k, ctr and recall ({closed_loop, frozen,
 retrieval_only, popularity}, over the last third of the rounds), impressions_served,
@@ -66,7 +69,7 @@ def retriever_config(fmt: str, data: str | None, seed: int) -> JobConfig:
     })
 
 
-def ranker_config(impressions: Path, seed: int) -> JobConfig:
+def ranker_config(impressions: Path, seed: int, model: str = "deepfm") -> JobConfig:
     return parse_config({
         "name": "loop_ranker",
         "schema": {
@@ -79,7 +82,7 @@ def ranker_config(impressions: Path, seed: int) -> JobConfig:
         "default_table": {"dim": 16, "optimizer": "adagrad", "lr": 0.05, "init_scale": 0.01},
         "data": {"format": "parquet", "train": str(impressions), "batch_size": 1024,
                  "shuffle_rows": 10_000_000},
-        "model": {"name": "deepfm", "params": {"hidden": [128, 64]}},
+        "model": {"name": model, "params": {"hidden": [128, 64]} if model == "deepfm" else {}},
         "train": {"epochs": 1, "seed": seed, "dense_optimizer": "adam", "dense_lr": 0.001},
         "serving": {"context_features": ["user_id"]},
     })
@@ -99,6 +102,11 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, help="keep the models and streams here")
     p.add_argument("--ranker-only", action="store_true",
                    help="the retriever does not learn from the loop (only the ranker does)")
+    p.add_argument("--ranker", default="deepfm", choices=["deepfm", "lr"],
+                   help="the ranker's model (lr estimates its uncertainty: --explore-share)")
+    p.add_argument("--explore-share", type=float, default=0.0,
+                   help="share of the closed loop's slots explored by Thompson sampling on the "
+                   "ranker's uncertainty (needs --ranker lr)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     say = (lambda _: None) if args.json else print
@@ -107,7 +115,7 @@ def main() -> None:
     retriever = retriever_config(args.format, args.data, args.seed)
     say(f"training the two-tower retriever on {args.format} …")
     retrieval_dir = api.train(retriever, work / "retriever", progress=False).model_dir
-    ranker = ranker_config(work / "impressions.parquet", args.seed)
+    ranker = ranker_config(work / "impressions.parquet", args.seed, args.ranker)
     interactions = ranker.model_copy(deep=True)
     interactions.data = retriever.data
     built = api.impressions(retrieval_dir, interactions, work / "impressions.parquet", K1)
@@ -122,6 +130,7 @@ def main() -> None:
         ranker, ranker_dir, retrieval_dir, users,
         work / ("loop_ranker_only" if args.ranker_only else "loop"), args.rounds, args.users,
         args.k, K1, args.seed, args.qps, log=say, retriever_learns=not args.ranker_only,
+        explore_share=args.explore_share,
     )
     result["data"] = args.format
     if args.json:
@@ -132,6 +141,10 @@ def main() -> None:
         f"{arm} {value:.4f}" for arm, value in ctr.items()))
     print(f"closed loop / frozen: {ctr['closed_loop'] / max(ctr['frozen'], 1e-9):.2f}× "
           "(target ≥ 1.2×)")
+    explore = result["explore"]
+    if explore["share"]:
+        print(f"explored {explore['slots']} slots (share {explore['share']}), clicked "
+              f"{explore['clicks']} (CTR {explore['ctr']:.4f})")
     print(f"impressions served {result['impressions_served']}, logged "
           f"{result['impressions_logged']}, dropped {result['impressions_dropped']}; "
           f"actions joined {result['actions_joined']}; p99 ms {result['p99_ms']}")

@@ -276,7 +276,8 @@ def main() -> None:
         if "streamrec_gbdt_lr" in rows:
             rows["lightgbm"] = _summary([lightgbm_alone(data, s) for s in args.seeds])
             trees = TREES_ALONE.get(name, [])
-            rows["gbdt_lr_trees_alone_auc"] = statistics.mean(trees) if trees else None
+            if trees:  # the hybrid's own trees alone, on the same test rows
+                rows["streamrec_gbdt_lr"]["trees_alone_auc_mean"] = statistics.mean(trees)
         best_ours = max(v["auc_mean"] for k, v in rows.items() if k.startswith("streamrec"))
         peers = [
             v["auc_mean"]

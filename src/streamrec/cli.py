@@ -720,6 +720,12 @@ def serve(
     reward_action: list[str] = typer.Option(
         ["click"], help="Action types that count as a reward. Repeat for more."
     ),
+    explore_share: float | None = typer.Option(
+        None, min=0.0, max=1.0,
+        help="Share of /v1/recommend's slots (the last ones) given to items the ranker is "
+        "unsure of, by Thompson sampling on its uncertainty (lr, gbdt_lr; "
+        "serving.explore_share, 0).",
+    ),
     threads: int | None = typer.Option(
         None,
         help="Torch / numba threads of the inference worker (default: serving.threads, 1). "
@@ -763,6 +769,7 @@ def serve(
                     max_delay_ms=max_delay_ms,
                     cache_bytes=cache_bytes,
                     threads=threads,
+                    explore_share=explore_share,
                     compute_allocation=_allocation_changes(slo_ms, capacity_qps, allocation_file),
                     feedback=_given(
                         impressions=log_impressions,

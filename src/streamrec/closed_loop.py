@@ -114,15 +114,25 @@ class HttpArm:
     def __init__(self, name: str, url: str, learns: bool) -> None:
         self.name, self.learns = name, learns
         self.client = httpx.Client(base_url=url, timeout=60)
+        self.explored: dict[str, set[int]] = {}  # request → the items it showed to explore
+        self.explored_clicks = 0
 
     def recommend(self, user, query, exclude, k):
         body = {"user": query, "k": k, "exclude": sorted(exclude)}
         answer = self.client.post("/v1/recommend", json=body)
         answer.raise_for_status()
         got = answer.json()
+        if got.get("explored"):  # serving.explore_share: the last n items were explored
+            self.explored[got["request_id"]] = set(got["items"][-got["explored"] :])
         return got["items"], got["request_id"]
 
+    @property
+    def explored_slots(self) -> int:
+        return sum(len(items) for items in self.explored.values())
+
     def feedback(self, request_id, item):
+        if item in self.explored.get(request_id, ()):
+            self.explored_clicks += 1
         if self.learns:
             r = self.client.post(
                 "/v1/feedback", json={"request_id": request_id, "item_id": item, "action": "click"}
@@ -473,6 +483,7 @@ def run_closed_loop(
     log: Callable[[str], None] = print,
     before_stop: Callable[[str], Any] | None = None,
     retriever_learns: bool = True,
+    explore_share: float = 0.0,
 ) -> dict[str, Any]:
     """The four arms over `rounds` rounds (see the module docstring) → the benchmark's JSON
     object (`benchmarks/closed_loop.py`). In the closed loop the ranker learns from its
@@ -480,7 +491,9 @@ def run_closed_loop(
     the same two streams; the server serves its deltas too). latency_qps > 0: afterwards, p99
     of the logging server and of the frozen one at that rate. `before_stop(url)` is called
     with the closed loop server's URL after the rounds (its answer is the result's
-    "before_stop")."""
+    "before_stop"). explore_share > 0: the closed loop's server explores that share of its
+    slots (`serve --explore-share`; a ranker that estimates its uncertainty), and the result
+    says how many slots it explored and how often they were clicked."""
     workdir.mkdir(parents=True, exist_ok=True)
     imps, acts, online = workdir / "impressions", workdir / "actions", workdir / "online"
     online_retriever = workdir / "online_retriever"
@@ -489,7 +502,8 @@ def run_closed_loop(
     loop = ServerProcess(
         [*common, "--log-impressions", str(imps), "--actions", str(acts),
          "--deltas", str(online / "deltas"), "--retriever-deltas",
-         str(online_retriever / "deltas" if retriever_learns else no_deltas)],
+         str(online_retriever / "deltas" if retriever_learns else no_deltas),
+         "--explore-share", str(explore_share)],
         workdir / "loop_server.log",
     )
     frozen = None
@@ -512,8 +526,9 @@ def run_closed_loop(
                 "loop-retriever",
             )
             retriever_trainer.start()
+        looped = HttpArm("closed_loop", loop.url, learns=True)
         arms: list[Arm] = [
-            HttpArm("closed_loop", loop.url, learns=True),
+            looped,
             HttpArm("frozen", frozen.url, learns=False),
             RetrievalArm(RetrievalStage.load(retriever_dir)),
             PopularityArm(users.popular),
@@ -577,6 +592,12 @@ def run_closed_loop(
             "event_to_delta_seconds": status.get("event_to_delta_seconds"),
             "p99_ms": latency,
             "before_stop": extra,
+            "explore": {
+                "share": explore_share,
+                "slots": looped.explored_slots,
+                "clicks": looped.explored_clicks,
+                "ctr": looped.explored_clicks / max(1, looped.explored_slots),
+            },
         }
     finally:
         for running in (trainer, retriever_trainer):

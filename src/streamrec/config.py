@@ -422,6 +422,11 @@ class ServingConfig(_Strict):
     cache_bytes: int = Field(32 << 20, ge=0, description="prediction cache budget; 0 = off")
     poll_seconds: float = Field(0.5, gt=0, description="how often to look for deltas / models")
     threads: int = Field(1, ge=1, description="torch / numba threads of the inference worker")
+    explore_share: float = Field(
+        0.0, ge=0, le=1,
+        description="share of /v1/recommend's slots (the last ones) filled by Thompson sampling "
+        "on the ranker's uncertainty, for models that estimate one (lr, gbdt_lr); 0 = off",
+    )
     compute_allocation: ComputeAllocationConfig = Field(
         default_factory=ComputeAllocationConfig,
         description="DCAF: /v1/recommend's work per request by value, under a latency SLO",

@@ -23,6 +23,7 @@ WRITER = textwrap.dedent(
     import sys, torch
     from streamrec.store import write_model_dir
     path, i = sys.argv[1], 0
+    print("ready", flush=True)  # imports done: the kill lands among the replacements
     base = {"created": 0.0, "model_version": 1, "config": {}, "schema": {}, "tables": {}}
     while True:  # replace the directory again and again until killed
         i += 1
@@ -40,9 +41,11 @@ def test_kill_9_while_replacing_a_directory_leaves_a_complete_one(tmp_path):
     write_model_dir(target, model_manifest(generation=0), zeros)
     rng = np.random.default_rng(0)
     generations = set()
-    for _ in range(25):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)])
-        time.sleep(float(rng.uniform(1.0, 2.0)))  # interpreter start, then many replacements
+    for _ in range(15):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"  # however long imports took
+        time.sleep(float(rng.uniform(0.05, 0.6)))  # many replacements, killed inside one
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         recover_dir(target)  # what a run directory's start does (no-op with RENAME_EXCHANGE)

@@ -389,9 +389,17 @@ class DynamicTable:
             self._alloc,
         )
 
-    def upsert(self, fids: np.ndarray, weights: np.ndarray, now: float | None = None) -> None:
+    def upsert(
+        self,
+        fids: np.ndarray,
+        weights: np.ndarray,
+        now: float | None = None,
+        counts: np.ndarray | None = None,
+    ) -> None:
         """Set the weights of these fids, inserting the absent ones without admission (applying
-        a delta at serving time). fids distinct int64 [n], weights float32 [n, dim]."""
+        a delta at serving time). fids distinct int64 [n], weights float32 [n, dim]; counts
+        [n], when given: how often training has seen each id (`counts_of`), so a server's
+        uncertainty follows the trainer's."""
         fids = _as_fids(fids)
         rows = self._map.find(fids)
         missing = np.flatnonzero(rows < 0)
@@ -407,6 +415,14 @@ class DynamicTable:
         self.version += 1
         self._weights.scatter(rows, np.ascontiguousarray(weights, np.float32))
         self._row_version.scatter(rows, np.full((rows.shape[0], 1), self.version, np.int64))
+        if counts is not None:
+            self._count.scatter(rows, np.asarray(counts, np.int32).reshape(-1, 1))
+
+    def counts_of(self, fids: np.ndarray) -> np.ndarray:
+        """int64 [n]: how many times training has seen each id (0: not stored). Nothing is
+        admitted or touched."""
+        rows = self.resolve(fids, insert=False)
+        return self._count.gather(rows)[:, 0].astype(np.int64)
 
     def delete(self, fids: np.ndarray) -> np.ndarray:
         """Remove these fids if stored; returns the ones that were."""

@@ -360,12 +360,18 @@ class TieredTable(DynamicTable):
         return expired_hot
 
     # ------------------------------------------------------------------ writes from outside
-    def upsert(self, fids: np.ndarray, weights: np.ndarray, now: float | None = None) -> None:
+    def upsert(
+        self,
+        fids: np.ndarray,
+        weights: np.ndarray,
+        now: float | None = None,
+        counts: np.ndarray | None = None,
+    ) -> None:
         """As DynamicTable.upsert; a row on disk is brought up first, so it keeps its
         optimizer state and counts. Serving calls `trim()` after."""
         self._join_prefetch()
         self._bring_up(np.asarray(fids, np.int64), now)
-        super().upsert(fids, weights, now)
+        super().upsert(fids, weights, now, counts)
 
     def remove_rows(self, rows: np.ndarray) -> np.ndarray:
         """As DynamicTable.remove_rows; a removed row's disk copy goes too."""

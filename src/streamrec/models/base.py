@@ -67,6 +67,15 @@ class RankingModel(WithTables):
     def load_prepared_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Take another model's `prepared_state()`."""
 
+    # Whether `uncertainty` gives an estimate (the linear models: count-based, per id).
+    estimates_uncertainty = False
+
+    def uncertainty(self, batch: Batch) -> torch.Tensor | None:
+        """[B]: the standard deviation of each row's first-task logit — large where the model
+        has seen the row's ids rarely — for exploration (`serving/exploration.py`); None for a
+        model without an estimate."""
+        return None
+
     def embed(self, batch: Batch) -> Embedded:
         if self.embeddings is None:
             return Embedded()

@@ -43,7 +43,7 @@ from streamrec.config import TableConfig
 from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.embedding.tiered import build_table
 from streamrec.models.base import RankingModel
-from streamrec.models.layers import LinearTerm
+from streamrec.models.layers import LinearTerm, id_variance
 from streamrec.models.lr import FTRL_DEFAULTS
 from streamrec.schema import EmbeddingFeature, Schema
 
@@ -375,7 +375,8 @@ class GBDTLR(RankingModel):
             )
         return self._booster, self._inputs
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def _leaf_batch(self, batch: Batch) -> tuple[Batch, int]:
+        """(a Batch of one feature, LEAF_FEATURE: each row's T leaf ids; T)."""
         leaves = self.leaf_ids(batch)
         b, t = leaves.shape
         jagged = JaggedIds(
@@ -386,10 +387,27 @@ class GBDTLR(RankingModel):
             batch.labels[:, :0], batch.dense[:, :0], {LEAF_FEATURE: jagged},
             timestamps=batch.timestamps,
         )
+        return leaf_batch, t
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        leaf_batch, _ = self._leaf_batch(batch)
         emb = self.leaves(leaf_batch)
         leaf_mean = sum(g.sum(dim=1) for _, g in emb.groups)  # [B, 1]
-        base = self.linear(batch) if self.linear is not None else self.bias.expand(b, -1)
-        return base + leaf_mean
+        if self.linear is None:
+            return self.bias.expand(batch.size, -1) + leaf_mean
+        return self.linear(batch) + leaf_mean
+
+    estimates_uncertainty = True
+
+    @torch.no_grad()
+    def uncertainty(self, batch: Batch) -> torch.Tensor:
+        """[B]: the count-based standard deviation of the logit (`layers.id_variance`): the raw
+        ids' terms, and each leaf's at 1/T (mean-pooled)."""
+        leaf_batch, t = self._leaf_batch(batch)
+        variance = id_variance(self.leaves, leaf_batch, 1.0 / max(t, 1))
+        if self.linear is not None:
+            variance = variance + self.linear.logit_variance(batch)
+        return variance.sqrt()
 
     def dense_param_groups(self, dense_lr: float) -> list[dict[str, Any]]:
         return [{"params": list(self.parameters()), "lr": self.dense_lr or dense_lr}]

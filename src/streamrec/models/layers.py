@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -84,6 +85,13 @@ class LinearTerm(nn.Module):
         self.dense = nn.Linear(schema.dense_width, num_tasks) if schema.dense_width else None
         self.bias = nn.Parameter(torch.zeros(num_tasks))
 
+    def logit_variance(self, batch: Batch) -> torch.Tensor:
+        """[B]: the per-id weights' count-based variance (`id_variance`); dense columns and the
+        bias add none."""
+        if self.ids is None:
+            return torch.zeros(batch.size)
+        return id_variance(self.ids, batch)
+
     def forward(self, batch: Batch) -> torch.Tensor:
         out = self.bias.expand(batch.size, -1)
         if self.ids is not None:
@@ -93,6 +101,24 @@ class LinearTerm(nn.Module):
         if self.dense is not None:
             out = out + self.dense(batch.dense)
         return out
+
+
+def id_variance(collection: EmbeddingCollection, batch: Batch, scale: float = 1.0) -> torch.Tensor:
+    """[B] float32: Σ over each row's ids of scale² / (1 + n), n the times training saw the id
+    (`DynamicTable.counts_of`; 0 for an unknown id) — the count-based variance of a sum of
+    per-id weights, each with prior variance 1 that every observation shrinks (BOPR, He et al.
+    2014 §3; McMahan et al. 2013 §6). `scale`: the factor each id's weight enters the logit
+    with (1/T for T mean-pooled ids)."""
+    out = torch.zeros(batch.size, dtype=torch.float32)
+    for name, feature in collection.features.items():
+        ids = batch.sparse[name]
+        if ids.values.numel() == 0:
+            continue
+        table = collection.tables[feature.table_name]
+        counts = table.counts_of(ids.values.cpu().numpy())
+        terms = torch.from_numpy((scale * scale / (1.0 + counts)).astype(np.float32))
+        out.index_add_(0, ids.row_ids(), terms)
+    return out
 
 
 def fm_interaction(stacked: torch.Tensor) -> torch.Tensor:

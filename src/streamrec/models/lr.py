@@ -61,8 +61,15 @@ class LR(RankingModel):
         self.linear = LinearTerm(schema, tables, self.num_tasks, settings)
         self.dense_lr = dense_lr
 
+    estimates_uncertainty = True
+
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.linear(batch)
+
+    @torch.no_grad()
+    def uncertainty(self, batch: Batch) -> torch.Tensor:
+        """[B]: √(Σ over the row's ids of 1 / (1 + times seen)) (`layers.id_variance`)."""
+        return self.linear.logit_variance(batch).sqrt()
 
     def dense_param_groups(self, dense_lr: float) -> list[dict[str, Any]]:
         return [{"params": list(self.parameters()), "lr": self.dense_lr or dense_lr}]

@@ -40,6 +40,7 @@ from starlette.routing import Route
 from streamrec import __version__
 from streamrec.config import FeedbackLoopConfig, ServingConfig
 from streamrec.retrieval.impression_set import RETRIEVAL_SCORE
+from streamrec.serving import exploration
 from streamrec.serving.action_intake import ActionIntake
 from streamrec.serving.batcher import DynamicBatcher, EncodedRows, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
@@ -99,6 +100,7 @@ class ServerState:
     ranker_encodings: EncodingsBySnapshot = field(  # /v1/recommend's catalog rows, encoded
         default_factory=lambda: EncodingsBySnapshot(per_request=(RETRIEVAL_SCORE,))
     )
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)  # exploration
 
 
 log = logging.getLogger("streamrec.serving")
@@ -498,7 +500,7 @@ async def score_rows(
     """Scores [rows, tasks] through cache → batcher; returns (scores, version). Every score
     served, cached or computed, goes into the score histogram."""
     scores, version = await _cached_scores(state, rows, batcher, cache)
-    state.metrics.scores.observe_many(scores)
+    state.metrics.scores.observe_many(batcher.snapshot.split(scores)[0])
     return scores, version
 
 
@@ -598,11 +600,14 @@ async def _rank(state: ServerState, request: Request) -> Response:
     )
     user = rows.columns.get(USER_KEY, [None])[0] if rows.num_rows else None
     scores, version, variant = await rank_rows(state, rows, user)
+    probabilities, sigma = snapshot.split(scores)
     answer = {
         "model_version": version,
-        "scores": {t: scores[:, i].tolist() for i, t in enumerate(snapshot.tasks)},
+        "scores": {t: probabilities[:, i].tolist() for i, t in enumerate(snapshot.tasks)},
         "request_id": request_id or _request_ids.next(),
     }
+    if sigma is not None:  # the first task's logit σ per candidate (lr, gbdt_lr)
+        answer["uncertainty"] = sigma.tolist()
     headers = _note_ranked(state, rows, scores, answer, variant)
     return Response(_encode_json(answer), media_type="application/json", headers=headers)
 
@@ -793,6 +798,7 @@ async def _cascade(
     variant = None
     context = {f: v for f, v in wanted.user.items() if f in snapshot.context_features}
     candidates: list[dict[str, Any]] | None = None
+    sigma = None
     if items and ranks:
         encodings = state.ranker_encodings.of(snapshot) if state.variants is None else None
         if encodings is not None:  # the catalog's cached encodings: no rows built
@@ -807,8 +813,17 @@ async def _cascade(
                 wanted.user.get(USER_KEY),
             )
         scores = ranked[:, 0]
+        sigma = snapshot.split(ranked)[1]
         scored_by = "ranking"
-    order = np.argsort(-np.asarray(scores), kind="stable")[: wanted.k]
+    share = state.settings.explore_share
+    if share > 0 and sigma is not None:
+        order, explored = exploration.choose(
+            np.asarray(scores), sigma, wanted.k, share, state.rng
+        )
+        answer["explored"] = explored  # the last `explored` items were explored
+        state.metrics.explored_slots.inc(explored)
+    else:
+        order = np.argsort(-np.asarray(scores), kind="stable")[: wanted.k]
     answer["items"] = [items[j] for j in order]
     answer["scores"] = [float(scores[j]) for j in order]
     clock.append(time.perf_counter())
@@ -890,7 +905,7 @@ async def _rank_encoded(
     state.metrics.cache_misses.inc(len(items))
     encoded = EncodedRows(batch, snapshot, lambda: rows_of(len(items)))
     scores = await _submit(state, batcher, encoded)
-    state.metrics.scores.observe_many(scores)
+    state.metrics.scores.observe_many(batcher.snapshot.split(scores)[0])
     return scores, snapshot.serving_version
 
 
@@ -913,7 +928,7 @@ def _log_impressions(
         }
         for item, row in zip(items, features, strict=True)
     ]
-    extra = {k: answer[k] for k in ("variant", "scored_by", "level") if k in answer}
+    extra = {k: answer[k] for k in ("variant", "scored_by", "level", "explored") if k in answer}
     if not state.impressions.log(
         answer["request_id"], endpoint, context, shown, answer.get("versions", {}), **extra
     ):

@@ -28,7 +28,8 @@ def apply_delta(model: WithTables, delta: Delta) -> None:
         if rows.deleted.numel():
             table.delete(rows.deleted.numpy())
         if rows.fids.numel():
-            table.upsert(rows.fids.numpy(), rows.weights().numpy())
+            counts = None if rows.counts is None else rows.counts.numpy()
+            table.upsert(rows.fids.numpy(), rows.weights().numpy(), counts=counts)
         if table.has_disk_tier:
             table.trim()  # upserted rows came up to DRAM; the budget holds
     if delta.dense is not None:

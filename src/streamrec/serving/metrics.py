@@ -78,6 +78,11 @@ class ServerMetrics:
             "streamrec_batch_seconds", "inference time per batch", registry=r
         )
         self.queue_rows = Gauge("streamrec_queue_rows", "rows waiting for inference", registry=r)
+        self.explored_slots = Counter(
+            "streamrec_explored_slots",
+            "/v1/recommend slots filled by exploration (serving.explore_share)",
+            registry=r,
+        )
         self.cache_hits = Counter("streamrec_cache_hits", "rows served from the cache", registry=r)
         self.cache_misses = Counter("streamrec_cache_misses", "rows computed", registry=r)
         self.deltas = Counter("streamrec_deltas_applied", "deltas applied in place", registry=r)

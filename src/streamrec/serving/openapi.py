@@ -147,6 +147,13 @@ def openapi_document(
             "properties": {
                 "model_version": {"type": "string"},
                 "scores": scores,
+                "uncertainty": {
+                    "type": "array",
+                    "items": {"type": "number", "minimum": 0},
+                    "description": "models that estimate it (lr, gbdt_lr): the standard "
+                    "deviation of the first task's logit per candidate, large for ids seen "
+                    "rarely",
+                },
                 "request_id": {"type": "string"},
                 "variant": _VARIANT,
             },
@@ -214,6 +221,12 @@ def openapi_document(
                             "this request got, e.g. k1=1000,k2=100",
                         },
                         "variant": _VARIANT,
+                        "explored": {
+                            "type": "integer",
+                            "description": "with serving.explore_share and a ranker that "
+                            "estimates its uncertainty: how many of the last items were chosen "
+                            "by Thompson sampling rather than by score",
+                        },
                         "debug": {
                             "type": "object",
                             "description": "with \"debug\": true — items per stage "

@@ -44,6 +44,9 @@ class Snapshot:
         self.candidate_features = [c for c in wanted if c not in context]
         self.request_reader = RankRequestReader(self.kinds)
         self.tasks: list[str] = self.schema.task_names or ["label"]  # what scores are named
+        # Scores carry one more column, the first task's logit σ, when the model estimates it
+        # (`RankingModel.uncertainty`): /v1/rank returns it, /v1/recommend explores with it.
+        self.uncertain = bool(self.model.estimates_uncertainty)
         self.infer_reader = InferRequestReader(self.kinds, self.tasks)  # /v2 (KServe) bodies
 
     @classmethod
@@ -58,16 +61,28 @@ class Snapshot:
 
     @torch.inference_mode()
     def predict(self, table: pa.Table) -> np.ndarray:
-        """Calibrated probabilities [rows, tasks]."""
-        return self.model.predict(self.encode(table)).numpy()
+        """Calibrated probabilities [rows, tasks] (+ σ: `uncertain`)."""
+        return self.predict_batch(self.encode(table))
 
     def encode(self, table: pa.Table) -> Batch:
         return self.schema.encode(table, with_labels=False)
 
     @torch.inference_mode()
     def predict_batch(self, batch: Batch) -> np.ndarray:
-        """Calibrated probabilities [rows, tasks] of rows already encoded for this model."""
-        return self.model.predict(batch).numpy()
+        """Calibrated probabilities [rows, tasks] of rows already encoded for this model, and
+        when the model is `uncertain` one more column: the first task's logit σ."""
+        probabilities = self.model.predict(batch).numpy()
+        if not self.uncertain:
+            return probabilities
+        sigma = self.model.uncertainty(batch).numpy().astype(probabilities.dtype)
+        return np.concatenate([probabilities, sigma[:, None]], axis=1)
+
+    def split(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities [rows, tasks], σ [rows] or None) of what `predict_batch` returned."""
+        tasks = len(self.tasks)
+        if scores.shape[1] > tasks:
+            return scores[:, :tasks], scores[:, tasks]
+        return scores, None
 
     def take_id_counts(self) -> tuple[int, int]:
         """(ids looked up, ids with no row) since the last call — the unknown-id rate of

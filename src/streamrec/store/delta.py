@@ -3,7 +3,8 @@
     DELTAS_DIR/000000000042/      one delta, written atomically like a model directory
       manifest.json               format "streamrec-delta", delta version, the model version it
                                   applies to, event-time range, stream offsets covered, tables
-      tables/NNN.safetensors      fids, values (fp32 / fp16 / int8 + scale, offset), deleted fids
+      tables/NNN.safetensors      fids, values (fp32 / fp16 / int8 + scale, offset), deleted
+                                  fids, and each row's count (times training saw the id)
       dense.safetensors           (every Nth delta) the dense weights
 
 Deltas apply in version order; each holds the rows touched since the previous one, so a server
@@ -36,6 +37,7 @@ class TableDelta:
     deleted: torch.Tensor  # int64 [m]
     scale: torch.Tensor | None = None
     offset: torch.Tensor | None = None
+    counts: torch.Tensor | None = None  # int32 [n]: times training saw each id (uncertainty)
 
     def weights(self) -> torch.Tensor:
         """float32 [n, dim]."""
@@ -68,6 +70,8 @@ def write_delta(
         tensors = {"fids": d.fids, "values": d.values, "deleted": d.deleted}
         if d.scale is not None:
             tensors.update(scale=d.scale, offset=d.offset)
+        if d.counts is not None:
+            tensors["counts"] = d.counts
         files[rel] = tensors
         entries[name] = {
             "file": rel,
@@ -123,7 +127,8 @@ class DeltaDir:
         for name, entry in self.manifest.tables.items():
             t = read_tensors(self.path, entry.file, self.manifest)
             tables[name] = TableDelta(
-                t["fids"], t["values"], t["deleted"], t.get("scale"), t.get("offset")
+                t["fids"], t["values"], t["deleted"], t.get("scale"), t.get("offset"),
+                t.get("counts"),
             )
             _require_finite(self.path, f"table {name}", tables[name].weights(), t["fids"])
         dense = None

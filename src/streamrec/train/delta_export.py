@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from streamrec.embedding.export import quantize
@@ -69,7 +70,10 @@ class DeltaExporter:
             fids, weights = table.changed_since(0 if full else since)
             rows = quantize(fids, weights, self.precision)
             deleted = torch.empty(0, dtype=torch.int64) if full else table.deleted_since(since)
-            tables[name] = TableDelta(rows.fids, rows.values, deleted, rows.scale, rows.offset)
+            counts = torch.from_numpy(table.counts_of(rows.fids.numpy()).astype(np.int32))
+            tables[name] = TableDelta(
+                rows.fids, rows.values, deleted, rows.scale, rows.offset, counts
+            )
             self.table_versions[name] = table.version
             table.forget_deletions(since)
         return tables

@@ -292,6 +292,7 @@ def _concat(parts: list[TableDelta]) -> TableDelta:
         torch.cat([p.deleted for p in parts]),
         cat([p.scale for p in parts]),
         cat([p.offset for p in parts]),
+        cat([p.counts for p in parts]),
     )
 
 
