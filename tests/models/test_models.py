@@ -43,6 +43,7 @@ def test_model_learns_on_real_rows(name, params, batches):
     torch.manual_seed(0)
     tables = {t: TableConfig(dim=8, optimizer="adagrad", lr=0.05) for t in SCHEMA.tables()}
     model = build_model(ModelConfig(name=name, params=params), SCHEMA, tables)
+    model.prepare(lambda: batches)  # what a model learns in batch first (gbdt_lr's trees)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     sparse = SparseOptimizer(model)
     model.eval()

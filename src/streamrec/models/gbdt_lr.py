@@ -140,7 +140,7 @@ class GBDTLR(RankingModel):
         num_leaves: int = 31,
         tree_lr: float = 0.1,
         min_data_in_leaf: int = 100,
-        category_levels: int = 100,
+        category_levels: int = 1000,
         min_category_count: int = 10,
         fit_rows: int = 1_000_000,
         with_raw: bool = True,

@@ -32,7 +32,7 @@ class MLP(nn.Sequential):
             layers.append(nn.Linear(in_dim, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=True))  # no second [B, h] tensor to write
             if dropout:
                 layers.append(nn.Dropout(dropout))
             in_dim = h
