@@ -44,7 +44,7 @@ from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.embedding.tiered import build_table
 from streamrec.models.base import RankingModel
 from streamrec.models.layers import LinearTerm, id_variance
-from streamrec.models.lr import FTRL_DEFAULTS
+from streamrec.models.lr import row_settings
 from streamrec.schema import EmbeddingFeature, Schema
 
 LEAF_FEATURE = "gbdt_leaf"
@@ -168,11 +168,7 @@ class GBDTLR(RankingModel):
             "min_category_count": min_category_count,
             "fit_rows": fit_rows,
         }
-        settings = dict(FTRL_DEFAULTS if row_optimizer is None else row_optimizer)
-        if row_optimizer:
-            settings = FTRL_DEFAULTS | settings
-        if linear_lr is not None:
-            settings["lr"] = linear_lr
+        settings = row_settings(row_optimizer, linear_lr)
         self.linear = LinearTerm(schema, tables, self.num_tasks, settings) if with_raw else None
         self.bias = None if with_raw else nn.Parameter(torch.zeros(self.num_tasks))
         leaf_settings = TableConfig.model_validate(settings | {"dim": 1, "init_scale": 0.0})

@@ -37,6 +37,19 @@ FTRL_DEFAULTS: dict[str, Any] = {
 }
 
 
+def row_settings(
+    row_optimizer: Mapping[str, Any] | None, linear_lr: float | None
+) -> dict[str, Any]:
+    """The per-id weights' TableConfig fields: FTRL_DEFAULTS under `row_optimizer` (`{}`
+    alone: the tables' own settings), with `linear_lr` as its rate when given."""
+    settings = dict(FTRL_DEFAULTS if row_optimizer is None else row_optimizer)
+    if row_optimizer:
+        settings = FTRL_DEFAULTS | settings
+    if linear_lr is not None:
+        settings["lr"] = linear_lr
+    return settings
+
+
 class LR(RankingModel):
     def __init__(
         self,
@@ -53,11 +66,7 @@ class LR(RankingModel):
         rate_search: let the training job choose α and λ2 on the validation split when
         neither row_optimizer nor linear_lr is given (`train/rate_search.py`)."""
         super().__init__(schema, tables, with_embeddings=False)
-        settings = dict(FTRL_DEFAULTS if row_optimizer is None else row_optimizer)
-        if row_optimizer:
-            settings = FTRL_DEFAULTS | settings
-        if linear_lr is not None:
-            settings["lr"] = linear_lr
+        settings = row_settings(row_optimizer, linear_lr)
         self.linear = LinearTerm(schema, tables, self.num_tasks, settings)
         self.dense_lr = dense_lr
 
