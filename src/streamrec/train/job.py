@@ -105,6 +105,10 @@ def _rates_chosen(start: Start, splits: DatasetSplits, progress: bool) -> Start:
     """`start` with the linear model's α and λ2 chosen on the validation split."""
 
     def trial(config: JobConfig, model, run_dir: Path) -> float:
+        # A trial that over-fits is judged by its score; its health warnings would only
+        # interleave with the search's own lines.
+        config = config.model_copy(deep=True)
+        config.train.health = "off"
         seed_everything(config.train.seed)
         trainer = Trainer(model, config, run_dir, progress=False)
         fit(trainer, Start(model, config, start.kinds), splits)
