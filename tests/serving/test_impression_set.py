@@ -63,10 +63,15 @@ def test_rows_are_the_servers_candidates_labelled_by_the_future(retriever_run, m
         query = {f: past_events[-1][f] for f in ("user_id", "age", "gender", "occupation")}
         query["history"] = [e["item_id"] for e in past_events][-50:]
         items, scores = stage.retrieve(RecommendRequest(query, 50, past), 50)
-        assert [c["item_id"] for c in candidates] == items  # the server's order …
-        np.testing.assert_allclose(  # … and its scores (one query vs a batch: float noise)
-            [c[RETRIEVAL_SCORE] for c in candidates], scores, rtol=1e-4, atol=1e-5
+        ours = [c[RETRIEVAL_SCORE] for c in candidates]
+        np.testing.assert_allclose(  # the server's scores, rank by rank (one query vs a
+            ours, scores, rtol=1e-4, atol=1e-5  # batch: float noise) …
         )
+        served = dict(zip(items, scores, strict=True))
+        for c, item, score in zip(candidates, items, scores, strict=True):
+            if c["item_id"] != item:  # … and its order, but for items the noise may swap:
+                near = served.get(c["item_id"], float(scores[-1]))  # (or swap in at the cut)
+                assert abs(near - score) <= 1e-5 + 1e-4 * abs(score), (c["item_id"], item)
         checked += 1
     assert checked == 25
     assert 0 < sum(r["label"] for r in rows) < len(rows)
