@@ -114,3 +114,19 @@ def test_the_legacy_forms_still_read(tmp_path):
     manifest = read_manifest(model)
     assert manifest.is_retrieval
     assert manifest.tables["item_id"].config.dim == 4
+
+
+def test_a_delta_whose_counts_do_not_fit_its_rows_is_refused(tmp_path):
+    from streamrec.store.delta import read_delta
+
+    rows = TableDelta(torch.tensor([1, 2]), torch.ones(2, 4), torch.empty(0, dtype=torch.int64),
+                      counts=torch.tensor([3], dtype=torch.int32))
+    write_delta(tmp_path, 1, {"t": rows}, None, base_model_version=1, precision="fp32",
+                full=False)
+    with pytest.raises(CorruptModelError, match="counts"):
+        read_delta(tmp_path, 1)
+    good = TableDelta(torch.tensor([1, 2]), torch.ones(2, 4), torch.empty(0, dtype=torch.int64),
+                      counts=torch.tensor([3, 0], dtype=torch.int32))
+    write_delta(tmp_path, 2, {"t": good}, None, base_model_version=1, precision="fp32",
+                full=False)
+    assert read_delta(tmp_path, 2).tables["t"].counts.tolist() == [3, 0]

@@ -131,6 +131,7 @@ class DeltaDir:
                 t.get("counts"),
             )
             _require_finite(self.path, f"table {name}", tables[name].weights(), t["fids"])
+            _require_counts(self.path, name, tables[name])
         dense = None
         if self.manifest.dense:
             dense = read_tensors(self.path, self.manifest.dense, self.manifest)
@@ -150,6 +151,19 @@ class Delta:
 
 def read_delta(deltas_dir: str | Path, version: int) -> Delta:
     return DeltaDir.open(deltas_dir, version).read()
+
+
+def _require_counts(path: Path, name: str, rows: TableDelta) -> None:
+    """A delta's counts, when it has them, are one non-negative integer per row: anything else
+    is refused whole (applied, they would misstate how sure a linear model is)."""
+    c = rows.counts
+    if c is None:
+        return
+    if c.dtype.is_floating_point or c.shape != rows.fids.shape or bool((c < 0).any()):
+        raise CorruptModelError(
+            f"{path}: table {name}: counts must be one non-negative integer per row "
+            f"({tuple(c.shape)} {c.dtype} for {rows.fids.numel()} rows)"
+        )
 
 
 def _require_finite(
