@@ -410,6 +410,14 @@ def export(
     drop_zero_rows: bool = typer.Option(
         False, help="Leave out rows that are exactly zero (FTRL with L1)."
     ),
+    rows: str = typer.Option(
+        "fp32", "--rows",
+        help="How the copy stores embedding rows: fp32; int16 or int8 — codes with a per-row "
+        "scale and offset, de-quantised only as rows are read (int8: dim + 8 bytes a row "
+        "instead of 4·dim; error ≤ half a row's range / 255). Tables where it would not save "
+        "bytes (dim ≤ 3 for int8, ≤ 5 for int16) or with a disk tier stay fp32. Deltas keep "
+        "applying: their rows are encoded as they arrive.",
+    ),
     format_: str = typer.Option(
         "streamrec", "--format",
         help="streamrec: a model directory for `streamrec serve`; onnx: a Triton model "
@@ -429,27 +437,37 @@ def export(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Write a serving copy of a model: no optimizer state and no admission sketches (what
-    serving never reads), optionally no all-zero rows — or, with --format onnx, a Triton /
-    onnxruntime model checked to score as the model does (within 1e-5) on its training data."""
+    serving never reads), optionally no all-zero rows and fewer-bit rows (--rows int8) — or,
+    with --format onnx, a Triton / onnxruntime model checked to score as the model does
+    (within 1e-5) on its training data."""
+    from streamrec.embedding.quantized_rows import ROW_PRECISIONS
     from streamrec.models.persistence import export_for_serving
     from streamrec.store import CorruptModelError
 
+    if rows not in ROW_PRECISIONS:
+        _fail(f"--rows {rows!r}: choose one of {', '.join(ROW_PRECISIONS)}")
     if format_ == "onnx":
+        if rows != "fp32":
+            _fail("--rows is for --format streamrec (an ONNX graph holds fp32 rows)")
         _export_onnx(model_dir, out, name, strings_from, drop_zero_rows, as_json)
         return
     if format_ != "streamrec":
         _fail(f"--format {format_!r}: choose streamrec or onnx")
     try:
-        report = export_for_serving(model_dir, out, drop_zero_rows)
+        report = export_for_serving(model_dir, out, drop_zero_rows, rows)
     except CorruptModelError as e:
         _fail(str(e))
     if as_json:
         _print_json(report)
     else:
+        fewer = sorted(t for t, p in report["row_precision"].items() if p != "fp32")
         typer.echo(
             f"wrote {report['model_dir']}: tables {report['table_bytes_before']:,} → "
             f"{report['table_bytes_after']:,} bytes, {report['zero_rows_dropped']:,} "
             "zero rows dropped"
+            + (f", {rows} rows in {len(fewer)} of {len(report['row_precision'])} tables "
+               f"(weights {report['weight_bytes_before']:,} → {report['weight_bytes_after']:,}"
+               " bytes)" if rows != "fp32" else "")
         )
 
 
@@ -726,6 +744,12 @@ def serve(
         "unsure of, by Thompson sampling on its uncertainty (lr, gbdt_lr; "
         "serving.explore_share, 0).",
     ),
+    rows: str | None = typer.Option(
+        None, "--rows",
+        help="Hold the ranker's embedding rows as int8 or int16 codes with a per-row scale and "
+        "offset, at load and every reload (serving.row_precision, fp32); de-quantised only "
+        "as a request reads them. int8: dim + 8 bytes a row instead of 4·dim.",
+    ),
     threads: int | None = typer.Option(
         None,
         help="Torch / numba threads of the inference worker (default: serving.threads, 1). "
@@ -770,6 +794,7 @@ def serve(
                     cache_bytes=cache_bytes,
                     threads=threads,
                     explore_share=explore_share,
+                    row_precision=rows,
                     compute_allocation=_allocation_changes(slo_ms, capacity_qps, allocation_file),
                     feedback=_given(
                         impressions=log_impressions,

@@ -427,6 +427,13 @@ class ServingConfig(_Strict):
         description="share of /v1/recommend's slots (the last ones) filled by Thompson sampling "
         "on the ranker's uncertainty, for models that estimate one (lr, gbdt_lr); 0 = off",
     )
+    row_precision: Literal["fp32", "int16", "int8"] = Field(
+        "fp32",
+        description="how the server holds the ranker's embedding rows: int8 / int16 re-encode "
+        "each table where it saves bytes as codes with a per-row scale and offset, at load "
+        "and at every reload, de-quantised only as rows are read (int8: dim + 8 bytes a row, "
+        "not 4·dim; `streamrec export --rows` writes such a copy ahead of time)",
+    )
     compute_allocation: ComputeAllocationConfig = Field(
         default_factory=ComputeAllocationConfig,
         description="DCAF: /v1/recommend's work per request by value, under a latency SLO",

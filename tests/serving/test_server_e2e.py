@@ -1,5 +1,9 @@
 """The server as a user meets it: a subprocess on loopback, spoken to over HTTP."""
 
+import json
+import shutil
+import subprocess
+import sys
 import time
 
 import httpx
@@ -8,8 +12,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from streamrec.models.persistence import load_model
+from streamrec.models.persistence import load_model, save_model
 from streamrec.train.delta_export import DeltaExporter
+from tests.serving.conftest import free_port
 
 CONTEXT = {"user_id": 1, "age": 24, "gender": "M", "occupation": "technician", "zip_code": "85711"}
 
@@ -87,8 +92,6 @@ def test_a_delta_changes_touched_ids_only(server, trained_run):
 
 
 def test_a_delta_for_another_base_model_is_skipped_unread(trained_run, tmp_path, start_server):
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(trained_run / "model", run / "model")
     server = start_server(run)
@@ -181,3 +184,83 @@ def test_a_port_in_use_is_refused_before_the_model_loads(trained_run):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0]
     assert "serving" not in done.stderr and time.monotonic() - started < 30
+
+
+def test_a_copy_with_int8_rows_scores_close_and_follows_the_trainers_deltas(
+    trained_run, tmp_path, start_server
+):
+    """`streamrec export --rows int8`: a smaller copy, scored within int8's rounding of the
+    fp32 model, that keeps taking the deltas the trainer writes for the model it came from."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "model", run / "model")
+    copy = tmp_path / "int8"
+    exported = subprocess.run(
+        [sys.executable, "-m", "streamrec", "export", str(run), "--out", str(copy),
+         "--rows", "int8", "--json"], capture_output=True, text=True, timeout=300,
+    )
+    assert exported.returncode == 0, exported.stderr
+    report = json.loads(exported.stdout)
+    assert set(report["row_precision"].values()) == {"int8", "fp32"}  # dim-1 terms stay fp32
+    assert report["weight_bytes_after"] < 0.45 * report["weight_bytes_before"]  # 24 B vs 64
+    assert report["table_bytes_after"] < 0.8 * report["table_bytes_before"]
+    server = start_server(copy, "--deltas", str(run / "deltas"))
+    info = server.get("/v1/model").json()
+    assert info["tables"]["item_id"]["row_precision"] == "int8"
+    items = list(range(1, 101))
+    body = {"context": CONTEXT, "candidates": _candidates(items)}
+    served = np.array(server.post("/v1/rank", json=body).json()["scores"]["label"])
+    loaded = load_model(run)
+    rows = pa.table(
+        {**{k: [v] * 100 for k, v in CONTEXT.items()}, "item_id": items,
+         "genres": [["Comedy", "Drama"]] * 100}
+    )
+    exact = loaded.model.predict(loaded.config.schema.encode(rows, with_labels=False))[:, 0]
+    gap = np.abs(served - exact.numpy())
+    assert 0 < gap.max() < 0.01, gap.max()  # rounded, not replaced
+    pair = {"context": CONTEXT, "candidates": _candidates([50, 1])}
+    before = server.post("/v1/rank", json=pair).json()["scores"]["label"]
+    exporter = DeltaExporter(loaded.model, run / "deltas", loaded.manifest.model_version)
+    item_table = loaded.model.dynamic_tables()["item_id"]
+    item_table.apply_gradients(torch.tensor([50]), torch.full((1, item_table.dim), -5.0))
+    exporter.export()
+    deadline = time.time() + 15
+    while server.get("/v1/model").json()["deltas_applied"] < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert server.get("/v1/model").json()["deltas_applied"] == 1
+    after = server.post("/v1/rank", json=pair).json()["scores"]["label"]
+    assert abs(after[0] - before[0]) > 1e-3  # item 50's row changed
+    assert after[1] == pytest.approx(before[1], abs=1e-7)  # item 1's did not
+
+
+def test_serve_rows_int8_encodes_the_model_and_every_reload(trained_run, tmp_path, start_server):
+    """`serve --rows int8` (serving.row_precision): the trainer's fp32 model is held in int8
+    rows, and so is the next model the trainer publishes."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "model", run / "model")
+    server = start_server(run, "--rows", "int8")
+    info = server.get("/v1/model").json()
+    precisions = {name: t["row_precision"] for name, t in info["tables"].items()}
+    assert precisions["item_id"] == precisions["user_id"] == "int8"
+    assert set(precisions.values()) == {"int8", "fp32"}  # the dim-1 linear terms stay fp32
+    items = list(range(1, 51))
+    body = {"context": CONTEXT, "candidates": _candidates(items)}
+    served = np.array(server.post("/v1/rank", json=body).json()["scores"]["label"])
+    loaded = load_model(run)
+    rows = pa.table(
+        {**{k: [v] * 50 for k, v in CONTEXT.items()}, "item_id": items,
+         "genres": [["Comedy", "Drama"]] * 50}
+    )
+    exact = loaded.model.predict(loaded.config.schema.encode(rows, with_labels=False))[:, 0]
+    assert 0 < np.abs(served - exact.numpy()).max() < 0.01
+    save_model(run / "model", loaded.model, loaded.config)  # the trainer publishes a new one
+    deadline = time.time() + 30
+    while server.get("/v1/model").json()["model_version"] == info["model_version"]:
+        assert time.time() < deadline, "the new model was not loaded"
+        time.sleep(0.2)
+    reloaded = server.get("/v1/model").json()["tables"]
+    assert reloaded["item_id"]["row_precision"] == "int8"
+    bad = subprocess.run(
+        [sys.executable, "-m", "streamrec", "serve", str(run), "--port", str(free_port()),
+         "--rows", "int4"], capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and "row_precision" in bad.stderr and "Traceback" not in bad.stderr

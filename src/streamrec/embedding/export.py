@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from streamrec.embedding.quantized_rows import quantize as quantize_rows
 from streamrec.embedding.table import DynamicTable
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -53,11 +54,11 @@ def quantize(fids: torch.Tensor, weights: torch.Tensor, precision: str = "fp32")
         return ExportedRows(fids, weights.float().contiguous(), precision)
     if precision == "fp16":
         return ExportedRows(fids, weights.half().contiguous(), precision)
-    lo = weights.min(dim=1).values if weights.numel() else torch.zeros(0)
-    hi = weights.max(dim=1).values if weights.numel() else torch.zeros(0)
-    scale = ((hi - lo) / 255.0).clamp(min=1e-12)
-    q = torch.round((weights - lo[:, None]) / scale[:, None]).clamp(0, 255).to(torch.uint8)
-    return ExportedRows(fids, q, precision, scale.float(), lo.float())
+    codes, params = quantize_rows(weights.float().numpy(), "int8")  # a served table's encoding
+    params_t = torch.from_numpy(params)
+    return ExportedRows(
+        fids, torch.from_numpy(codes), precision, params_t[:, 0].clone(), params_t[:, 1].clone()
+    )
 
 
 def export_rows(

@@ -29,6 +29,7 @@ from streamrec.embedding.dedup import dedup_range
 from streamrec.embedding.hashmap import map_find, map_prefetch
 from streamrec.embedding.lookup import RowLookup
 from streamrec.embedding.optimizers import apply_rows
+from streamrec.embedding.quantized_rows import gather_quantized
 from streamrec.embedding.table import DynamicTable, StorageLayout, _seconds
 from streamrec.embedding.views import (
     PREFETCH_AHEAD,
@@ -88,6 +89,7 @@ class TableGroup(RowLookup):
         self.ids_unknown = 0  # … and those without a row
         self._layout: dict[str, np.ndarray] = {}
         self._first: StorageLayout | None = None
+        self._precision = "fp32"  # the tables' row precision (set by layout(); or "mixed")
 
     def layout(self) -> dict[str, np.ndarray]:
         """Every table's storage addresses stacked [T, …]; rebuilt only after storage moved."""
@@ -103,6 +105,8 @@ class TableGroup(RowLookup):
                 "seen": _stack([t.seen for t in ts]),
                 "version": _stack([t.version for t in ts]),
             }
+            precisions = {t.row_precision for t in self.tables}
+            self._precision = precisions.pop() if len(precisions) == 1 else "mixed"
             self._first = ts[0]  # shard bits, chunk size and state width: alike in a group
             self._layout_clock = clock
         return self._layout
@@ -115,6 +119,9 @@ class TableGroup(RowLookup):
         now_s = _seconds(now)
         self.wait_prefetch()
         lay = self.layout()
+        if insert and self._precision != "fp32":
+            for table in self.tables:
+                table._require_trainable()
         first = self._first
         assert first is not None  # set by layout()
         tabs, ufids, rows, counts, inverse = _dedup_resolve(
@@ -214,13 +221,26 @@ class TableGroup(RowLookup):
         return merged, summed
 
     def gather(self, resolved: Resolved) -> torch.Tensor:
-        """FloatTensor [U, dim]: the rows of the unique ids (zeros where not stored)."""
+        """FloatTensor [U, dim]: the rows of the unique ids (zeros where not stored); a served
+        copy's fewer-bit rows are de-quantised here, only the rows asked for."""
         out = torch.empty(resolved.rows.shape[0], self.dim)
+        lay = self.layout()
         w = self.tables[0]._weights
+        if self._precision == "mixed":
+            for i, table in enumerate(self.tables):
+                at = np.flatnonzero(resolved.tables == i)
+                out[torch.from_numpy(at)] = torch.from_numpy(table.gather_rows(resolved.rows[at]))
+            return out
+        if self._precision != "fp32":
+            gather_quantized(
+                self._precision, resolved.tables, resolved.rows, lay["weights"], w.shift,
+                w.mask, self.dim, out.numpy(),
+            )
+            return out
         _gather(
             resolved.tables,
             resolved.rows,
-            self.layout()["weights"],
+            lay["weights"],
             w.shift,
             w.mask,
             self.dim,
@@ -230,6 +250,9 @@ class TableGroup(RowLookup):
 
     def apply_gradients(self, resolved: Resolved, grads: torch.Tensor) -> None:
         """One row-optimizer step for every stored unique row; grads [U, dim]."""
+        if self.layout() and self._precision != "fp32":
+            for table in self.tables:
+                table._require_trainable()
         stored = np.flatnonzero(resolved.rows >= 0)
         if stored.size == 0:
             return

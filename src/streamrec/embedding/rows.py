@@ -20,6 +20,8 @@ _TORCH_DTYPES = {
     np.dtype(np.int64): torch.int64,
     np.dtype(np.int32): torch.int32,
     np.dtype(np.uint32): torch.uint32,
+    np.dtype(np.uint16): torch.uint16,  # quantised weights' codes (quantized_rows.py)
+    np.dtype(np.uint8): torch.uint8,
 }
 
 

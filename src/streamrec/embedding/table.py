@@ -43,6 +43,7 @@ from streamrec.embedding.admission import (
 from streamrec.embedding.dedup import dedup
 from streamrec.embedding.hashmap import ShardedMap, map_delete, map_find, map_insert, mix64
 from streamrec.embedding.optimizers import RowOptimizer, apply_rows
+from streamrec.embedding.quantized_rows import ROW_PRECISIONS, QuantizedRows
 from streamrec.embedding.rows import ChunkedRows
 from streamrec.embedding.views import f32_2d, i32_2d, i64_2d, u32_2d
 from streamrec.table_config import TableConfig
@@ -130,11 +131,45 @@ class DynamicTable:
         self.new_ids_admitted = 0
 
     def storage_layout(self) -> StorageLayout:
+        w = self._weights
         return StorageLayout(
-            self._map.slot_ptrs, self._map.caps, self._map.shard_bits, self._weights.ptrs,
+            self._map.slot_ptrs, self._map.caps, self._map.shard_bits, w.ptrs,
             self._state.ptrs, self._count.ptrs, self._seen.ptrs, self._row_version.ptrs,
-            self._state.width, self._weights.shift, self._weights.mask,
+            self._state.width, w.shift, w.mask,
         )
+
+    # ------------------------------------------------------------------------ precision
+    @property
+    def row_precision(self) -> str:
+        """How the weights are stored: fp32, or int16 / int8 codes with a per-row scale and
+        offset (`quantized_rows.py`) in a served copy."""
+        w = self._weights
+        return w.precision if isinstance(w, QuantizedRows) else "fp32"
+
+    def set_row_precision(self, precision: str) -> None:
+        """Store the weights at `precision` from now on, re-encoding the rows held (chunk by
+        chunk). Fewer-bit rows are for serving: such a table looks rows up, takes deltas
+        (`upsert`) and saves, but refuses to train — its rows cannot take small updates."""
+        if precision not in ROW_PRECISIONS:
+            raise ValueError(f"row precision must be one of {ROW_PRECISIONS}, got {precision!r}")
+        if precision == self.row_precision:
+            return
+        if self.row_precision != "fp32":
+            raise ValueError(
+                f"table {self.name!r} holds {self.row_precision} rows; re-encoding them as "
+                f"{precision} would compound rounding: export again from the fp32 model"
+            )
+        n = int(self._alloc[0])
+        assert isinstance(self._weights, ChunkedRows)
+        self._weights = QuantizedRows.encode(self._weights, n, precision)
+
+    def _require_trainable(self) -> None:
+        if self.row_precision != "fp32":
+            raise ValueError(
+                f"table {self.name!r} holds {self.row_precision} rows (a serving copy from "
+                "`streamrec export --rows`): it cannot train; train from the fp32 model "
+                "directory it was exported from"
+            )
 
     # ------------------------------------------------------------------------ sizes
     def __len__(self) -> int:
@@ -179,6 +214,7 @@ class DynamicTable:
                 unique, inverse, counts = dedup(fids[at])
                 rows[at] = self._fill_misses(unique, counts, _seconds(now), False)[inverse]
             return torch.from_numpy(self._weights.gather(rows))
+        self._require_trainable()
         now_s = _seconds(now)
         rows = self._map.find(fids)  # parallel probe, then a parallel gather:
         out = self._weights.gather(rows)  # two passes beat one fused loop here (measured)
@@ -244,6 +280,7 @@ class DynamicTable:
             else _ADMIT_ALL
         )
         m = self._map
+        quantized = isinstance(self._weights, QuantizedRows)
         _admit_kernel(
             fids,
             counts,
@@ -260,7 +297,7 @@ class DynamicTable:
             self._row_version.ptrs,
             self._weights.shift,
             self._weights.mask,
-            self.dim,
+            0 if quantized else self.dim,  # the kernel's fp32 initial row: not for codes
             self._state._stored_width,
             self._state_init,
             np.float32(self.init_scale),
@@ -275,6 +312,8 @@ class DynamicTable:
             self._draws,
             out,
         )
+        if quantized:  # a served copy admits only in `upsert`, which writes the rows next
+            self._weights.clear(out[out >= 0])
         self.new_ids_admitted += int(np.count_nonzero(out >= 0)) if mode != _ADMIT_ALL else len(out)
         return out
 
@@ -307,6 +346,7 @@ class DynamicTable:
 
     def apply_row_gradients(self, rows: np.ndarray, grads: torch.Tensor) -> None:
         """rows int64 [U] (distinct, stored) and grads [U, dim]: one optimizer step on them."""
+        self._require_trainable()
         if rows.shape[0] == 0:
             return
         self.version += 1
@@ -486,11 +526,18 @@ class DynamicTable:
         training again starts its admission counts afresh."""
         self._sketch = np.zeros((1, 1), np.uint16)
 
-    def row_fields(self) -> dict[str, tuple[ChunkedRows, np.dtype, bool]]:
+    def row_fields(self) -> dict[str, tuple[Any, np.dtype, bool]]:
         """`state_dict`'s per-row arrays: name → (storage, dtype written, whether it is one
-        column written as [n] rather than [n, width])."""
+        column written as [n] rather than [n, width]). Fewer-bit rows are written as they are
+        held: codes as `weights`, their per-row (scale, offset) as `weight_params`."""
+        w = self._weights
+        weights: dict[str, tuple[Any, np.dtype, bool]] = (
+            {name: (part, part.dtype, False) for name, part in w.saved_parts().items()}
+            if isinstance(w, QuantizedRows)
+            else {"weights": (w, np.dtype(np.float32), False)}
+        )
         return {
-            "weights": (self._weights, np.dtype(np.float32), False),
+            **weights,
             "optimizer_state": (self._state, np.dtype(np.float32), False),
             "fid": (self._fid, np.dtype(np.int64), True),
             "count": (self._count, np.dtype(np.int32), True),
@@ -534,6 +581,7 @@ class DynamicTable:
         fresh = DynamicTable.from_config(self.settings, self.name)
         n, top, version, draws = (int(x) for x in state["counters"].tolist())
         lazy = hasattr(state, "slice")
+        fresh.set_row_precision(_saved_precision(state, lazy, self.name))
         shape = tuple(state.shape("weights")) if lazy else tuple(state["weights"].shape)
         if shape != (n, self.dim):
             raise ValueError(
@@ -548,14 +596,7 @@ class DynamicTable:
             return lambda lo, hi: full[lo:hi].astype(dtype, copy=False)
 
         fresh._reserve(max(n, 1))
-        for name, store in (
-            ("weights", fresh._weights),
-            ("optimizer_state", fresh._state),
-            ("fid", fresh._fid),
-            ("count", fresh._count),
-            ("last_seen", fresh._seen),
-            ("row_version", fresh._row_version),
-        ):
+        for name, (store, _, _) in fresh.row_fields().items():
             store.load_rows(rows(name, store.dtype), n)
         fresh._index_live_rows(n)
         fresh._free = np.empty(max(64, top), np.int64)
@@ -590,6 +631,24 @@ class DynamicTable:
         self._map.reserve_counts(need)
         for fids, live in live_chunks():
             self._map.insert(np.ascontiguousarray(fids), live.astype(np.int64))
+
+
+def _saved_precision(state: Any, lazy: bool, name: str) -> str:
+    """The row precision a saved table's file holds: its weights' dtype says it (uint8 / uint16
+    codes come with `weight_params`)."""
+    dtype = state.dtype("weights") if lazy else state["weights"].dtype
+    precision = {torch.float32: "fp32", torch.uint16: "int16", torch.uint8: "int8"}.get(dtype)
+    if precision is None:
+        raise ValueError(f"table {name!r}: weights of dtype {dtype} are not a row precision")
+    keys = state.keys()
+    if (precision != "fp32") != ("weight_params" in keys):
+        raise ValueError(
+            f"table {name!r}: {precision} weights " + (
+                "without their per-row scale and offset (`weight_params`)"
+                if precision != "fp32" else "with a stray `weight_params`"
+            )
+        )
+    return precision
 
 
 # ---------------------------------------------------------------------------- kernels

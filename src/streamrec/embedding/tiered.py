@@ -127,6 +127,14 @@ class TieredTable(DynamicTable):
         super()._reserve(rows)
         self._on_disk.reserve(rows)
 
+    def set_row_precision(self, precision: str) -> None:
+        """Tiered rows stay fp32: the disk tier stores and moves whole fp32 rows."""
+        if precision != "fp32":
+            raise ValueError(
+                f"table {self.name!r} has a disk tier, whose rows are fp32: fewer-bit rows "
+                "are for in-memory tables"
+            )
+
     def close(self) -> None:
         """Close the disk tier (a private working copy is removed)."""
         self._join_prefetch()
@@ -590,6 +598,9 @@ class _Without:
 
     def shape(self, name: str) -> Any:
         return self._inner.shape(name)
+
+    def dtype(self, name: str) -> Any:
+        return self._inner.dtype(name)
 
     def slice(self, name: str, lo: int, hi: int) -> Any:
         return self._inner.slice(name, lo, hi)

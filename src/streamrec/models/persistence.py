@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from streamrec.config import JobConfig, parse_config
+from streamrec.embedding.quantized_rows import ROW_PRECISIONS, worth_quantizing
 from streamrec.embedding.tiered import private_dir
 from streamrec.models.base import RankingModel
 from streamrec.models.registry import build_model
@@ -73,6 +74,7 @@ def model_files(
             "dim": table.dim,
             "version": table.version,
             "config": table.settings.model_dump(),
+            "row_precision": table.row_precision,
         }
         files[rel], write_disk_tier = table.saved_form()
         if write_disk_tier is not None:
@@ -157,6 +159,11 @@ def load_model(
             table.load_saved(hot, model_dir.check_directory(disk) if disk else None)
         except ValueError as e:
             raise ValueError(f"{directory}: {e}") from None
+        if table.row_precision != entry.row_precision:
+            raise ValueError(
+                f"{directory}: table {name!r}: the manifest says {entry.row_precision} rows, "
+                f"but {entry.file} holds {table.row_precision} rows"
+            )
         step()
     model.eval()
     return LoadedModel(model, config, manifest, directory)
@@ -174,17 +181,24 @@ def _private_storage(configs: dict[str, TableConfig], root: Path) -> dict[str, T
 
 
 def export_for_serving(
-    src: str | Path, dst: str | Path, drop_zero_rows: bool = False
+    src: str | Path, dst: str | Path, drop_zero_rows: bool = False, row_precision: str = "fp32"
 ) -> dict[str, Any]:
     """A serving copy of a model directory: no optimizer state (tables switch to SGD, which
-    keeps none), no admission sketches, and, optionally, without rows that are exactly zero
-    (FTRL with L1 leaves many; a missing id reads the zero default row, so scores do not
-    change). → a size report."""
+    keeps none), no admission sketches, optionally without rows that are exactly zero (FTRL
+    with L1 leaves many; a missing id reads the zero default row, so scores do not change), and
+    optionally with fewer-bit rows: `row_precision` int16 / int8 stores each row as codes with
+    a per-row scale and offset (`embedding/quantized_rows.py`) in every table where that takes
+    fewer bytes than fp32 and that has no disk tier. → a size report (bytes of whole tables,
+    and of their weights alone), with each table's precision."""
+    if row_precision not in ROW_PRECISIONS:
+        raise ValueError(f"row precision must be one of {ROW_PRECISIONS}, got {row_precision!r}")
     loaded = load_model(src)
-    before = after = 0
+    before = after = weights_before = weights_after = 0
     dropped = 0
-    for table in loaded.model.dynamic_tables().values():
+    precisions = {}
+    for name, table in sorted(loaded.model.dynamic_tables().items()):
         before += sum(table.memory_bytes().values())
+        weights_before += table.memory_bytes()["weights"]
         if drop_zero_rows:
             rows = table.live_rows()
             zero = rows[np.abs(table.gather_rows(rows)).sum(axis=1) == 0]
@@ -192,14 +206,22 @@ def export_for_serving(
             table.remove_rows(zero)
         table.drop_optimizer_state()
         table.drop_admission_state()
+        if worth_quantizing(table.dim, row_precision) and not table.has_disk_tier:
+            table.set_row_precision(row_precision)
+        precisions[name] = table.row_precision
         after += sum(table.memory_bytes().values())
+        weights_after += table.memory_bytes()["weights"]
     config = loaded.config.model_copy(deep=True)
     config.default_table.optimizer = "sgd"
     for cfg in config.tables.values():
         cfg.optimizer = "sgd"
     manifest = loaded.manifest
+    # The same model_version and delta position: the trainer's deltas for the source apply to
+    # the copy, so a copy with fewer-bit rows follows the stream like the model it came from.
     extra = manifest.model_dump(
-        mode="json", include={"input_kinds", "metrics", "model_type", "retrieval"},
+        mode="json",
+        include={"input_kinds", "metrics", "model_type", "retrieval", "model_version",
+                 "last_delta_version"},
         exclude_none=True,
     )
     extra["exported_from"] = {"path": str(loaded.path), "model_version": manifest.model_version}
@@ -208,5 +230,8 @@ def export_for_serving(
         "model_dir": str(out),
         "table_bytes_before": before,
         "table_bytes_after": after,
+        "weight_bytes_before": weights_before,
+        "weight_bytes_after": weights_after,
         "zero_rows_dropped": dropped,
+        "row_precision": precisions,
     }

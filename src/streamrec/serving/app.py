@@ -151,6 +151,7 @@ def _build_state(options: ServerOptions) -> ServerState:
     snapshot = Snapshot.load(model_dir)  # the directory found once, its manifest read once
     directory = snapshot.loaded.path
     settings = options.settings(snapshot.config.serving)
+    snapshot.encode_rows(settings.row_precision)
     metrics = ServerMetrics()
 
     def on_batch(rows: int, seconds: float) -> None:
@@ -177,7 +178,8 @@ def _build_state(options: ServerOptions) -> ServerState:
     watch = options.watch
     deltas_dir = options.deltas_dir or find_deltas_dir(model_dir)
     watcher = (
-        Watcher(batcher, Path(model_dir), Path(deltas_dir), settings.poll_seconds, metrics)
+        Watcher(batcher, Path(model_dir), Path(deltas_dir), settings.poll_seconds, metrics,
+                settings.row_precision)
         if watch
         else None
     )

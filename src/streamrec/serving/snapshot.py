@@ -17,6 +17,7 @@ import torch
 
 from streamrec.batch import Batch
 from streamrec.embedding.collection import EmbeddingCollection
+from streamrec.embedding.quantized_rows import worth_quantizing
 from streamrec.models.persistence import LoadedModel, load_model
 from streamrec.serving.delta_apply import apply_delta
 from streamrec.serving.inference_protocol import InferRequestReader
@@ -114,6 +115,19 @@ class Snapshot:
                 table.ids_resolved = table.dram_misses = 0
         return out
 
+    def encode_rows(self, precision: str) -> Snapshot:
+        """Hold the embedding rows at `precision` (`serving.row_precision`): every table where
+        it saves bytes and that has no disk tier, and that is still fp32, is re-encoded chunk
+        by chunk (`DynamicTable.set_row_precision`); a copy exported with fewer-bit rows stays
+        as it is. → self."""
+        if precision == "fp32":
+            return self
+        for table in self.model.dynamic_tables().values():
+            if (table.row_precision == "fp32" and not table.has_disk_tier
+                    and worth_quantizing(table.dim, precision)):
+                table.set_row_precision(precision)
+        return self
+
     def apply_delta(self, delta: Delta) -> None:
         apply_delta(self.model, delta)
         self.delta_version = delta.manifest.version
@@ -121,7 +135,8 @@ class Snapshot:
 
     def describe(self) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {
-            name: {"rows": len(t), "dim": t.dim} for name, t in self.model.dynamic_tables().items()
+            name: {"rows": len(t), "dim": t.dim, "row_precision": t.row_precision}
+            for name, t in self.model.dynamic_tables().items()
         }
         for name, t in self.model.dynamic_tables().items():
             if t.has_disk_tier:

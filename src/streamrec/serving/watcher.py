@@ -101,9 +101,11 @@ class Watcher(threading.Thread):
         deltas_dir: Path | None,
         poll_seconds: float = 0.5,
         metrics: ServerMetrics | None = None,
+        row_precision: str = "fp32",
     ) -> None:
         super().__init__(name="streamrec-watcher", daemon=True)
         self.batcher = batcher
+        self.row_precision = row_precision  # a reloaded model's rows, as the first one's
         self.model_path = model_path  # as given: a run directory's newest model is found anew
         self.deltas_dir = deltas_dir
         self.poll = poll_seconds
@@ -168,6 +170,7 @@ class Watcher(threading.Thread):
         try:
             with short_gil_slices():
                 fresh = Snapshot.load(opened, pause=yield_to_requests)
+                fresh.encode_rows(self.row_precision)
         except Exception as e:  # a corrupt or half-removed model: keep serving the current one
             self.failed_model = (directory, version, str(e)[:500])
             log.error("model %s at %s did not load, still serving the current one: %s",

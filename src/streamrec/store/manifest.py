@@ -45,6 +45,10 @@ class TableEntry(_Section):
     version: int = Field(ge=0)
     config: TableConfig
     disk_tier: str | None = Field(None, description="a tiered table's disk-tier folder")
+    row_precision: Literal["fp32", "int16", "int8"] = Field(
+        "fp32", description="how the file holds the weights: fp32, or a serving copy's "
+        "int16 / int8 codes with a per-row scale and offset (`streamrec export --rows`)",
+    )
 
     @field_validator("config", mode="before")
     @classmethod

@@ -293,6 +293,9 @@ class TensorFile:
     def shape(self, name: str) -> list[int]:
         return list(self._header[name]["shape"])
 
+    def dtype(self, name: str) -> torch.dtype:
+        return torch.from_numpy(np.zeros(0, _DTYPES[self._header[name]["dtype"]])).dtype
+
     def slice(self, name: str, lo: int, hi: int) -> torch.Tensor:
         info = self._header[name]
         dtype = np.dtype(_DTYPES[info["dtype"]])
