@@ -157,6 +157,12 @@ def _refuse_unexportable(loaded: LoadedModel, schema: Schema) -> None:
         if isinstance(collection, EmbeddingCollection) and collection.has_disk_tier:
             raise OnnxExportError("a model with a disk tier is not exportable (its rows are not "
                                   "all in memory): export it with `streamrec export` first")
+    adaptive = sorted(n for n, t in loaded.config.table_configs().items() if t.rare_dim)
+    if adaptive:
+        raise OnnxExportError(
+            f"tables {adaptive} have frequency-adaptive widths (rare_dim), which the ONNX "
+            "graph does not assemble yet: serve the model with `streamrec serve`"
+        )
 
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: one ONNX model file

@@ -101,6 +101,18 @@ class TableConfig(BaseModel):
         description="row cap; beyond it rows are evicted by `eviction`",
     )
     eviction: Literal["lfu", "lru"] = Field("lfu", description="which rows go when over capacity")
+    rare_dim: int | None = Field(
+        None, gt=0,
+        description="frequency-adaptive width: an id seen fewer than `promote_after` times has "
+        "only its first rare_dim values stored (the rest read 0); once seen that often it "
+        "gets the other dim − rare_dim (a second table, `NAME@frequent`). None: every row "
+        "has `dim` (embedding/adaptive_dim.py)",
+    )
+    promote_after: int = Field(
+        10, ge=1,
+        description="with rare_dim: occurrences (since the id got its row) after which it "
+        "gets its full width",
+    )
     sketch_width: int = Field(1 << 20, gt=0, description="count-min sketch counters per row")
     seed: int = Field(0, description="row initialisation seed")
     chunk_rows: int = Field(
@@ -130,6 +142,11 @@ class TableConfig(BaseModel):
     def _one_admission_rule(self) -> TableConfig:
         if self.admit_min_count is not None and self.admit_probability is not None:
             raise ValueError("choose admit_min_count or admit_probability, not both")
+        if self.rare_dim is not None and self.rare_dim >= self.dim:
+            raise ValueError(
+                f"rare_dim ({self.rare_dim}) must be below dim ({self.dim}): it is the width "
+                "of rarely seen ids' rows"
+            )
         if self.storage is not None and self.capacity is not None:
             raise ValueError(
                 "capacity and storage both bound a table: with storage, rows beyond the memory "

@@ -37,6 +37,15 @@ def test_every_registered_model_passes_the_check(name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["deepfm", "din"])
+def test_models_pass_the_check_with_frequency_adaptive_tables(name):
+    """rare_dim splits each table in two: saving, loading, state dicts and 2-rank sharding
+    still give the scores of the model in one piece."""
+    adaptive = {"rare_dim": 3, "promote_after": 2}
+    assert check_model(name, PARAMS.get(name), adaptive) == list(CHECKS)
+
+
+@pytest.mark.slow
 def test_a_user_model_passes_and_a_broken_one_fails_by_name():
     register_model("mean_dot", MeanDot)
     register_model("broken", Broken)

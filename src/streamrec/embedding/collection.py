@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from streamrec.batch import Batch
+from streamrec.embedding.adaptive_dim import FREQUENT
 from streamrec.embedding.grouped import TableGroup
 from streamrec.embedding.lookup import RowGradient, RowLookup
 from streamrec.embedding.pooling import FeaturePooling
@@ -108,6 +109,13 @@ class _GroupPlan:
     features: list[str]  # in fid order: table after table, then the table's features
     table_index: np.ndarray  # int64 [F]: each feature's table (index in the group)
     pooling: FeaturePooling
+    part: str  # "whole"; or a frequency-adaptive table's "rare" / "frequent" part
+
+
+def _part(name: str, tables: Mapping[str, DynamicTable]) -> str:
+    if name.endswith(FREQUENT) and name[: -len(FREQUENT)] in tables:
+        return "frequent"
+    return "rare" if name + FREQUENT in tables else "whole"
 
 
 class EmbeddingCollection(nn.Module):
@@ -118,14 +126,29 @@ class EmbeddingCollection(nn.Module):
             raise ValueError(f"no DynamicTable given for tables {sorted(missing)}")
         self.tables = tables
         self.features: dict[str, EmbeddingFeature] = {f.name: f for f in schema.embeddings}
+        feature_lists = dict(schema.tables())
+        # A frequency-adaptive table (adaptive_dim.py) comes as NAME and NAME@frequent: each
+        # feature f of NAME is also looked up in NAME@frequent, as feature `f@frequent` reading
+        # f's ids, and forward concatenates the two.
+        self._frequent: dict[str, str] = {}  # feature → its frequent part's feature
+        self._source: dict[str, str] = {}  # a frequent part's feature → the column it reads
+        for name in list(feature_lists):
+            if _part(name, tables) != "rare":
+                continue
+            feature_lists[name + FREQUENT] = []
+            for f in feature_lists[name]:
+                shadow = f + FREQUENT
+                self.features[shadow] = self.features[f].model_copy(
+                    update={"name": shadow, "table": name + FREQUENT}
+                )
+                self._frequent[f], self._source[shadow] = shadow, f
+                feature_lists[name + FREQUENT].append(shadow)
         by_key: dict[tuple, list[str]] = {}
-        for name in schema.tables():
-            t = tables[name]
-            key = t.settings.group_key()
+        for name in feature_lists:
+            key = (tables[name].settings.group_key(), _part(name, tables))
             by_key.setdefault(key, []).append(name)
-        feature_lists = schema.tables()
         self._plans = []
-        for names in by_key.values():
+        for (_, part), names in by_key.items():
             features = [f for n in names for f in feature_lists[n]]
             self._plans.append(
                 _GroupPlan(
@@ -133,6 +156,7 @@ class EmbeddingCollection(nn.Module):
                     features,
                     np.array([names.index(self.features[f].table_name) for f in features]),
                     FeaturePooling([self.features[f] for f in features]),
+                    part,
                 )
             )
         self.now: float | None = None  # event time for admission / expiry; set by the trainer
@@ -206,10 +230,8 @@ class EmbeddingCollection(nn.Module):
     ) -> tuple[list[Any], np.ndarray, np.ndarray]:
         """(the group's features' id lists on the CPU, their fids table after table, the
         table boundaries: table i's fids are fids[segments[i]:segments[i + 1]])."""
-        parts = [
-            batch.sparse[f].to("cpu") if batch.sparse[f].values.is_cuda else batch.sparse[f]
-            for f in plan.features
-        ]
+        columns = [batch.sparse[self._source.get(f, f)] for f in plan.features]
+        parts = [c.to("cpu") if c.values.is_cuda else c for c in columns]
         fids = torch.cat([p.values for p in parts]).numpy()
         sizes = np.bincount(plan.table_index, [p.values.shape[0] for p in parts])
         segments = np.zeros(len(plan.lookup.tables) + 1, np.int64)
@@ -217,12 +239,16 @@ class EmbeddingCollection(nn.Module):
         return parts, fids, segments
 
     def dim(self, feature: str) -> int:
-        return self.tables[self.features[feature].table_name].dim
+        """The width of a feature's embedding (both parts of a frequency-adaptive table)."""
+        width = self.tables[self.features[feature].table_name].dim
+        if feature in self._frequent:
+            width += self.tables[self.features[self._frequent[feature]].table_name].dim
+        return width
 
     @property
     def feature_order(self) -> list[str]:
         """Embedding features in the order the groups stack them (use with `stacked`)."""
-        return [f for plan in self._plans for f in plan.features]
+        return [f for plan in self._plans if plan.part != "frequent" for f in plan.features]
 
     # `state_dict()` holds every table as tensors, under `tables.<name>.<field>` (fids, weights,
     # optimizer state, metadata: `DynamicTable.state_dict`), so torch.save / torch.load
@@ -271,6 +297,30 @@ class EmbeddingCollection(nn.Module):
             now = float(batch.timestamps.max())
         for plan in self._plans:
             self._forward_group(plan, batch, now, device, out)
+        return self._joined(out) if self._frequent else out
+
+    def _joined(self, parts: Embedded) -> Embedded:
+        """Each frequency-adaptive feature as [B, dim] (a sequence as [B, L, dim]): its rare
+        part's rows, then its frequent part's (zeros for an id not promoted yet)."""
+        out = Embedded()
+        for f, (rows, mask) in parts.sequences.items():
+            if f in self._source:
+                continue
+            if f in self._frequent:
+                rows = torch.cat([rows, parts.sequences[self._frequent[f]][0]], dim=2)
+            out.sequences[f] = (rows, mask)
+        frequent = {tuple(names): tensor for (names, tensor), plan in
+                    zip(parts.groups, self._plans, strict=True) if plan.part == "frequent"}
+        for (names, tensor), plan in zip(parts.groups, self._plans, strict=True):
+            if plan.part == "frequent":
+                continue
+            if plan.part == "rare":
+                shadows = [self._frequent[f] for f in names]
+                rest = frequent.get(tuple(shadows))
+                if rest is None:  # the parts grouped in another order
+                    rest = torch.stack([parts.pooled[s] for s in shadows], dim=1)
+                tensor = torch.cat([tensor, rest], dim=2)
+            out.add_group(names, tensor)
         return out
 
     def _forward_group(

@@ -129,6 +129,9 @@ class DynamicTable:
         # process-local counters behind the admission-starving health rule.
         self.new_ids_seen = 0
         self.new_ids_admitted = 0
+        # The frequent part of a frequency-adaptive table (adaptive_dim.py) admits an id once
+        # its exact count in the rare part reaches admit_min_count — no sketch to size.
+        self.promoted_from: DynamicTable | None = None
 
     def storage_layout(self) -> StorageLayout:
         w = self._weights
@@ -266,19 +269,37 @@ class DynamicTable:
             return np.full(fids.shape[0], -1, np.int64)
         return self._admit(fids, counts, now_s)
 
-    def _admit(self, fids: np.ndarray, counts: np.ndarray, now_s: int) -> np.ndarray:
+    def _admit(
+        self, fids: np.ndarray, counts: np.ndarray, now_s: int, rule: bool = True
+    ) -> np.ndarray:
+        """Rows for distinct fids not in the map → int64 [n] (−1: not admitted by the
+        table's admission rule; rule=False: every fid gets a row, as a delta's rows do)."""
         self.new_ids_seen += fids.shape[0]
+        mode = (
+            _ADMIT_MIN_COUNT
+            if self.admit_min_count and rule
+            else _ADMIT_PROBABILITY
+            if self.admit_probability and rule
+            else _ADMIT_ALL
+        )
+        chosen = None
+        if self.promoted_from is not None and rule:
+            chosen = np.flatnonzero(
+                self.promoted_from.counts_of(fids) >= (self.admit_min_count or 1)
+            )
+        elif mode != _ADMIT_ALL:
+            # Decide first, then make room for the admitted alone: a table that admits 1% of
+            # 20M ids must not reserve rows and map slots for the other 99%.
+            chosen = np.flatnonzero(_admission_pass(
+                fids, counts, mode, self.admit_min_count or 0,
+                float(self.admit_probability or 1.0), self._sketch, self._draws,
+            ))
+        if chosen is not None:
+            all_fids, fids, counts = fids, fids[chosen], counts[chosen]
         self._map.reserve(fids)
         self._reserve(int(self._alloc[0]) + fids.shape[0])
         self.version += 1
         out = np.empty(fids.shape[0], np.int64)
-        mode = (
-            _ADMIT_MIN_COUNT
-            if self.admit_min_count
-            else _ADMIT_PROBABILITY
-            if self.admit_probability
-            else _ADMIT_ALL
-        )
         m = self._map
         quantized = isinstance(self._weights, QuantizedRows)
         _admit_kernel(
@@ -305,17 +326,16 @@ class DynamicTable:
             self.version,
             self._free,
             self._alloc,
-            mode,
-            self.admit_min_count or 0,
-            float(self.admit_probability or 1.0),
-            self._sketch,
-            self._draws,
             out,
         )
         if quantized:  # a served copy admits only in `upsert`, which writes the rows next
             self._weights.clear(out[out >= 0])
-        self.new_ids_admitted += int(np.count_nonzero(out >= 0)) if mode != _ADMIT_ALL else len(out)
-        return out
+        self.new_ids_admitted += len(out)
+        if chosen is None:
+            return out
+        rows = np.full(all_fids.shape[0], -1, np.int64)
+        rows[chosen] = out
+        return rows
 
     def _reserve(self, rows: int) -> None:
         for store in (
@@ -444,14 +464,9 @@ class DynamicTable:
         rows = self._map.find(fids)
         missing = np.flatnonzero(rows < 0)
         if missing.size:
-            saved = (self.admit_min_count, self.admit_probability)
-            self.admit_min_count = self.admit_probability = None
-            try:
-                rows[missing] = self._admit(
-                    fids[missing], np.ones(missing.size, np.int64), _seconds(now)
-                )
-            finally:
-                self.admit_min_count, self.admit_probability = saved
+            rows[missing] = self._admit(
+                fids[missing], np.ones(missing.size, np.int64), _seconds(now), rule=False
+            )
         self.version += 1
         self._weights.scatter(rows, np.ascontiguousarray(weights, np.float32))
         self._row_version.scatter(rows, np.full((rows.shape[0], 1), self.version, np.int64))
@@ -611,6 +626,7 @@ class DynamicTable:
         dv = state["deleted_versions"].numpy()
         df = state["deleted_fids"].numpy()
         fresh._deleted = [(int(v), df[dv == v].copy()) for v in np.unique(dv)]
+        fresh.promoted_from = self.promoted_from
         self.__dict__.update(fresh.__dict__)
 
     def _index_live_rows(self, n: int) -> None:
@@ -707,6 +723,21 @@ def _init_row(out_row, fid, seed, scale):
 
 
 @numba.njit(nogil=True, cache=True)
+def _admission_pass(fids, counts, mode, min_count, probability, sketch, draws):
+    """bool [n]: which of these distinct, unmapped fids the admission rule takes, in order —
+    count-min sketch counts reaching min_count (mode 1), or seeded draws (mode 2); the sketch
+    and the draw counter advance as the fids are judged."""
+    taken = np.zeros(fids.shape[0], np.bool_)
+    for i in range(fids.shape[0]):
+        if mode == 1:
+            taken[i] = sketch_add(sketch, fids[i], counts[i]) >= min_count
+        else:
+            draws[0] += np.uint64(1)
+            taken[i] = admit_draw(fids[i], draws[0], counts[i], probability)
+    return taken
+
+
+@numba.njit(nogil=True, cache=True)
 def _admit_kernel(
     fids,
     counts,
@@ -731,13 +762,10 @@ def _admit_kernel(
     version,
     free,
     alloc,
-    mode,
-    min_count,
-    probability,
-    sketch,
-    draws,
     out,
 ):
+    """Give each fid a row (the free list first), initialised from (fid, seed); the caller
+    ran the admission rule and made room."""
     n_chunk = mask + 1
     for i in range(fids.shape[0]):
         fid = fids[i]
@@ -748,15 +776,6 @@ def _admit_kernel(
             cc[r & mask, 0] = min(np.int64(cc[r & mask, 0]) + c, _INT32_MAX)
             out[i] = r
             continue
-        if mode == 1:
-            if sketch_add(sketch, fid, c) < min_count:
-                out[i] = -1
-                continue
-        elif mode == 2:
-            draws[0] += np.uint64(1)
-            if not admit_draw(fid, draws[0], c, probability):
-                out[i] = -1
-                continue
         if alloc[1] > 0:
             alloc[1] -= 1
             r = free[alloc[1]]

@@ -16,8 +16,8 @@ import torch
 
 from streamrec.batch import Batch
 from streamrec.config import TableConfig
+from streamrec.embedding.adaptive_dim import build_tables
 from streamrec.embedding.collection import Embedded, EmbeddingCollection
-from streamrec.embedding.tiered import build_table
 from streamrec.models.objective import Objective, binary_objective
 from streamrec.models.with_tables import WithTables
 from streamrec.schema import Schema
@@ -37,7 +37,7 @@ class RankingModel(WithTables):
         self.embeddings: EmbeddingCollection | None = None
         self.features: list[str] = []
         if with_embeddings and schema.embeddings:
-            own = {name: build_table(cfg, name=name) for name, cfg in tables.items()}
+            own = build_tables(tables)
             self.embeddings = EmbeddingCollection(schema, own)
             self.features = self.embeddings.feature_order
         self.embedding_dims = [self.embeddings.dim(f) for f in self.features]

@@ -69,12 +69,14 @@ def rows(n: int, seed: int, id_offset: int = 0) -> pa.Table:
     )
 
 
-def job_config(name: str, params: dict[str, Any] | None) -> JobConfig:
+def job_config(
+    name: str, params: dict[str, Any] | None, table: dict[str, Any] | None = None
+) -> JobConfig:
     config = JobConfig.model_validate(
         {
             "name": f"check-{name}",
             "schema": SCHEMA,
-            "default_table": {"dim": 8, "optimizer": "adagrad", "lr": 0.05},
+            "default_table": {"dim": 8, "optimizer": "adagrad", "lr": 0.05, **(table or {})},
             "model": {"name": name, "params": params or {}},
         }
     )
@@ -82,10 +84,13 @@ def job_config(name: str, params: dict[str, Any] | None) -> JobConfig:
     return config
 
 
-def check_model(name: str, params: dict[str, Any] | None = None) -> list[str]:
-    """Run every check on the registered model `name` built with `params`. → the checks
-    passed (all of CHECKS); AssertionError at the first that fails."""
-    config = job_config(name, params)
+def check_model(
+    name: str, params: dict[str, Any] | None = None, table: dict[str, Any] | None = None
+) -> list[str]:
+    """Run every check on the registered model `name` built with `params` (and `table`:
+    settings over the default table's, e.g. {"rare_dim": 4}). → the checks passed (all of
+    CHECKS); AssertionError at the first that fails."""
+    config = job_config(name, params, table)
     torch.manual_seed(0)
     model = _build(config)
     batch = config.schema.encode(rows(256, 1))

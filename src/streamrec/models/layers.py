@@ -77,7 +77,7 @@ class LinearTerm(nn.Module):
         lin = linear_schema(schema)
         own = {}
         for name, cfg in tables.items():
-            linear = (settings or {}) | {"dim": 1, "init_scale": 0.0}
+            linear = (settings or {}) | {"dim": 1, "init_scale": 0.0, "rare_dim": None}
             own[f"{name}@linear"] = build_table(
                 TableConfig.model_validate(cfg.model_dump() | linear), name=f"{name}@linear"
             )

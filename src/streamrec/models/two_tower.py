@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from streamrec.batch import Batch
 from streamrec.config import TableConfig
+from streamrec.embedding.adaptive_dim import build_tables
 from streamrec.embedding.collection import EmbeddingCollection
-from streamrec.embedding.tiered import build_table
 from streamrec.models.item_frequency import ItemFrequency
 from streamrec.models.layers import MLP
 from streamrec.models.objective import Objective
@@ -53,7 +53,7 @@ class TwoTower(WithTables):
         self.schema = schema
         self.user_features = list(user_features)
         self.item_features = list(item_features)
-        own = {name: build_table(cfg, name=name) for name, cfg in tables.items()}
+        own = build_tables(tables)
         self.embeddings = EmbeddingCollection(schema, own)
         dim = lambda fs: sum(self.embeddings.dim(f) for f in fs)  # noqa: E731
         self.user_mlp = MLP(dim(self.user_features), hidden, out=out_dim)

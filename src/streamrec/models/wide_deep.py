@@ -42,7 +42,8 @@ class WideDeep(RankingModel):
             cross_schema = Schema(embeddings=[EmbeddingFeature(name=n) for n in names])
             cross_tables = {}
             for n, (a, _) in zip(names, self.crosses, strict=True):
-                cfg = tables[known[a].table_name].model_dump() | {"dim": 1, "init_scale": 0.0}
+                one_weight = {"dim": 1, "init_scale": 0.0, "rare_dim": None}
+                cfg = tables[known[a].table_name].model_dump() | one_weight
                 cross_tables[n] = DynamicTable(**cfg, name=n)
             self.cross_ids = EmbeddingCollection(cross_schema, cross_tables)
             self.cross_names = names
