@@ -746,9 +746,9 @@ def serve(
     ),
     rows: str | None = typer.Option(
         None, "--rows",
-        help="Hold the ranker's embedding rows as int8 or int16 codes with a per-row scale and "
-        "offset, at load and every reload (serving.row_precision, fp32); de-quantised only "
-        "as a request reads them. int8: dim + 8 bytes a row instead of 4·dim.",
+        help="Hold the ranking models' embedding rows as int8 or int16 codes with a per-row "
+        "scale and offset, at load and every reload (serving.row_precision, fp32); "
+        "de-quantised only as a request reads them. int8: dim + 8 bytes a row, not 4·dim.",
     ),
     threads: int | None = typer.Option(
         None,

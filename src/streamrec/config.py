@@ -429,10 +429,11 @@ class ServingConfig(_Strict):
     )
     row_precision: Literal["fp32", "int16", "int8"] = Field(
         "fp32",
-        description="how the server holds the ranker's embedding rows: int8 / int16 re-encode "
-        "each table where it saves bytes as codes with a per-row scale and offset, at load "
-        "and at every reload, de-quantised only as rows are read (int8: dim + 8 bytes a row, "
-        "not 4·dim; `streamrec export --rows` writes such a copy ahead of time)",
+        description="how the server holds its ranking models' embedding rows (ranker, "
+        "variants, pre-ranker): int8 / int16 re-encode each table where it saves bytes as "
+        "codes with a per-row scale and offset, at load and at every reload, de-quantised "
+        "only as rows are read (int8: dim + 8 bytes a row, not 4·dim; `streamrec export "
+        "--rows` writes such a copy ahead of time)",
     )
     compute_allocation: ComputeAllocationConfig = Field(
         default_factory=ComputeAllocationConfig,

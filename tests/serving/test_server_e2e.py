@@ -264,3 +264,12 @@ def test_serve_rows_int8_encodes_the_model_and_every_reload(trained_run, tmp_pat
          "--rows", "int4"], capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and "row_precision" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_row_precision_reaches_the_pre_ranker_too(trained_run):
+    from streamrec.serving.prerank_stage import PreRankStage
+
+    stage = PreRankStage.load(trained_run, keep=10, row_precision="int8")
+    tables = stage.snapshot.model.dynamic_tables()
+    assert tables["item_id"].row_precision == "int8"
+    assert tables["item_id@linear"].row_precision == "fp32"  # dim 1: int8 would be larger

@@ -229,13 +229,15 @@ def _load_recommend_stages(state: ServerState, options: ServerOptions) -> None:
                 poll_seconds,
             )
     if (preranker_dir := options.preranker_dir) is not None:
-        state.preranker = PreRankStage.load(preranker_dir, options.prerank_keep)
+        rows = state.settings.row_precision
+        state.preranker = PreRankStage.load(preranker_dir, options.prerank_keep, rows)
         if watch:
             state.prerank_watcher = Watcher(
                 state.preranker,
                 Path(preranker_dir),
                 find_deltas_dir(preranker_dir),
                 poll_seconds,
+                row_precision=rows,
             )
 
 

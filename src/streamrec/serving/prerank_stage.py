@@ -53,9 +53,10 @@ class PreRankStage:
         return done
 
     @classmethod
-    def load(cls, path: str | Path, keep: int) -> PreRankStage:
-        """The pre-ranking model in `path` (a run or model directory)."""
-        return cls(Snapshot.load(path), keep)
+    def load(cls, path: str | Path, keep: int, row_precision: str = "fp32") -> PreRankStage:
+        """The pre-ranking model in `path` (a run or model directory), its rows held at
+        `row_precision` (`serving.row_precision`)."""
+        return cls(Snapshot.load(path).encode_rows(row_precision), keep)
 
     @property
     def version(self) -> str:

@@ -242,7 +242,7 @@ def build_variants(
     for name, path in options.others.items():
         if name in members:
             raise ValueError(f"two variants are named {name!r}")
-        snapshot = Snapshot.load(path)
+        snapshot = Snapshot.load(path).encode_rows(settings.row_precision)
         if (contract := _request_contract(snapshot)) != expected:
             raise ValueError(
                 f"variant {name!r} ({path}) reads {contract}, {main.name!r} reads {expected}: "
@@ -257,7 +257,8 @@ def build_variants(
             settings.threads,
         )
         watcher = (
-            Watcher(batcher, Path(path), find_deltas_dir(path), settings.poll_seconds)
+            Watcher(batcher, Path(path), find_deltas_dir(path), settings.poll_seconds,
+                    row_precision=settings.row_precision)
             if watch
             else None
         )
