@@ -23,6 +23,16 @@ def _candidates(items):
     return [{"item_id": i, "genres": ["Comedy", "Drama"]} for i in items]
 
 
+def _offline_scores(loaded, items) -> np.ndarray:
+    """What the model in memory scores CONTEXT with these items, [len(items)]."""
+    n = len(items)
+    rows = pa.table(
+        {**{k: [v] * n for k, v in CONTEXT.items()}, "item_id": items,
+         "genres": [["Comedy", "Drama"]] * n}
+    )
+    return loaded.model.predict(loaded.config.schema.encode(rows, with_labels=False))[:, 0].numpy()
+
+
 def test_scores_equal_the_offline_model(server, trained_run):
     items = list(range(1, 101))
     r = server.post("/v1/rank", json={"context": CONTEXT, "candidates": _candidates(items)})
@@ -31,15 +41,7 @@ def test_scores_equal_the_offline_model(server, trained_run):
     served = np.array(body["scores"]["label"])
     assert served.shape == (100,) and ((served >= 0) & (served <= 1)).all()
     loaded = load_model(trained_run)
-    rows = pa.table(
-        {
-            **{k: [v] * 100 for k, v in CONTEXT.items()},
-            "item_id": items,
-            "genres": [["Comedy", "Drama"]] * 100,
-        }
-    )
-    offline = loaded.model.predict(loaded.config.schema.encode(rows, with_labels=False))
-    np.testing.assert_allclose(served, offline[:, 0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served, _offline_scores(loaded, items), rtol=1e-5, atol=1e-6)
     assert body["model_version"].startswith(str(loaded.manifest.model_version))
 
 
@@ -215,12 +217,7 @@ def test_a_copy_with_int8_rows_scores_close_and_follows_the_trainers_deltas(
     body = {"context": CONTEXT, "candidates": _candidates(items)}
     served = np.array(server.post("/v1/rank", json=body).json()["scores"]["label"])
     loaded = load_model(run)
-    rows = pa.table(
-        {**{k: [v] * 100 for k, v in CONTEXT.items()}, "item_id": items,
-         "genres": [["Comedy", "Drama"]] * 100}
-    )
-    exact = loaded.model.predict(loaded.config.schema.encode(rows, with_labels=False))[:, 0]
-    gap = np.abs(served - exact.numpy())
+    gap = np.abs(served - _offline_scores(loaded, items))
     assert 0 < gap.max() < 0.01, gap.max()  # rounded, not replaced
     _a_delta_changes_item_50_only(server, loaded, run / "deltas")
 
@@ -239,12 +236,7 @@ def test_serve_rows_int8_encodes_the_model_and_every_reload(trained_run, tmp_pat
     body = {"context": CONTEXT, "candidates": _candidates(items)}
     served = np.array(server.post("/v1/rank", json=body).json()["scores"]["label"])
     loaded = load_model(run)
-    rows = pa.table(
-        {**{k: [v] * 50 for k, v in CONTEXT.items()}, "item_id": items,
-         "genres": [["Comedy", "Drama"]] * 50}
-    )
-    exact = loaded.model.predict(loaded.config.schema.encode(rows, with_labels=False))[:, 0]
-    assert 0 < np.abs(served - exact.numpy()).max() < 0.01
+    assert 0 < np.abs(served - _offline_scores(loaded, items)).max() < 0.01
     save_model(run / "model", loaded.model, loaded.config)  # the trainer publishes a new one
     deadline = time.time() + 30
     while server.get("/v1/model").json()["model_version"] == info["model_version"]:
