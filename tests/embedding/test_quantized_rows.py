@@ -93,6 +93,9 @@ def test_a_quantized_table_saves_its_codes_and_loads_them_exactly(precision):
     without_params = {k: v for k, v in state.items() if k != "weight_params"}
     with pytest.raises(ValueError, match="scale and offset"):
         DynamicTable(dim=7, name="t").load_state_dict(without_params)
+    short = {**state, "weight_params": state["weight_params"][:-1]}
+    with pytest.raises(ValueError, match="one \\(scale, offset\\) pair"):
+        DynamicTable(dim=7, name="t").load_state_dict(short)
 
 
 @settings(max_examples=40, deadline=None)

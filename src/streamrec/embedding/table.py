@@ -664,6 +664,14 @@ def _saved_precision(state: Any, lazy: bool, name: str) -> str:
                 if precision != "fp32" else "with a stray `weight_params`"
             )
         )
+    if precision != "fp32":
+        shape = tuple(state.shape("weight_params") if lazy else state["weight_params"].shape)
+        rows = tuple(state.shape("weights") if lazy else state["weights"].shape)[:1]
+        if shape != (*rows, 2):
+            raise ValueError(
+                f"table {name!r}: `weight_params` is {shape}, not one (scale, offset) pair for "
+                f"each of the {rows[0] if rows else 0} rows"
+            )
     return precision
 
 
