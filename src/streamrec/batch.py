@@ -86,6 +86,16 @@ class JaggedIds:
         w = self.weights[idx] if self.weights is not None else None
         return JaggedIds(self.values[idx], new_offsets, w)
 
+    def take(self, index: torch.Tensor) -> JaggedIds:
+        """The rows at `index` (LongTensor [K], any order, repeats allowed)."""
+        lengths = self.lengths()[index]
+        starts = self.offsets[:-1][index]
+        rows = torch.repeat_interleave(torch.arange(index.numel()), lengths)
+        within = torch.arange(int(lengths.sum())) - (torch.cumsum(lengths, 0) - lengths)[rows]
+        positions = starts[rows] + within
+        weights = self.weights[positions] if self.weights is not None else None
+        return JaggedIds.from_lengths(self.values[positions], lengths, weights)
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> JaggedIds:
         w = self.weights.to(device, non_blocking=non_blocking) if self.weights is not None else None
         return JaggedIds(
@@ -141,6 +151,96 @@ class JaggedIds:
 
 
 @dataclass
+class RequestContext:
+    """A batch's rows grouped by the request they answer (laid out request after request),
+    and which of its inputs every row of a request shares (its user, its context). A server
+    scores many candidates per request: a model that knows which inputs are the request's
+    passes them through the layers that see only them once per request, then broadcasts the
+    result to the request's rows (request-level sharing; XDL, YouTube DNN). `Batch.sparse` and
+    `Batch.dense` still hold every row's values, so code that ignores the context computes the
+    same scores.
+
+    index:         LongTensor [B]     the request of each row, 0‥R−1, non-decreasing
+    first:         LongTensor [R]     each request's first row
+    features:      the id features (`Batch.sparse` keys) equal on every row of a request
+    dense_columns: LongTensor [C]     the columns of `Batch.dense` constant within a request
+    dense:         FloatTensor [R, C] those columns' values, one row a request
+    """
+
+    index: torch.Tensor
+    first: torch.Tensor
+    features: frozenset[str]
+    dense_columns: torch.Tensor
+    dense: torch.Tensor
+
+    @property
+    def num_requests(self) -> int:
+        return int(self.first.shape[0])
+
+    @classmethod
+    def of(
+        cls,
+        dense: torch.Tensor,
+        sizes: Sequence[int],
+        features: Sequence[str],
+        dense_columns: Sequence[int],
+    ) -> RequestContext:
+        """The context of B = Σ sizes rows (`dense` [B, D]) laid out request after request
+        (`sizes`: each request's row count); `features` and `dense_columns` must hold one value
+        per request (a server broadcasts its context)."""
+        counts = torch.as_tensor(list(sizes), dtype=torch.int64)
+        if counts.numel() == 0 or int(counts.min()) < 1:
+            raise ValueError("every request of a request context needs at least one row")
+        if int(counts.sum()) != dense.shape[0]:
+            raise ValueError(f"request sizes sum to {int(counts.sum())}, not {dense.shape[0]}")
+        first = torch.cumsum(counts, 0) - counts
+        columns = torch.as_tensor(list(dense_columns), dtype=torch.int64)
+        return cls(
+            torch.repeat_interleave(torch.arange(counts.numel()), counts),
+            first,
+            frozenset(features),
+            columns,
+            dense.index_select(0, first).index_select(1, columns),
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[RequestContext | None]) -> RequestContext | None:
+        """The context of concatenated batches; None unless every part has one and they
+        share the same features (a batch mixing them is scored without sharing)."""
+        first = parts[0]
+        if first is None or any(
+            p is None
+            or p.features != first.features
+            or not torch.equal(p.dense_columns, first.dense_columns)
+            for p in parts
+        ):
+            return None
+        index, firsts, requests, rows = [], [], 0, 0
+        for p in parts:
+            assert p is not None
+            index.append(p.index + requests)
+            firsts.append(p.first + rows)
+            requests += p.num_requests
+            rows += p.index.shape[0]
+        return RequestContext(
+            torch.cat(index),
+            torch.cat(firsts),
+            first.features,
+            first.dense_columns,
+            torch.cat([p.dense for p in parts]),  # type: ignore[union-attr]
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> RequestContext:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        return RequestContext(
+            move(self.index), move(self.first), self.features, move(self.dense_columns),
+            move(self.dense),
+        )
+
+
+@dataclass
 class Batch:
     """B encoded rows.
 
@@ -151,6 +251,8 @@ class Batch:
     timestamps: LongTensor [B] or None   event time, seconds since the epoch
     targets:    FloatTensor [B, T] or None   soft training targets in [0, 1] (distillation,
                 `train.distill_from`): the loss uses them instead of labels; metrics do not
+    context:    RequestContext or None   rows grouped by request, with what each request's
+                rows share (serving); models may compute the shared part once per request
     """
 
     labels: torch.Tensor
@@ -159,6 +261,14 @@ class Batch:
     group_ids: torch.Tensor | None = None
     timestamps: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    context: RequestContext | None = None
+
+    def __post_init__(self) -> None:
+        if self.context is not None and self.context.index.shape[0] != self.dense.shape[0]:
+            raise ValueError(
+                f"request context covers {self.context.index.shape[0]} rows, "
+                f"the batch has {self.dense.shape[0]}"
+            )
 
     @property
     def size(self) -> int:
@@ -181,6 +291,7 @@ class Batch:
             self._map_optional(self.group_ids, move),
             self._map_optional(self.timestamps, move),
             self._map_optional(self.targets, move),
+            None if self.context is None else self.context.to(device, non_blocking),
         )
 
     def pin_memory(self) -> Batch:
@@ -210,17 +321,9 @@ class Batch:
         )
 
     def take(self, index: torch.Tensor) -> Batch:
-        """The rows at `index` (LongTensor [K], any order), jagged features included."""
-        sparse = {}
-        rows_of = torch.arange(index.numel())
-        for name, ids in self.sparse.items():
-            lengths = ids.lengths()[index]
-            starts = ids.offsets[:-1][index]
-            rows = torch.repeat_interleave(rows_of, lengths)
-            within = torch.arange(int(lengths.sum())) - (torch.cumsum(lengths, 0) - lengths)[rows]
-            positions = starts[rows] + within
-            weights = ids.weights[positions] if ids.weights is not None else None
-            sparse[name] = JaggedIds.from_lengths(ids.values[positions], lengths, weights)
+        """The rows at `index` (LongTensor [K], any order), jagged features included. The
+        result has no request context: its rows need not keep their requests together."""
+        sparse = {name: ids.take(index) for name, ids in self.sparse.items()}
 
         def pick(t: torch.Tensor) -> torch.Tensor:
             return t[index]
@@ -251,4 +354,5 @@ class Batch:
             cat_optional("group_ids"),
             cat_optional("timestamps"),
             cat_optional("targets"),
+            RequestContext.concat([p.context for p in parts]),
         )

@@ -16,6 +16,8 @@ stored in the schema itself, so a saved schema encodes serving requests exactly 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -24,7 +26,7 @@ import pyarrow.compute as pc
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from streamrec.batch import Batch, JaggedIds
+from streamrec.batch import Batch, JaggedIds, RequestContext
 from streamrec.fid import MISSING_FID, fids_from_arrow
 from streamrec.kinds import value_kind
 
@@ -336,6 +338,31 @@ class Schema(_Strict):
             spans[f.name] = slice(start, start + f.width)
             start += f.width
         return spans
+
+    def shared_inputs(self, features: Collection[str]) -> tuple[list[str], list[int]]:
+        """Of the inputs `features` that a request gives once for all its rows (its context):
+        (the embedding features among them, the columns of `Batch.dense` they fill). An
+        embedding feature with a weights column is shared only if its weights are too."""
+        sparse = [
+            f.name
+            for f in self.embeddings
+            if f.name in features and (f.weights is None or f.weights in features)
+        ]
+        spans = self.dense_spans()
+        columns = [c for name, span in spans.items() if name in features
+                   for c in range(span.start, span.stop)]
+        return sparse, columns
+
+    def share_requests(
+        self, batch: Batch, sizes: Sequence[int], features: Collection[str]
+    ) -> Batch:
+        """`batch` (rows laid out request after request, `sizes` rows each) with the
+        `RequestContext` of the `features` each request gave once: a model then computes what
+        depends on them once per request. The same batch when nothing would be shared."""
+        sparse, columns = self.shared_inputs(features)
+        if len(sizes) == batch.size or not (sparse or columns):
+            return batch
+        return replace(batch, context=RequestContext.of(batch.dense, sizes, sparse, columns))
 
     def encode_features(
         self, data: pa.Table | pa.RecordBatch, names: set[str]

@@ -74,3 +74,32 @@ def test_cpu_pooling_kernel_matches_the_row_major_embedding_bag_path(exclusive, 
     (g_ours,) = torch.autograd.grad(ours, w_ours, upstream_b)
     (g_ref,) = torch.autograd.grad(ref, w_ref, upstream_b.contiguous())
     assert torch.allclose(g_ours, g_ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_inference_pooling_is_the_training_pooling_to_the_bit(weighted):
+    """Serving pools without autograd, in numpy (`_pool_for_inference`): the same numbers as
+    the autograd path, for sum, mean and sqrtn bags, empty bags and per-id weights."""
+    rng = np.random.default_rng(1)
+    batch, dim, n_rows = 200, 8, 50
+    features = [
+        EmbeddingFeature(name="s", pooling="sum"),
+        EmbeddingFeature(name="m", pooling="mean"),
+        EmbeddingFeature(name="q", pooling="sqrtn"),
+    ]
+    parts, inverse = [], []
+    for _ in features:
+        lengths = _lengths(rng, "mixed", batch)
+        n = int(lengths.sum())
+        w = torch.from_numpy(rng.random(n, dtype=np.float32)) if weighted else None
+        offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]))
+        parts.append(JaggedIds(torch.zeros(n, dtype=torch.int64), offsets, w))
+        inverse.append(rng.integers(0, n_rows, n))
+    inverse_t = torch.from_numpy(np.concatenate(inverse))
+    pooling = FeaturePooling(features)
+    weights = torch.randn(n_rows, dim, requires_grad=True)
+    trained = pooling(weights, inverse_t, parts, torch.device("cpu"))
+    with torch.inference_mode():
+        served = pooling(weights.detach(), inverse_t, parts, torch.device("cpu"))
+    assert trained.requires_grad and not served.requires_grad
+    assert torch.equal(served, trained.detach())

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamrec.batch import Batch, JaggedIds
+from streamrec.batch import Batch, JaggedIds, RequestContext
 
 rows = st.lists(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=6), min_size=1, max_size=12)
 
@@ -83,3 +83,51 @@ def test_take_picks_the_same_rows_as_one_row_slices_in_that_order(data, weighted
         assert torch.equal(taken.timestamps, expected.timestamps)
     else:
         assert taken.sparse["f"].values.numel() == 0
+
+
+def _request_batch(sizes: list[int]) -> Batch:
+    n = sum(sizes)
+    dense = torch.arange(n * 3, dtype=torch.float32).view(n, 3)
+    request = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    dense[:, 1] = request.float() * 10  # column 1 is the request's
+    sparse = {"user": JaggedIds.from_lengths(request, torch.ones(n, dtype=torch.int64))}
+    return Batch(torch.zeros(n, 0), dense, sparse)
+
+
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=6),
+       st.lists(st.integers(1, 5), min_size=1, max_size=6))
+def test_request_context_reads_each_request_once_and_concatenates(first_sizes, more_sizes):
+    a, b = _request_batch(first_sizes), _request_batch(more_sizes)
+    ca = RequestContext.of(a.dense, first_sizes, ["user"], [1])
+    cb = RequestContext.of(b.dense, more_sizes, ["user"], [1])
+    assert ca.num_requests == len(first_sizes)
+    assert torch.equal(ca.dense[:, 0], torch.arange(len(first_sizes)).float() * 10)
+    assert torch.equal(a.dense[ca.first, 1], ca.dense[:, 0])
+    assert torch.equal(ca.index[ca.first], torch.arange(len(first_sizes)))
+    both = Batch.concat([
+        Batch(a.labels, a.dense, a.sparse, context=ca),
+        Batch(b.labels, b.dense, b.sparse, context=cb),
+    ])
+    assert both.context is not None
+    rows = torch.cat([a.dense, b.dense])
+    # every row reads its request's shared column, and each request's first row is its own
+    assert torch.equal(both.context.dense[both.context.index, 0], rows[:, 1])
+    assert torch.equal(both.context.index[both.context.first],
+                       torch.arange(len(first_sizes) + len(more_sizes)))
+    # a part without a context, or sharing other features: the whole batch is scored unshared
+    assert Batch.concat([Batch(a.labels, a.dense, a.sparse, context=ca), b]).context is None
+    other = RequestContext.of(b.dense, more_sizes, [], [1])
+    assert RequestContext.concat([ca, other]) is None
+    # rows picked or cut need not keep their requests whole: no context
+    assert Batch(a.labels, a.dense, a.sparse, context=ca).slice(0, 1).context is None
+
+
+def test_a_request_context_that_does_not_fit_its_batch_is_refused():
+    batch = _request_batch([2, 3])
+    with pytest.raises(ValueError, match="sum to 4, not 5"):
+        RequestContext.of(batch.dense, [2, 2], ["user"], [1])
+    with pytest.raises(ValueError, match="at least one row"):
+        RequestContext.of(batch.dense, [0, 5], ["user"], [1])
+    context = RequestContext.of(batch.dense[:4], [2, 2], ["user"], [1])
+    with pytest.raises(ValueError, match="covers 4 rows, the batch has 5"):
+        Batch(batch.labels, batch.dense, batch.sparse, context=context)

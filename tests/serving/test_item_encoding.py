@@ -3,6 +3,7 @@ encoded once and per-request columns — the very Batch `Schema.encode` builds f
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamrec.batch import Batch
+from streamrec.models.request_sharing import always_split
 from streamrec.schema import DenseFeature, EmbeddingFeature, EncodingFeature, Schema
 from streamrec.serving.item_encoding import ItemEncodings
 from streamrec.serving.request import RequestError, rows_table
@@ -115,7 +117,17 @@ def test_the_assembled_batch_is_the_encoded_rows(catalog, picks, context, with_s
     if scores is not None:
         for row, s in zip(rows, scores.tolist(), strict=True):
             row["retrieval_score"] = s
-    _assert_same(got, schema.encode(rows_table(context, rows, KINDS), with_labels=False))
+    want = schema.encode(rows_table(context, rows, KINDS), with_labels=False)
+    _assert_same(got, want)
+    # its request context: the context's features, once — what the server's row path makes
+    # (a row more: a one-row request would not be worth a context)
+    more = Batch.concat([want, want.slice(0, 1)])
+    expected = schema.share_requests(more, [len(items) + 1], CONTEXT).context
+    assert got.context is not None and expected is not None
+    assert got.context.features == expected.features
+    assert torch.equal(got.context.index, torch.zeros(len(items), dtype=torch.int64))
+    assert torch.equal(got.context.dense_columns, expected.dense_columns)
+    assert torch.equal(got.context.dense, expected.dense[:1])
     assert source.reads == len(set(items.tolist()))  # each item encoded once
     again = encodings.batch(context, items[::-1].copy(), source, {"retrieval_score": scores})
     assert source.reads == len(set(items.tolist()))  # … and never again
@@ -150,7 +162,9 @@ def test_real_models_score_the_cached_encodings_as_they_score_the_rows(
     trained_run, retriever_run, preranker_run
 ):
     """The MovieLens ranker and COLD pre-ranker over the retriever's catalog (list-valued
-    genres, ids, the retrieval score): the same scores from both paths, to the bit."""
+    genres, ids, the retrieval score): the same scores from both paths — to the bit without
+    the request context, to float32 rounding with it (the ranker's first layer then sums
+    the user's columns once per request, in another order)."""
     from streamrec.retrieval.impression_set import RETRIEVAL_SCORE
     from streamrec.serving.retrieval_stage import RecommendRequest, RetrievalStage
     from streamrec.serving.snapshot import Snapshot
@@ -167,13 +181,19 @@ def test_real_models_score_the_cached_encodings_as_they_score_the_rows(
             snap.schema, snap.kinds, snap.context_features, snap.candidate_features,
             per_request=(RETRIEVAL_SCORE,),
         )
-        got = snap.predict_batch(
-            encodings.batch(context, np.asarray(items), stage, {RETRIEVAL_SCORE: scores})
-        )
+        batch = encodings.batch(context, np.asarray(items), stage, {RETRIEVAL_SCORE: scores})
+        assert batch.context is not None
+        ids = {f.name for f in snap.schema.embeddings}
+        assert batch.context.features == ids & set(snap.context_features)
+        assert "user_id" in batch.context.features
+        with always_split():
+            shared = snap.predict_batch(batch)
+        unshared = snap.predict_batch(dataclasses.replace(batch, context=None))
         by_item = dict(zip(items, scores.tolist(), strict=True))
         rows = stage.item_rows(items, snap.candidate_features, by_item)
         want = snap.predict(rows_table(context, rows, snap.kinds))
-        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(unshared, want)
+        np.testing.assert_allclose(shared, want, rtol=0, atol=1e-6)
 
 
 def test_the_batcher_scores_encoded_rows_beside_row_requests_and_re_encodes_after_a_swap(

@@ -35,6 +35,20 @@ def test_context_is_broadcast_and_left_out_features_are_missing():
     table = rows.table(KINDS)
     assert table.schema.field("price").type == pa.float64()
     assert table.column("genres").to_pylist() == [["a", "b"], None]
+    assert rows.shared == {"user id"} and rows.request_sizes == [2]
+
+
+def test_requests_batched_together_share_only_what_each_gave_once():
+    """The batcher's concatenation keeps each request's size and the features every request
+    gave in its context — a model may compute those once per request (`Batch.context`)."""
+    a, _ = read({"context": {"user id": 7, "price": None}, "candidates": [{"item_id": 1}] * 3})
+    b, _ = read({"context": {"user id": 8}, "candidates": [{"item_id": 2, "price": 1.0}] * 2})
+    assert a.shared == {"user id", "price"}  # null in the context: missing on every row
+    both = CandidateRows.concat([a, b])
+    assert both.shared == {"user id"} and both.request_sizes == [3, 2]
+    assert both.take([0, 1]).shared == set()  # rows of several requests: nothing shared
+    assert a.take([2, 0]).shared == a.shared  # rows of one request keep its context
+    assert CandidateRows.from_dicts({"user id": 3}, [{}, {}], KINDS).shared == {"user id"}
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamrec.batch import Batch
+from streamrec.batch import Batch, RequestContext
 from streamrec.embedding.adaptive_dim import FREQUENT
 from streamrec.embedding.grouped import TableGroup
 from streamrec.embedding.lookup import RowGradient, RowLookup
@@ -60,6 +60,42 @@ class PooledViews(Mapping[str, torch.Tensor]):
         return len(self._where)
 
 
+class RequestEmbedded:
+    """The pooled embeddings of the features a batch's requests share (`RequestContext`),
+    once per request — what a model passes through the layers that see only them. Made on
+    first access (a model that does not share pays nothing).
+
+    index: LongTensor [B]  the request of each row
+    """
+
+    def __init__(
+        self, index: torch.Tensor, first: torch.Tensor, features: frozenset[str], embedded: Embedded
+    ) -> None:
+        self.index = index
+        self.first = first  # [R]: each request's first row
+        self._features = features
+        self._embedded = embedded
+        self._rows: dict[int, torch.Tensor] = {}  # group → its rows at `first` [R, F, dim]
+
+    @property
+    def num_requests(self) -> int:
+        return int(self.first.shape[0])
+
+    def __contains__(self, feature: str) -> bool:
+        return feature in self._features
+
+    def pooled(self, feature: str) -> torch.Tensor:
+        """[R, dim]: a shared feature's pooled embedding, once per request."""
+        if feature not in self._features:
+            raise KeyError(f"{feature!r} is not shared by the batch's requests")
+        for g, (names, tensor) in enumerate(self._embedded.groups):
+            if feature in names:
+                if g not in self._rows:
+                    self._rows[g] = tensor.index_select(0, self.first)
+                return self._rows[g][:, names.index(feature)]
+        raise KeyError(feature)
+
+
 @dataclass
 class Embedded:
     """The embeddings of one batch.
@@ -67,11 +103,30 @@ class Embedded:
     pooled:    {feature: [B, dim]} (views into `groups`)
     groups:    [(feature names, [B, F, dim])] — each group's features stacked, as one tensor
     sequences: {feature: ([B, L, dim], mask bool [B, L])} for features with `max_length`
+    context:   the batch's request context, if it has one; `requests` then gives the shared
+               features once per request (`pooled` and `groups` hold them on every row too)
     """
 
     pooled: PooledViews = field(default_factory=PooledViews)
     groups: list[tuple[list[str], torch.Tensor]] = field(default_factory=list)
     sequences: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    context: RequestContext | None = None
+    _requests: RequestEmbedded | None = field(default=None, repr=False)
+
+    @property
+    def requests(self) -> RequestEmbedded | None:
+        """The features the batch's requests share, once per request (None without a request
+        context). Their ids were looked up with the batch's: the lookup de-duplicates, so a
+        request's user is probed and read once however many rows repeat it — only the dense
+        layers above need the context to do their part once per request."""
+        if self.context is None:
+            return None
+        if self._requests is None:
+            shared = frozenset(f for f in self.pooled if f in self.context.features)
+            self._requests = RequestEmbedded(
+                self.context.index, self.context.first, shared, self
+            )
+        return self._requests
 
     def add_group(self, names: list[str], tensor: torch.Tensor) -> None:
         """Record one group's pooled features [B, len(names), dim]."""
@@ -297,6 +352,7 @@ class EmbeddingCollection(nn.Module):
             now = float(batch.timestamps.max())
         for plan in self._plans:
             self._forward_group(plan, batch, now, device, out)
+        out.context = batch.context
         return self._joined(out) if self._frequent else out
 
     def _joined(self, parts: Embedded) -> Embedded:
@@ -321,6 +377,7 @@ class EmbeddingCollection(nn.Module):
                     rest = torch.stack([parts.pooled[s] for s in shadows], dim=1)
                 tensor = torch.cat([tensor, rest], dim=2)
             out.add_group(names, tensor)
+        out.context = parts.context
         return out
 
     def _forward_group(
@@ -342,3 +399,4 @@ class EmbeddingCollection(nn.Module):
             self.row_gradients.append(RowGradient(lookup, handle, grad))
 
         return keep
+

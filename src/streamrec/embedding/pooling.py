@@ -40,6 +40,7 @@ class FeaturePooling:
         # Features reading distinct tables write distinct gradient rows: backward can split them
         # between threads; features sharing a table are summed by one thread.
         self.exclusive = len({f.table_name for f in features}) == len(features)
+        self._scaling = np.array([_SCALINGS.index(m) for m in self.modes], np.int64)
 
     def __call__(
         self,
@@ -49,6 +50,8 @@ class FeaturePooling:
         device: torch.device,
     ) -> torch.Tensor:
         batch_size, n_features = parts[0].batch_size, len(parts)
+        if device.type == "cpu" and not (weights.requires_grad and torch.is_grad_enabled()):
+            return self._pool_for_inference(weights, inverse, parts)
         stacked = torch.stack([p.offsets for p in parts])  # [F, B+1]
         psw = None
         if any(p.weights is not None for p in parts):
@@ -78,6 +81,30 @@ class FeaturePooling:
                     scale[:, i] = n[:, i].rsqrt()
             pooled = pooled * scale[:, :, None]
         return pooled
+
+    def _pool_for_inference(
+        self, weights: torch.Tensor, inverse: torch.Tensor, parts: list[JaggedIds]
+    ) -> torch.Tensor:
+        """The same pooling without autograd's bookkeeping, in numpy: a serving call pools a
+        few hundred rows, where torch's per-op overhead (~80 µs a call) was 15× the kernel."""
+        offsets = np.empty((len(parts), parts[0].batch_size + 1), np.int64)  # [F, B+1]
+        for f, p in enumerate(parts):
+            offsets[f] = p.offsets.numpy()
+        starts = np.zeros(len(parts), np.int64)
+        np.cumsum(offsets[:-1, -1], out=starts[1:])
+        psw = _NO_WEIGHTS
+        if any(p.weights is not None for p in parts):
+            psw = np.concatenate([
+                p.weights.numpy() if p.weights is not None
+                else np.ones(p.values.shape[0], np.float32)
+                for p in parts
+            ]).astype(np.float32, copy=False)
+        w = weights.contiguous().numpy()
+        out = np.empty((offsets.shape[1] - 1, len(parts), w.shape[1]), np.float32)
+        _pool_features(w, inverse.numpy(), offsets, starts, psw, out)
+        if self.scaled:
+            _scale_bags(out, offsets, self._scaling)
+        return torch.from_numpy(out)
 
     def pad_sequences(
         self,
@@ -137,6 +164,21 @@ class _FeaturePool(torch.autograd.Function):
 
 
 _NO_WEIGHTS = np.empty(0, np.float32)
+_SCALINGS = ("sum", "mean", "sqrtn")
+
+
+@numba.njit(nogil=True, cache=True)
+def _scale_bags(out, offsets, scaling):
+    """out[b, f] *= 1/len (mean) or 1/√len (sqrtn) of bag (b, f), len at least 1 — in float32,
+    as the autograd path computes it (1 / n, n.rsqrt())."""
+    for f in range(offsets.shape[0]):
+        if scaling[f] == 0:
+            continue
+        for b in range(offsets.shape[1] - 1):
+            n = np.float32(max(offsets[f, b + 1] - offsets[f, b], 1))
+            s = np.float32(1.0) / n if scaling[f] == 1 else np.float32(1.0) / np.sqrt(n)
+            for j in range(out.shape[2]):
+                out[b, f, j] *= s
 _BAGS_PER_BLOCK = 64  # forward: a thread pools features f = 0‥F-1 for 64 rows of the batch
 
 

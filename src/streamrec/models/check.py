@@ -9,6 +9,9 @@ Each check raises AssertionError naming what broke:
   eval_admits     eval mode adds no table row, and unseen ids still score
   save_load       a saved and reloaded model scores identically
   state_dict      torch.save / torch.load(weights_only=True) of state_dict() scores identically
+  request_sharing a batch of several requests, each user's features given once per request
+                  (`Batch.context`: what a server's batches carry), scores as the same rows
+                  without the context do (to 1e-5)
   sharded         the same model with its tables sharded over 2 ranks (gloo, two processes)
                   scores each rank's half of a batch as the local model scores the whole
 
@@ -38,6 +41,7 @@ from streamrec.embedding.sparse_optimizer import SparseOptimizer
 from streamrec.models.base import RankingModel
 from streamrec.models.persistence import load_model, save_model
 from streamrec.models.registry import MODELS, build_model, register_model
+from streamrec.models.request_sharing import always_split
 from streamrec.schema import Schema
 
 SCHEMA = {
@@ -50,7 +54,8 @@ SCHEMA = {
         {"name": "genres", "pooling": "mean"},
     ],
 }
-CHECKS = ("learns", "eval_admits", "save_load", "state_dict", "sharded")
+CHECKS = ("learns", "eval_admits", "save_load", "state_dict", "request_sharing", "sharded")
+REQUEST_FEATURES = ("user_id", "age", "history")  # what a request gives once for its rows
 
 
 def rows(n: int, seed: int, id_offset: int = 0) -> pa.Table:
@@ -67,6 +72,17 @@ def rows(n: int, seed: int, id_offset: int = 0) -> pa.Table:
             "genres": [[f"g{g}" for g in rng.integers(0, 8, 2)] for _ in items],
         }
     )
+
+
+def request_rows(sizes: list[int], seed: int) -> pa.Table:
+    """`rows`, laid out request after request (`sizes` rows each), every row of a request
+    with its request's user, age and history."""
+    table = rows(sum(sizes), seed)
+    first = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    for name in REQUEST_FEATURES:
+        column = table.column(name).take(pa.array(first))
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table
 
 
 def job_config(
@@ -101,6 +117,7 @@ def check_model(
     with tempfile.TemporaryDirectory() as tmp:
         _save_load(model, config, batch, Path(tmp))
         _state_dict(model, config, batch)
+        _request_sharing(model, config.schema)
         _sharded(model, config, name, batch, Path(tmp))
     return list(CHECKS)
 
@@ -160,6 +177,20 @@ def _state_dict(model: RankingModel, config: JobConfig, batch: Batch) -> None:
     fresh.eval()
     assert torch.equal(fresh.predict(batch), model.predict(batch)), (
         "state_dict: a model loaded from torch.save(model.state_dict()) scores differently"
+    )
+
+
+def _request_sharing(model: RankingModel, schema: Schema) -> None:
+    sizes = [1, 7, 30, 2, 60]
+    batch = schema.encode(request_rows(sizes, 3), with_labels=False)
+    shared = schema.share_requests(batch, sizes, REQUEST_FEATURES)
+    assert shared.context is not None, "request_sharing: the batch carries no request context"
+    expected = model.predict(batch)
+    with always_split():  # these small layers would not be split otherwise
+        got = model.predict(shared)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), (
+        f"request_sharing: scores with the request context are up to "
+        f"{float((got - expected).abs().max()):.2e} away from the same rows without it"
     )
 
 

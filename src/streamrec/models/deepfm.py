@@ -8,6 +8,7 @@ from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.models.base import RankingModel
 from streamrec.models.layers import MLP, LinearTerm, fm_interaction, linear_settings
+from streamrec.models.request_sharing import shared_embedding_mlp
 from streamrec.schema import Schema
 
 
@@ -30,5 +31,8 @@ class DeepFM(RankingModel):
     def forward(self, batch: Batch) -> torch.Tensor:
         emb = self.embed(batch)
         stacked = emb.stacked(self.features)
-        deep_in = torch.cat([stacked.flatten(1), batch.dense], dim=1)
-        return self.linear(batch) + fm_interaction(stacked) + self.deep(deep_in)
+        deep = shared_embedding_mlp(
+            self.deep, emb, self.features, self.embedding_dims, batch,
+            lambda: torch.cat([stacked.flatten(1), batch.dense], dim=1),
+        )
+        return self.linear(batch) + fm_interaction(stacked) + deep

@@ -14,6 +14,7 @@ from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.models.base import RankingModel
 from streamrec.models.layers import MLP
+from streamrec.models.request_sharing import LayerInput, worth_sharing
 from streamrec.schema import Schema
 
 
@@ -60,5 +61,24 @@ class DIN(RankingModel):
         emb = self.embed(batch)
         keys, mask = emb.sequences[self.sequence]
         interest = self.attention(emb.pooled[self.target], keys, mask)
-        parts = [emb.pooled[f] for f in self.others] + [interest, batch.dense]
-        return self.mlp(torch.cat(parts, dim=1))
+
+        def unshared() -> torch.Tensor:
+            parts = [emb.pooled[f] for f in self.others] + [interest, batch.dense]
+            return torch.cat(parts, dim=1)
+
+        shared = batch.context.features if batch.context is not None else frozenset()
+        width = sum(self.embeddings.dim(f) for f in self.others if f in shared)
+        if emb.requests is None or not worth_sharing(self.mlp, batch, width):
+            return self.mlp(unshared())
+        # The user's own features once per request; the attention pools the history for each
+        # candidate, so it and what follows it run per row.
+        requests = emb.requests
+        x = LayerInput(requests.index, requests.num_requests)
+        for f in self.others:
+            if f in requests:
+                x.add(requests.pooled(f), per_request=True)
+            else:
+                x.add(emb.pooled[f])
+        x.add(interest)
+        x.add_dense(batch)
+        return x.through(self.mlp, unshared)

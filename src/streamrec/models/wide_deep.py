@@ -18,6 +18,7 @@ from streamrec.embedding.hashmap import mix64
 from streamrec.embedding.table import DynamicTable
 from streamrec.models.base import RankingModel
 from streamrec.models.layers import MLP, LinearTerm
+from streamrec.models.request_sharing import shared_embedding_mlp
 from streamrec.schema import EmbeddingFeature, Schema
 
 
@@ -52,8 +53,9 @@ class WideDeep(RankingModel):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         emb = self.embed(batch)
-        logit = self.linear(batch) + self.deep(
-            torch.cat([self.flat_embeddings(emb), batch.dense], dim=1)
+        logit = self.linear(batch) + shared_embedding_mlp(
+            self.deep, emb, self.features, self.embedding_dims, batch,
+            lambda: torch.cat([self.flat_embeddings(emb), batch.dense], dim=1),
         )
         if self.crosses:
             sparse = {

@@ -201,8 +201,9 @@ class DynamicBatcher:
         try:
             parts = [p.rows for p in batch]
             if all(isinstance(r, CandidateRows) for r in parts):
-                table = CandidateRows.concat(parts).table(self.snapshot.kinds)  # type: ignore[arg-type]
-                scores = self.snapshot.predict(table)
+                merged = CandidateRows.concat(parts)  # type: ignore[arg-type]
+                table = merged.table(self.snapshot.kinds)
+                scores = self.snapshot.predict(table, merged)
             else:
                 scores = self.snapshot.predict_batch(self._encoded(parts))
         except Exception as e:  # a bad batch fails its requests, never the worker
@@ -229,7 +230,8 @@ class DynamicBatcher:
 
         def flush() -> None:
             if plain:
-                out.append(snapshot.encode(CandidateRows.concat(plain).table(snapshot.kinds)))
+                merged = CandidateRows.concat(plain)
+                out.append(snapshot.encode(merged.table(snapshot.kinds), merged))
                 plain.clear()
 
         for rows in parts:

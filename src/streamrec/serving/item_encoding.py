@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from streamrec.batch import Batch, JaggedIds
+from streamrec.batch import Batch, JaggedIds, RequestContext
 from streamrec.schema import Schema
 from streamrec.serving.request import rows_table
 from streamrec.serving.snapshot import Snapshot
@@ -165,9 +165,19 @@ class ItemEncodings:
             name: _repeat(context_sparse[name], n) if name in context_sparse else ids.take(rows)
             for name, ids in cached.sparse.items()
         }
-        return Batch(
-            torch.zeros((n, 0), dtype=torch.float32), torch.from_numpy(dense), sparse
-        )
+        columns = [c for name in context_dense for c in range(self.spans[name].start,
+                                                               self.spans[name].stop)]
+        dense_t = torch.from_numpy(dense)
+        context = None
+        if n:  # one request: its context once, for a model to share (`Batch.context`)
+            context = RequestContext(
+                torch.zeros(n, dtype=torch.int64),
+                torch.zeros(1, dtype=torch.int64),
+                frozenset(name for name in context_sparse if name in sparse),
+                torch.tensor(columns, dtype=torch.int64),
+                dense_t[:1, columns],
+            )
+        return Batch(torch.zeros((n, 0), dtype=torch.float32), dense_t, sparse, context=context)
 
     def _context(self, context: dict[str, Any]) -> tuple[dict, dict]:
         """The context's encodings (dense blocks [1, w], ids of one row), from a small cache

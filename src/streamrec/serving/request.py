@@ -110,6 +110,16 @@ class CandidateRows:
     # such a row reads the schema's missing value, as a training row with an empty cell does.
     # Counted while a request is read (a context value is checked once, not per row).
     missing: dict[str, int] = field(default_factory=dict)
+    # The features each request gave once for all its rows (its context), and each request's
+    # row count when the rows are several requests' (`concat`): what lets a model compute the
+    # shared part once per request (`Batch.context`).
+    shared: frozenset[str] = frozenset()
+    sizes: list[int] | None = None
+
+    @property
+    def request_sizes(self) -> list[int]:
+        """Each request's row count, in row order."""
+        return self.sizes if self.sizes is not None else [self.num_rows]
 
     @classmethod
     def from_dicts(
@@ -123,7 +133,7 @@ class CandidateRows:
             else [c.get(feature) for c in candidates]
             for feature in kinds
         }
-        return cls(columns, n)
+        return cls(columns, n, shared=frozenset(f for f in context if f in kinds))
 
     @classmethod
     def concat(cls, parts: list[CandidateRows]) -> CandidateRows:
@@ -135,10 +145,16 @@ class CandidateRows:
             f: list(itertools.chain.from_iterable(p.columns[f] for p in parts))
             for f in parts[0].columns
         }
-        return cls(columns, sum(p.num_rows for p in parts))
+        shared = frozenset.intersection(*(p.shared for p in parts))
+        sizes = [n for p in parts for n in p.request_sizes]
+        return cls(columns, sum(p.num_rows for p in parts), shared=shared, sizes=sizes)
 
     def take(self, rows: list[int]) -> CandidateRows:
-        return CandidateRows({f: [v[i] for i in rows] for f, v in self.columns.items()}, len(rows))
+        """Some rows; of one request, they keep sharing its context."""
+        shared = self.shared if self.sizes is None else frozenset()
+        return CandidateRows(
+            {f: [v[i] for i in rows] for f, v in self.columns.items()}, len(rows), shared=shared
+        )
 
     def row_values(self, i: int) -> list[Any]:
         """Every feature value of row i, in column order (what a cache key hashes)."""
@@ -246,6 +262,7 @@ class RankRequestReader:
         context = request.context
         columns = {}
         missing = {}
+        shared = []
         for name, attr, get in self._fields:
             value = getattr(context, attr)
             if value is msgspec.UNSET:
@@ -254,6 +271,7 @@ class RankRequestReader:
                     missing[name] = absent
             else:
                 columns[name] = [value] * n
+                shared.append(name)
                 if value is None:
                     missing[name] = n
-        return CandidateRows(columns, n, missing), request.request_id
+        return CandidateRows(columns, n, missing, frozenset(shared)), request.request_id

@@ -21,7 +21,7 @@ from streamrec.embedding.quantized_rows import worth_quantizing
 from streamrec.models.persistence import LoadedModel, load_model
 from streamrec.serving.delta_apply import apply_delta
 from streamrec.serving.inference_protocol import InferRequestReader
-from streamrec.serving.request import RankRequestReader
+from streamrec.serving.request import CandidateRows, RankRequestReader
 from streamrec.store import ModelDir
 from streamrec.store.delta import Delta
 
@@ -61,12 +61,18 @@ class Snapshot:
         return f"{self.model_version}.{self.delta_version}"
 
     @torch.inference_mode()
-    def predict(self, table: pa.Table) -> np.ndarray:
-        """Calibrated probabilities [rows, tasks] (+ σ: `uncertain`)."""
-        return self.predict_batch(self.encode(table))
+    def predict(self, table: pa.Table, rows: CandidateRows | None = None) -> np.ndarray:
+        """Calibrated probabilities [rows, tasks] (+ σ: `uncertain`). `rows`: the requests
+        `table` was made from, whose shared context the model then computes once each."""
+        return self.predict_batch(self.encode(table, rows))
 
-    def encode(self, table: pa.Table) -> Batch:
-        return self.schema.encode(table, with_labels=False)
+    def encode(self, table: pa.Table, rows: CandidateRows | None = None) -> Batch:
+        """The model's input of `table`; with `rows` (what `table` was made from), with the
+        request context of the features each request gave once (`Batch.context`)."""
+        batch = self.schema.encode(table, with_labels=False)
+        if rows is not None and rows.shared:
+            batch = self.schema.share_requests(batch, rows.request_sizes, rows.shared)
+        return batch
 
     @torch.inference_mode()
     def predict_batch(self, batch: Batch) -> np.ndarray:
