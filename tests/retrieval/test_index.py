@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamrec.retrieval.evaluate import ranking_metrics
-from streamrec.retrieval.index import INDEX_TYPES, IndexParams, Retriever, recall_against_exact
+from streamrec.retrieval.index import (
+    INDEX_TYPES,
+    IndexParams,
+    Retriever,
+    first_kept,
+    recall_against_exact,
+)
 
 
 def _data(n=3000, dim=16, seed=0):
@@ -41,3 +49,21 @@ def test_bad_kind_and_metrics():
     assert m["recall@3"] == pytest.approx((0.5 + 1) / 2)
     ndcg_user1 = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
     assert m["ndcg@10"] == pytest.approx((ndcg_user1 + 1) / 2)
+
+
+@given(
+    st.lists(st.integers(-1, 30), max_size=60),
+    st.sets(st.integers(0, 30), max_size=10),
+    st.integers(1, 40),
+)
+def test_search_keeps_the_first_k_new_allowed_ids_in_order(found, skip, k):
+    """The vectorised filter over a search's ids against the loop it replaced: −1 dropped,
+    skipped (seen, removed) ids dropped, a repeated id kept where first met, at most k."""
+    want, met = [], set()
+    for position, i in enumerate(found):
+        if i >= 0 and i not in skip and i not in met:
+            met.add(i)
+            want.append(position)
+            if len(want) == k:
+                break
+    assert first_kept(np.array(found, np.int64), skip, k).tolist() == want

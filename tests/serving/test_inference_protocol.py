@@ -74,6 +74,7 @@ def test_context_is_broadcast_and_left_out_inputs_are_missing():
     assert padded.rows.columns["tags"] == [["a"], []]
     assert padded.rows.columns["history"] == [[7], [8, 9]]
     assert rows.columns["price"] == [None] * 3 and rows.missing == {"price": 3}
+    assert rows.shared == {"user_id", "city", "price"}  # sent once (or not at all): shared
     assert call.outputs == TASKS and call.binary == [False, False]
 
 

@@ -399,4 +399,3 @@ class EmbeddingCollection(nn.Module):
             self.row_gradients.append(RowGradient(lookup, handle, grad))
 
         return keep
-

@@ -126,15 +126,9 @@ class Retriever:
         out_scores = np.full((len(q), k), -np.inf, np.float32)
         for row in range(len(q)):
             skip = self._tombstones | (exclude[row] if exclude else set())
-            keep, seen = [], set()
-            for i, s in zip(ids[row], scores[row], strict=True):
-                if i >= 0 and int(i) not in skip and int(i) not in seen:
-                    seen.add(int(i))
-                    keep.append((i, s))
-                    if len(keep) == k:
-                        break
-            for j, (i, s) in enumerate(keep):
-                out_ids[row, j], out_scores[row, j] = i, s
+            at = first_kept(ids[row], skip, k)
+            out_ids[row, : len(at)] = ids[row][at]
+            out_scores[row, : len(at)] = scores[row][at]
         return out_ids, out_scores
 
     def to_bytes(self) -> bytes:
@@ -174,3 +168,17 @@ def recall_against_exact(
         for t, g in zip(truth, got, strict=True)
     ]
     return float(np.mean(hits))
+
+
+def first_kept(found: np.ndarray, skip: set[int], k: int) -> np.ndarray:
+    """Positions in `found` (int64 [n], a search's ids, best first; −1: none) of the first k
+    ids that are real, not in `skip` and not met before — in order. Vectorised: a request's
+    search returns ~1,000 ids, and a loop over them was ~10% of a /v1/recommend's CPU."""
+    keep = found >= 0
+    if skip:
+        keep &= ~np.isin(found, np.fromiter(skip, np.int64, len(skip)))
+    at = np.flatnonzero(keep)
+    _, first = np.unique(found[at], return_index=True)  # each id where it is first met
+    if len(first) < len(at):
+        at = at[np.sort(first)]
+    return at[:k]

@@ -131,10 +131,12 @@ class InferRequestReader:
             raise RequestError(413, f"{n} rows; the limit is {max_rows}")
         columns: dict[str, list[Any]] = {}
         missing: dict[str, int] = {}
+        shared = []  # the inputs given once for every row: a model may use them once
         for feature in self.kinds:
             if feature not in tensors:
                 columns[feature] = [None] * n
                 missing[feature] = n
+                shared.append(feature)
                 continue
             first, rows = tensors[feature]
             if first not in (1, n):
@@ -143,11 +145,14 @@ class InferRequestReader:
                     "rows, or 1 to broadcast it"
                 )
             column = rows * n if first == 1 and n > 1 else rows
+            if first == 1:
+                shared.append(feature)
             if absent := column.count(None):
                 missing[feature] = absent
             columns[feature] = column
         outputs, binary_outputs = self._outputs(request)
-        return InferCall(CandidateRows(columns, n, missing), request.id, outputs, binary_outputs)
+        rows_read = CandidateRows(columns, n, missing, frozenset(shared))
+        return InferCall(rows_read, request.id, outputs, binary_outputs)
 
     def _rows(self, tensor: InferTensor, values: list[Any]) -> tuple[int, list[Any]]:
         """(first dimension, one value per row) of a tensor for its feature's kind."""

@@ -304,7 +304,7 @@ class RetrievalStage:
             exclude=[request.exclude],
         )
         found = ids[0] >= 0
-        return [int(i) for i in ids[0][found]], scores[0][found]
+        return ids[0][found].tolist(), scores[0][found]
 
     def catalog_rows(self, items: list[int]) -> list[dict[str, Any]]:
         """Each item's catalog row (the `Catalog` that `serving/item_encoding.py` reads)."""
