@@ -776,9 +776,19 @@ async def _cascade(
     wants_score = RETRIEVAL_SCORE in snapshot.candidate_features or (
         pre is not None and RETRIEVAL_SCORE in pre.snapshot.candidate_features
     )
-    if logged or wants_score:
-        by_stage["retrieval"] = dict(zip(items, scores.tolist(), strict=True))
-    retrieval_scores = by_stage.get("retrieval")
+    retrieved_items, retrieved_scores = items, scores
+
+    def retrieval_scores() -> dict[int, float] | None:
+        """item → retrieval score, made when a row path or the log needs it (a dict of 1,000
+        items was ~5% of a request's CPU on the encoded path, which reads the array)."""
+        if "retrieval" not in by_stage and (logged or wants_score):
+            by_stage["retrieval"] = dict(
+                zip(retrieved_items, retrieved_scores.tolist(), strict=True)
+            )
+        return by_stage.get("retrieval")
+
+    if logged:
+        retrieval_scores()
     clock.append(time.perf_counter())
     versions = {"retrieval": stage.serving_version, "ranking": snapshot.serving_version}
     preranked = pre is not None and (level is None or level.preranked)
@@ -810,7 +820,7 @@ async def _cascade(
                 state, encodings, wanted.user, items, np.asarray(scores, np.float64)
             )
         else:  # variants: each may read other features — rows every one of them can read
-            candidates = stage.item_rows(items, snapshot.candidate_features, retrieval_scores)
+            candidates = stage.item_rows(items, snapshot.candidate_features, retrieval_scores())
             ranked, versions["ranking"], variant = await rank_rows(
                 state,
                 CandidateRows.from_dicts(context, candidates, snapshot.kinds),
@@ -860,7 +870,7 @@ async def _cascade(
             snapshot.candidate_features, pre_features.candidate_features if pre_features else ()
         )
         if candidates is None or item_features is not snapshot.candidate_features:
-            shown = stage.item_rows(answer["items"], item_features, retrieval_scores)
+            shown = stage.item_rows(answer["items"], item_features, retrieval_scores())
         else:
             shown = [candidates[j] for j in order]
         if ranks and items:
