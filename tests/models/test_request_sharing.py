@@ -40,10 +40,10 @@ def test_the_split_first_layer_is_the_whole_layer():
 
 
 def test_a_split_is_made_where_it_saves_work_and_scores_the_same():
-    """A DeepFM of two requests × 600 candidates with 128 hidden units: the user's 17
-    columns once per request save 1,198 × 17 × 128 multiply-adds — split by default — and
+    """A DeepFM of two requests × 600 candidates with 512 hidden units: the user's 17
+    columns once per request save 1,198 × 17 × 512 multiply-adds — split by default — and
     score as the unshared rows; one request of three rows is not worth a split."""
-    config = job_config("deepfm", {"hidden": [128, 32]})
+    config = job_config("deepfm", {"hidden": [512, 32]})
     torch.manual_seed(0)
     model = build_model(config.model, config.schema, config.table_configs()).eval()
     sizes = [600, 600]
@@ -53,7 +53,7 @@ def test_a_split_is_made_where_it_saves_work_and_scores_the_same():
     # the request's columns: user_id and history (8 wide each), and age (one dense column)
     user_width = 16
     assert worth_sharing(model.deep, shared, user_width)
-    assert (1200 - 2) * (user_width + 1) * 128 >= MIN_SAVED_MACS
+    assert (1200 - 2) * (user_width + 1) * 512 >= MIN_SAVED_MACS
     np.testing.assert_allclose(
         model.predict(shared).numpy(), model.predict(batch).numpy(), rtol=1e-5, atol=1e-6
     )

@@ -13,16 +13,17 @@ runs per row: the layer's multiply-adds fall by the request columns' share of it
 request's). The sums run in another order than one GEMM over every column: scores agree with
 the unshared path to float32 rounding (~1e-7), not to the bit.
 
-Splitting costs a few tensor calls (~40 µs) whatever the batch, so a batch is split only
-where it saves more multiply-adds than `MIN_SAVED_MACS` (what this CPU does in about that
-time): a 1,000-candidate request, or several 100-candidate ones batched together, but not
-one request of 100. Layers past the first see every input mixed, and run per row; so do
-element-wise terms such as FM's second order, whose shared half would cost more to gather
-than to compute.
+Splitting costs a dozen tensor calls (~60–80 µs) whatever the batch, and this CPU's GEMMs run
+~100 G multiply-adds a second on these shapes, so a batch is split only where it saves more
+than `MIN_SAVED_MACS`: a 1,000-candidate request, or several 100-candidate ones batched for a
+wide first layer (`benchmarks/request_sharing.py`: 1.14–1.18× a ranker call there, neutral
+below). Layers past the first see every input mixed, and run per row; so do element-wise terms
+such as FM's second order, whose shared half would cost more to gather than to compute.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from torch import nn
 from streamrec.batch import Batch
 from streamrec.embedding.collection import Embedded
 
-MIN_SAVED_MACS = 2_000_000  # multiply-adds a split must save to pay for its own calls
+MIN_SAVED_MACS = 8_000_000  # multiply-adds a split must save to pay for its own calls
 
 
 class LayerInput:
@@ -73,56 +74,61 @@ class LayerInput:
         first = mlp[0]
         if not isinstance(first, nn.Linear) or self.saved_macs(first) < min_saved_macs():
             return mlp(unshared())
-        shared_x: list[torch.Tensor] = []
-        own_x: list[torch.Tensor] = []
-        shared_cols: list[torch.Tensor] = []
-        own_cols: list[torch.Tensor] = []
-        start = 0
-        for block, per_request in self.blocks:
-            width = block.shape[1]
-            (shared_x if per_request else own_x).append(block)
-            (shared_cols if per_request else own_cols).append(
-                torch.arange(start, start + width, device=block.device)
-            )
-            start += width
+        shared_x = [block for block, per_request in self.blocks if per_request]
+        own_x = [block for block, per_request in self.blocks if not per_request]
+        dense_layout = None
         if self.dense is not None:
-            self._split_dense(*self.dense, shared_x, shared_cols, own_x, own_cols)
+            batch, start = self.dense
+            context = batch.context
+            shared_dense = () if context is None else tuple(context.dense_columns.tolist())
+            dense_layout = (start, batch.dense.shape[1], shared_dense)
+            if shared_dense:
+                shared_x.append(context.dense)  # type: ignore[union-attr]
+        shared_cols, own_cols, own_dense = _split_columns(
+            tuple((block.shape[1], per_request) for block, per_request in self.blocks),
+            dense_layout,
+        )
+        if self.dense is not None and own_dense.numel():
+            dense = self.dense[0].dense
+            own_x.append(dense if own_dense.numel() == dense.shape[1]
+                         else dense.index_select(1, own_dense.to(dense.device)))
         weight = first.weight
-        w_shared = weight.index_select(1, torch.cat(shared_cols)).t()
+        w_shared = weight.index_select(1, shared_cols.to(weight.device)).t()
         per_request = torch.addmm(first.bias, torch.cat(shared_x, 1), w_shared)  # [R, out]
         y = per_request.index_select(0, self.index)  # [B, out]
         if own_x:
-            w_own = weight.index_select(1, torch.cat(own_cols)).t()
+            w_own = weight.index_select(1, own_cols.to(weight.device)).t()
             y = torch.addmm(y, torch.cat(own_x, 1), w_own)
         for layer in list(mlp)[1:]:
             y = layer(y)
         return y
 
-    @staticmethod
-    def _split_dense(
-        batch: Batch,
-        start: int,
-        shared_x: list[torch.Tensor],
-        shared_cols: list[torch.Tensor],
-        own_x: list[torch.Tensor],
-        own_cols: list[torch.Tensor],
-    ) -> None:
-        dense, context = batch.dense, batch.context
-        if dense.shape[1] == 0:
-            return
-        if context is None or context.dense_columns.numel() == 0:
-            own_x.append(dense)
-            own_cols.append(torch.arange(start, start + dense.shape[1], device=dense.device))
-            return
-        shared = context.dense_columns.to(dense.device)
-        own = torch.ones(dense.shape[1], dtype=torch.bool, device=dense.device)
-        own[shared] = False
-        own_columns = own.nonzero().squeeze(1)
-        shared_x.append(context.dense)
-        shared_cols.append(start + shared)
-        if own_columns.numel():
-            own_x.append(dense.index_select(1, own_columns))
-            own_cols.append(start + own_columns)
+
+@functools.lru_cache(maxsize=256)
+def _split_columns(
+    blocks: tuple[tuple[int, bool], ...], dense: tuple[int, int, tuple[int, ...]] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For an input laid out as `blocks` ((width, per request) each) then, if given, the dense
+    block (its first column, its width, its columns the requests share): the layer's columns
+    of the per-request inputs and of the per-row inputs, each in the order their blocks are
+    concatenated, and the dense columns that are per row. Made once per layout."""
+    shared: list[int] = []
+    own: list[int] = []
+    start = 0
+    for width, per_request in blocks:
+        (shared if per_request else own).extend(range(start, start + width))
+        start += width
+    own_dense: list[int] = []
+    if dense is not None:
+        first, width, shared_dense = dense
+        shared.extend(first + c for c in shared_dense)
+        own_dense = [c for c in range(width) if c not in set(shared_dense)]
+        own.extend(first + c for c in own_dense)
+    return (
+        torch.tensor(shared, dtype=torch.int64),
+        torch.tensor(own, dtype=torch.int64),
+        torch.tensor(own_dense, dtype=torch.int64),
+    )
 
 
 def shared_embedding_mlp(
