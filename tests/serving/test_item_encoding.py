@@ -158,6 +158,38 @@ def test_a_changed_catalog_is_encoded_afresh_and_bad_context_is_a_422():
         ItemEncodings(schema, KINDS, CONTEXT, CANDIDATE, per_request=("genres",))
 
 
+def test_a_new_context_encodes_only_the_values_not_met_before():
+    """A new user with an age and gender met before: only their id goes through Arrow, and the
+    rows are those of the whole context encoded afresh; a wrong type among the new values is
+    still a 422."""
+    schema = _schema()
+    catalog = _Catalog({7: {"price": 1.0, "genres": "a"}, 8: {"price": 2.0}})
+    encodings = ItemEncodings(schema, KINDS, CONTEXT, CANDIDATE)
+    encoded: list[set[str]] = []
+    real = schema.encode_features
+
+    def spy(data, names):
+        encoded.append(set(names))
+        return real(data, names)
+
+    object.__setattr__(schema, "encode_features", spy)
+    items = np.array([7, 8])
+    first = {"user_id": 1, "age": 33.0, "gender": "F"}
+    encodings.batch(first, items, catalog)
+    second = {"user_id": 2, "age": 33.0, "gender": "F"}
+    got = encodings.batch(second, items, catalog)
+    assert encoded == [{"user_id", "age", "gender"}, {"user_id"}]
+    rows = [catalog.rows[7], catalog.rows[8]]
+    _assert_same(got, schema.encode(rows_table(second, rows, KINDS), with_labels=False))
+    no_age = encodings.batch({"user_id": 2, "gender": "F"}, items, catalog)  # age missing
+    _assert_same(no_age, schema.encode(
+        rows_table({"user_id": 2, "gender": "F"}, rows, KINDS), with_labels=False
+    ))
+    assert encoded[-1] == {"age"}
+    with pytest.raises(RequestError, match="does not fit"):
+        encodings.batch({"user_id": "three", "age": 33.0, "gender": "F"}, items, catalog)
+
+
 def test_real_models_score_the_cached_encodings_as_they_score_the_rows(
     trained_run, retriever_run, preranker_run
 ):
