@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "streamrec"
 
 # Lowest first. A package or top-level module may import only from strictly lower layers.
 LAYERS: list[set[str]] = [
-    {"kinds", "fid", "kernel_cache", "table_config"},
+    {"kinds", "fid", "kernel_cache", "table_config", "thread_flag"},
     {"store"},
     {"batch"},
     {"schema"},

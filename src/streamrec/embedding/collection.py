@@ -18,9 +18,8 @@ rows of the batch are touched; dense parameters are left to torch.optim.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from streamrec.embedding.lookup import RowGradient, RowLookup
 from streamrec.embedding.pooling import FeaturePooling
 from streamrec.embedding.table import DynamicTable
 from streamrec.schema import EmbeddingFeature, Schema
+from streamrec.thread_flag import ThreadFlag
 
 
 class PooledViews(Mapping[str, torch.Tensor]):
@@ -142,20 +142,14 @@ class Embedded:
         return torch.stack([self.pooled[n] for n in names], dim=1)
 
 
-_dense_only = threading.local()
+_dense_only = ThreadFlag()
 
 
-@contextmanager
-def tables_left_out() -> Iterator[None]:
+def tables_left_out() -> AbstractContextManager[None]:
     """Within this block (on this thread), `state_dict()` / `load_state_dict()` of a model skip
     its tables: the model directory stores them apart, chunk by chunk, and a copy of every
     row just to drop it would cost a table's memory."""
-    before = getattr(_dense_only, "on", False)
-    _dense_only.on = True
-    try:
-        yield
-    finally:
-        _dense_only.on = before
+    return _dense_only.raised()
 
 
 @dataclass
@@ -310,7 +304,7 @@ class EmbeddingCollection(nn.Module):
     # (weights_only=True) round-trip a whole model.
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if getattr(_dense_only, "on", False):
+        if _dense_only:
             return
         for name, table in self.tables.items():
             for key, tensor in table.state_dict().items():
@@ -331,7 +325,7 @@ class EmbeddingCollection(nn.Module):
         )
         ours = f"{prefix}tables."
         unexpected_keys[:] = [k for k in unexpected_keys if not k.startswith(ours)]
-        if getattr(_dense_only, "on", False):
+        if _dense_only:
             return
         for name, table in self.tables.items():
             fields = f"{prefix}tables.{name}."

@@ -24,15 +24,15 @@ such as FM's second order, whose shared half would cost more to gather than to c
 from __future__ import annotations
 
 import functools
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
 
 from streamrec.batch import Batch
 from streamrec.embedding.collection import Embedded
+from streamrec.thread_flag import ThreadFlag
 
 MIN_SAVED_MACS = 8_000_000  # multiply-adds a split must save to pay for its own calls
 
@@ -172,21 +172,15 @@ def worth_sharing(mlp: nn.Sequential, batch: Batch, shared_embedding_width: int)
     return saved >= min_saved_macs()
 
 
-_always = threading.local()
+_always = ThreadFlag()
 
 
 def min_saved_macs() -> int:
     """`MIN_SAVED_MACS`, or 0 within `always_split()` on this thread."""
-    return 0 if getattr(_always, "on", False) else MIN_SAVED_MACS
+    return 0 if _always else MIN_SAVED_MACS
 
 
-@contextmanager
-def always_split() -> Iterator[None]:
+def always_split() -> AbstractContextManager[None]:
     """Within this block (on this thread), split every batch with a request context however
     little it saves — for checks that the split scores as the unshared path does."""
-    before = getattr(_always, "on", False)
-    _always.on = True
-    try:
-        yield
-    finally:
-        _always.on = before
+    return _always.raised()
