@@ -1,6 +1,8 @@
 """Request-level sharing: a request's features through the first dense layer once per
 request (models/request_sharing.py), scoring as the unshared path does."""
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -60,3 +62,21 @@ def test_a_split_is_made_where_it_saves_work_and_scores_the_same():
     small = config.schema.encode(request_rows([3], 5), with_labels=False)
     small = config.schema.share_requests(small, [3], REQUEST_FEATURES)
     assert small.context is not None and not worth_sharing(model.deep, small, user_width)
+
+
+def test_a_context_sharing_none_of_the_models_inputs_is_scored_unsplit():
+    """A batch whose requests share only inputs the model does not read: nothing to split,
+    even where every split is forced — the plain path's scores, not an error."""
+    config = job_config("deepfm", {"hidden": [16]})
+    torch.manual_seed(0)
+    model = build_model(config.model, config.schema, config.table_configs()).eval()
+    sizes = [4, 6]
+    batch = config.schema.encode(request_rows(sizes, 2), with_labels=False)
+    shared = config.schema.share_requests(batch, sizes, ["not_an_input", "user_id"])
+    assert shared.context is not None and shared.context.features == {"user_id"}
+    nothing = dataclasses.replace(shared, context=dataclasses.replace(
+        shared.context, features=frozenset()
+    ))
+    with always_split():
+        got = model.predict(nothing)
+    assert torch.equal(got, model.predict(batch))

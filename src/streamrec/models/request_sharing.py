@@ -63,16 +63,15 @@ class LayerInput:
         if batch.context is not None:
             self.shared_width += int(batch.context.dense_columns.numel())
 
-    def saved_macs(self, layer: nn.Linear) -> int:
-        """Multiply-adds the split saves in `layer`: (B − R) rows × request columns × out."""
-        return (self.index.shape[0] - self.num_requests) * self.shared_width * layer.out_features
 
     def through(self, mlp: nn.Sequential, unshared: Callable[[], torch.Tensor]) -> torch.Tensor:
         """`mlp(unshared())` — `unshared()` builds the same input [B, width] row by row — with
         its first Linear computed once per request for the request columns where that pays
         (`MIN_SAVED_MACS`). → [B, mlp's output width]."""
         first = mlp[0]
-        if not isinstance(first, nn.Linear) or self.saved_macs(first) < min_saved_macs():
+        if not isinstance(first, nn.Linear) or not _pays(
+            self.index.shape[0], self.num_requests, self.shared_width, first
+        ):
             return mlp(unshared())
         shared_x = [block for block, per_request in self.blocks if per_request]
         own_x = [block for block, per_request in self.blocks if not per_request]
@@ -168,8 +167,14 @@ def worth_sharing(mlp: nn.Sequential, batch: Batch, shared_embedding_width: int)
     if context is None or not isinstance(first, nn.Linear):
         return False
     width = shared_embedding_width + int(context.dense_columns.numel())
-    saved = (batch.size - context.num_requests) * width * first.out_features
-    return saved >= min_saved_macs()
+    return _pays(batch.size, context.num_requests, width, first)
+
+
+def _pays(rows: int, requests: int, shared_width: int, layer: nn.Linear) -> bool:
+    """Whether splitting `layer` saves `min_saved_macs()`: (B − R) rows × request columns ×
+    out. Never for a batch without request columns (there is nothing to split)."""
+    saved = (rows - requests) * shared_width * layer.out_features
+    return shared_width > 0 and saved >= min_saved_macs()
 
 
 _always = ThreadFlag()
