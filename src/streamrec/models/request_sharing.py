@@ -69,7 +69,7 @@ class LayerInput:
         its first Linear computed once per request for the request columns where that pays
         (`MIN_SAVED_MACS`). → [B, mlp's output width]."""
         first = mlp[0]
-        if not isinstance(first, nn.Linear) or not _pays(
+        if not isinstance(first, nn.Linear) or not split_pays(
             self.index.shape[0], self.num_requests, self.shared_width, first
         ):
             return mlp(unshared())
@@ -91,16 +91,35 @@ class LayerInput:
             dense = self.dense[0].dense
             own_x.append(dense if own_dense.numel() == dense.shape[1]
                          else dense.index_select(1, own_dense.to(dense.device)))
-        weight = first.weight
-        w_shared = weight.index_select(1, shared_cols.to(weight.device)).t()
-        per_request = torch.addmm(first.bias, torch.cat(shared_x, 1), w_shared)  # [R, out]
-        y = per_request.index_select(0, self.index)  # [B, out]
-        if own_x:
-            w_own = weight.index_select(1, own_cols.to(weight.device)).t()
-            y = torch.addmm(y, torch.cat(own_x, 1), w_own)
-        for layer in list(mlp)[1:]:
-            y = layer(y)
-        return y
+        return split_through(
+            mlp, self.index, torch.cat(shared_x, 1), shared_cols,
+            torch.cat(own_x, 1) if own_x else None, own_cols,
+        )
+
+
+def split_through(
+    mlp: nn.Sequential,
+    index: torch.Tensor,
+    shared_x: torch.Tensor,
+    shared_columns: torch.Tensor,
+    own_x: torch.Tensor | None,
+    own_columns: torch.Tensor,
+) -> torch.Tensor:
+    """`mlp` over an input whose columns `shared_columns` [s] are per request (`shared_x`
+    [R, s]) and `own_columns` [o] per row (`own_x` [B, o], None when o = 0), both in the order
+    of their tensors' columns: the first Linear's request part once per request, gathered to
+    the rows by `index` [B], then the row part added. → [B, mlp's output width]."""
+    first = mlp[0]
+    weight = first.weight
+    w_shared = weight.index_select(1, shared_columns.to(weight.device)).t()
+    per_request = torch.addmm(first.bias, shared_x, w_shared)  # [R, out]
+    y = per_request.index_select(0, index)  # [B, out]
+    if own_x is not None:
+        w_own = weight.index_select(1, own_columns.to(weight.device)).t()
+        y = torch.addmm(y, own_x, w_own)
+    for layer in list(mlp)[1:]:
+        y = layer(y)
+    return y
 
 
 @functools.lru_cache(maxsize=256)
@@ -167,10 +186,10 @@ def worth_sharing(mlp: nn.Sequential, batch: Batch, shared_embedding_width: int)
     if context is None or not isinstance(first, nn.Linear):
         return False
     width = shared_embedding_width + int(context.dense_columns.numel())
-    return _pays(batch.size, context.num_requests, width, first)
+    return split_pays(batch.size, context.num_requests, width, first)
 
 
-def _pays(rows: int, requests: int, shared_width: int, layer: nn.Linear) -> bool:
+def split_pays(rows: int, requests: int, shared_width: int, layer: nn.Linear) -> bool:
     """Whether splitting `layer` saves `min_saved_macs()`: (B − R) rows × request columns ×
     out. Never for a batch without request columns (there is nothing to split)."""
     saved = (rows - requests) * shared_width * layer.out_features
