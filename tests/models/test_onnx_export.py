@@ -163,6 +163,24 @@ def test_every_transform_encoding_pooling_and_missing_value_scores_the_same(mode
     )
 
 
+def test_a_dlrm_on_ids_only_broadcasts_its_one_bottom_vector_to_any_batch(tmp_path):
+    """Without dense features DLRM runs its bottom MLP once and broadcasts it: the exported
+    graph must broadcast to the rows it is given, not to the traced batch's size."""
+    pq.write_table(_every_encoding_rows(2000, 0), tmp_path / "train.parquet")
+    config = _every_encoding_config(tmp_path / "train.parquet", "dlrm")
+    config["schema"] = {**config["schema"], "dense": [], "encodings": []}
+    config["model"]["params"] = {"bottom": [16], "top": [16]}
+    run_training(parse_config(config), tmp_path / "run", progress=False)
+    report = export_onnx(tmp_path / "run", tmp_path / "repo")
+    assert report["max_abs_difference"] <= 1e-5
+    fresh = _every_encoding_rows(37, 1)
+    kinds = load_model(tmp_path / "run").input_kinds
+    np.testing.assert_allclose(
+        _onnx_scores(tmp_path / "repo" / "every_encoding" / "1" / "model.onnx", fresh, kinds),
+        _model_scores(tmp_path / "run", fresh), atol=1e-5,
+    )
+
+
 def test_strings_not_in_the_training_data_are_counted_unreachable(trained_run, tmp_path):
     from streamrec.fid import fids_from_arrow
     from streamrec.models.persistence import save_model
