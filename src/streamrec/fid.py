@@ -162,7 +162,11 @@ def fids_from_arrow(arr: pa.Array) -> np.ndarray:
     """
     t = arr.type
     if pa.types.is_integer(t) or pa.types.is_boolean(t):
-        return np.array(pc.fill_null(arr.cast(pa.int64()), 0).to_numpy(zero_copy_only=False))
+        if t != pa.int64():
+            arr = arr.cast(pa.int64())
+        if arr.null_count:
+            arr = pc.fill_null(arr, 0)
+        return np.array(arr.to_numpy(zero_copy_only=False))
     if pa.types.is_floating(t):
         values = np.asarray(pc.fill_null(arr, 0).to_numpy(zero_copy_only=False))
         if not np.all(np.floor(values) == values):

@@ -465,6 +465,11 @@ class Schema(_Strict):
             if col.null_count:
                 lengths[np.asarray(col.is_null().to_numpy(zero_copy_only=False))] = 0
                 values = values[lengths == 1]
+            elif not f.weights and f.max_length is None:  # one id a row: nothing to fill
+                return JaggedIds(
+                    torch.from_numpy(np.ascontiguousarray(values, np.int64)),
+                    torch.arange(len(col) + 1, dtype=torch.int64),
+                )
         weights = None
         if f.weights:
             wcol = _column(data, f.weights)
@@ -497,7 +502,9 @@ def _column(data: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
             f"column {name!r} is missing (have: {', '.join(names)}){_header_hint(names)}"
         )
     col = data.column(name)
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(col, pa.ChunkedArray):  # one chunk (a request's table): no copy
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
 
 
 def _header_hint(names: list[str]) -> str:

@@ -4,6 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamrec.config import ConfigError, parse_config
 from streamrec.fid import MISSING_FID, hash_bytes
@@ -134,3 +136,35 @@ def test_config_round_trip_and_typos_are_errors():
     assert isinstance(
         fitted.encode(_table(), with_labels=False).sparse["user"].values, torch.Tensor
     )
+
+
+_scalar_ids = st.one_of(
+    st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)), max_size=30).map(
+        lambda v: pa.array(v, pa.int64())
+    ),
+    st.lists(st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)), max_size=30).map(
+        lambda v: pa.array(v, pa.int32())
+    ),
+    st.lists(st.one_of(st.none(), st.booleans()), max_size=30).map(pa.array),
+    st.lists(st.one_of(st.none(), st.text(max_size=4)), max_size=30).map(pa.array),
+)
+
+
+@given(_scalar_ids, st.integers(0, 3), st.sampled_from(["token", "empty"]))
+def test_a_scalar_id_column_encodes_as_the_same_ids_given_as_one_element_lists(
+    values, cut, missing
+):
+    """One id a row — any id type, nulls or not, in one chunk or several — encodes as the
+    list path encodes [id] (a null: no id), so the scalar fast path cannot drift from it."""
+    s = Schema(embeddings=[EmbeddingFeature(name="x", missing=missing)])
+    at = min(cut, len(values))
+    scalar = pa.Table.from_batches([
+        pa.record_batch({"x": values.slice(0, at)}), pa.record_batch({"x": values.slice(at)})
+    ]) if at else pa.table({"x": values})
+    lists = pa.table({"x": pa.array(
+        [None if v is None else [v] for v in values.to_pylist()], pa.list_(values.type)
+    )})
+    got = s.encode(scalar, with_labels=False).sparse["x"]
+    expected = s.encode(lists, with_labels=False).sparse["x"]
+    assert torch.equal(got.values, expected.values)
+    assert torch.equal(got.offsets, expected.offsets)
