@@ -9,6 +9,8 @@
    2-core machine.
    With --baseline-src, another checkout's server is searched beside ours ("today's code"),
    --repeats rounds alternating, and the ratio of the medians reported (`vs_baseline`).
+   --cpu-at QPS measures only the server's CPU per request at that load instead (ours, and
+   with --baseline-src the baseline, alternating): steadier than the search's levels.
 2. At 70% of the batching-on maximum: a steady window, then 10 deltas and one full model reload
    while the load runs, in --freshness-rounds rounds on fresh servers. Reports failed requests,
    p99 during the swaps vs steady (per round and the median), and the server's peak RSS during
@@ -65,6 +67,30 @@ def max_qps(url: str, levels: list[float], seconds: float, candidates: int) -> t
         if not passed:
             break
     return best, trace
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(
+    run: Path, qps: float, seconds: float, candidates: int, src: Path | None
+) -> dict:
+    """A fresh server (of `src`, or ours) under `qps` for `seconds`: its CPU milliseconds per
+    answered request and the load's p99 — a steadier measure of a request's cost than the
+    QPS search, whose levels are 1.25× apart."""
+    proc = start_server(run, 8931, src=src)
+    try:
+        asyncio.run(run_load("http://127.0.0.1:8931", 50, 3, candidates))  # warm-up
+        before = cpu_seconds(proc.pid)
+        r = asyncio.run(run_load("http://127.0.0.1:8931", qps, seconds, candidates))
+        used = cpu_seconds(proc.pid) - before
+    finally:
+        proc.terminate()
+        proc.wait()
+    return {"cpu_ms": 1e3 * used / max(r["ok"], 1), "p99_ms": r["p99_ms"], "errors": r["errors"]}
 
 
 def _churn(run_dir: str, tmp: str, seconds: float, ready, go, finished) -> None:
@@ -188,6 +214,13 @@ def main() -> None:
         "max QPS is searched beside ours, alternating, and the ratio reported",
     )
     ap.add_argument("--repeats", type=int, default=1, help="rounds of the QPS search")
+    ap.add_argument(
+        "--cpu-at",
+        type=float,
+        default=None,
+        help="only measure the server's CPU per request at this load (with --baseline-src: "
+        "ours and the baseline alternating, --repeats rounds), then exit",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
@@ -216,6 +249,21 @@ def main() -> None:
             {"input_kinds": loaded.manifest.input_kinds},
         )
         del loaded, table
+    if args.cpu_at:
+        sides = [("ours", None)] + ([("baseline", args.baseline_src)] if args.baseline_src else [])
+        rounds: dict[str, list[dict]] = {name: [] for name, _ in sides}
+        for _ in range(args.repeats):
+            for name, src in sides[::-1]:
+                rounds[name].append(
+                    cpu_per_request(run, args.cpu_at, args.seconds, args.candidates, src)
+                )
+        cpu = {name: float(np.median([r["cpu_ms"] for r in rs])) for name, rs in rounds.items()}
+        report = {"qps": args.cpu_at, "candidates": args.candidates, "rounds": rounds,
+                  "cpu_ms_per_request": cpu}
+        if args.baseline_src:
+            report["cpu_vs_baseline"] = cpu["ours"] / cpu["baseline"]
+        print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+        return
     report: dict = {
         "candidates": args.candidates,
         "cpu_cores": os.cpu_count(),
