@@ -45,6 +45,7 @@ from streamrec.serving.action_intake import ActionIntake
 from streamrec.serving.batcher import DynamicBatcher, EncodedRows, Overloaded
 from streamrec.serving.cache import PredictionCache, row_key
 from streamrec.serving.compute_allocation import ComputeAllocator, ComputeLevel
+from streamrec.serving.direct_routes import DirectRoutes
 from streamrec.serving.feedback import FeedbackReader, ServedRequests
 from streamrec.serving.impression_log import ImpressionLog
 from streamrec.serving.inference_protocol import infer_response, tensor_metadata
@@ -140,7 +141,11 @@ def create_app(options: ServerOptions) -> Starlette:
     the ranking model and its deltas, the retriever and pre-ranker of /v1/recommend, variants,
     the token, and changes to the model's `serving:` section (validated as a whole)."""
     state = _build_state(options)
-    app = Starlette(routes=_routes(state), lifespan=_lifespan(state))
+    direct = {
+        ("POST", "/v1/rank"): _endpoint(state, "rank", _rank),
+        ("POST", "/v1/recommend"): _endpoint(state, "recommend", _recommend),
+    }
+    app = DirectRoutes(direct=direct, routes=_routes(state), lifespan=_lifespan(state))
     app.state.server = state
     return app
 
@@ -373,6 +378,9 @@ def _authorized(state: ServerState, name: str, request: Request) -> bool:
 
 
 def _endpoint(state: ServerState, name: str, handler):
+    latency = state.metrics.latency.labels(name)  # bound once: `labels()` locks and hashes
+    answered: dict[int, Any] = {}  # status → its bound request counter
+
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
         if not _authorized(state, name, request):
@@ -398,10 +406,13 @@ def _endpoint(state: ServerState, name: str, handler):
             except ClientDisconnect:  # closed mid-body (gone, or cut off as too slow)
                 response = _error(400, "the client closed the connection before its body ended")
         elapsed = time.perf_counter() - started
-        state.metrics.requests.labels(name, str(response.status_code)).inc()
-        state.metrics.latency.labels(name).observe(elapsed)
+        status = response.status_code
+        if (counter := answered.get(status)) is None:
+            counter = answered[status] = state.metrics.requests.labels(name, str(status))
+        counter.inc()
+        latency.observe(elapsed)
         if name in _TRAFFIC:
-            state.traffic.record(elapsed, response.status_code)
+            state.traffic.record(elapsed, status)
         return response
 
     return endpoint
