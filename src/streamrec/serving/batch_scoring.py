@@ -19,6 +19,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -33,6 +34,14 @@ from streamrec.models.persistence import load_model
 from streamrec.store.atomic import temp_sibling
 
 OUTPUT_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv")
+
+FORWARD_ROWS = 8192
+"""Rows per forward call. Blocks are read 65,536 rows at a time (Arrow and Parquet like large
+blocks), but a forward over that many rows allocates activations of a hundred MB and more
+(DeepFM's first-layer input alone: 65,536 × 429 floats, 112 MB). The allocator hands an
+allocation that large back to the kernel when it is freed, so every call pays fresh pages'
+faults, which cost more than the matmuls: the default DeepFM's forward ran 158k rows/s at
+65,536 rows a call, 256k at 8,192 and 258k at 4,096 (`benchmarks/predict.py`'s model)."""
 
 
 def _writer(out: Path, path: Path, schema: pa.Schema) -> Any:
@@ -106,8 +115,7 @@ def score_file(
         for batch, encoded in _read_ahead(blocks, lambda b: schema.encode(b, with_labels=False)):
             if id_column is not None and id_column not in batch.schema.names:
                 raise DataError(f"{data}: no column {id_column!r} to pass through")
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                scores = model.predict(encoded).float().numpy()
+            scores = predict_rows(model, encoded, bf16)
             columns = {} if id_column is None else {id_column: batch.column(id_column)}
             columns.update({n: pa.array(scores[:, i], pa.float32()) for i, n in enumerate(names)})
             table = pa.table(columns)
@@ -129,3 +137,16 @@ def score_file(
     seconds = time.perf_counter() - started
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / max(seconds, 1e-9),
             "precision": "bf16" if bf16 else "fp32", "output": str(out)}
+
+
+def predict_rows(model: torch.nn.Module, batch: Batch, bf16: bool = False) -> np.ndarray:
+    """Calibrated scores float32 [batch rows, tasks] of a model in eval mode, `FORWARD_ROWS`
+    rows a call (a row's score does not depend on the rows beside it); `bf16`: the dense layers
+    under bf16 autocast."""
+    n = batch.size
+    chunks = [batch] if n <= FORWARD_ROWS else [
+        batch.slice(lo, min(lo + FORWARD_ROWS, n)) for lo in range(0, n, FORWARD_ROWS)
+    ]
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        parts = [model.predict(chunk).float() for chunk in chunks]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).numpy()
