@@ -532,7 +532,11 @@ class RetrievalConfig(_Strict):
     nprobe: int = Field(16, description="IVF lists searched")
     pq_m: int = Field(16, description="PQ sub-quantizers")
     hnsw_m: int = Field(32, description="HNSW links per node")
-    ef_search: int = Field(128, description="HNSW search breadth")
+    ef_search: int = Field(
+        128,
+        description="HNSW search breadth (a search that would cost more than scanning every "
+        "vector scans them exactly instead)",
+    )
     candidates: int = Field(200, ge=1, description="items retrieved before ranking")
 
 

@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamrec.retrieval import index
 from streamrec.retrieval.evaluate import ranking_metrics
 from streamrec.retrieval.index import (
     INDEX_TYPES,
@@ -19,8 +20,12 @@ def _data(n=3000, dim=16, seed=0):
     return np.arange(100, 100 + n, dtype=np.int64), x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", INDEX_TYPES)
-def test_every_index_type_searches_adds_removes_and_round_trips(kind):
+@pytest.mark.parametrize(
+    ("kind", "hnsw_path"), [(kind, "graph") for kind in INDEX_TYPES] + [("hnsw", "scan")]
+)
+def test_every_index_type_searches_adds_removes_and_round_trips(kind, hnsw_path, monkeypatch):
+    """hnsw_path: HNSW's graph walk (a scan never cheaper) or its exact scan (always)."""
+    monkeypatch.setattr(index, "SCAN_MACS_PER_VISIT", 0 if hnsw_path == "graph" else 10**9)
     ids, x = _data()
     r = Retriever(16, IndexParams(index_type=kind, nlist=32, nprobe=8, pq_m=4))
     r.build(ids, x)
@@ -67,3 +72,31 @@ def test_search_keeps_the_first_k_new_allowed_ids_in_order(found, skip, k):
             if len(want) == k:
                 break
     assert first_kept(np.array(found, np.int64), skip, k).tolist() == want
+
+
+def test_an_hnsw_scan_is_the_exact_search_and_a_narrow_search_keeps_the_graph(monkeypatch):
+    """A search asking for most of a small catalog scans every vector: the flat index's
+    answer, ids and scores; a replaced item's best vector counts once, a removed one never.
+    A narrow search of a large catalog walks the graph."""
+    ids, x = _data(n=3000)
+    hnsw, flat = (Retriever(16, IndexParams(index_type=t)) for t in ("hnsw", "flat"))
+    hnsw.build(ids, x)
+    flat.build(ids, x)
+    scans = []
+    scan = Retriever._scan
+    monkeypatch.setattr(Retriever, "_scan", lambda self, q, n: scans.append(n) or scan(self, q, n))
+    got, got_scores = hnsw.search(x[:4], 1000)
+    want, want_scores = flat.search(x[:4], 1000)
+    assert scans == [1000]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-5)
+
+    hnsw.add(ids[5:6], -x[5:6])  # item 105 now points away; its old vector stays stored
+    hnsw.remove(ids[7:8])
+    found, _ = hnsw.search(x[5:6], 3000)
+    assert (found[0] >= 0).sum() == 2999  # each live id once: 105 once, 107 never
+    assert found[0, 0] == ids[5] and ids[7] not in found[0]
+
+    monkeypatch.setattr(index, "SCAN_MACS_PER_VISIT", 1)  # the graph is cheaper for 10
+    hnsw.search(x[:1], 10)
+    assert scans == [1000, 3001]  # 3,000 asked + 1 tombstone, of 3,001 stored vectors

@@ -4,7 +4,9 @@ index types: "flat" (exact), "ivf_flat", "ivf_pq", "hnsw", "sq8" (8-bit scalar q
 Items are addressed by their int64 ids. `add` inserts or replaces items and `remove` deletes
 them without a rebuild — new items from online training become retrievable at once. HNSW cannot
 delete in place, so removed ids are kept as tombstones and filtered out of results (the search
-asks for more to make up for them).
+asks for more to make up for them). An HNSW search that would walk most of its graph — a
+/v1/recommend asks for 1,000 candidates, plus the user's seen items, from catalogs of a few
+thousand — scans the vectors exactly instead (`exact_scan_is_cheaper`): faster there, and exact.
 The index is saved in faiss's own binary format (no pickle) by `to_bytes` / `from_bytes`.
 """
 
@@ -16,6 +18,21 @@ import faiss
 import numpy as np
 
 INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw", "sq8")
+
+SCAN_MACS_PER_VISIT = 4000
+"""How many multiply-adds of an exact scan cost as much as one unit of HNSW's search width
+(`efSearch`), single-threaded on this project's 2-core box, dim 32: a scan ran ~8 GMAC/s; a
+graph walk ~1 µs per unit of width (0.44 ms at width 1,000 over 1,682 items, 0.85 ms over
+20,000, 1.5 ms over 200,000). Set where the two cost about the same, a little on the graph's
+side: measured, the scan is 0.02-0.35 ms where this picks it (11× faster over 1,682 items at
+1,000 results, 2.5× over 200,000 at 1,700), and the graph wins where it is kept (0.05 vs 0.08
+ms over 20,000 items at 100 results; 0.13 vs 0.81 over 200,000)."""
+
+
+def exact_scan_is_cheaper(items: int, dim: int, width: int) -> bool:
+    """Whether scanning `items` vectors of `dim` exactly costs less than an HNSW search of
+    that `width` (efSearch, ≥ the results asked for)."""
+    return items * dim <= SCAN_MACS_PER_VISIT * width
 
 
 @dataclass
@@ -49,6 +66,7 @@ class Retriever:
         self.dim = dim
         self.index = self._new_index()
         self._tombstones: set[int] = set()
+        self._labels: np.ndarray | None = None  # HNSW: the id of each stored vector
 
     def _new_index(self) -> faiss.Index:
         p, d, ip = self.params, self.dim, faiss.METRIC_INNER_PRODUCT
@@ -77,6 +95,7 @@ class Retriever:
         """(Re)build from scratch: train (IVF / PQ / SQ) on the vectors, then add them."""
         self.index = self._new_index()
         self._tombstones.clear()
+        self._labels = None
         x = np.ascontiguousarray(vectors, np.float32)
         if not self._inner.is_trained:
             if self.params.index_type.startswith("ivf"):
@@ -93,6 +112,7 @@ class Retriever:
         # HNSW keeps a replaced item's old node too; `search` keeps each id's best hit once.
         self._tombstones.difference_update(ids.tolist())
         self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
+        self._labels = None
 
     def remove(self, ids: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, np.int64)
@@ -118,10 +138,15 @@ class Retriever:
         extra = len(self._tombstones) + (
             max((len(e) for e in exclude), default=0) if exclude else 0
         )
-        fetch = min(k + extra, max(int(self.index.ntotal), 1))
-        if self.params.index_type == "hnsw":  # HNSW returns at most efSearch results
+        total = int(self.index.ntotal)
+        fetch = min(k + extra, max(total, 1))
+        if self.params.index_type != "hnsw":
+            scores, ids = self.index.search(q, fetch)
+        elif exact_scan_is_cheaper(total, self.dim, max(self.params.ef_search, fetch)):
+            scores, ids = self._scan(q, fetch)
+        else:  # HNSW returns at most efSearch results
             self._inner.hnsw.efSearch = max(self.params.ef_search, fetch)
-        scores, ids = self.index.search(q, fetch)
+            scores, ids = self.index.search(q, fetch)
         out_ids = np.full((len(q), k), -1, np.int64)
         out_scores = np.full((len(q), k), -np.inf, np.float32)
         for row in range(len(q)):
@@ -130,6 +155,15 @@ class Retriever:
             out_ids[row, : len(at)] = ids[row][at]
             out_scores[row, : len(at)] = scores[row][at]
         return out_ids, out_scores
+
+    def _scan(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """An HNSW index's exact top-`fetch` (scores, ids) [Q, fetch]: every stored vector
+        scanned (the graph's own flat storage, replaced items' old vectors included, as the
+        graph walk would meet them)."""
+        if self._labels is None or len(self._labels) != self.index.ntotal:
+            self._labels = faiss.vector_to_array(self.index.id_map)
+        scores, positions = faiss.downcast_index(self._inner.storage).search(q, fetch)
+        return scores, np.where(positions >= 0, self._labels[positions.clip(0)], -1)
 
     def to_bytes(self) -> bytes:
         return faiss.serialize_index(self.index).tobytes()
