@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+import pytest
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -42,7 +43,7 @@ def _app(events: list[str]) -> DirectRoutes:
         events.append("stop")
 
     return DirectRoutes(
-        direct={("POST", "/score"): echo},
+        direct=["/score"],
         routes=[Route("/score", echo, methods=["POST"]), Route("/other", other)],
         middleware=[Middleware(_Tag)],
         lifespan=asynccontextmanager(lifespan),
@@ -69,3 +70,8 @@ def test_every_other_request_takes_starlettes_path() -> None:
         slash = client.post("/score/", content=b"{}", follow_redirects=False)
         assert slash.headers["x-stack"] == "starlette"  # not an exact match: the router decides
         assert client.get("/missing").status_code == 404
+
+
+def test_a_direct_path_must_be_a_route() -> None:
+    with pytest.raises(ValueError, match="/missing"):
+        DirectRoutes(direct=["/missing"], routes=[Route("/other", lambda r: None)])

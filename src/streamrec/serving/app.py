@@ -141,11 +141,9 @@ def create_app(options: ServerOptions) -> Starlette:
     the ranking model and its deltas, the retriever and pre-ranker of /v1/recommend, variants,
     the token, and changes to the model's `serving:` section (validated as a whole)."""
     state = _build_state(options)
-    direct = {
-        ("POST", "/v1/rank"): _endpoint(state, "rank", _rank),
-        ("POST", "/v1/recommend"): _endpoint(state, "recommend", _recommend),
-    }
-    app = DirectRoutes(direct=direct, routes=_routes(state), lifespan=_lifespan(state))
+    app = DirectRoutes(
+        direct=("/v1/rank", "/v1/recommend"), routes=_routes(state), lifespan=_lifespan(state)
+    )
     app.state.server = state
     return app
 

@@ -14,24 +14,34 @@ as Starlette's error middleware would.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class DirectRoutes(Starlette):
-    """Starlette whose `direct` routes ((method, path) → endpoint) skip its middleware stack.
-    A direct route must also be one of `routes`, so that OpenAPI, 405s and the other
-    methods of the same path behave as Starlette's."""
+    """Starlette whose routes at the `direct` paths skip its middleware stack: each of their
+    methods (HEAD aside) is called as the same `Route`'s endpoint, so the route table stays
+    the one declaration (OpenAPI, a 405 for another method, a trailing slash: Starlette's)."""
 
-    def __init__(self, *, direct: Mapping[tuple[str, str], Endpoint], **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.direct = dict(direct)
+    def __init__(self, *, direct: Iterable[str], routes: list[Route], **kwargs) -> None:
+        super().__init__(routes=routes, **kwargs)
+        paths = set(direct)
+        self.direct: dict[tuple[str, str], Endpoint] = {
+            (method, route.path): route.endpoint
+            for route in routes
+            if isinstance(route, Route) and route.path in paths
+            for method in route.methods or ()
+            if method != "HEAD"
+        }
+        if missing := paths - {path for _, path in self.direct}:
+            raise ValueError(f"direct paths without a route: {sorted(missing)}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
