@@ -3,8 +3,10 @@
 A Starlette request passes its error middleware, its exception middleware, two exception-
 handling wrappers, the router's match over every route and the route's request/response
 adapter before it reaches the endpoint, and the response passes the wrappers' `send` again on
-its way out. For `/v1/rank` at 600 requests/s that was ~7% of the server's GIL time: as much
-as the model's forward. The endpoints of the hot routes already turn every failure into an
+its way out. For `/v1/rank` at 600 requests/s those layers held ~7% of the server's GIL time
+(py-spy); skipping them saves ~22 µs a request driving the app in-process (0.92×), within the
+host's noise through sockets (0.99× of the server's CPU: uvicorn and the batcher dominate,
+benchmarks/RESULTS.md). The endpoints of the hot routes already turn every failure into an
 HTTP answer (`app._endpoint`), so none of those layers can change what they return; those
 routes are looked up by exact method and path here and called directly. Every other request —
 other routes, a trailing slash, a HEAD, the lifespan — takes Starlette's full path, unchanged.
