@@ -4,6 +4,7 @@ penalty (FSCD) closes a costly feature further; bad parameters are clear errors.
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from streamrec.config import ConfigError, parse_config
 from streamrec.models import build_model
@@ -29,6 +30,9 @@ def _rows(n: int, seed: int) -> pa.Table:
 
 
 def _trained(**params) -> tuple:
+    # Seeded: the gates' spread between two unseeded runs (noise 0.34–0.52 here) is larger
+    # than the margin the test asks, so an unseeded run failed about one time in ten.
+    torch.manual_seed(0)
     cfg = _config(**params)
     model = build_model(cfg.model, cfg.schema, cfg.table_configs())
     trainer = Trainer(model, cfg, progress=False)

@@ -13,6 +13,7 @@ from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.embedding.tiered import build_table
+from streamrec.models import onednn_linear
 from streamrec.schema import Schema
 
 
@@ -41,6 +42,27 @@ class MLP(nn.Sequential):
             in_dim = out
         super().__init__(*layers)
         self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(x, 0)
+
+    def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """The layers from index `start` on, over x [B, width of layer `start`'s input]. A
+        Linear and the ReLU after it run as one oneDNN call where `onednn_linear` applies
+        (not while something hooks the ReLU: the health monitor reads its output)."""
+        layers = list(self)
+        i = start
+        while i < len(layers):
+            layer = layers[i]
+            if isinstance(layer, nn.Linear) and onednn_linear.applies(x, layer.weight):
+                after = layers[i + 1] if i + 1 < len(layers) else None
+                relu = isinstance(after, nn.ReLU) and not after._forward_hooks
+                x = onednn_linear.linear(x.contiguous(), layer, relu)
+                i += 2 if relu else 1
+            else:
+                x = layer(x)
+                i += 1
+        return x
 
 
 def linear_schema(schema: Schema) -> Schema:

@@ -32,6 +32,7 @@ from torch import nn
 
 from streamrec.batch import Batch
 from streamrec.embedding.collection import Embedded
+from streamrec.models.layers import MLP
 from streamrec.thread_flag import ThreadFlag
 
 MIN_SAVED_MACS = 8_000_000  # multiply-adds a split must save to pay for its own calls
@@ -117,6 +118,8 @@ def split_through(
     if own_x is not None:
         w_own = weight.index_select(1, own_columns.to(weight.device)).t()
         y = torch.addmm(y, own_x, w_own)
+    if isinstance(mlp, MLP):  # its Linear + ReLU pairs in oneDNN (onednn_linear)
+        return mlp.forward_from(y, 1)
     for layer in list(mlp)[1:]:
         y = layer(y)
     return y

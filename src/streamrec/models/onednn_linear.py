@@ -1,0 +1,101 @@
+"""fp32 Linear (+ ReLU) layers through oneDNN's matmul on x86 CPUs, BLAS for the weight grad.
+
+Why: torch's CPU `nn.Linear` calls MKL's sgemm, and MKL picks slower kernels on CPUs it does
+not recognise (AMD's: no AVX-512 path). torch ships oneDNN too, whose kernels are chosen by
+the instruction set alone. Measured on this project's 2-core AMD EPYC (`benchmarks/RESULTS.md`,
+"dense kernels"): the forward `x Wᵀ` and the input gradient `gY W` take 0.36–0.82× MKL's time
+at the DLRM and DeepFM shapes of 2,048–8,192 rows, and the same at ~100 rows; MKL stays the
+faster for the weight gradient `gYᵀ X` (oneDNN would need both operands transposed first), so
+that one stays on BLAS. The ReLU after a layer runs inside oneDNN's output stage, so the
+activation is written once.
+
+When: only where the result is the same math in the same precision and nothing else has to see
+the ops — fp32 CPU tensors, autocast off (bf16 autocast already runs oneDNN), not while
+tracing, exporting or compiling (ONNX and `torch.compile` must see `aten::linear`), and on x86
+only (on other CPUs torch's oneDNN may lack tuned kernels; BLAS is the safe choice there). The
+choice depends on the machine, never on timing, so a run repeats bit for bit on one machine.
+Results differ from MKL's by float rounding (~1e-6 relative).
+
+`STREAMREC_DENSE_KERNEL=blas` turns it off (a kernel bug to rule out, a CPU where it is slower).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+import torch
+from torch import nn
+
+KERNEL_ENV = "STREAMREC_DENSE_KERNEL"
+
+
+@functools.cache
+def allowed() -> bool:
+    """This machine and `STREAMREC_DENSE_KERNEL` (auto | onednn | blas) allow oneDNN; read once
+    a process."""
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower()
+    if choice not in ("auto", "onednn", "blas"):
+        raise ValueError(f"{KERNEL_ENV}={choice!r}: use auto, onednn or blas")
+    if choice == "blas" or not torch.backends.mkldnn.is_available():
+        return False
+    if choice == "onednn":
+        return True
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `linear` would take oneDNN for input `x` and this weight (see the module
+    docstring for why each condition)."""
+    return (
+        allowed()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.dim() == 2
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+        and not torch.onnx.is_in_onnx_export()
+    )
+
+
+def _matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    """x [M, K] · w [N, K]ᵀ (+ b [N]) (→ ReLU) → [M, N], in oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, relu):  # type: ignore[override]
+        y = _matmul(x, weight, bias, relu)
+        # A ReLU's gradient mask is its output's sign; the output is the next layer's saved
+        # input anyway, so keeping it costs no memory.
+        ctx.save_for_backward(x, weight, y if relu else None)
+        ctx.relu = relu
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        x, weight, y = ctx.saved_tensors
+        if ctx.relu:  # the op autograd runs for a ReLU: one pass, no mask tensor
+            grad_y = torch.ops.aten.threshold_backward(grad_y, y, 0.0)
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        # oneDNN reads the transposed view in place: no copy of the weight.
+        grad_x = _matmul(grad_y, weight.t(), None, False) if need_x else None
+        grad_w = grad_y.t().mm(x) if need_w else None  # BLAS: faster here (module docstring)
+        grad_b = grad_y.sum(0) if need_b else None
+        return grad_x, grad_w, grad_b, None
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, relu: bool = False) -> torch.Tensor:
+    """`layer(x)`, then ReLU if `relu` — through oneDNN where `applies`, else torch's own ops.
+    x [M, in] → [M, out]."""
+    if not applies(x, layer.weight):
+        y = layer(x)
+        return torch.relu(y) if relu else y
+    if torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad):
+        return _Linear.apply(x, layer.weight, layer.bias, relu)
+    return _matmul(x, layer.weight, layer.bias, relu)

@@ -1,0 +1,113 @@
+"""oneDNN Linear (+ ReLU): the same values and gradients as torch's own layers, and torch's
+own ops wherever another consumer must see them (autocast, tracing, hooks, other CPUs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from streamrec.models import onednn_linear
+from streamrec.models.layers import MLP
+
+needs_onednn = pytest.mark.skipif(
+    not onednn_linear.allowed(), reason="oneDNN is not used on this machine (not x86, or off)"
+)
+
+
+def reference(x: torch.Tensor, layer: nn.Linear, relu: bool) -> torch.Tensor:
+    y = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    return torch.relu(y) if relu else y
+
+
+@needs_onednn
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 300),
+    width_in=st.integers(1, 70),
+    width_out=st.integers(1, 70),
+    relu=st.booleans(),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_values_and_all_three_gradients_equal_torchs_linear(
+    rows: int, width_in: int, width_out: int, relu: bool, bias: bool, seed: int
+) -> None:
+    torch.manual_seed(seed)
+    layer = nn.Linear(width_in, width_out, bias=bias)
+    x = torch.randn(rows, width_in, requires_grad=True)
+    upstream = torch.randn(rows, width_out)
+
+    ours = onednn_linear.linear(x, layer, relu)
+    ours.backward(upstream)
+    got = [ours.detach(), x.grad, layer.weight.grad] + ([layer.bias.grad] if bias else [])
+    x.grad = None
+    layer.zero_grad()
+    theirs = reference(x, layer, relu)
+    theirs.backward(upstream)
+    want = [theirs.detach(), x.grad, layer.weight.grad] + ([layer.bias.grad] if bias else [])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_the_fast_path_is_taken_for_fp32_cpu_and_not_where_others_must_see_aten_ops() -> None:
+    layer = nn.Linear(8, 4)
+    x = torch.randn(5, 8)
+    assert onednn_linear.applies(x, layer.weight)
+    assert not onednn_linear.applies(x.double(), layer.weight)
+    assert not onednn_linear.applies(x[None], layer.weight)  # 3-d input: torch's linear
+    with torch.autocast("cpu", torch.bfloat16):  # autocast already runs oneDNN in bf16
+        assert not onednn_linear.applies(x, layer.weight)
+        assert MLP(8, [4])(x).dtype == torch.bfloat16  # autocast still applies to the MLP
+
+    # ONNX export traces the model: the graph must hold aten::linear, not a oneDNN call.
+    graph = str(torch.jit.trace(MLP(8, [4], out=1), x, check_trace=False).inlined_graph)
+    assert "aten::linear" in graph and "mkldnn" not in graph
+
+
+def test_the_environment_chooses_and_a_wrong_value_is_refused(monkeypatch) -> None:
+    onednn_linear.allowed.cache_clear()
+    try:
+        monkeypatch.setenv(onednn_linear.KERNEL_ENV, "blas")
+        assert not onednn_linear.allowed()
+        onednn_linear.allowed.cache_clear()
+        monkeypatch.setenv(onednn_linear.KERNEL_ENV, "fastest")
+        with pytest.raises(ValueError, match="STREAMREC_DENSE_KERNEL='fastest'"):
+            onednn_linear.allowed()
+    finally:
+        monkeypatch.delenv(onednn_linear.KERNEL_ENV)
+        onednn_linear.allowed.cache_clear()
+    onednn_linear.allowed()
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_an_mlp_computes_what_its_layers_compute_one_by_one(train: bool, batch_norm: bool) -> None:
+    torch.manual_seed(0)
+    mlp = MLP(13, [32, 16], out=2, batch_norm=batch_norm).train(train)
+    x = torch.randn(64, 13)
+    step_by_step = x
+    with torch.no_grad():
+        for layer in mlp:
+            step_by_step = layer(step_by_step.clone())
+        mlp.train(train)
+        torch.testing.assert_close(mlp(x), step_by_step, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mlp.forward_from(mlp[0](x), 1), step_by_step,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_a_hooked_relu_still_sees_its_output() -> None:
+    """The health monitor hooks every ReLU to count dead units: the fused pair must not hide
+    the activation from it."""
+    torch.manual_seed(0)
+    mlp = MLP(6, [5], out=1)
+    outputs: list[torch.Tensor] = []
+    handle = mlp[1].register_forward_hook(lambda m, i, o: outputs.append(o.detach().clone()))
+    x = torch.randn(9, 6)
+    mlp(x)
+    handle.remove()
+    assert len(outputs) == 1
+    torch.testing.assert_close(outputs[0], torch.relu(mlp[0](x)).detach())
