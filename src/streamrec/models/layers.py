@@ -13,7 +13,8 @@ from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.embedding.tiered import build_table
-from streamrec.models import onednn_linear
+from streamrec.models.onednn_linear import applies as onednn_applies
+from streamrec.models.onednn_linear import linear as onednn_linear
 from streamrec.schema import Schema
 
 
@@ -54,10 +55,10 @@ class MLP(nn.Sequential):
         i = start
         while i < len(layers):
             layer = layers[i]
-            if isinstance(layer, nn.Linear) and onednn_linear.applies(x, layer.weight):
+            if isinstance(layer, nn.Linear) and onednn_applies(x, layer.weight):
                 after = layers[i + 1] if i + 1 < len(layers) else None
                 relu = isinstance(after, nn.ReLU) and not after._forward_hooks
-                x = onednn_linear.linear(x.contiguous(), layer, relu)
+                x = onednn_linear(x.contiguous(), layer, relu)
                 i += 2 if relu else 1
             else:
                 x = layer(x)
