@@ -25,7 +25,7 @@ def reference(x: torch.Tensor, layer: nn.Linear, relu: bool) -> torch.Tensor:
 @needs_onednn
 @settings(max_examples=40, deadline=None)
 @given(
-    rows=st.integers(1, 300),
+    rows=st.integers(onednn_linear.MIN_ROWS, onednn_linear.MIN_ROWS + 300),
     width_in=st.integers(1, 70),
     width_out=st.integers(1, 70),
     relu=st.booleans(),
@@ -55,14 +55,19 @@ def test_values_and_all_three_gradients_equal_torchs_linear(
 @needs_onednn
 def test_the_fast_path_is_taken_for_fp32_cpu_and_not_where_others_must_see_aten_ops() -> None:
     layer = nn.Linear(8, 4)
-    x = torch.randn(5, 8)
-    assert onednn_linear.applies(x, layer.weight)
+    rows = onednn_linear.MIN_ROWS
+    x = torch.randn(rows, 8)
+    assert onednn_linear.applies(x, layer.weight)  # grad enabled: a training step
+    assert not onednn_linear.applies(x[: rows - 1], layer.weight)  # too few rows to pay
     assert not onednn_linear.applies(x.double(), layer.weight)
     assert not onednn_linear.applies(x[None], layer.weight)  # 3-d input: torch's linear
+    with torch.inference_mode():  # the server's batches: row counts vary, kernels are per shape
+        assert not onednn_linear.applies(x, layer.weight)
+        with onednn_linear.repeated_shapes():  # batch scoring's fixed chunks
+            assert onednn_linear.applies(x, layer.weight)
     with torch.autocast("cpu", torch.bfloat16):  # autocast already runs oneDNN in bf16
         assert not onednn_linear.applies(x, layer.weight)
         assert MLP(8, [4])(x).dtype == torch.bfloat16  # autocast still applies to the MLP
-
     # ONNX export traces the model: the graph must hold aten::linear, not a oneDNN call.
     graph = str(torch.jit.trace(MLP(8, [4], out=1), x, check_trace=False).inlined_graph)
     assert "aten::linear" in graph and "mkldnn" not in graph
@@ -88,15 +93,16 @@ def test_the_environment_chooses_and_a_wrong_value_is_refused(monkeypatch) -> No
 def test_an_mlp_computes_what_its_layers_compute_one_by_one(train: bool, batch_norm: bool) -> None:
     torch.manual_seed(0)
     mlp = MLP(13, [32, 16], out=2, batch_norm=batch_norm).train(train)
-    x = torch.randn(64, 13)
+    x = torch.randn(onednn_linear.MIN_ROWS + 5, 13)
     step_by_step = x
     with torch.no_grad():
         for layer in mlp:
             step_by_step = layer(step_by_step.clone())
-        mlp.train(train)
+    with onednn_linear.repeated_shapes(), torch.no_grad():
         torch.testing.assert_close(mlp(x), step_by_step, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(mlp.forward_from(mlp[0](x), 1), step_by_step,
                                    rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mlp(x).detach(), step_by_step, rtol=1e-5, atol=1e-5)  # grad on
 
 
 def test_a_hooked_relu_still_sees_its_output() -> None:
@@ -106,7 +112,7 @@ def test_a_hooked_relu_still_sees_its_output() -> None:
     mlp = MLP(6, [5], out=1)
     outputs: list[torch.Tensor] = []
     handle = mlp[1].register_forward_hook(lambda m, i, o: outputs.append(o.detach().clone()))
-    x = torch.randn(9, 6)
+    x = torch.randn(onednn_linear.MIN_ROWS, 6)
     mlp(x)
     handle.remove()
     assert len(outputs) == 1

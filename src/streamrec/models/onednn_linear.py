@@ -4,17 +4,25 @@ Why: torch's CPU `nn.Linear` calls MKL's sgemm, and MKL picks slower kernels on 
 not recognise (AMD's: no AVX-512 path). torch ships oneDNN too, whose kernels are chosen by
 the instruction set alone. Measured on this project's 2-core AMD EPYC (`benchmarks/RESULTS.md`,
 "dense kernels"): the forward `x Wᵀ` and the input gradient `gY W` take 0.36–0.82× MKL's time
-at the DLRM and DeepFM shapes of 2,048–8,192 rows, and the same at ~100 rows; MKL stays the
-faster for the weight gradient `gYᵀ X` (oneDNN would need both operands transposed first), so
-that one stays on BLAS. The ReLU after a layer runs inside oneDNN's output stage, so the
-activation is written once.
+at the DLRM and DeepFM shapes of 2,048–8,192 rows; MKL stays the faster for the weight
+gradient `gYᵀ X` (oneDNN would need both operands transposed first), so that one stays on
+BLAS. The ReLU after a layer runs inside oneDNN's output stage, so the activation is written
+once.
+
+Where: oneDNN builds (JIT-compiles) a kernel for each input shape and caches it; a new row
+count costs ~0.5 ms the first time (measured: batches of 50–2,000 varying rows ran 1.8× BLAS's
+time on the first pass, 1.0× once cached). So it runs where a shape repeats — a training step
+(grad enabled: the batch size is fixed) and batch scoring (`repeated_shapes()`, raised by
+`predict_rows`, whose calls are `FORWARD_ROWS` rows) — and only from `MIN_ROWS` rows up (below,
+one oneDNN call costs 10–15 µs more than BLAS). The server's batches, whose row counts vary
+with the load, keep BLAS: there oneDNN cost 19% more CPU a `/v1/rank` request.
 
 When: only where the result is the same math in the same precision and nothing else has to see
 the ops — fp32 CPU tensors, autocast off (bf16 autocast already runs oneDNN), not while
 tracing, exporting or compiling (ONNX and `torch.compile` must see `aten::linear`), and on x86
 only (on other CPUs torch's oneDNN may lack tuned kernels; BLAS is the safe choice there). The
-choice depends on the machine, never on timing, so a run repeats bit for bit on one machine.
-Results differ from MKL's by float rounding (~1e-6 relative).
+choice depends on the machine and the call, never on timing, so a run repeats bit for bit on
+one machine. Results differ from MKL's by float rounding (~1e-6 relative).
 
 `STREAMREC_DENSE_KERNEL=blas` turns it off (a kernel bug to rule out, a CPU where it is slower).
 """
@@ -24,11 +32,25 @@ from __future__ import annotations
 import functools
 import os
 import platform
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
 
+from streamrec.thread_flag import ThreadFlag
+
 KERNEL_ENV = "STREAMREC_DENSE_KERNEL"
+MIN_ROWS = 512
+"""Rows from which a call takes oneDNN: at 100 rows it cost 1.12–1.16× BLAS's time, at 300 the
+same, at 1,000 0.92–0.95× (one thread); at 2,048 (two threads) 0.55–0.78×."""
+
+_repeated = ThreadFlag()
+
+
+def repeated_shapes() -> AbstractContextManager[None]:
+    """Within this block (on this thread), inference calls take oneDNN too: the caller's calls
+    repeat one shape, so each kernel is built once (see the module docstring)."""
+    return _repeated.raised()
 
 
 @functools.cache
@@ -54,6 +76,8 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.dim() == 2
+        and x.shape[0] >= MIN_ROWS
+        and (torch.is_grad_enabled() or bool(_repeated))
         and not torch.is_autocast_enabled("cpu")
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()

@@ -30,6 +30,7 @@ from streamrec.batch import Batch
 from streamrec.config import JobConfig
 from streamrec.data.errors import DataError, DeadLetter
 from streamrec.data.formats import guess_format, known_row_count, read_records
+from streamrec.models.onednn_linear import repeated_shapes
 from streamrec.models.persistence import load_model
 from streamrec.store.atomic import temp_sibling
 
@@ -147,6 +148,7 @@ def predict_rows(model: torch.nn.Module, batch: Batch, bf16: bool = False) -> np
     chunks = [batch] if n <= FORWARD_ROWS else [
         batch.slice(lo, min(lo + FORWARD_ROWS, n)) for lo in range(0, n, FORWARD_ROWS)
     ]
-    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16), \
+            repeated_shapes():  # the chunks are one shape: oneDNN's kernels are built once
         parts = [model.predict(chunk).float() for chunk in chunks]
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).numpy()
