@@ -3,11 +3,11 @@
 Why: torch's CPU `nn.Linear` calls MKL's sgemm, and MKL picks slower kernels on CPUs it does
 not recognise (AMD's: no AVX-512 path). torch ships oneDNN too, whose kernels are chosen by
 the instruction set alone. Measured on this project's 2-core AMD EPYC (`benchmarks/RESULTS.md`,
-"dense kernels"): the forward `x Wᵀ` and the input gradient `gY W` take 0.36–0.82× MKL's time
-at the DLRM and DeepFM shapes of 2,048–8,192 rows; MKL stays the faster for the weight
-gradient `gYᵀ X` (oneDNN would need both operands transposed first), so that one stays on
-BLAS. The ReLU after a layer runs inside oneDNN's output stage, so the activation is written
-once.
+"End-to-end training" and "Batch scoring"): the forward `x Wᵀ` and the input gradient `gY W`
+take 0.36–0.82× MKL's time at the DLRM and DeepFM shapes of 2,048–8,192 rows; MKL stays the
+faster for the weight gradient `gYᵀ X` (oneDNN would need both operands transposed first), so
+that one stays on BLAS. The ReLU after a layer runs inside oneDNN's output stage, so the
+activation is written once.
 
 Where: oneDNN builds (JIT-compiles) a kernel for each input shape and caches it; a new row
 count costs ~0.5 ms the first time (measured: batches of 50–2,000 varying rows ran 1.8× BLAS's
