@@ -82,6 +82,9 @@ def test_the_environment_chooses_and_a_wrong_value_is_refused(monkeypatch) -> No
         monkeypatch.setenv(onednn_linear.KERNEL_ENV, "fastest")
         with pytest.raises(ValueError, match="STREAMREC_DENSE_KERNEL='fastest'"):
             onednn_linear.allowed()
+        # Refused when a model is built (a server's start), not at its first request.
+        with pytest.raises(ValueError, match="STREAMREC_DENSE_KERNEL='fastest'"):
+            MLP(4, [3])
     finally:
         monkeypatch.delenv(onednn_linear.KERNEL_ENV)
         onednn_linear.allowed.cache_clear()

@@ -13,6 +13,7 @@ from streamrec.batch import Batch
 from streamrec.config import TableConfig
 from streamrec.embedding.collection import EmbeddingCollection
 from streamrec.embedding.tiered import build_table
+from streamrec.models.onednn_linear import allowed as onednn_allowed
 from streamrec.models.onednn_linear import applies as onednn_applies
 from streamrec.models.onednn_linear import linear as onednn_linear
 from streamrec.schema import Schema
@@ -43,6 +44,9 @@ class MLP(nn.Sequential):
             in_dim = out
         super().__init__(*layers)
         self.out_dim = in_dim
+        # Read STREAMREC_DENSE_KERNEL now: a wrong value stops the model's build (a server's
+        # start) with its reason, not every forward after a healthy start.
+        onednn_allowed()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_from(x, 0)
