@@ -29,6 +29,7 @@ from streamrec.config import TableConfig
 from streamrec.embedding.collection import Embedded
 from streamrec.models.base import RankingModel
 from streamrec.models.layers import MLP
+from streamrec.models.pairwise_dots import all_dots, pairwise_dots
 from streamrec.models.request_sharing import split_pays, split_through
 from streamrec.schema import Schema
 
@@ -85,11 +86,11 @@ class DLRM(RankingModel):
         emb = embedded.stacked(self.features)  # [B, F, dim]
         z, z_per_request = self._bottom_vector(batch, emb.shape[0])  # [B, dim], [R, dim] | None
         stacked = torch.cat([z[:, None, :], emb], dim=1)  # [B, n, dim]
-        dots = torch.bmm(stacked, stacked.transpose(1, 2)).flatten(1)  # [B, n·n]
         plan = self._plan_for(batch, embedded, z_per_request is not None)
         if plan is not None:
+            dots = all_dots(stacked)  # [B, n·n]
             return self._top_split(plan, embedded, emb, z, z_per_request, dots)
-        parts = [z, dots.index_select(1, self.pair_index)]
+        parts = [z, pairwise_dots(stacked, self.pair_index)]  # [B, dim], [B, pairs]
         if self.concat_embeddings:
             parts.append(emb.flatten(1))
         return self.top(torch.cat(parts, dim=1))
