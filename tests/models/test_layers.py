@@ -20,17 +20,20 @@ from streamrec.models.layers import fm_interaction
 def test_the_fm_term_is_the_sum_of_every_pairs_dot_product(
     rows: int, features: int, dim: int, scale: float, seed: int
 ) -> None:
-    """½ (‖Σ v‖² − Σ ‖v‖²) = Σ_{i<j} ⟨v_i, v_j⟩ (Rendle 2010, eq. 1), and its gradient is
-    finite where a row's vectors are all zero (unseen ids start at zero)."""
+    """Training's and scoring's forms both equal Σ_{i<j} ⟨v_i, v_j⟩ (Rendle 2010, eq. 1), and
+    the gradient is finite where a row's vectors are all zero (unseen ids start at zero)."""
     torch.manual_seed(seed)
     stacked = (scale * torch.randn(rows, features, dim)).requires_grad_()
     got = fm_interaction(stacked)
     exact = stacked.detach().double()
     pairs = torch.triu_indices(features, features, offset=1)
     want = (exact[:, pairs[0]] * exact[:, pairs[1]]).sum(dim=(1, 2)).unsqueeze(1)
-    assert got.shape == (rows, 1)
+    with torch.no_grad():  # scoring's form: two vector norms
+        scored = fm_interaction(stacked)
+    assert got.shape == scored.shape == (rows, 1)
     magnitude = float(exact.square().sum(dim=(1, 2)).max()) + 1e-30
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6 * magnitude)
+    for form in (got, scored):
+        torch.testing.assert_close(form.double(), want, rtol=1e-5, atol=1e-6 * magnitude)
     got.sum().backward()
     assert bool(torch.isfinite(stacked.grad).all())
     # d/dv_i Σ_{i<j} ⟨v_i, v_j⟩ = Σ_{j≠i} v_j
