@@ -65,6 +65,28 @@ def test_model_learns_on_real_rows(name, params, batches):
     assert preds.shape == (500, 2) and float(preds.min()) >= 0 and float(preds.max()) <= 1
 
 
+@pytest.mark.parametrize(("name", "params"), VARIANTS)
+def test_model_trains_under_bf16_autocast(name, params, batches):
+    """`train.precision: bf16` runs the forward under autocast; every model's backward must
+    take it (a custom autograd function once mixed bf16 and fp32 there)."""
+    torch.manual_seed(0)
+    tables = {t: TableConfig(dim=8, optimizer="adagrad", lr=0.05) for t in SCHEMA.tables()}
+    model = build_model(ModelConfig(name=name, params=params), SCHEMA, tables)
+    model.prepare(lambda: batches)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    for b in batches[:3]:
+        with torch.autocast("cpu", torch.bfloat16):
+            logits = model(b)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss), name
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
 def test_a_user_model_is_a_subclass_with_a_forward(batches):
     class MeanDot(RankingModel):
         def forward(self, batch):

@@ -60,3 +60,21 @@ def test_a_captured_graph_holds_torchs_ops() -> None:
         torch.jit.trace(lambda s: pairwise_dots(s, pair_index), stacked).inlined_graph
     )
     assert "aten::bmm" in graph and "PythonOp" not in graph
+
+
+def test_under_bf16_autocast_the_gradient_is_autograds_own() -> None:
+    """bf16 training: the forward's bmm runs in bf16, and so must the backward's."""
+    n = 5
+    pairs = torch.triu_indices(n, n, offset=1)
+    pair_index = pairs[0] * n + pairs[1]
+    torch.manual_seed(1)
+    stacked = torch.randn(64, n, 8, requires_grad=True)
+    upstream = torch.randn(64, pair_index.numel())
+    with torch.autocast("cpu", torch.bfloat16):
+        ours = pairwise_dots(stacked, pair_index)
+        theirs = reference(stacked, pair_index)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    (got,) = torch.autograd.grad(ours, stacked, upstream.bfloat16())
+    (want,) = torch.autograd.grad(theirs, stacked, upstream.bfloat16())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)

@@ -17,8 +17,16 @@ from streamrec.models.graph_capture import capturing_graph
 
 
 def pairwise_dots(stacked: torch.Tensor, pair_index: torch.Tensor) -> torch.Tensor:
-    """stacked [B, n, d], pair_index [P] (int64, values i·n + j) → [B, P]: ⟨S_i, S_j⟩ per row."""
-    if torch.is_grad_enabled() and stacked.requires_grad and not capturing_graph():
+    """stacked [B, n, d], pair_index [P] (int64, values i·n + j) → [B, P]: ⟨S_i, S_j⟩ per row.
+
+    Under autocast (bf16 training) autograd's own backward runs: there the forward's `bmm`
+    casts its inputs, and the backward must see the casts to multiply in the same precision."""
+    if (
+        torch.is_grad_enabled()
+        and stacked.requires_grad
+        and not torch.is_autocast_enabled(stacked.device.type)
+        and not capturing_graph()
+    ):
         return _PairwiseDots.apply(stacked, pair_index)
     return all_dots(stacked).index_select(1, pair_index)
 
