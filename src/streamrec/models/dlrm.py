@@ -141,7 +141,7 @@ class DLRM(RankingModel):
             for node in plan.nodes
         ]
         own_vectors = torch.stack(vectors, dim=1)  # [R, len(nodes), dim]
-        shared_dots = torch.bmm(own_vectors, own_vectors.transpose(1, 2)).flatten(1)
+        shared_dots = all_dots(own_vectors)  # [R, len(nodes)²]
         shared = [shared_dots.index_select(1, plan.shared_pairs.to(dots.device))]
         own = [dots.index_select(1, plan.own_pairs.to(dots.device))]
         if z_per_request is not None:
